@@ -1,0 +1,95 @@
+"""Encoder protocols and the small pieces every encoder shares.
+
+Every ``embed_*`` returns float32 (N, D) unit-norm rows; `l2_normalize` is the one place
+that normalises, and encoders call it on their way out.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """Unit-normalise rows of a numpy array or torch tensor (float32 out for numpy)."""
+    if isinstance(x, np.ndarray):
+        x = x.astype(np.float32, copy=False)
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+    import torch
+
+    return torch.nn.functional.normalize(x, dim=-1, eps=eps)
+
+
+def choose_device(device: str | None = None, quiet: bool = False) -> str:
+    """``cuda`` when present (or what was asked); a loud notice on stderr when it falls back to CPU."""
+    import torch
+
+    if device and device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            from songsight.errors import SongsightError
+
+            raise SongsightError(f"device {device!r} was asked for but CUDA is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if not quiet:
+        print("songsight: no CUDA device found, running on CPU (slower; pass --device to choose)", file=sys.stderr)
+    return "cpu"
+
+
+@dataclass
+class ClipEmbedding:
+    """One recording's embeddings: per window and the clip-level mean.
+
+    ``windows`` (W, D) float32 unit norm; ``starts_s``/``ends_s`` (W,) window times in the
+    recording; ``clip`` (D,) the re-normalised mean of the windows.
+    """
+
+    windows: np.ndarray
+    starts_s: np.ndarray
+    ends_s: np.ndarray
+    clip: np.ndarray
+    duration_s: float
+    silent: bool = False
+    flags: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class AudioEncoder(Protocol):
+    """Anything that turns recordings into unit vectors of a fixed space."""
+
+    dim: int
+    sample_rate_hz: int
+    window_s: float
+
+    def provenance(self) -> dict: ...
+
+    def embed_audio(self, sources: Sequence, sample_rate_hz: int | None = None) -> np.ndarray:
+        """(N, D) float32 unit norm, one clip-level vector per source."""
+
+    def embed_clips(self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None) -> list[ClipEmbedding]:
+        """Per-window embeddings with times, plus the clip mean, per source."""
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    dim: int
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32 unit norm."""
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    dim: int
+
+    def provenance(self) -> dict: ...
+
+    def embed_images(self, images: Sequence) -> np.ndarray:
+        """(N, D) float32 unit norm from paths or PIL images."""

@@ -1,0 +1,155 @@
+"""BioCLIP-2 (open_clip): images and species names into its 768-d space. A frozen teacher.
+
+Image preprocessing is chosen by ``preprocess``:
+
+- ``"model"`` (default): the transform the checkpoint's own ``open_clip_config.json``
+  declares (BioCLIP-2: resize the short side to 224, centre crop, CLIP mean/std). This is
+  what open_clip and the BioCLIP-2 authors' evaluation code apply, so embeddings match the
+  space the published numbers were measured in.
+- ``"squash"``: resize to 224x224 without cropping, as pybioclip does; keeps the whole frame
+  (a bird near the edge of a wide photo is not cut off) at the cost of aspect distortion.
+
+The choice is recorded in `provenance`. The teacher is frozen: parameters never require
+grad, the module is kept in eval mode, and every forward runs under ``inference_mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from songsight.encoders.base import choose_device, l2_normalize
+from songsight.encoders.loading import BIOCLIP2_ID, ResolvedModel, resolve_model
+from songsight.errors import InputFileError
+from songsight.images import load_image, to_rgb
+from songsight.taxonomy import TEMPLATE_SETS, Species
+
+PREPROCESS_MODES = ("model", "squash")
+
+
+def load_open_clip(model: str | Path | ResolvedModel, device: str = "cpu", preprocess: str = "model"):
+    """(open_clip model in eval mode, image transform, tokenizer, preprocess cfg, ResolvedModel)."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    if preprocess not in PREPROCESS_MODES:
+        raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, not {preprocess!r}")
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model), "image")
+    spec = f"local-dir:{resolved.path}"
+    net = open_clip.create_model(spec, device=device)
+    tokenizer = open_clip.get_tokenizer(spec)
+    overlay = dict(open_clip.get_model_preprocess_cfg(net))
+    if preprocess == "squash":
+        overlay["resize_mode"] = "squash"
+    cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), overlay))
+    transform = image_transform_v2(cfg, is_train=False)
+    return net.eval(), transform, tokenizer, cfg, resolved
+
+
+class BioCLIPEncoder:
+    """BioCLIP-2 image and text embeddings, (N, 768) float32 unit norm."""
+
+    name = "bioclip"
+
+    def __init__(self, model: str | Path | ResolvedModel = BIOCLIP2_ID, device: str | None = None,
+                 batch_size: int = 32, preprocess: str = "model", decode_threads: int = 2):
+        self.device = choose_device(device)
+        self._model, self.transform, self.tokenizer, self.preprocess_cfg, self.resolved = load_open_clip(
+            model, self.device, preprocess)
+        self._model.requires_grad_(False)
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.decode_threads = decode_threads
+        self.dim = int(self._model.text_projection.shape[1] if hasattr(self._model, "text_projection")
+                       and self._model.text_projection is not None else self._model.visual.output_dim)
+
+    def provenance(self) -> dict:
+        from dataclasses import asdict
+
+        return {"encoder": self.name, "kind": "image", **self.resolved.provenance(), "dim": self.dim,
+                "preprocessing": {**asdict(self.preprocess_cfg), "choice": self.preprocess}}
+
+    def _frozen(self):
+        """The model in eval mode, whatever a caller did to it (the teacher invariant)."""
+        if self._model.training:
+            self._model.eval()
+        return self._model
+
+    # --- images ----------------------------------------------------------------------------
+    def _prepare(self, source):
+        img = to_rgb(source) if not isinstance(source, (str, Path)) else load_image(source)
+        return self.transform(img)
+
+    def iter_images(self, sources: Sequence) -> Iterator[tuple[int, np.ndarray | InputFileError]]:
+        """Yield ``(index, (768,) embedding)`` or ``(index, InputFileError)`` in order.
+
+        Decoding and preprocessing of the next batch run in threads while the model works.
+        """
+        import torch
+
+        def prep_batch(start: int):
+            items = []
+            for j in range(start, min(start + self.batch_size, len(sources))):
+                try:
+                    items.append((j, self._prepare(sources[j])))
+                except InputFileError as exc:
+                    items.append((j, exc))
+            return items
+
+        starts = range(0, len(sources), self.batch_size)
+        model = self._frozen()
+        with ThreadPoolExecutor(max_workers=max(1, self.decode_threads)) as pool:
+            # map() would queue every batch at once; keep at most two batches in flight.
+            futures = [pool.submit(prep_batch, s) for s in list(starts)[:2]]
+            for b, _ in enumerate(starts):
+                items = futures[b].result()
+                futures[b] = None
+                if b + 2 < len(starts):
+                    futures.append(pool.submit(prep_batch, starts[b + 2]))
+                good = [(j, t) for j, t in items if not isinstance(t, InputFileError)]
+                emb = {}
+                if good:
+                    x = torch.stack([t for _, t in good]).to(self.device)
+                    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
+                        out = l2_normalize(model.encode_image(x).float()).cpu().numpy()
+                    emb = {j: out[k] for k, (j, _) in enumerate(good)}
+                for j, t in items:
+                    yield j, (t if isinstance(t, InputFileError) else emb[j])
+
+    def embed_images(self, sources: Sequence) -> np.ndarray:
+        """(N, 768) float32 unit norm from paths or PIL images; raises on the first bad file."""
+        out = []
+        for _, res in self.iter_images(list(sources)):
+            if isinstance(res, InputFileError):
+                raise res
+            out.append(res)
+        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+
+    # --- text ------------------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """(N, 768) float32 unit norm."""
+        import torch
+
+        texts = list(texts)
+        model = self._frozen()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                tok = self.tokenizer(texts[i:i + batch_size]).to(self.device)
+                out.append(l2_normalize(model.encode_text(tok).float()).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_species(self, species: Sequence[Species], prompt_format: str = "taxon_com",
+                      templates: str | Sequence[str] = "none") -> np.ndarray:
+        """(S, 768): each species' prompt through every template, averaged, re-normalised.
+
+        This is BioCLIP's zero-shot classifier construction (templates "openai" = the 80
+        ImageNet templates).
+        """
+        tmpl = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
+        prompts = [t.format(sp.prompt(prompt_format)) for sp in species for t in tmpl]
+        emb = self.embed_texts(prompts).reshape(len(species), len(tmpl), -1)
+        return l2_normalize(emb.mean(axis=1))

@@ -1,0 +1,252 @@
+"""BioLingual (transformers ``ClapModel``): audio and text into its 512-d space.
+
+The model's own ``preprocessor_config.json`` decides sampling rate, window length, padding
+mode and mel filter bank; nothing is assumed from library defaults (``ClapFeatureExtractor()``
+defaults to fusion truncation, while BioLingual is an unfused HTSAT). Log-mel features are
+computed in torch (batched, float64 STFT) and tested equal to what transformers' own
+``ClapProcessor`` produces for the same audio.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from songsight.audio import Audio, load_audio, prepare_waveform, window_bounds
+from songsight.encoders.base import ClipEmbedding, choose_device, l2_normalize
+from songsight.encoders.loading import ResolvedModel, resolve_model
+from songsight.errors import InputFileError
+
+DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
+
+
+class ClapFeatures:
+    """Log-mel features exactly as the model's ``ClapFeatureExtractor`` computes them.
+
+    Only the path for inputs no longer than one window is used: longer recordings are cut
+    into windows upstream, so the extractor's random truncation never applies.
+    Output: (B, C, frames, mel_bins) float32, C = 4 for fused models, else 1.
+    """
+
+    def __init__(self, extractor, fused_model: bool):
+        import torch
+
+        self.sample_rate_hz = int(extractor.sampling_rate)
+        self.max_samples = int(extractor.nb_max_samples)
+        self.n_fft = int(extractor.fft_window_size)
+        self.hop = int(extractor.hop_length)
+        self.padding = extractor.padding
+        self.truncation = extractor.truncation
+        self.channels = 4 if fused_model else 1
+        if extractor.truncation == "fusion" and not fused_model:
+            # Unfused CLAP was trained on rand_trunc features (Slaney filters, one channel);
+            # a "fusion" preprocessor beside an unfused model would feed 4 channels and crash.
+            warnings.warn("preprocessor says truncation='fusion' but the audio model is unfused; "
+                          "using the unfused (Slaney filter bank, 1 channel) features", stacklevel=2)
+            self.truncation = "rand_trunc"
+        filters = extractor.mel_filters if self.truncation == "fusion" else extractor.mel_filters_slaney
+        self.mel_filters = torch.from_numpy(np.asarray(filters, dtype=np.float64))  # (n_freq, n_mel)
+        self.window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64)
+
+    def describe(self) -> dict:
+        return {"sample_rate_hz": self.sample_rate_hz, "window_samples": self.max_samples,
+                "padding": self.padding, "truncation": self.truncation, "channels": self.channels,
+                "n_fft": self.n_fft, "hop_length": self.hop, "n_mels": int(self.mel_filters.shape[1])}
+
+    def pad(self, wave: np.ndarray) -> np.ndarray:
+        """Pad one (T <= max_samples,) waveform as the extractor's padding mode does."""
+        n, m = len(wave), self.max_samples
+        if n > m:
+            raise ValueError(f"window of {n} samples is longer than the model's {m}")
+        if n < m:
+            if self.padding == "repeat":
+                wave = np.tile(wave, m // n + 1)[:m]
+            elif self.padding == "repeatpad":
+                wave = np.tile(wave, m // n)
+            wave = np.pad(wave, (0, m - len(wave)))
+        return wave
+
+    def __call__(self, waves: Sequence[np.ndarray], device: str = "cpu"):
+        import torch
+
+        batch = torch.from_numpy(np.stack([self.pad(np.asarray(w, dtype=np.float64)) for w in waves]))
+        spec = torch.stft(batch, self.n_fft, self.hop, window=self.window, center=True,
+                          pad_mode="reflect", return_complex=True).abs().pow(2)  # (B, F, frames)
+        mel = torch.einsum("bft,fm->btm", spec, self.mel_filters).clamp_min(1e-10)
+        feats = (10.0 * torch.log10(mel)).to(torch.float32).unsqueeze(1)  # (B, 1, frames, mel)
+        if self.channels == 4:
+            feats = feats.expand(-1, 4, -1, -1)
+        return feats.to(device)
+
+
+def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
+    """Load (ClapModel in eval mode, ClapFeatures, tokenizer, ResolvedModel) from local files."""
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model), "audio")
+    clap = ClapModel.from_pretrained(resolved.path).eval().to(device)
+    extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    feats = ClapFeatures(extractor, bool(clap.config.audio_config.enable_fusion))
+    return clap, feats, tokenizer, resolved
+
+
+class BioLingualEncoder:
+    """BioLingual audio and text embeddings: ``embed_audio`` / ``embed_clips`` / ``embed_texts``.
+
+    ``window_s`` defaults to the model's own window (10 s for BioLingual) and ``hop_s`` to half
+    of it. Recordings shorter than a window are padded as the model's preprocessor says
+    (repeat-pad for BioLingual); longer ones are cut into windows.
+    """
+
+    name = "biolingual"
+
+    def __init__(self, model: str | Path | ResolvedModel = "davidrrobinson/BioLingual", device: str | None = None,
+                 batch_size: int = 16, window_s: float | None = None, hop_s: float | None = None):
+        import torch
+
+        self.device = choose_device(device)
+        self.model, self.features, self.tokenizer, self.resolved = load_clap(model, self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.sample_rate_hz = self.features.sample_rate_hz
+        self.model_window_s = self.features.max_samples / self.sample_rate_hz
+        self.window_s = float(window_s) if window_s else self.model_window_s
+        if self.window_s > self.model_window_s + 1e-9:
+            raise ValueError(f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window")
+        self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
+        self.batch_size = batch_size
+        self.autocast = torch.bfloat16 if self.device.startswith("cuda") else None
+        self.dim = self._output_dim()
+
+    # --- what subclasses (the distilled encoder) change -------------------------------------
+    def _output_dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def _embed_features(self, feats):
+        """(B, C, frames, mel) features -> (B, D) unnormalised audio embeddings (torch)."""
+        pooled = self.model.audio_model(input_features=feats).pooler_output
+        return self.model.audio_projection(pooled)
+
+    def provenance(self) -> dict:
+        return {"encoder": self.name, "kind": "audio", **self.resolved.provenance(), "dim": self.dim,
+                "preprocessing": {**self.features.describe(), "window_s": self.window_s, "hop_s": self.hop_s}}
+
+    # --- audio ----------------------------------------------------------------------------
+    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(windows), self.batch_size):
+                feats = self.features(windows[i:i + self.batch_size], self.device)
+                with torch.autocast(self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None):
+                    emb = self._embed_features(feats)
+                out.append(l2_normalize(emb.float()).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _decode(self, source) -> Audio:
+        if isinstance(source, tuple):
+            wave, rate = source
+            return prepare_waveform(wave, rate, self.sample_rate_hz)
+        return load_audio(source, self.sample_rate_hz)
+
+    def iter_clips(self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None,
+                   ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
+        """Embed sources in order, yielding ``(index, ClipEmbedding)`` or ``(index, InputFileError)``.
+
+        Sources are paths or ``(waveform, sample_rate_hz)`` tuples. Windows of several files
+        share a model batch; decoding of the next file runs in a thread while the model works.
+        """
+        window_s = float(window_s or self.window_s)
+        hop_s = float(hop_s or self.hop_s)
+        if window_s > self.model_window_s + 1e-9:
+            raise ValueError(f"window_s={window_s} exceeds the model's {self.model_window_s} s window")
+        pending: list[tuple[int, Audio, list[tuple[int, int]]]] = []
+        queued: list[np.ndarray] = []
+
+        def flush() -> Iterator[tuple[int, ClipEmbedding]]:
+            emb = self._forward(queued)
+            pos = 0
+            for idx, audio, bounds in pending:
+                w = emb[pos:pos + len(bounds)]
+                pos += len(bounds)
+                sr = audio.sample_rate_hz
+                yield idx, ClipEmbedding(
+                    windows=w,
+                    starts_s=np.array([b[0] / sr for b in bounds]),
+                    ends_s=np.array([b[1] / sr for b in bounds]),
+                    clip=l2_normalize(w.mean(axis=0, keepdims=True))[0],
+                    duration_s=audio.duration_s, silent=audio.silent,
+                    flags=["silent"] if audio.silent else [],
+                )
+            pending.clear()
+            queued.clear()
+
+        def safe_decode(src):
+            try:
+                return self._decode(src)
+            except InputFileError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures = [pool.submit(safe_decode, s) for s in sources[:2]]
+            for i in range(len(sources)):
+                audio = futures[i].result()
+                futures[i] = None  # release the decoded audio once used
+                if i + 2 < len(sources):
+                    futures.append(pool.submit(safe_decode, sources[i + 2]))
+                if isinstance(audio, InputFileError):
+                    yield i, audio
+                    continue
+                bounds = window_bounds(len(audio.waveform), audio.sample_rate_hz, window_s, hop_s)
+                pending.append((i, audio, bounds))
+                queued.extend(audio.waveform[a:b] for a, b in bounds)
+                if len(queued) >= self.batch_size:
+                    yield from flush()
+            if queued:
+                yield from flush()
+
+    def embed_clips(self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None) -> list[ClipEmbedding]:
+        """Per-window embeddings (with start/end times) and the clip mean, one per source.
+
+        Raises `InputFileError` for the first unusable source; use `iter_clips` to carry on.
+        """
+        results: list[ClipEmbedding | None] = [None] * len(sources)
+        for i, res in self.iter_clips(list(sources), window_s, hop_s):
+            if isinstance(res, InputFileError):
+                raise res
+            results[i] = res
+        return results  # type: ignore[return-value]
+
+    def embed_audio(self, sources: Sequence, sample_rate_hz: int | None = None) -> np.ndarray:
+        """(N, D) float32 unit norm: the clip-level embedding of each source.
+
+        ``sources``: paths, ``(waveform, rate)`` tuples, or bare waveforms with ``sample_rate_hz``.
+        """
+        items = [(s, sample_rate_hz) if isinstance(s, np.ndarray) else s for s in sources]
+        if any(isinstance(s, tuple) and s[1] is None for s in items):
+            raise ValueError("bare waveforms need sample_rate_hz")
+        clips = self.embed_clips(items)
+        return np.stack([c.clip for c in clips]) if clips else np.zeros((0, self.dim), np.float32)
+
+    # --- text ------------------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(N, 512) float32 unit norm text embeddings in BioLingual's space."""
+        import torch
+
+        texts = list(texts)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                tok = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt").to(self.device)
+                pooled = self.model.text_model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output
+                out.append(l2_normalize(self.model.text_projection(pooled).float()).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, int(self.model.config.projection_dim)), np.float32)
