@@ -1,0 +1,1 @@
+"""Evaluation: metrics on arrays, and the tasks that turn embedding stores into results."""
