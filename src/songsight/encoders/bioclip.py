@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.encoders.base import choose_device, l2_normalize
+from songsight.encoders.base import autocast_dtype, choose_device, l2_normalize
 from songsight.encoders.loading import BIOCLIP2_ID, ResolvedModel, resolve_model
 from songsight.errors import InputFileError
 from songsight.images import load_image, to_rgb
@@ -55,12 +55,17 @@ class BioCLIPEncoder:
     name = "bioclip"
 
     def __init__(self, model: str | Path | ResolvedModel = BIOCLIP2_ID, device: str | None = None,
-                 batch_size: int = 32, preprocess: str = "model", decode_threads: int = 2):
+                 batch_size: int = 32, preprocess: str = "model", decode_threads: int = 2,
+                 precision: str = "auto"):
+        if not isinstance(model, ResolvedModel):
+            model = resolve_model(str(model), "image")  # a missing model fails before any device notice
         self.device = choose_device(device)
         self._model, self.transform, self.tokenizer, self.preprocess_cfg, self.resolved = load_open_clip(
             model, self.device, preprocess)
         self._model.requires_grad_(False)
         self.preprocess = preprocess
+        self.autocast = autocast_dtype(precision, self.device)
+        self.precision = "bf16" if self.autocast is not None else "fp32"
         self.batch_size = batch_size
         self.decode_threads = decode_threads
         self.dim = int(self._model.text_projection.shape[1] if hasattr(self._model, "text_projection")
@@ -70,6 +75,7 @@ class BioCLIPEncoder:
         from dataclasses import asdict
 
         return {"encoder": self.name, "kind": "image", **self.resolved.provenance(), "dim": self.dim,
+                "precision": self.precision,
                 "preprocessing": {**asdict(self.preprocess_cfg), "choice": self.preprocess}}
 
     def _frozen(self):
@@ -113,7 +119,8 @@ class BioCLIPEncoder:
                 emb = {}
                 if good:
                     x = torch.stack([t for _, t in good]).to(self.device)
-                    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
+                    with torch.inference_mode(), torch.autocast(self.device.split(":")[0], self.autocast,
+                                                                 enabled=self.autocast is not None):
                         out = l2_normalize(model.encode_image(x).float()).cpu().numpy()
                     emb = {j: out[k] for k, (j, _) in enumerate(good)}
                 for j, t in items:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.audio import Audio, load_audio, prepare_waveform, window_bounds
-from songsight.encoders.base import ClipEmbedding, choose_device, l2_normalize
+from songsight.encoders.base import ClipEmbedding, autocast_dtype, choose_device, l2_normalize
 from songsight.encoders.loading import ResolvedModel, resolve_model
 from songsight.errors import InputFileError
 
@@ -109,9 +109,10 @@ class BioLingualEncoder:
     name = "biolingual"
 
     def __init__(self, model: str | Path | ResolvedModel = "davidrrobinson/BioLingual", device: str | None = None,
-                 batch_size: int = 16, window_s: float | None = None, hop_s: float | None = None):
-        import torch
-
+                 batch_size: int = 16, window_s: float | None = None, hop_s: float | None = None,
+                 precision: str = "auto"):
+        if not isinstance(model, ResolvedModel):
+            model = resolve_model(str(model), "audio")  # a missing model fails before any device notice
         self.device = choose_device(device)
         self.model, self.features, self.tokenizer, self.resolved = load_clap(model, self.device)
         for p in self.model.parameters():
@@ -123,7 +124,8 @@ class BioLingualEncoder:
             raise ValueError(f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window")
         self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
         self.batch_size = batch_size
-        self.autocast = torch.bfloat16 if self.device.startswith("cuda") else None
+        self.autocast = autocast_dtype(precision, self.device)
+        self.precision = "bf16" if self.autocast is not None else "fp32"
         self.dim = self._output_dim()
 
     # --- what subclasses (the distilled encoder) change -------------------------------------
@@ -137,6 +139,7 @@ class BioLingualEncoder:
 
     def provenance(self) -> dict:
         return {"encoder": self.name, "kind": "audio", **self.resolved.provenance(), "dim": self.dim,
+                "precision": self.precision,
                 "preprocessing": {**self.features.describe(), "window_s": self.window_s, "hop_s": self.hop_s}}
 
     # --- audio ----------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def _hub_id(spec: str) -> str:
 
 def _fix_command(kind: str, spec: str) -> str:
     flag = "--audio-model" if kind == "audio" else "--image-model"
-    return (f"run `songsight download {flag} {spec}` on a machine with internet access "
+    return (f"Run `songsight download {flag} {spec}` on a machine with internet access "
             f"(then copy ~/.cache/huggingface/hub, or set HF_HOME), or pass {flag} /path/to/local/model")
 
 
@@ -100,13 +100,12 @@ def resolve_model(spec: str, kind: str, revision: str | None = None,
     local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / marker).is_file():
-            raise ModelNotFoundError(
-                f"{local} is not a {what} model folder: it has no {marker}. "
-                f"Point to the folder saved by `save_pretrained` / open_clip, or {_fix_command(kind, spec)}."
-            )
+            raise ModelNotFoundError(f"{local} is not a {what} model folder: it has no {marker}.")
         return ResolvedModel(local.resolve(), str(local.resolve()), _dir_revision(local), "local")
     if not spec.startswith("hf-hub:") and not _HUB_ID.match(spec):
-        raise ModelNotFoundError(f"model folder not found: {spec}. {_fix_command(kind, spec).capitalize()}.")
+        example = BIOLINGUAL_ID if kind == "audio" else BIOCLIP2_ID
+        raise ModelNotFoundError(f"model folder not found: {spec}. Pass an existing folder holding {marker}, "
+                                 f"or a Hub id such as {example}.")
 
     repo_id = _hub_id(spec)
     from huggingface_hub import snapshot_download
@@ -120,13 +119,13 @@ def resolve_model(spec: str, kind: str, revision: str | None = None,
     except (LocalEntryNotFoundError, FileNotFoundError):
         reason = "is not in the local Hugging Face cache" + (" (offline mode is on)" if is_offline() else "")
         rev = f" at revision {revision}" if revision else ""
-        raise ModelNotFoundError(f"the {what} model {repo_id}{rev} {reason}. To fix: {_fix_command(kind, spec)}.") from None
+        raise ModelNotFoundError(f"the {what} model {repo_id}{rev} {reason}. {_fix_command(kind, spec)}.") from None
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"no Hub repository {repo_id!r} (or it is private/gated). Check the id; {_fix_command(kind, spec)}.") from None
+        raise ModelNotFoundError(f"no Hub repository {repo_id!r} (or it is private/gated). Check the id. {_fix_command(kind, spec)}.") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec).capitalize()}.") from None
+        raise ModelNotFoundError(f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec)}.") from None
     if not (path / marker).is_file():
-        raise ModelNotFoundError(f"{repo_id} has no {marker}: it is not a {what} model. {_fix_command(kind, spec).capitalize()}.")
+        raise ModelNotFoundError(f"{repo_id} has no {marker}: it is not a {what} model. {_fix_command(kind, spec)}.")
     return ResolvedModel(path, spec, path.name, "hub" if download else "hub-cache")
 
 

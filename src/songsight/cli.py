@@ -1,0 +1,124 @@
+"""songsight command line: parse, then call one library function per subcommand.
+
+Heavy imports (torch, transformers, open_clip) happen after parsing so ``--help`` is instant.
+Deliberate errors print one line and exit 2 (nothing could run) or 1 (some inputs failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+AUDIO_DEFAULT = "davidrrobinson/BioLingual"
+IMAGE_DEFAULT = "hf-hub:imageomics/bioclip-2"
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: CUDA when present)")
+
+
+def _add_audio_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio-model", default=AUDIO_DEFAULT, metavar="ID_OR_DIR",
+                   help=f"BioLingual-style CLAP model: Hub id or local folder (default {AUDIO_DEFAULT})")
+
+
+def _add_image_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-model", default=IMAGE_DEFAULT, metavar="ID_OR_DIR",
+                   help=f"BioCLIP-2-style open_clip model: Hub id or local folder (default {IMAGE_DEFAULT})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="songsight",
+        description="Hear a bird, see it: retrieve photos of the species singing in a recording.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("download", help="fetch BioLingual and BioCLIP-2 into the Hub cache for offline use")
+    p.add_argument("--audio-model", default=AUDIO_DEFAULT, metavar="ID")
+    p.add_argument("--image-model", default=IMAGE_DEFAULT, metavar="ID")
+    p.add_argument("--revision", default=None, help="pin a Hub revision (branch, tag or commit)")
+    p.add_argument("--cache-dir", default=None)
+
+    p = sub.add_parser("embed", help="embed recordings or photos into a Parquet file")
+    esub = p.add_subparsers(dest="modality", metavar="{audio,images}", required=True)
+    for name in ("audio", "images"):
+        q = esub.add_parser(name, help=f"embed {name} files (folders are walked recursively)")
+        q.add_argument("paths", nargs="+", metavar="PATHS")
+        q.add_argument("--out", required=True, metavar="FILE.parquet")
+        q.add_argument("--resume", action="store_true", help="skip files already in --out (by content hash)")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        q.add_argument("--batch-size", type=int, default=None)
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_device(q)
+        q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="auto: bf16 on CUDA, fp32 on CPU; bf16 also speeds up CPUs with AMX")
+        if name == "audio":
+            _add_audio_model(q)
+            q.add_argument("--window-s", type=float, default=None, help="analysis window (default: the model's, 10 s)")
+            q.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: half a window)")
+        else:
+            _add_image_model(q)
+            q.add_argument("--preprocess", choices=("model", "squash"), default="model",
+                           help="model: the checkpoint's own resize+centre-crop (default); squash: resize without crop")
+
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "download":
+        from songsight.encoders.loading import download_models
+
+        for m in download_models(args.audio_model, args.image_model, args.revision, args.cache_dir):
+            print(f"{m.model_id}: revision {m.revision} at {m.path}")
+        return 0
+
+    if args.command == "embed":
+        from songsight import embed
+
+        if args.modality == "audio":
+            from songsight.encoders.biolingual import BioLingualEncoder
+
+            enc = BioLingualEncoder(args.audio_model, device=args.device, batch_size=args.batch_size or 16,
+                                    window_s=args.window_s, hop_s=args.hop_s, precision=args.precision)
+            report = embed.embed_audio_files(args.paths, args.out, enc, args.window_s, args.hop_s,
+                                             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        else:
+            from songsight.encoders.bioclip import BioCLIPEncoder
+
+            enc = BioCLIPEncoder(args.image_model, device=args.device, batch_size=args.batch_size or 32,
+                                 preprocess=args.preprocess, precision=args.precision)
+            report = embed.embed_image_files(args.paths, args.out, enc, resume=args.resume,
+                                             overwrite=args.overwrite, progress=not args.quiet)
+        print(report.summary())
+        return report.exit_code
+
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from songsight.provenance import package_version
+
+        print(f"songsight {package_version()}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    from songsight.errors import SongsightError
+
+    try:
+        return _run(args)
+    except SongsightError as exc:
+        print(f"songsight: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("songsight: interrupted; what was finished is kept (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Embedding jobs over files on disk: walk folders, hash, skip what is done, embed, store.
+
+``embed_audio_files`` and ``embed_image_files`` are what ``songsight embed`` runs. Each input
+file gives rows in a Parquet store (see `songsight.index.store`) or one line in the side
+file ``FILE.errors.csv``; a bad file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from songsight.audio import AUDIO_SUFFIXES
+from songsight.errors import DataNotFoundError, InputFileError
+from songsight.images import IMAGE_SUFFIXES
+from songsight.index.store import EmbeddingWriter
+from songsight.provenance import environment
+
+
+@dataclass
+class EmbedReport:
+    out: Path
+    errors_path: Path
+    n_files: int
+    n_embedded: int
+    n_skipped: int
+    n_failed: int
+    n_rows: int
+    n_silent: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.n_failed else 0
+
+    def summary(self) -> str:
+        text = (f"{self.n_embedded} embedded, {self.n_skipped} already done, {self.n_failed} failed "
+                f"of {self.n_files} files; {self.n_rows} rows in {self.out}")
+        if self.n_silent:
+            text += f"; {self.n_silent} silent file(s) flagged"
+        if self.n_failed:
+            text += f"; errors in {self.errors_path}"
+        return text
+
+
+def collect_files(paths: Iterable[str | Path], suffixes: Sequence[str]) -> list[Path]:
+    """Files named directly (whatever their suffix) plus media files under folders, recursively.
+
+    Order is stable (sorted within each folder, duplicates dropped) so reruns line up.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+        elif p.exists():
+            found = [p]
+        else:
+            raise DataNotFoundError(f"no such file or folder: {p}")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr, smoothing=0.1)
+
+
+def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="float32"):
+    files = collect_files(paths, suffixes)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = EmbeddingWriter(out, {**provenance, "environment": environment()}, resume=resume,
+                             overwrite=overwrite, vector_dtype=vector_dtype)
+    errors_path = out.with_name(out.name.removesuffix(".parquet") + ".errors.csv")
+    todo, hashes, errors = [], {}, []
+    for f in files:
+        try:
+            digest = sha256_file(f)
+        except OSError as exc:
+            errors.append((str(f), f"cannot read file ({exc.strerror or exc})"))
+            continue
+        if digest in writer.done_hashes:
+            continue
+        hashes[f] = digest
+        todo.append(f)
+    return files, writer, errors_path, todo, hashes, errors
+
+
+class _ErrorLog:
+    """``FILE.errors.csv`` (path, error), rewritten per run and flushed per line."""
+
+    def __init__(self, path: Path, initial: list[tuple[str, str]]):
+        self.path = path
+        self.count = 0
+        self._fh = path.open("w", newline="", encoding="utf-8")
+        self._w = csv.writer(self._fh)
+        self._w.writerow(["path", "error"])
+        for row in initial:
+            self.write(*row)
+
+    def write(self, path: str, error: str) -> None:
+        self._w.writerow([path, error])
+        self._fh.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        self._fh.close()
+        if self.count == 0:
+            self.path.unlink(missing_ok=True)
+
+
+def embed_audio_files(paths: Iterable[str | Path], out: str | Path, encoder, window_s: float | None = None,
+                      hop_s: float | None = None, resume: bool = False, overwrite: bool = False,
+                      progress: bool = True) -> EmbedReport:
+    """Embed recordings into ``out`` (Parquet): one row per analysis window.
+
+    Columns: ``path``, ``sha256``, ``window`` (index in the file), ``start_s``, ``end_s``,
+    ``duration_s``, ``silent``, ``embedding``. The clip-level vector of a file is the
+    re-normalised mean of its window rows.
+    """
+    window_s = float(window_s or encoder.window_s)
+    hop_s = float(hop_s or encoder.hop_s)
+    prov = {**encoder.provenance()}
+    prov["preprocessing"] = {**prov["preprocessing"], "window_s": window_s, "hop_s": hop_s}
+    files, writer, errors_path, todo, hashes, errors = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)
+    log = _ErrorLog(errors_path, errors)
+    n_rows = n_ok = n_silent = 0
+    bar = _progress(len(todo), "embedding audio", progress)
+    try:
+        for i, res in encoder.iter_clips(todo, window_s, hop_s):
+            f = todo[i]
+            bar.update(1)
+            if isinstance(res, InputFileError):
+                log.write(str(f), res.reason)
+                continue
+            n_ok += 1
+            n_silent += res.silent
+            writer.add([{"path": str(f), "sha256": hashes[f], "window": w, "start_s": float(res.starts_s[w]),
+                         "end_s": float(res.ends_s[w]), "duration_s": float(res.duration_s), "silent": res.silent,
+                         "embedding": res.windows[w]} for w in range(len(res.windows))])
+            n_rows += len(res.windows)
+    finally:
+        bar.close()
+        writer.flush()
+        log.close()
+    total_rows = writer.close()
+    return EmbedReport(Path(out), errors_path, len(files), n_ok, len(files) - len(todo) - len(errors),
+                       log.count, total_rows, n_silent)
+
+
+def embed_image_files(paths: Iterable[str | Path], out: str | Path, encoder, resume: bool = False,
+                      overwrite: bool = False, progress: bool = True, vector_dtype: str = "float32") -> EmbedReport:
+    """Embed photos into ``out`` (Parquet): columns ``path``, ``sha256``, ``embedding``."""
+    files, writer, errors_path, todo, hashes, errors = _prepare(
+        paths, IMAGE_SUFFIXES, out, encoder.provenance(), resume, overwrite, vector_dtype)
+    log = _ErrorLog(errors_path, errors)
+    n_ok = 0
+    bar = _progress(len(todo), "embedding images", progress)
+    try:
+        for i, res in encoder.iter_images(todo):
+            f = todo[i]
+            bar.update(1)
+            if isinstance(res, InputFileError):
+                log.write(str(f), res.reason)
+                continue
+            n_ok += 1
+            writer.add([{"path": str(f), "sha256": hashes[f], "embedding": res}])
+    finally:
+        bar.close()
+        writer.flush()
+        log.close()
+    total_rows = writer.close()
+    return EmbedReport(Path(out), errors_path, len(files), n_ok, len(files) - len(todo) - len(errors),
+                       log.count, total_rows)

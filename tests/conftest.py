@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny real-architecture models, built once per session, never downloaded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# No test may reach the Hub: resolution falls back to the (empty) cache and fails cleanly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """(audio_dir, image_dir): a tiny ClapModel folder and a tiny open_clip folder."""
+    from songsight.testing import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_encoder(tiny_models):
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    return BioLingualEncoder(tiny_models[0], device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_encoder(tiny_models):
+    from songsight.encoders.bioclip import BioCLIPEncoder
+
+    return BioCLIPEncoder(tiny_models[1], device="cpu", batch_size=4)
