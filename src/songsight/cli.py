@@ -13,18 +13,44 @@ AUDIO_DEFAULT = "davidrrobinson/BioLingual"
 IMAGE_DEFAULT = "hf-hub:imageomics/bioclip-2"
 
 
+def _positive(kind):
+    """An argparse type that accepts only numbers above zero (a clean exit 2 otherwise)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number above zero, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: CUDA when present)")
+    p.add_argument(
+        "--device", default="auto", help="cuda, cuda:N, cpu or auto (default: CUDA when present)"
+    )
 
 
 def _add_audio_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--audio-model", default=AUDIO_DEFAULT, metavar="ID_OR_DIR",
-                   help=f"BioLingual-style CLAP model: Hub id or local folder (default {AUDIO_DEFAULT})")
+    p.add_argument(
+        "--audio-model",
+        default=AUDIO_DEFAULT,
+        metavar="ID_OR_DIR",
+        help=f"BioLingual-style CLAP model: Hub id or local folder (default {AUDIO_DEFAULT})",
+    )
 
 
 def _add_image_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image-model", default=IMAGE_DEFAULT, metavar="ID_OR_DIR",
-                   help=f"BioCLIP-2-style open_clip model: Hub id or local folder (default {IMAGE_DEFAULT})")
+    p.add_argument(
+        "--image-model",
+        default=IMAGE_DEFAULT,
+        metavar="ID_OR_DIR",
+        help=f"BioCLIP-2-style open_clip model: Hub id or local folder (default {IMAGE_DEFAULT})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("download", help="fetch BioLingual and BioCLIP-2 into the Hub cache for offline use")
+    p = sub.add_parser(
+        "download", help="fetch BioLingual and BioCLIP-2 into the Hub cache for offline use"
+    )
     p.add_argument("--audio-model", default=AUDIO_DEFAULT, metavar="ID")
     p.add_argument("--image-model", default=IMAGE_DEFAULT, metavar="ID")
     p.add_argument("--revision", default=None, help="pin a Hub revision (branch, tag or commit)")
@@ -47,22 +75,84 @@ def build_parser() -> argparse.ArgumentParser:
         q = esub.add_parser(name, help=f"embed {name} files (folders are walked recursively)")
         q.add_argument("paths", nargs="+", metavar="PATHS")
         q.add_argument("--out", required=True, metavar="FILE.parquet")
-        q.add_argument("--resume", action="store_true", help="skip files already in --out (by content hash)")
+        q.add_argument(
+            "--resume", action="store_true", help="skip files already in --out (by content hash)"
+        )
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-        q.add_argument("--batch-size", type=int, default=None)
+        q.add_argument("--batch-size", type=_positive(int), default=None)
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         _add_device(q)
-        q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="auto: bf16 on CUDA, fp32 on CPU; bf16 also speeds up CPUs with AMX")
+        q.add_argument(
+            "--precision",
+            choices=("auto", "fp32", "bf16"),
+            default="auto",
+            help="auto: bf16 on CUDA, fp32 on CPU; bf16 also speeds up CPUs with AMX",
+        )
         if name == "audio":
             _add_audio_model(q)
-            q.add_argument("--window-s", type=float, default=None, help="analysis window (default: the model's, 10 s)")
-            q.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: half a window)")
+            q.add_argument(
+                "--window-s",
+                type=_positive(float),
+                default=None,
+                help="analysis window (default: the model's, 10 s)",
+            )
+            q.add_argument(
+                "--hop-s",
+                type=_positive(float),
+                default=None,
+                help="hop between windows (default: half a window)",
+            )
         else:
             _add_image_model(q)
-            q.add_argument("--preprocess", choices=("model", "squash"), default="model",
-                           help="model: the checkpoint's own resize+centre-crop (default); squash: resize without crop")
+            q.add_argument(
+                "--preprocess",
+                choices=("model", "squash"),
+                default="model",
+                help="model: the checkpoint's own resize+centre-crop (default); squash: resize without crop",
+            )
 
+    p = sub.add_parser(
+        "distill", help="distil BioCLIP-2 species text embeddings into BioLingual's audio encoder"
+    )
+    p.add_argument(
+        "--train",
+        required=True,
+        metavar="MANIFEST",
+        help="CSV/Parquet with path, label (and split)",
+    )
+    p.add_argument(
+        "--species",
+        required=True,
+        metavar="TAXA_CSV",
+        help="species table with SSW60's taxa.csv columns",
+    )
+    _add_audio_model(p)
+    _add_image_model(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--val", metavar="MANIFEST", help="validation audio (zero-shot species accuracy each epoch)"
+    )
+    p.add_argument(
+        "--val-gallery",
+        metavar="MANIFEST",
+        help="validation images (path, label) for audio-to-image mAP",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/last exactly (optimizer, schedule, RNG)",
+    )
+    p.add_argument(
+        "--config", metavar="JSON", help="a DistillConfig as JSON; flags below override it"
+    )
+    p.add_argument(
+        "--cache-dir", help="where teacher targets are cached (default ~/.cache/songsight/targets)"
+    )
+    p.add_argument("--quiet", action="store_true")
+    _add_device(p)
+    from songsight.config import DistillConfig, distill_flags
+
+    distill_flags(p, DistillConfig())
     return parser
 
 
@@ -80,19 +170,77 @@ def _run(args: argparse.Namespace) -> int:
         if args.modality == "audio":
             from songsight.encoders.biolingual import BioLingualEncoder
 
-            enc = BioLingualEncoder(args.audio_model, device=args.device, batch_size=args.batch_size or 16,
-                                    window_s=args.window_s, hop_s=args.hop_s, precision=args.precision)
-            report = embed.embed_audio_files(args.paths, args.out, enc, args.window_s, args.hop_s,
-                                             resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+            try:
+                enc = BioLingualEncoder(
+                    args.audio_model,
+                    device=args.device,
+                    batch_size=args.batch_size or 16,
+                    window_s=args.window_s,
+                    hop_s=args.hop_s,
+                    precision=args.precision,
+                )
+            except ValueError as exc:  # e.g. a --window-s longer than the model's: a bad argument
+                from songsight.errors import SongsightError
+
+                raise SongsightError(str(exc)) from None
+            report = embed.embed_audio_files(
+                args.paths,
+                args.out,
+                enc,
+                args.window_s,
+                args.hop_s,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
         else:
             from songsight.encoders.bioclip import BioCLIPEncoder
 
-            enc = BioCLIPEncoder(args.image_model, device=args.device, batch_size=args.batch_size or 32,
-                                 preprocess=args.preprocess, precision=args.precision)
-            report = embed.embed_image_files(args.paths, args.out, enc, resume=args.resume,
-                                             overwrite=args.overwrite, progress=not args.quiet)
+            enc = BioCLIPEncoder(
+                args.image_model,
+                device=args.device,
+                batch_size=args.batch_size or 32,
+                preprocess=args.preprocess,
+                precision=args.precision,
+            )
+            report = embed.embed_image_files(
+                args.paths,
+                args.out,
+                enc,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
         print(report.summary())
         return report.exit_code
+
+    if args.command == "distill":
+        import json
+
+        from songsight.config import DistillConfig, config_from_flags
+        from songsight.distill.train import distill
+
+        base = (
+            DistillConfig.from_dict(json.loads(open(args.config).read()))
+            if args.config
+            else DistillConfig()
+        )
+        summary = distill(
+            args.train,
+            args.species,
+            args.audio_model,
+            args.image_model,
+            args.out,
+            config_from_flags(base, args),
+            val_manifest=args.val,
+            val_gallery=args.val_gallery,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.quiet,
+            cache_dir=args.cache_dir,
+        )
+        print(json.dumps(summary, indent=1))
+        return 0
 
     raise AssertionError(f"unhandled command {args.command}")
 
@@ -116,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"songsight: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("songsight: interrupted; what was finished is kept (rerun with --resume to continue)", file=sys.stderr)
+        print(
+            "songsight: interrupted; what was finished is kept (rerun with --resume to continue)",
+            file=sys.stderr,
+        )
         return 130
 
 

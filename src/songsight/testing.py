@@ -51,6 +51,7 @@ class TinyClapSpec:
     vocab_size: int = 600
     max_text_tokens: int = 64
     padding: str = "repeatpad"
+    dropout: float = 0.1  # HTSAT's hidden dropout (BioLingual: 0.1); 0 makes training steps deterministic across ranks
     corpus: list[str] = field(default_factory=lambda: [DEFAULT_CORPUS])
 
 
@@ -83,44 +84,86 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int, max_tokens: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(list(corpus), trainer=trainer)
-    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>",
-                                   model_max_length=max_tokens)
+    tok.post_processor = processors.RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>"))
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+        model_max_length=max_tokens,
+    )
 
 
 def tiny_clap_config(spec: TinyClapSpec, vocab_size: int, pad_token_id: int):
     from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
 
     audio = ClapAudioConfig(
-        num_mel_bins=spec.n_mels, spec_size=spec.spec_size, window_size=spec.window_size,
-        patch_embeds_hidden_size=spec.patch_hidden, depths=list(spec.depths), num_attention_heads=list(spec.heads),
-        hidden_size=spec.patch_hidden * 2 ** (len(spec.depths) - 1), num_hidden_layers=len(spec.depths),
-        projection_dim=spec.projection_dim, enable_fusion=False, patch_size=4, patch_stride=(4, 4),
+        num_mel_bins=spec.n_mels,
+        spec_size=spec.spec_size,
+        window_size=spec.window_size,
+        patch_embeds_hidden_size=spec.patch_hidden,
+        depths=list(spec.depths),
+        num_attention_heads=list(spec.heads),
+        hidden_size=spec.patch_hidden * 2 ** (len(spec.depths) - 1),
+        num_hidden_layers=len(spec.depths),
+        projection_dim=spec.projection_dim,
+        enable_fusion=False,
+        patch_size=4,
+        patch_stride=(4, 4),
+        hidden_dropout_prob=spec.dropout,
     )
     text = ClapTextConfig(
-        vocab_size=vocab_size, hidden_size=spec.text_hidden, num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads, intermediate_size=spec.text_hidden * 4,
-        max_position_embeddings=spec.max_text_tokens + 2, projection_dim=spec.projection_dim,
-        pad_token_id=pad_token_id, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+        vocab_size=vocab_size,
+        hidden_size=spec.text_hidden,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        intermediate_size=spec.text_hidden * 4,
+        max_position_embeddings=spec.max_text_tokens + 2,
+        projection_dim=spec.projection_dim,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.dropout,
     )
-    return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=spec.projection_dim)
+    return ClapConfig(
+        text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=spec.projection_dim
+    )
 
 
 def tiny_feature_extractor(spec: TinyClapSpec):
     from transformers import ClapFeatureExtractor
 
     return ClapFeatureExtractor(
-        feature_size=spec.n_mels, sampling_rate=spec.sample_rate_hz, hop_length=spec.hop_length,
-        max_length_s=spec.window_s, fft_window_size=spec.n_fft, frequency_min=spec.frequency_min_hz,
-        frequency_max=spec.frequency_max_hz, truncation="rand_trunc", padding=spec.padding,
+        feature_size=spec.n_mels,
+        sampling_rate=spec.sample_rate_hz,
+        hop_length=spec.hop_length,
+        max_length_s=spec.window_s,
+        fft_window_size=spec.n_fft,
+        frequency_min=spec.frequency_min_hz,
+        frequency_max=spec.frequency_max_hz,
+        truncation="rand_trunc",
+        padding=spec.padding,
     )
 
 
-def build_tiny_clap(out_dir: str | Path, spec: TinyClapSpec | None = None, seed: int = 0, model=None) -> Path:
+def build_tiny_clap(
+    out_dir: str | Path, spec: TinyClapSpec | None = None, seed: int = 0, model=None
+) -> Path:
     """Write a tiny random-init (or the given) ClapModel with processor and tokenizer to ``out_dir``."""
     import torch
     from transformers import ClapModel
@@ -144,17 +187,33 @@ def tiny_open_clip_config(spec: TinyClipSpec) -> dict:
     return {
         "model_cfg": {
             "embed_dim": spec.embed_dim,
-            "vision_cfg": {"image_size": spec.image_size, "layers": spec.vision_layers, "width": spec.vision_width,
-                           "patch_size": spec.patch_size, "head_width": spec.vision_head_width},
-            "text_cfg": {"context_length": spec.context_length, "vocab_size": 49408, "width": spec.text_width,
-                         "heads": spec.text_heads, "layers": spec.text_layers},
+            "vision_cfg": {
+                "image_size": spec.image_size,
+                "layers": spec.vision_layers,
+                "width": spec.vision_width,
+                "patch_size": spec.patch_size,
+                "head_width": spec.vision_head_width,
+            },
+            "text_cfg": {
+                "context_length": spec.context_length,
+                "vocab_size": 49408,
+                "width": spec.text_width,
+                "heads": spec.text_heads,
+                "layers": spec.text_layers,
+            },
         },
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-                           "interpolation": "bicubic", "resize_mode": "shortest"},
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
     }
 
 
-def build_tiny_open_clip(out_dir: str | Path, spec: TinyClipSpec | None = None, seed: int = 0, model=None) -> Path:
+def build_tiny_open_clip(
+    out_dir: str | Path, spec: TinyClipSpec | None = None, seed: int = 0, model=None
+) -> Path:
     """Write a tiny random-init (or the given) open_clip CLIP as the BioCLIP-2 Hub repo lays it out."""
     import open_clip
     import torch
@@ -180,9 +239,13 @@ def build_tiny_models(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m songsight.testing", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m songsight.testing", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("tiny-models", help="write tiny audio (transformers) and image (open_clip) models")
+    p = sub.add_parser(
+        "tiny-models", help="write tiny audio (transformers) and image (open_clip) models"
+    )
     p.add_argument("out_dir")
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -1,0 +1,80 @@
+"""Training audio: decode once, crop at random inside longer clips, augment, batch.
+
+Randomness per item is derived from (seed, epoch, item index), not from a running generator,
+so a resumed run draws exactly the crops and noise the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from songsight.audio import load_audio
+from songsight.errors import InputFileError
+
+
+class AudioCrops:
+    """Clips of a manifest as mono waveforms at the model's rate; `crop` draws a training window."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        labels: list[int],
+        sample_rate_hz: int,
+        window_s: float,
+        cache: bool = True,
+        gain_db: float = 0.0,
+        noise_prob: float = 0.0,
+        noise_snr_db: tuple[float, float] = (10.0, 30.0),
+    ):
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.sample_rate_hz = sample_rate_hz
+        self.window = int(round(window_s * sample_rate_hz))
+        self.cache = {} if cache else None
+        self.gain_db = gain_db
+        self.noise_prob = noise_prob
+        self.noise_snr_db = noise_snr_db
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def check(self) -> list[tuple[str, str]]:
+        """Decode every file once (filling the cache); returns (path, reason) of the unusable ones."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self.waveform(i)
+            except InputFileError as exc:
+                bad.append((exc.path, exc.reason))
+        return bad
+
+    def waveform(self, i: int) -> np.ndarray:
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        wave = load_audio(self.paths[i], self.sample_rate_hz).waveform
+        if self.cache is not None:
+            self.cache[i] = wave
+        return wave
+
+    def crop(self, i: int, seed: int, epoch: int) -> np.ndarray:
+        """A window from clip ``i`` with gain and noise, reproducible from (seed, epoch, i)."""
+        rng = np.random.default_rng([seed, epoch, i])
+        wave = self.waveform(i)
+        if len(wave) > self.window:
+            start = int(rng.integers(0, len(wave) - self.window + 1))
+            wave = wave[start : start + self.window]
+        wave = wave.astype(np.float32, copy=True)
+        if self.gain_db > 0:
+            wave *= np.float32(10 ** (rng.uniform(-self.gain_db, self.gain_db) / 20))
+        if self.noise_prob > 0 and rng.random() < self.noise_prob:
+            power = float(np.mean(wave**2)) + 1e-12
+            snr_db = rng.uniform(*self.noise_snr_db)
+            wave += rng.standard_normal(len(wave)).astype(np.float32) * np.float32(
+                np.sqrt(power / 10 ** (snr_db / 10))
+            )
+        return wave
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The item order of one epoch (same on every rank; ranks take interleaved slices of each batch)."""
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)

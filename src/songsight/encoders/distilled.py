@@ -1,0 +1,186 @@
+"""The distilled audio encoder: BioLingual's audio tower + projection + a head into BioCLIP-2 space.
+
+A checkpoint folder holds ``songsight_distilled.json`` (config and provenance: both base models'
+ids and revisions, prompts, data manifest hash, package version), ``clap/`` (the fine-tuned
+ClapModel with its preprocessor and tokenizer, saved as transformers saves BioLingual) and
+``head.safetensors``. `DistilledEncoder` loads it and embeds audio as `BioLingualEncoder`
+does, but into the teacher's 768-d space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from songsight.encoders.biolingual import BioLingualEncoder
+from songsight.encoders.loading import DISTILLED_MARKER, ResolvedModel, _dir_revision
+from songsight.errors import ModelNotFoundError
+
+HEAD_KINDS = ("linear", "mlp")
+
+
+def build_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int | None = None):
+    """Head from BioLingual's 512-d projection to the teacher's 768-d space."""
+    from torch import nn
+
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        hidden = hidden or max(in_dim, out_dim)
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    raise ValueError(f"head kind must be one of {HEAD_KINDS}, not {kind!r}")
+
+
+def _student_module():
+    from torch import nn
+
+    class DistilledStudent(nn.Module):
+        """features -> HTSAT -> audio projection (512) -> head (768); unnormalised outputs."""
+
+        def __init__(self, clap, head):
+            super().__init__()
+            self.audio_model = clap.audio_model
+            self.audio_projection = clap.audio_projection
+            self.head = head
+
+        def forward(self, feats):
+            base = self.audio_projection(self.audio_model(input_features=feats).pooler_output)
+            return self.head(base), base
+
+    return DistilledStudent
+
+
+def make_student(clap, head):
+    """An nn.Module sharing ``clap``'s audio tower and projection, plus ``head``."""
+    return _student_module()(clap, head)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a training output folder (its ``best/``, else ``last/``)."""
+    p = Path(path).expanduser()
+    for cand in (p, p / "best", p / "last"):
+        if (cand / DISTILLED_MARKER).is_file():
+            return cand
+    raise ModelNotFoundError(
+        f"no distilled checkpoint at {p}: expected {DISTILLED_MARKER} there or in best/ or "
+        "last/. Train one with `songsight distill ... --out DIR`."
+    )
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    clap,
+    feature_extractor,
+    tokenizer,
+    head,
+    meta: dict,
+    extra: dict | None = None,
+    targets: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically (to a temporary sibling, then renamed into place).
+
+    ``extra``: {file name: object} saved with ``torch.save`` (the trainer's resume state);
+    ``targets``: (labels (S,), teacher species embeddings (S, D)) kept as ``targets.npz``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "clap").mkdir(parents=True)
+    clap.save_pretrained(tmp / "clap")
+    feature_extractor.save_pretrained(tmp / "clap")
+    tokenizer.save_pretrained(tmp / "clap")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+        str(tmp / "head.safetensors"),
+    )
+    for name, obj in (extra or {}).items():
+        torch.save(obj, tmp / name)
+    if targets is not None:
+        np.savez(
+            tmp / "targets.npz",
+            labels=np.asarray(targets[0]),
+            embeddings=np.asarray(targets[1], np.float32),
+        )
+    (tmp / DISTILLED_MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def read_meta(path: str | Path) -> dict:
+    return json.loads((find_checkpoint(path) / DISTILLED_MARKER).read_text())
+
+
+class DistilledEncoder(BioLingualEncoder):
+    """Audio -> BioCLIP-2 space (768-d, unit norm). Same windowing and batching as BioLingual."""
+
+    name = "distilled"
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str | None = None,
+        batch_size: int = 16,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        precision: str = "auto",
+    ):
+        from safetensors.torch import load_file
+
+        ckpt = find_checkpoint(checkpoint)
+        self.meta = json.loads((ckpt / DISTILLED_MARKER).read_text())
+        self.checkpoint = ckpt
+        resolved = ResolvedModel(ckpt / "clap", str(ckpt.resolve()), _dir_revision(ckpt), "local")
+        super().__init__(
+            resolved,
+            device=device,
+            batch_size=batch_size,
+            window_s=window_s,
+            hop_s=hop_s,
+            precision=precision,
+        )
+        h = self.meta["head"]
+        self.head = (
+            build_head(h["in_dim"], h["out_dim"], h["kind"], h.get("hidden")).to(self.device).eval()
+        )
+        self.head.load_state_dict(load_file(str(ckpt / "head.safetensors")))
+        self.head.requires_grad_(False)
+        self.dim = int(h["out_dim"])
+
+    def _output_dim(self) -> int:  # the head is built after the base class asks
+        return int(self.meta["head"]["out_dim"])
+
+    def _embed_features(self, feats):
+        return self.head(super()._embed_features(feats))
+
+    def provenance(self) -> dict:
+        prov = super().provenance()
+        m = self.meta
+        prov.update(
+            {
+                "distilled_from": m.get("audio_model"),
+                "teacher": m.get("image_model"),
+                "prompts": m.get("prompts"),
+                "train_manifest_sha256": m.get("train_manifest_sha256"),
+            }
+        )
+        return prov
+
+    def species_embeddings(self) -> tuple[list[int], np.ndarray] | None:
+        """The teacher targets the model was distilled on, if saved: (labels, (S, 768))."""
+        f = self.checkpoint / "targets.npz"
+        if not f.is_file():
+            return None
+        z = np.load(f)
+        return z["labels"].tolist(), z["embeddings"].astype(np.float32)
