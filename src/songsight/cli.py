@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="model: the checkpoint's own resize+centre-crop (default); squash: resize without crop",
             )
 
+    p = sub.add_parser("data", help="datasets: download and verify")
+    dsub = p.add_subparsers(dest="dataset", metavar="{ssw60}", required=True)
+    q = dsub.add_parser("ssw60", help="download (resumable, md5-checked) and extract SSW60, or verify it")
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--url", default=None, help="archive URL (default: the official one)")
+    q.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser(
         "distill", help="distil BioCLIP-2 species text embeddings into BioLingual's audio encoder"
     )
@@ -213,6 +220,13 @@ def _run(args: argparse.Namespace) -> int:
             )
         print(report.summary())
         return report.exit_code
+
+    if args.command == "data":
+        from songsight.data.download import DEFAULT_URL, fetch_ssw60, format_ssw60_report
+
+        report = fetch_ssw60(args.dir, url=args.url or DEFAULT_URL, progress=not args.quiet)
+        print(format_ssw60_report(report))
+        return 0
 
     if args.command == "distill":
         import json
