@@ -8,6 +8,7 @@ libsndfile >= 1.1) and resampling uses soxr's high-quality mode.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,23 +57,35 @@ def resample(waveform: np.ndarray, from_rate_hz: int, to_rate_hz: int) -> np.nda
         return waveform.astype(np.float32, copy=False)
     import soxr
 
-    return soxr.resample(waveform, from_rate_hz, to_rate_hz, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(waveform, from_rate_hz, to_rate_hz, quality="HQ").astype(
+        np.float32, copy=False
+    )
 
 
-def prepare_waveform(data: np.ndarray, sample_rate_hz: int, target_rate_hz: int, name: str = "<array>") -> Audio:
+def prepare_waveform(
+    data: np.ndarray, sample_rate_hz: int, target_rate_hz: int, name: str = "<array>"
+) -> Audio:
     """Validate an in-memory waveform, downmix and resample it. Raises `InputFileError`."""
     if not isinstance(sample_rate_hz, (int, np.integer)) or sample_rate_hz <= 0:
         raise InputFileError(name, f"invalid sample rate {sample_rate_hz!r}")
     arr = np.asarray(data)
-    if arr.dtype.kind not in "fiu":
-        raise InputFileError(name, f"audio samples must be numeric, got dtype {arr.dtype}")
+    if arr.dtype.kind in "iu":
+        # The scale of integer samples is ambiguous (int16 PCM, int32, uint8 offset, counts);
+        # guessing it silently would give wrong levels, so ask for float in [-1, 1].
+        raise InputFileError(
+            name,
+            f"integer samples (dtype {arr.dtype}): pass float audio in [-1, 1], "
+            "e.g. x / 32768 for 16-bit PCM",
+        )
+    if arr.dtype.kind != "f":
+        raise InputFileError(name, f"audio samples must be floating point, got dtype {arr.dtype}")
     channels = 1 if arr.ndim == 1 else arr.shape[1] if arr.ndim == 2 else -1
     if channels < 0:
-        raise InputFileError(name, f"audio must be (samples,) or (samples, channels), got shape {arr.shape}")
+        raise InputFileError(
+            name, f"audio must be (samples,) or (samples, channels), got shape {arr.shape}"
+        )
     if arr.shape[0] == 0:
         raise InputFileError(name, "zero-length audio (no samples)")
-    if arr.dtype.kind in "iu":
-        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
     mono = to_mono(arr)
     if not np.isfinite(mono).all():
         raise InputFileError(name, "audio contains NaN or infinite samples")
@@ -81,7 +94,9 @@ def prepare_waveform(data: np.ndarray, sample_rate_hz: int, target_rate_hz: int,
     return Audio(wave, target_rate_hz, int(sample_rate_hz), channels, silent)
 
 
-def load_audio(path: str | Path, target_rate_hz: int, max_duration_s: float = MAX_DURATION_S) -> Audio:
+def load_audio(
+    path: str | Path, target_rate_hz: int, max_duration_s: float = MAX_DURATION_S
+) -> Audio:
     """Decode a file to mono float32 at ``target_rate_hz``.
 
     Raises `InputFileError` with a readable reason for: missing, empty, non-audio or corrupt
@@ -102,7 +117,10 @@ def load_audio(path: str | Path, target_rate_hz: int, max_duration_s: float = MA
     if info.frames <= 0 and info.format not in ("MPEG", "OGG"):
         raise InputFileError(name, "zero-length audio (no samples)")
     if info.duration > max_duration_s:
-        raise InputFileError(name, f"recording is {info.duration:.0f} s, longer than the {max_duration_s:.0f} s limit")
+        raise InputFileError(
+            name,
+            f"recording is {info.duration:.0f} s, longer than the {max_duration_s:.0f} s limit",
+        )
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -111,11 +129,20 @@ def load_audio(path: str | Path, target_rate_hz: int, max_duration_s: float = MA
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    # libsndfile prefixes "Error opening '<path>': " (the path is already in the error) and
+    # says "File does not exist ..." for undecodable MP3 data in a file that does exist.
+    text = re.sub(r"^Error opening .*?: ", "", lines[-1])
+    if "does not exist" in text:
+        text = "format not recognised or data corrupt"
+    return text[:200]
 
 
-def window_bounds(n_samples: int, sample_rate_hz: int, window_s: float, hop_s: float) -> list[tuple[int, int]]:
+def window_bounds(
+    n_samples: int, sample_rate_hz: int, window_s: float, hop_s: float
+) -> list[tuple[int, int]]:
     """Sample ranges [start, end) of analysis windows covering a recording.
 
     A recording no longer than one window gives one window (the encoder pads it). Longer ones
@@ -139,8 +166,10 @@ def window_bounds(n_samples: int, sample_rate_hz: int, window_s: float, hop_s: f
 
 def n_windows(duration_s: float, window_s: float, hop_s: float) -> int:
     """How many windows `window_bounds` gives for a duration (for progress totals)."""
-    if duration_s <= window_s:
+    # The 1e-9 s tolerances (far below one sample) absorb float error in ``n / rate`` so the
+    # count agrees with `window_bounds`' integer arithmetic at the exact boundaries.
+    if duration_s <= window_s + 1e-9:
         return 1
     n = 1 + math.floor((duration_s - window_s) / hop_s + 1e-9)
     tail = duration_s - ((n - 1) * hop_s + window_s)
-    return n + (1 if tail > 0.1 * window_s else 0)
+    return n + (1 if tail > 0.1 * window_s + 1e-9 else 0)

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="model: the checkpoint's own resize+centre-crop (default); squash: resize without crop",
             )
 
+    p = sub.add_parser("demo", help="the whole job offline in a simulated world (build, pretrain, distil, evaluate)")
+    p.add_argument("--quick", action="store_true", help="a 12-species world, for tests and smoke runs (< 1 min)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--species", type=int, default=None, help="number of species (default 60, quick 12)")
+    p.add_argument("--out", default="songsight-demo", metavar="DIR")
+
     p = sub.add_parser("data", help="datasets: download and verify")
     dsub = p.add_subparsers(dest="dataset", metavar="{ssw60}", required=True)
     q = dsub.add_parser("ssw60", help="download (resumable, md5-checked) and extract SSW60, or verify it")
@@ -220,6 +226,12 @@ def _run(args: argparse.Namespace) -> int:
             )
         print(report.summary())
         return report.exit_code
+
+    if args.command == "demo":
+        from songsight.sim.demo import run_demo
+
+        run_demo(args.out, seed=args.seed, species=args.species, quick=args.quick)
+        return 0
 
     if args.command == "data":
         from songsight.data.download import DEFAULT_URL, fetch_ssw60, format_ssw60_report

@@ -37,8 +37,10 @@ class EmbedReport:
         return 1 if self.n_failed else 0
 
     def summary(self) -> str:
-        text = (f"{self.n_embedded} embedded, {self.n_skipped} already done, {self.n_failed} failed "
-                f"of {self.n_files} files; {self.n_rows} rows in {self.out}")
+        text = (
+            f"{self.n_embedded} embedded, {self.n_skipped} already done, {self.n_failed} failed "
+            f"of {self.n_files} files; {self.n_rows} rows in {self.out}"
+        )
         if self.n_silent:
             text += f"; {self.n_silent} silent file(s) flagged"
         if self.n_failed:
@@ -79,16 +81,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr, smoothing=0.1)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="file",
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        smoothing=0.1,
+    )
 
 
 def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="float32"):
     files = collect_files(paths, suffixes)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = EmbeddingWriter(out, {**provenance, "environment": environment()}, resume=resume,
-                             overwrite=overwrite, vector_dtype=vector_dtype)
+    writer = EmbeddingWriter(
+        out,
+        {**provenance, "environment": environment()},
+        resume=resume,
+        overwrite=overwrite,
+        vector_dtype=vector_dtype,
+    )
     errors_path = out.with_name(out.name.removesuffix(".parquet") + ".errors.csv")
     todo, hashes, errors = [], {}, []
     for f in files:
@@ -127,9 +141,16 @@ class _ErrorLog:
             self.path.unlink(missing_ok=True)
 
 
-def embed_audio_files(paths: Iterable[str | Path], out: str | Path, encoder, window_s: float | None = None,
-                      hop_s: float | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: bool = True) -> EmbedReport:
+def embed_audio_files(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    encoder,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EmbedReport:
     """Embed recordings into ``out`` (Parquet): one row per analysis window.
 
     Columns: ``path``, ``sha256``, ``window`` (index in the file), ``start_s``, ``end_s``,
@@ -140,7 +161,9 @@ def embed_audio_files(paths: Iterable[str | Path], out: str | Path, encoder, win
     hop_s = float(hop_s or encoder.hop_s)
     prov = {**encoder.provenance()}
     prov["preprocessing"] = {**prov["preprocessing"], "window_s": window_s, "hop_s": hop_s}
-    files, writer, errors_path, todo, hashes, errors = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)
+    files, writer, errors_path, todo, hashes, errors = _prepare(
+        paths, AUDIO_SUFFIXES, out, prov, resume, overwrite
+    )
     log = _ErrorLog(errors_path, errors)
     n_rows = n_ok = n_silent = 0
     bar = _progress(len(todo), "embedding audio", progress)
@@ -153,24 +176,52 @@ def embed_audio_files(paths: Iterable[str | Path], out: str | Path, encoder, win
                 continue
             n_ok += 1
             n_silent += res.silent
-            writer.add([{"path": str(f), "sha256": hashes[f], "window": w, "start_s": float(res.starts_s[w]),
-                         "end_s": float(res.ends_s[w]), "duration_s": float(res.duration_s), "silent": res.silent,
-                         "embedding": res.windows[w]} for w in range(len(res.windows))])
+            writer.add(
+                [
+                    {
+                        "path": str(f),
+                        "sha256": hashes[f],
+                        "window": w,
+                        "start_s": float(res.starts_s[w]),
+                        "end_s": float(res.ends_s[w]),
+                        "duration_s": float(res.duration_s),
+                        "silent": res.silent,
+                        "embedding": res.windows[w],
+                    }
+                    for w in range(len(res.windows))
+                ]
+            )
             n_rows += len(res.windows)
     finally:
         bar.close()
         writer.flush()
         log.close()
     total_rows = writer.close()
-    return EmbedReport(Path(out), errors_path, len(files), n_ok, len(files) - len(todo) - len(errors),
-                       log.count, total_rows, n_silent)
+    return EmbedReport(
+        Path(out),
+        errors_path,
+        len(files),
+        n_ok,
+        len(files) - len(todo) - len(errors),
+        log.count,
+        total_rows,
+        n_silent,
+    )
 
 
-def embed_image_files(paths: Iterable[str | Path], out: str | Path, encoder, resume: bool = False,
-                      overwrite: bool = False, progress: bool = True, vector_dtype: str = "float32") -> EmbedReport:
+def embed_image_files(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    encoder,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    vector_dtype: str = "float32",
+) -> EmbedReport:
     """Embed photos into ``out`` (Parquet): columns ``path``, ``sha256``, ``embedding``."""
     files, writer, errors_path, todo, hashes, errors = _prepare(
-        paths, IMAGE_SUFFIXES, out, encoder.provenance(), resume, overwrite, vector_dtype)
+        paths, IMAGE_SUFFIXES, out, encoder.provenance(), resume, overwrite, vector_dtype
+    )
     log = _ErrorLog(errors_path, errors)
     n_ok = 0
     bar = _progress(len(todo), "embedding images", progress)
@@ -188,5 +239,12 @@ def embed_image_files(paths: Iterable[str | Path], out: str | Path, encoder, res
         writer.flush()
         log.close()
     total_rows = writer.close()
-    return EmbedReport(Path(out), errors_path, len(files), n_ok, len(files) - len(todo) - len(errors),
-                       log.count, total_rows)
+    return EmbedReport(
+        Path(out),
+        errors_path,
+        len(files),
+        n_ok,
+        len(files) - len(todo) - len(errors),
+        log.count,
+        total_rows,
+    )

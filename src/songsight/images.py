@@ -57,7 +57,10 @@ def load_image(path: str | Path):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise InputFileError(name, f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,} pixel limit")
+                    raise InputFileError(
+                        name,
+                        f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,} pixel limit",
+                    )
                 img.load()
                 return to_rgb(img)
     except InputFileError:

@@ -21,30 +21,85 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "none": ("{}",),
     "photo": ("a photo of {}.",),
     "openai": (
-        "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-        "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
-        "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.",
-        "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
-        "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.",
-        "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.", "the plastic {}.",
-        "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
-        "a painting of the {}.", "a painting of a {}.", "a pixelated photo of the {}.",
-        "a sculpture of the {}.", "a bright photo of the {}.", "a cropped photo of a {}.",
-        "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
-        "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.",
-        "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.",
-        "a close-up photo of the {}.", "a photo of a {}.", "the origami {}.",
-        "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.", "a origami {}.",
-        "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
-        "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.",
-        "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.",
-        "a cartoon {}.", "art of a {}.", "a sketch of the {}.", "a embroidered {}.",
-        "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
-        "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.",
-        "a photo of the small {}.", "a photo of the weird {}.", "the cartoon {}.", "art of the {}.",
-        "a drawing of the {}.", "a photo of the large {}.", "a black and white photo of a {}.",
-        "the plushie {}.", "a dark photo of a {}.", "itap of a {}.", "graffiti of the {}.",
-        "a toy {}.", "itap of my {}.", "a photo of a cool {}.", "a photo of a small {}.",
+        "a bad photo of a {}.",
+        "a photo of many {}.",
+        "a sculpture of a {}.",
+        "a photo of the hard to see {}.",
+        "a low resolution photo of the {}.",
+        "a rendering of a {}.",
+        "graffiti of a {}.",
+        "a bad photo of the {}.",
+        "a cropped photo of the {}.",
+        "a tattoo of a {}.",
+        "the embroidered {}.",
+        "a photo of a hard to see {}.",
+        "a bright photo of a {}.",
+        "a photo of a clean {}.",
+        "a photo of a dirty {}.",
+        "a dark photo of the {}.",
+        "a drawing of a {}.",
+        "a photo of my {}.",
+        "the plastic {}.",
+        "a photo of the cool {}.",
+        "a close-up photo of a {}.",
+        "a black and white photo of the {}.",
+        "a painting of the {}.",
+        "a painting of a {}.",
+        "a pixelated photo of the {}.",
+        "a sculpture of the {}.",
+        "a bright photo of the {}.",
+        "a cropped photo of a {}.",
+        "a plastic {}.",
+        "a photo of the dirty {}.",
+        "a jpeg corrupted photo of a {}.",
+        "a blurry photo of the {}.",
+        "a photo of the {}.",
+        "a good photo of the {}.",
+        "a rendering of the {}.",
+        "a {} in a video game.",
+        "a photo of one {}.",
+        "a doodle of a {}.",
+        "a close-up photo of the {}.",
+        "a photo of a {}.",
+        "the origami {}.",
+        "the {} in a video game.",
+        "a sketch of a {}.",
+        "a doodle of the {}.",
+        "a origami {}.",
+        "a low resolution photo of a {}.",
+        "the toy {}.",
+        "a rendition of the {}.",
+        "a photo of the clean {}.",
+        "a photo of a large {}.",
+        "a rendition of a {}.",
+        "a photo of a nice {}.",
+        "a photo of a weird {}.",
+        "a blurry photo of a {}.",
+        "a cartoon {}.",
+        "art of a {}.",
+        "a sketch of the {}.",
+        "a embroidered {}.",
+        "a pixelated photo of a {}.",
+        "itap of the {}.",
+        "a jpeg corrupted photo of the {}.",
+        "a good photo of a {}.",
+        "a plushie {}.",
+        "a photo of the nice {}.",
+        "a photo of the small {}.",
+        "a photo of the weird {}.",
+        "the cartoon {}.",
+        "art of the {}.",
+        "a drawing of the {}.",
+        "a photo of the large {}.",
+        "a black and white photo of a {}.",
+        "the plushie {}.",
+        "a dark photo of a {}.",
+        "itap of a {}.",
+        "graffiti of the {}.",
+        "a toy {}.",
+        "itap of my {}.",
+        "a photo of a cool {}.",
+        "a photo of a small {}.",
         "a tattoo of the {}.",
     ),
     # BioLingual's AnimalSpeak captions describe sounds; these are for its text tower.
@@ -78,7 +133,15 @@ class Species:
     def taxon_ranks(self) -> list[str]:
         """Kingdom..genus plus epithet, skipping unknown ranks."""
         genus = self.genus or self.scientific_name.split()[0]
-        ranks = [self.kingdom, self.phylum, self.class_, self.order, self.family, genus, self.epithet]
+        ranks = [
+            self.kingdom,
+            self.phylum,
+            self.class_,
+            self.order,
+            self.family,
+            genus,
+            self.epithet,
+        ]
         return [r for r in ranks if r]
 
     def prompt(self, fmt: str = "taxon_com") -> str:
@@ -93,13 +156,17 @@ class Species:
             return f"{self.scientific_name} with common name {self.common_name}"
         if fmt == "taxon_com":
             return f"{' '.join(self.taxon_ranks())} with common name {self.common_name}"
-        raise ValueError(f"unknown prompt format {fmt!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+        raise ValueError(
+            f"unknown prompt format {fmt!r}; choose one of {', '.join(PROMPT_FORMATS)}"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def build_prompts(species: list[Species], fmt: str = "taxon_com", templates: str | tuple[str, ...] = "none") -> list[list[str]]:
+def build_prompts(
+    species: list[Species], fmt: str = "taxon_com", templates: str | tuple[str, ...] = "none"
+) -> list[list[str]]:
     """For each species, its prompt string through every template: (S, T) nested list."""
     tmpl = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
     return [[t.format(sp.prompt(fmt)) for t in tmpl] for sp in species]
@@ -116,8 +183,18 @@ def _clean_rank(value: str) -> str:
 def species_from_row(row: dict) -> Species:
     """One SSW60 ``taxa.csv`` row -> Species. Extra columns are kept in ``extra``."""
     sci = row["scientific_name"].strip()
-    known = {"label", "species_code", "common_name", "scientific_name", "family", "order",
-             "kingdom", "phylum", "class", "genus"}
+    known = {
+        "label",
+        "species_code",
+        "common_name",
+        "scientific_name",
+        "family",
+        "order",
+        "kingdom",
+        "phylum",
+        "class",
+        "genus",
+    }
     return Species(
         label=int(row["label"]),
         scientific_name=sci,
@@ -137,12 +214,16 @@ def load_species_csv(path: str | Path) -> list[Species]:
     """Read a species table with SSW60's ``taxa.csv`` columns, sorted by label."""
     path = Path(path)
     if not path.is_file():
-        raise DataNotFoundError(f"species table not found: {path} (expected SSW60's taxa.csv columns: {', '.join(TAXA_COLUMNS)})")
+        raise DataNotFoundError(
+            f"species table not found: {path} (expected SSW60's taxa.csv columns: {', '.join(TAXA_COLUMNS)})"
+        )
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in TAXA_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataNotFoundError(f"{path}: missing column(s) {', '.join(missing)}; a species table needs {', '.join(TAXA_COLUMNS)}")
+            raise DataNotFoundError(
+                f"{path}: missing column(s) {', '.join(missing)}; a species table needs {', '.join(TAXA_COLUMNS)}"
+            )
         species = [species_from_row(r) for r in reader]
     labels = [s.label for s in species]
     if len(set(labels)) != len(labels):
@@ -152,17 +233,33 @@ def load_species_csv(path: str | Path) -> list[Species]:
 
 def write_species_csv(species: list[Species], path: str | Path) -> None:
     """Write species in SSW60's ``taxa.csv`` layout (family/order without descriptions, plus genus)."""
-    cols = ["label", "species_code", "inat_taxon_id", "inat2021_label", "nabirds_labels",
-            "common_name", "scientific_name", "family", "order", "genus"]
+    cols = [
+        "label",
+        "species_code",
+        "inat_taxon_id",
+        "inat2021_label",
+        "nabirds_labels",
+        "common_name",
+        "scientific_name",
+        "family",
+        "order",
+        "genus",
+    ]
     with Path(path).open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         for s in species:
-            w.writerow({
-                "label": s.label, "species_code": s.code,
-                "inat_taxon_id": s.extra.get("inat_taxon_id", ""),
-                "inat2021_label": s.extra.get("inat2021_label", ""),
-                "nabirds_labels": s.extra.get("nabirds_labels", ""),
-                "common_name": s.common_name, "scientific_name": s.scientific_name,
-                "family": s.family, "order": s.order, "genus": s.genus,
-            })
+            w.writerow(
+                {
+                    "label": s.label,
+                    "species_code": s.code,
+                    "inat_taxon_id": s.extra.get("inat_taxon_id", ""),
+                    "inat2021_label": s.extra.get("inat2021_label", ""),
+                    "nabirds_labels": s.extra.get("nabirds_labels", ""),
+                    "common_name": s.common_name,
+                    "scientific_name": s.scientific_name,
+                    "family": s.family,
+                    "order": s.order,
+                    "genus": s.genus,
+                }
+            )

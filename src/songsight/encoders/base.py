@@ -9,11 +9,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -34,12 +32,17 @@ def choose_device(device: str | None = None, quiet: bool = False) -> str:
         if device.startswith("cuda") and not torch.cuda.is_available():
             from songsight.errors import SongsightError
 
-            raise SongsightError(f"device {device!r} was asked for but CUDA is not available on this machine")
+            raise SongsightError(
+                f"device {device!r} was asked for but CUDA is not available on this machine"
+            )
         return device
     if torch.cuda.is_available():
         return "cuda"
     if not quiet:
-        print("songsight: no CUDA device found, running on CPU (slower; pass --device to choose)", file=sys.stderr)
+        print(
+            "songsight: no CUDA device found, running on CPU (slower; pass --device to choose)",
+            file=sys.stderr,
+        )
     return "cpu"
 
 
@@ -88,7 +91,9 @@ class AudioEncoder(Protocol):
     def embed_audio(self, sources: Sequence, sample_rate_hz: int | None = None) -> np.ndarray:
         """(N, D) float32 unit norm, one clip-level vector per source."""
 
-    def embed_clips(self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None) -> list[ClipEmbedding]:
+    def embed_clips(
+        self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None
+    ) -> list[ClipEmbedding]:
         """Per-window embeddings with times, plus the clip mean, per source."""
 
 

@@ -30,7 +30,9 @@ from songsight.taxonomy import TEMPLATE_SETS, Species
 PREPROCESS_MODES = ("model", "squash")
 
 
-def load_open_clip(model: str | Path | ResolvedModel, device: str = "cpu", preprocess: str = "model"):
+def load_open_clip(
+    model: str | Path | ResolvedModel, device: str = "cpu", preprocess: str = "model"
+):
     """(open_clip model in eval mode, image transform, tokenizer, preprocess cfg, ResolvedModel)."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
@@ -54,29 +56,46 @@ class BioCLIPEncoder:
 
     name = "bioclip"
 
-    def __init__(self, model: str | Path | ResolvedModel = BIOCLIP2_ID, device: str | None = None,
-                 batch_size: int = 32, preprocess: str = "model", decode_threads: int = 2,
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        model: str | Path | ResolvedModel = BIOCLIP2_ID,
+        device: str | None = None,
+        batch_size: int = 32,
+        preprocess: str = "model",
+        decode_threads: int = 2,
+        precision: str = "auto",
+    ):
         if not isinstance(model, ResolvedModel):
-            model = resolve_model(str(model), "image")  # a missing model fails before any device notice
+            model = resolve_model(
+                str(model), "image"
+            )  # a missing model fails before any device notice
         self.device = choose_device(device)
-        self._model, self.transform, self.tokenizer, self.preprocess_cfg, self.resolved = load_open_clip(
-            model, self.device, preprocess)
+        self._model, self.transform, self.tokenizer, self.preprocess_cfg, self.resolved = (
+            load_open_clip(model, self.device, preprocess)
+        )
         self._model.requires_grad_(False)
         self.preprocess = preprocess
         self.autocast = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast is not None else "fp32"
         self.batch_size = batch_size
         self.decode_threads = decode_threads
-        self.dim = int(self._model.text_projection.shape[1] if hasattr(self._model, "text_projection")
-                       and self._model.text_projection is not None else self._model.visual.output_dim)
+        self.dim = int(
+            self._model.text_projection.shape[1]
+            if hasattr(self._model, "text_projection") and self._model.text_projection is not None
+            else self._model.visual.output_dim
+        )
 
     def provenance(self) -> dict:
         from dataclasses import asdict
 
-        return {"encoder": self.name, "kind": "image", **self.resolved.provenance(), "dim": self.dim,
-                "precision": self.precision,
-                "preprocessing": {**asdict(self.preprocess_cfg), "choice": self.preprocess}}
+        return {
+            "encoder": self.name,
+            "kind": "image",
+            **self.resolved.provenance(),
+            "dim": self.dim,
+            "precision": self.precision,
+            "preprocessing": {**asdict(self.preprocess_cfg), "choice": self.preprocess},
+        }
 
     def _frozen(self):
         """The model in eval mode, whatever a caller did to it (the teacher invariant)."""
@@ -119,8 +138,14 @@ class BioCLIPEncoder:
                 emb = {}
                 if good:
                     x = torch.stack([t for _, t in good]).to(self.device)
-                    with torch.inference_mode(), torch.autocast(self.device.split(":")[0], self.autocast,
-                                                                 enabled=self.autocast is not None):
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(
+                            self.device.split(":")[0],
+                            self.autocast,
+                            enabled=self.autocast is not None,
+                        ),
+                    ):
                         out = l2_normalize(model.encode_image(x).float()).cpu().numpy()
                     emb = {j: out[k] for k, (j, _) in enumerate(good)}
                 for j, t in items:
@@ -145,12 +170,16 @@ class BioCLIPEncoder:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                tok = self.tokenizer(texts[i:i + batch_size]).to(self.device)
+                tok = self.tokenizer(texts[i : i + batch_size]).to(self.device)
                 out.append(l2_normalize(model.encode_text(tok).float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def embed_species(self, species: Sequence[Species], prompt_format: str = "taxon_com",
-                      templates: str | Sequence[str] = "none") -> np.ndarray:
+    def embed_species(
+        self,
+        species: Sequence[Species],
+        prompt_format: str = "taxon_com",
+        templates: str | Sequence[str] = "none",
+    ) -> np.ndarray:
         """(S, 768): each species' prompt through every template, averaged, re-normalised.
 
         This is BioCLIP's zero-shot classifier construction (templates "openai" = the 80

@@ -45,17 +45,31 @@ class ClapFeatures:
         if extractor.truncation == "fusion" and not fused_model:
             # Unfused CLAP was trained on rand_trunc features (Slaney filters, one channel);
             # a "fusion" preprocessor beside an unfused model would feed 4 channels and crash.
-            warnings.warn("preprocessor says truncation='fusion' but the audio model is unfused; "
-                          "using the unfused (Slaney filter bank, 1 channel) features", stacklevel=2)
+            warnings.warn(
+                "preprocessor says truncation='fusion' but the audio model is unfused; "
+                "using the unfused (Slaney filter bank, 1 channel) features",
+                stacklevel=2,
+            )
             self.truncation = "rand_trunc"
-        filters = extractor.mel_filters if self.truncation == "fusion" else extractor.mel_filters_slaney
-        self.mel_filters = torch.from_numpy(np.asarray(filters, dtype=np.float64))  # (n_freq, n_mel)
+        filters = (
+            extractor.mel_filters if self.truncation == "fusion" else extractor.mel_filters_slaney
+        )
+        self.mel_filters = torch.from_numpy(
+            np.asarray(filters, dtype=np.float64)
+        )  # (n_freq, n_mel)
         self.window = torch.hann_window(self.n_fft, periodic=True, dtype=torch.float64)
 
     def describe(self) -> dict:
-        return {"sample_rate_hz": self.sample_rate_hz, "window_samples": self.max_samples,
-                "padding": self.padding, "truncation": self.truncation, "channels": self.channels,
-                "n_fft": self.n_fft, "hop_length": self.hop, "n_mels": int(self.mel_filters.shape[1])}
+        return {
+            "sample_rate_hz": self.sample_rate_hz,
+            "window_samples": self.max_samples,
+            "padding": self.padding,
+            "truncation": self.truncation,
+            "channels": self.channels,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop,
+            "n_mels": int(self.mel_filters.shape[1]),
+        }
 
     def pad(self, wave: np.ndarray) -> np.ndarray:
         """Pad one (T <= max_samples,) waveform as the extractor's padding mode does."""
@@ -73,9 +87,22 @@ class ClapFeatures:
     def __call__(self, waves: Sequence[np.ndarray], device: str = "cpu"):
         import torch
 
-        batch = torch.from_numpy(np.stack([self.pad(np.asarray(w, dtype=np.float64)) for w in waves]))
-        spec = torch.stft(batch, self.n_fft, self.hop, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True).abs().pow(2)  # (B, F, frames)
+        batch = torch.from_numpy(
+            np.stack([self.pad(np.asarray(w, dtype=np.float64)) for w in waves])
+        )
+        spec = (
+            torch.stft(
+                batch,
+                self.n_fft,
+                self.hop,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            .abs()
+            .pow(2)
+        )  # (B, F, frames)
         mel = torch.einsum("bft,fm->btm", spec, self.mel_filters).clamp_min(1e-10)
         feats = (10.0 * torch.log10(mel)).to(torch.float32).unsqueeze(1)  # (B, 1, frames, mel)
         if self.channels == 4:
@@ -108,11 +135,19 @@ class BioLingualEncoder:
 
     name = "biolingual"
 
-    def __init__(self, model: str | Path | ResolvedModel = "davidrrobinson/BioLingual", device: str | None = None,
-                 batch_size: int = 16, window_s: float | None = None, hop_s: float | None = None,
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        model: str | Path | ResolvedModel = "davidrrobinson/BioLingual",
+        device: str | None = None,
+        batch_size: int = 16,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        precision: str = "auto",
+    ):
         if not isinstance(model, ResolvedModel):
-            model = resolve_model(str(model), "audio")  # a missing model fails before any device notice
+            model = resolve_model(
+                str(model), "audio"
+            )  # a missing model fails before any device notice
         self.device = choose_device(device)
         self.model, self.features, self.tokenizer, self.resolved = load_clap(model, self.device)
         for p in self.model.parameters():
@@ -121,7 +156,9 @@ class BioLingualEncoder:
         self.model_window_s = self.features.max_samples / self.sample_rate_hz
         self.window_s = float(window_s) if window_s else self.model_window_s
         if self.window_s > self.model_window_s + 1e-9:
-            raise ValueError(f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window")
+            raise ValueError(
+                f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window"
+            )
         self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
         self.batch_size = batch_size
         self.autocast = autocast_dtype(precision, self.device)
@@ -138,9 +175,18 @@ class BioLingualEncoder:
         return self.model.audio_projection(pooled)
 
     def provenance(self) -> dict:
-        return {"encoder": self.name, "kind": "audio", **self.resolved.provenance(), "dim": self.dim,
-                "precision": self.precision,
-                "preprocessing": {**self.features.describe(), "window_s": self.window_s, "hop_s": self.hop_s}}
+        return {
+            "encoder": self.name,
+            "kind": "audio",
+            **self.resolved.provenance(),
+            "dim": self.dim,
+            "precision": self.precision,
+            "preprocessing": {
+                **self.features.describe(),
+                "window_s": self.window_s,
+                "hop_s": self.hop_s,
+            },
+        }
 
     # --- audio ----------------------------------------------------------------------------
     def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
@@ -149,8 +195,12 @@ class BioLingualEncoder:
         out = []
         with torch.inference_mode():
             for i in range(0, len(windows), self.batch_size):
-                feats = self.features(windows[i:i + self.batch_size], self.device)
-                with torch.autocast(self.device.split(":")[0], dtype=self.autocast, enabled=self.autocast is not None):
+                feats = self.features(windows[i : i + self.batch_size], self.device)
+                with torch.autocast(
+                    self.device.split(":")[0],
+                    dtype=self.autocast,
+                    enabled=self.autocast is not None,
+                ):
                     emb = self._embed_features(feats)
                 out.append(l2_normalize(emb.float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
@@ -161,8 +211,12 @@ class BioLingualEncoder:
             return prepare_waveform(wave, rate, self.sample_rate_hz)
         return load_audio(source, self.sample_rate_hz)
 
-    def iter_clips(self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None,
-                   ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
+    def iter_clips(
+        self,
+        sources: Sequence,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+    ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
         """Embed sources in order, yielding ``(index, ClipEmbedding)`` or ``(index, InputFileError)``.
 
         Sources are paths or ``(waveform, sample_rate_hz)`` tuples. Windows of several files
@@ -171,7 +225,9 @@ class BioLingualEncoder:
         window_s = float(window_s or self.window_s)
         hop_s = float(hop_s or self.hop_s)
         if window_s > self.model_window_s + 1e-9:
-            raise ValueError(f"window_s={window_s} exceeds the model's {self.model_window_s} s window")
+            raise ValueError(
+                f"window_s={window_s} exceeds the model's {self.model_window_s} s window"
+            )
         pending: list[tuple[int, Audio, list[tuple[int, int]]]] = []
         queued: list[np.ndarray] = []
 
@@ -179,16 +235,20 @@ class BioLingualEncoder:
             emb = self._forward(queued)
             pos = 0
             for idx, audio, bounds in pending:
-                w = emb[pos:pos + len(bounds)]
+                w = emb[pos : pos + len(bounds)]
                 pos += len(bounds)
                 sr = audio.sample_rate_hz
-                yield idx, ClipEmbedding(
-                    windows=w,
-                    starts_s=np.array([b[0] / sr for b in bounds]),
-                    ends_s=np.array([b[1] / sr for b in bounds]),
-                    clip=l2_normalize(w.mean(axis=0, keepdims=True))[0],
-                    duration_s=audio.duration_s, silent=audio.silent,
-                    flags=["silent"] if audio.silent else [],
+                yield (
+                    idx,
+                    ClipEmbedding(
+                        windows=w,
+                        starts_s=np.array([b[0] / sr for b in bounds]),
+                        ends_s=np.array([b[1] / sr for b in bounds]),
+                        clip=l2_normalize(w.mean(axis=0, keepdims=True))[0],
+                        duration_s=audio.duration_s,
+                        silent=audio.silent,
+                        flags=["silent"] if audio.silent else [],
+                    ),
                 )
             pending.clear()
             queued.clear()
@@ -217,7 +277,9 @@ class BioLingualEncoder:
             if queued:
                 yield from flush()
 
-    def embed_clips(self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None) -> list[ClipEmbedding]:
+    def embed_clips(
+        self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None
+    ) -> list[ClipEmbedding]:
         """Per-window embeddings (with start/end times) and the clip mean, one per source.
 
         Raises `InputFileError` for the first unusable source; use `iter_clips` to carry on.
@@ -249,7 +311,15 @@ class BioLingualEncoder:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                tok = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt").to(self.device)
-                pooled = self.model.text_model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).pooler_output
+                tok = self.tokenizer(
+                    texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt"
+                ).to(self.device)
+                pooled = self.model.text_model(
+                    input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
+                ).pooler_output
                 out.append(l2_normalize(self.model.text_projection(pooled).float()).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, int(self.model.config.projection_dim)), np.float32)
+        return (
+            np.concatenate(out)
+            if out
+            else np.zeros((0, int(self.model.config.projection_dim)), np.float32)
+        )

@@ -20,10 +20,27 @@ BIOLINGUAL_ID = "davidrrobinson/BioLingual"
 BIOCLIP2_ID = "hf-hub:imageomics/bioclip-2"
 
 # Files each kind of model needs; anything else in the Hub repo is not fetched.
-AUDIO_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "preprocessor_config.json",
-               "tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json", "processor_config.json"]
-IMAGE_FILES = ["open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin",
-               "*.txt.gz", "tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json"]
+AUDIO_FILES = [
+    "config.json",
+    "*.safetensors",
+    "pytorch_model.bin",
+    "preprocessor_config.json",
+    "tokenizer*",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "processor_config.json",
+]
+IMAGE_FILES = [
+    "open_clip_config.json",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "*.txt.gz",
+    "tokenizer*",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+]
 
 # Marker files that identify what a local directory holds.
 AUDIO_MARKER = "preprocessor_config.json"
@@ -45,8 +62,10 @@ class ResolvedModel:
 
 
 def is_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _dir_revision(path: Path) -> str:
@@ -75,17 +94,24 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _hub_id(spec: str) -> str:
-    return spec[len("hf-hub:"):] if spec.startswith("hf-hub:") else spec
+    return spec[len("hf-hub:") :] if spec.startswith("hf-hub:") else spec
 
 
 def _fix_command(kind: str, spec: str) -> str:
     flag = "--audio-model" if kind == "audio" else "--image-model"
-    return (f"Run `songsight download {flag} {spec}` on a machine with internet access "
-            f"(then copy ~/.cache/huggingface/hub, or set HF_HOME), or pass {flag} /path/to/local/model")
+    return (
+        f"Run `songsight download {flag} {spec}` on a machine with internet access "
+        f"(then copy ~/.cache/huggingface/hub, or set HF_HOME), or pass {flag} /path/to/local/model"
+    )
 
 
-def resolve_model(spec: str, kind: str, revision: str | None = None,
-                  cache_dir: str | Path | None = None, download: bool = False) -> ResolvedModel:
+def resolve_model(
+    spec: str,
+    kind: str,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+) -> ResolvedModel:
     """Find a model's files locally, downloading only when ``download`` is true.
 
     ``spec`` is a directory (``kind`` says which marker file it must hold: ``audio`` -> a
@@ -96,43 +122,78 @@ def resolve_model(spec: str, kind: str, revision: str | None = None,
     if kind not in ("audio", "image"):
         raise ValueError(f"kind must be 'audio' or 'image', not {kind!r}")
     marker = AUDIO_MARKER if kind == "audio" else IMAGE_MARKER
-    what = "audio-text (BioLingual-style CLAP)" if kind == "audio" else "image-text (BioCLIP-2-style open_clip)"
+    what = (
+        "audio-text (BioLingual-style CLAP)"
+        if kind == "audio"
+        else "image-text (BioCLIP-2-style open_clip)"
+    )
     local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / marker).is_file():
-            raise ModelNotFoundError(f"{local} is not a {what} model folder: it has no {marker}.")
+            raise ModelNotFoundError(f"{local} is not an {what} model folder: it has no {marker}.")
         return ResolvedModel(local.resolve(), str(local.resolve()), _dir_revision(local), "local")
     if not spec.startswith("hf-hub:") and not _HUB_ID.match(spec):
         example = BIOLINGUAL_ID if kind == "audio" else BIOCLIP2_ID
-        raise ModelNotFoundError(f"model folder not found: {spec}. Pass an existing folder holding {marker}, "
-                                 f"or a Hub id such as {example}.")
+        raise ModelNotFoundError(
+            f"model folder not found: {spec}. Pass an existing folder holding {marker}, "
+            f"or a Hub id such as {example}."
+        )
 
     repo_id = _hub_id(spec)
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     patterns = AUDIO_FILES if kind == "audio" else IMAGE_FILES
     offline = is_offline() or not download
     try:
-        path = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=offline, allow_patterns=patterns))
+        path = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=offline,
+                allow_patterns=patterns,
+            )
+        )
     except (LocalEntryNotFoundError, FileNotFoundError):
-        reason = "is not in the local Hugging Face cache" + (" (offline mode is on)" if is_offline() else "")
+        reason = "is not in the local Hugging Face cache" + (
+            " (offline mode is on)" if is_offline() else ""
+        )
         rev = f" at revision {revision}" if revision else ""
-        raise ModelNotFoundError(f"the {what} model {repo_id}{rev} {reason}. {_fix_command(kind, spec)}.") from None
+        raise ModelNotFoundError(
+            f"the {what} model {repo_id}{rev} {reason}. {_fix_command(kind, spec)}."
+        ) from None
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"no Hub repository {repo_id!r} (or it is private/gated). Check the id. {_fix_command(kind, spec)}.") from None
+        raise ModelNotFoundError(
+            f"no Hub repository {repo_id!r} (or it is private/gated). Check the id. {_fix_command(kind, spec)}."
+        ) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec)}.") from None
+        raise ModelNotFoundError(
+            f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec)}."
+        ) from None
     if not (path / marker).is_file():
-        raise ModelNotFoundError(f"{repo_id} has no {marker}: it is not a {what} model. {_fix_command(kind, spec)}.")
+        raise ModelNotFoundError(
+            f"{repo_id} has no {marker}: it is not an {what} model. {_fix_command(kind, spec)}."
+        )
     return ResolvedModel(path, spec, path.name, "hub" if download else "hub-cache")
 
 
-def download_models(audio_model: str = BIOLINGUAL_ID, image_model: str = BIOCLIP2_ID,
-                    revision: str | None = None, cache_dir: str | Path | None = None) -> list[ResolvedModel]:
+def download_models(
+    audio_model: str = BIOLINGUAL_ID,
+    image_model: str = BIOCLIP2_ID,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[ResolvedModel]:
     """Fetch both models into the Hub cache for later offline use (``songsight download``)."""
     if is_offline():
-        raise ModelNotFoundError("cannot download: HF_HUB_OFFLINE is set. Unset it on a machine with internet access.")
-    return [resolve_model(audio_model, "audio", revision, cache_dir, download=True),
-            resolve_model(image_model, "image", revision, cache_dir, download=True)]
+        raise ModelNotFoundError(
+            "cannot download: HF_HUB_OFFLINE is set. Unset it on a machine with internet access."
+        )
+    return [
+        resolve_model(audio_model, "audio", revision, cache_dir, download=True),
+        resolve_model(image_model, "image", revision, cache_dir, download=True),
+    ]

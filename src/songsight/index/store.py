@@ -37,7 +37,9 @@ def read_provenance(path: str | Path) -> dict:
 
     meta = pq.read_schema(path).metadata or {}
     if META_KEY not in meta:
-        raise DataNotFoundError(f"{path} has no songsight provenance: it was not written by songsight")
+        raise DataNotFoundError(
+            f"{path} has no songsight provenance: it was not written by songsight"
+        )
     return json.loads(meta[META_KEY])
 
 
@@ -47,7 +49,11 @@ def read_store(path: str | Path, columns: list[str] | None = None):
 
     path = Path(path)
     if not path.is_file():
-        hint = " (an interrupted run left parts: rerun with --resume to finish it)" if _parts_dir(path).is_dir() else ""
+        hint = (
+            " (an interrupted run left parts: rerun with --resume to finish it)"
+            if _parts_dir(path).is_dir()
+            else ""
+        )
         raise DataNotFoundError(f"embedding store not found: {path}{hint}")
     return pq.read_table(path, columns=columns), read_provenance(path)
 
@@ -78,11 +84,22 @@ class EmbeddingWriter:
     stored or not at all. ``flush_rows`` bounds memory and what a kill can lose.
     """
 
-    def __init__(self, path: str | Path, provenance: dict, resume: bool = False, overwrite: bool = False,
-                 flush_rows: int = 2048, vector_dtype: str = "float32"):
+    def __init__(
+        self,
+        path: str | Path,
+        provenance: dict,
+        resume: bool = False,
+        overwrite: bool = False,
+        flush_rows: int = 2048,
+        vector_dtype: str = "float32",
+    ):
         self.path = Path(path)
         self.parts = _parts_dir(self.path)
-        self.provenance = {**provenance, "vector_dtype": vector_dtype}
+        # Round-trip through JSON now, so tuples become lists as they will be once stored, and a
+        # resumed run compares like with like (a (224, 224) size must equal the stored [224, 224]).
+        self.provenance = json.loads(
+            json.dumps({**provenance, "vector_dtype": vector_dtype}, sort_keys=True, default=str)
+        )
         self.flush_rows = flush_rows
         self.vector_dtype = vector_dtype
         self._rows: list[dict] = []
@@ -92,8 +109,10 @@ class EmbeddingWriter:
             self.path.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
         elif exists and not resume:
-            raise SongsightError(f"{self.path} already exists (or an interrupted run left {self.parts.name}); "
-                                 "pass --resume to continue it or --overwrite to start again")
+            raise SongsightError(
+                f"{self.path} already exists (or an interrupted run left {self.parts.name}); "
+                "pass --resume to continue it or --overwrite to start again"
+            )
         self.done_hashes = self._existing_hashes() if resume else set()
         self.parts.mkdir(parents=True, exist_ok=True)
         prov_file = self.parts / "provenance.json"
@@ -110,7 +129,9 @@ class EmbeddingWriter:
             hashes.update(pq.read_table(self.path, columns=["sha256"]).column("sha256").to_pylist())
         prov_file = self.parts / "provenance.json"
         if prov_file.is_file():
-            check_same(str(self.parts), self.provenance, json.loads(prov_file.read_text()), IDENTITY_KEYS)
+            check_same(
+                str(self.parts), self.provenance, json.loads(prov_file.read_text()), IDENTITY_KEYS
+            )
         for part in sorted(self.parts.glob("part-*.parquet")):
             hashes.update(pq.read_table(part, columns=["sha256"]).column("sha256").to_pylist())
         return hashes
@@ -125,7 +146,9 @@ class EmbeddingWriter:
 
         vecs = np.stack([np.asarray(r["embedding"]) for r in rows]).astype(self.vector_dtype)
         value_type = pa.float16() if self.vector_dtype == "float16" else pa.float32()
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), type=value_type), vecs.shape[1])
+        emb = pa.FixedSizeListArray.from_arrays(
+            pa.array(vecs.reshape(-1), type=value_type), vecs.shape[1]
+        )
         cols = {k: [r[k] for r in rows] for k in rows[0] if k != "embedding"}
         table = pa.table({**{k: pa.array(v) for k, v in cols.items()}, "embedding": emb})
         meta = {META_KEY: json.dumps(self.provenance, sort_keys=True, default=str).encode()}
@@ -157,11 +180,20 @@ class EmbeddingWriter:
         tables += [pq.read_table(p) for p in sorted(self.parts.glob("part-*.parquet"))]
         meta = {META_KEY: json.dumps(self.provenance, sort_keys=True, default=str).encode()}
         if tables:
-            table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
+            table = pa.concat_tables(
+                [t.replace_schema_metadata(None) for t in tables], promote_options="permissive"
+            )
         else:
             value_type = pa.float16() if self.vector_dtype == "float16" else pa.float32()
-            table = pa.table({"path": pa.array([], pa.string()), "sha256": pa.array([], pa.string()),
-                              "embedding": pa.array([], pa.list_(value_type, int(self.provenance.get("dim") or 1)))})
+            table = pa.table(
+                {
+                    "path": pa.array([], pa.string()),
+                    "sha256": pa.array([], pa.string()),
+                    "embedding": pa.array(
+                        [], pa.list_(value_type, int(self.provenance.get("dim") or 1))
+                    ),
+                }
+            )
         table = table.replace_schema_metadata(meta)
         tmp = self.path.with_name(self.path.name + ".tmp")
         pq.write_table(table, tmp)

@@ -1,0 +1,151 @@
+"""Species prompts against BioCLIP's published string formats, from real SSW60 taxa.csv rows."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from songsight.errors import DataNotFoundError
+from songsight.taxonomy import (
+    PROMPT_FORMATS,
+    TAXA_COLUMNS,
+    TEMPLATE_SETS,
+    Species,
+    build_prompts,
+    load_species_csv,
+    species_from_row,
+    write_species_csv,
+)
+
+HEADER = ["label", "species_code", "inat_taxon_id", "inat2021_label", "nabirds_labels",
+          "common_name", "scientific_name", "family", "order"]  # fmt: skip
+# The first three rows of SSW60's taxa.csv, as published (family carries a description).
+SSW60_ROWS = [
+    ["0", "cangoo", "7089", "3226", "57 457", "Canada Goose", "Branta canadensis",
+     "Anatidae (Ducks, Geese, and Waterfowl)", "Anseriformes"],
+    ["1", "wooduc", "7107", "3188", "81 314 613", "Wood Duck", "Aix sponsa",
+     "Anatidae (Ducks, Geese, and Waterfowl)", "Anseriformes"],
+    ["2", "mallar3", "6930", "3201", "102 317 616", "Mallard", "Anas platyrhynchos",
+     "Anatidae (Ducks, Geese, and Waterfowl)", "Anseriformes"],
+]  # fmt: skip
+
+# Expected strings written out by hand in BioCLIP's formats (REFERENCE.md: "Animalia Chordata
+# Aves Passeriformes Corvidae Corvus corax with common name Common Raven").
+EXPECTED = {
+    "cangoo": {
+        "taxon_com": "Animalia Chordata Aves Anseriformes Anatidae Branta canadensis with common name Canada Goose",
+        "taxon": "Animalia Chordata Aves Anseriformes Anatidae Branta canadensis",
+        "sci": "Branta canadensis",
+        "com": "Canada Goose",
+        "sci_com": "Branta canadensis with common name Canada Goose",
+    },
+    "wooduc": {
+        "taxon_com": "Animalia Chordata Aves Anseriformes Anatidae Aix sponsa with common name Wood Duck",
+        "taxon": "Animalia Chordata Aves Anseriformes Anatidae Aix sponsa",
+        "sci": "Aix sponsa",
+        "com": "Wood Duck",
+        "sci_com": "Aix sponsa with common name Wood Duck",
+    },
+    "mallar3": {
+        "taxon_com": "Animalia Chordata Aves Anseriformes Anatidae Anas platyrhynchos with common name Mallard",
+        "taxon": "Animalia Chordata Aves Anseriformes Anatidae Anas platyrhynchos",
+        "sci": "Anas platyrhynchos",
+        "com": "Mallard",
+        "sci_com": "Anas platyrhynchos with common name Mallard",
+    },
+}
+
+
+def write_csv(path, header, rows):
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def taxa_csv(tmp_path):
+    # Written in reverse label order: the loader must sort by label.
+    return write_csv(tmp_path / "taxa.csv", HEADER, SSW60_ROWS[::-1])
+
+
+@pytest.mark.parametrize("fmt", PROMPT_FORMATS)
+def test_prompts_match_bioclip_formats(taxa_csv, fmt):
+    species = load_species_csv(taxa_csv)
+    assert [s.label for s in species] == [0, 1, 2]
+    for sp in species:
+        assert sp.prompt(fmt) == EXPECTED[sp.code][fmt]
+
+
+def test_family_description_does_not_leak(taxa_csv):
+    for sp in load_species_csv(taxa_csv):
+        assert sp.family == "Anatidae"
+        for fmt in PROMPT_FORMATS:
+            text = sp.prompt(fmt)
+            assert "(" not in text and "Ducks" not in text and "Waterfowl" not in text
+            assert "  " not in text and text == text.strip()
+
+
+def test_row_keeps_extra_columns_and_genus():
+    sp = species_from_row(dict(zip(HEADER, SSW60_ROWS[0], strict=True)))
+    assert sp.genus == "Branta" and sp.epithet == "canadensis"
+    assert sp.extra["inat_taxon_id"] == "7089" and sp.extra["nabirds_labels"] == "57 457"
+    assert "family" not in sp.extra and "label" not in sp.extra
+
+
+def test_unknown_ranks_are_skipped_not_blank():
+    sp = Species(label=3, scientific_name="Corvus corax", common_name="Common Raven",
+                 order="Passeriformes", family="")  # fmt: skip
+    assert sp.prompt("taxon") == "Animalia Chordata Aves Passeriformes Corvus corax"
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        sp.prompt("latin")
+
+
+def test_write_then_load_round_trips(taxa_csv, tmp_path):
+    species = load_species_csv(taxa_csv)
+    out = tmp_path / "again.csv"
+    write_species_csv(species, out)
+    again = load_species_csv(out)
+    assert again == species
+    assert [s.prompt("taxon_com") for s in again] == [s.prompt("taxon_com") for s in species]
+    assert again[0].extra["inat_taxon_id"] == "7089"
+
+
+@pytest.mark.parametrize("dropped", TAXA_COLUMNS)
+def test_missing_column_is_data_not_found(tmp_path, dropped):
+    keep = [i for i, c in enumerate(HEADER) if c != dropped]
+    path = write_csv(tmp_path / "taxa.csv", [HEADER[i] for i in keep],
+                     [[r[i] for i in keep] for r in SSW60_ROWS])  # fmt: skip
+    with pytest.raises(DataNotFoundError, match=dropped):
+        load_species_csv(path)
+
+
+def test_missing_file_and_duplicate_labels(tmp_path):
+    with pytest.raises(DataNotFoundError, match="not found"):
+        load_species_csv(tmp_path / "nope.csv")
+    dup = write_csv(tmp_path / "dup.csv", HEADER, [SSW60_ROWS[0], SSW60_ROWS[0]])
+    with pytest.raises(DataNotFoundError, match="duplicate"):
+        load_species_csv(dup)
+
+
+def test_templates_expand_every_species(taxa_csv):
+    species = load_species_csv(taxa_csv)
+    bare = build_prompts(species, "sci")
+    assert bare == [["Branta canadensis"], ["Aix sponsa"], ["Anas platyrhynchos"]]
+
+    openai = build_prompts(species, "com", "openai")
+    assert len(TEMPLATE_SETS["openai"]) == 80 and len(set(TEMPLATE_SETS["openai"])) == 80
+    assert [len(row) for row in openai] == [80, 80, 80]
+    assert openai[0][0] == "a bad photo of a Canada Goose."
+    assert "a photo of a Mallard." in openai[2]
+    # Order follows the template list, the same for every species.
+    for sp, row in zip(species, openai, strict=True):
+        assert row == [t.format(sp.common_name) for t in TEMPLATE_SETS["openai"]]
+
+    custom = build_prompts(species[:1], "taxon_com", ("{} sings", "hear {}"))
+    name = EXPECTED["cangoo"]["taxon_com"]
+    assert custom == [[f"{name} sings", f"hear {name}"]]
+    with pytest.raises(KeyError):
+        build_prompts(species, "sci", "no-such-set")
