@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 AUDIO_DEFAULT = "davidrrobinson/BioLingual"
 IMAGE_DEFAULT = "hf-hub:imageomics/bioclip-2"
@@ -116,6 +117,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--species", type=int, default=None, help="number of species (default 60, quick 12)")
     p.add_argument("--out", default="songsight-demo", metavar="DIR")
+
+    from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS
+
+    p = sub.add_parser("evaluate", help="SSW60 evaluation: retrieval, probes, zero-shot alignment, baselines")
+    p.add_argument("--ssw60", required=True, metavar="ROOT", help="extracted SSW60 folder (or its parent)")
+    _add_audio_model(p)
+    _add_image_model(p)
+    p.add_argument("--distilled", metavar="DIR", help="a distilled checkpoint (songsight distill --out)")
+    p.add_argument("--methods", metavar="LIST", help="comma list; chance and oracle are always added")
+    p.add_argument("--tasks", metavar="LIST", help="comma list of retrieval,discriminability,alignment")
+    p.add_argument("--out", default="RESULTS.json", metavar="RESULTS.json")
+    p.add_argument("--save-embeddings", metavar="DIR", help="write gallery and query embeddings as Parquet")
+    p.add_argument("--soundscapes", metavar="MANIFEST", help="path,start_s,end_s,label rows (BirdSet style)")
+    p.add_argument("--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)")
+    p.add_argument("--gallery", choices=("all", "nabirds", "inat"), default="all")
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None)
+    p.add_argument("--templates", choices=list(TEMPLATE_SETS), default=None)
+    p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default="com")
+    p.add_argument("--audio-templates", choices=list(TEMPLATE_SETS), default="sound")
+    p.add_argument("--cascade-temperature", type=_positive(float), default=None)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+    p.add_argument("--batch-size", type=_positive(int), default=16)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--limit-queries", type=_positive(int))
+    p.add_argument("--limit-train", type=_positive(int))
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="merge several RESULTS.json into one Markdown table")
+    p.add_argument("results", nargs="+", metavar="RESULTS.json")
+    p.add_argument("--names", help="comma list of run names")
+    p.add_argument("--out", help="write the Markdown here instead of printing it")
 
     p = sub.add_parser("data", help="datasets: download and verify")
     dsub = p.add_subparsers(dest="dataset", metavar="{ssw60}", required=True)
@@ -231,6 +266,38 @@ def _run(args: argparse.Namespace) -> int:
         from songsight.sim.demo import run_demo
 
         run_demo(args.out, seed=args.seed, species=args.species, quick=args.quick)
+        return 0
+
+    if args.command == "evaluate":
+        from songsight.eval.report import format_summary
+        from songsight.eval.tasks import run_evaluation
+
+        def split(v):
+            return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+        res = run_evaluation(
+            args.ssw60, args.out, audio_model=args.audio_model, image_model=args.image_model,
+            distilled=args.distilled, methods=split(args.methods), tasks=split(args.tasks),
+            save_embeddings=args.save_embeddings, soundscapes=args.soundscapes, focal=args.focal,
+            gallery=args.gallery, prompt_format=args.prompt_format, templates=args.templates,
+            audio_prompt_format=args.audio_prompt_format, audio_templates=args.audio_templates,
+            cascade_temperature=args.cascade_temperature, bootstrap=args.bootstrap, seed=args.seed,
+            device=args.device, batch_size=args.batch_size, precision=args.precision,
+            limit_queries=args.limit_queries, limit_train=args.limit_train,
+            figures=not args.no_figures, progress=not args.quiet,
+        )  # fmt: skip
+        print(format_summary(res))
+        return 0
+
+    if args.command == "report":
+        from songsight.eval.report import merge_reports
+
+        names = [x.strip() for x in args.names.split(",")] if args.names else None
+        text = merge_reports(args.results, names)
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            print(text)
         return 0
 
     if args.command == "data":

@@ -1,0 +1,203 @@
+"""What an evaluation run does (`EvalConfig`) and the checks of a distilled checkpoint against it.
+
+The config is recorded in RESULTS.json with its defaults resolved (prompt forms, cascade
+temperature), so a results file says exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from songsight.encoders.loading import BIOCLIP2_ID, BIOLINGUAL_ID
+from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.eval.retrieval import ALWAYS, RETRIEVAL_METHODS
+from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species
+
+FORMAT_VERSION = 1
+TASKS = ("retrieval", "discriminability", "alignment")
+GALLERIES = ("all", "nabirds", "inat")
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation run; recorded in RESULTS.json.
+
+    ``prompt_format`` / ``templates`` build the image model's species embeddings (cascade,
+    mappings' targets, oracle, distilled zero-shot); None takes the distilled checkpoint's
+    own (``meta["prompts"]``), else ``taxon_com`` / ``none``. ``audio_prompt_format`` /
+    ``audio_templates`` build BioLingual's species embeddings (``com`` through the ``sound``
+    templates, the AnimalSpeak caption style). Mappings are fitted on every species' prompt in
+    each of ``mapping_formats`` through ``audio_templates``, each paired with its image-model
+    species embedding. ``cascade_temperature`` None uses BioLingual's learned logit scale.
+    """
+
+    ssw60: str
+    out: str = "RESULTS.json"
+    audio_model: str = BIOLINGUAL_ID
+    image_model: str = BIOCLIP2_ID
+    distilled: str | None = None
+    methods: list[str] | None = None
+    tasks: list[str] | None = None
+    save_embeddings: str | None = None
+    soundscapes: str | None = None
+    focal: str | None = None
+    gallery: str = "all"
+    prompt_format: str | None = None
+    templates: str | None = None
+    audio_prompt_format: str = "com"
+    audio_templates: str = "sound"
+    mapping_formats: list[str] = field(default_factory=lambda: list(PROMPT_FORMATS))
+    cascade_temperature: float | None = None
+    ridge_alpha: float = 1.0
+    mlp_hidden: int = 1024
+    mlp_epochs: int = 200
+    knn_k: int = 5
+    bootstrap: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 16
+    precision: str = "auto"
+    preprocess: str = "model"
+    limit_queries: int | None = None
+    limit_train: int | None = None
+    soundscape_window_s: float | None = None
+    soundscape_hop_s: float | None = None
+    figures: bool = True
+    n_examples: int = 4
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("ssw60", "out", "distilled", "save_embeddings", "soundscapes", "focal"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(value))
+        if self.gallery not in GALLERIES:
+            raise SongsightError(
+                f"gallery must be one of {', '.join(GALLERIES)}, not {self.gallery!r}"
+            )
+        for fmt in [self.prompt_format, self.audio_prompt_format, *self.mapping_formats]:
+            if fmt is not None and fmt not in PROMPT_FORMATS:
+                raise SongsightError(
+                    f"unknown prompt format {fmt!r}; choose from {', '.join(PROMPT_FORMATS)}"
+                )
+        for tmpl in (self.templates, self.audio_templates):
+            if tmpl is not None and tmpl not in TEMPLATE_SETS:
+                raise SongsightError(
+                    f"unknown template set {tmpl!r}; choose from {', '.join(TEMPLATE_SETS)}"
+                )
+        unknown = [m for m in self.methods or [] if m not in RETRIEVAL_METHODS and m != "original"]
+        if unknown:
+            raise SongsightError(
+                f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(RETRIEVAL_METHODS)}"
+            )
+        if "distilled" in (self.methods or []) and not self.distilled:
+            raise SongsightError("method 'distilled' needs a checkpoint: pass --distilled DIR")
+        unknown = [t for t in self.tasks or [] if t not in TASKS]
+        if unknown:
+            raise SongsightError(
+                f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}"
+            )
+        if self.bootstrap < 0 or self.batch_size < 1 or self.knn_k < 1:
+            raise SongsightError("need bootstrap >= 0, batch_size >= 1 and knn_k >= 1")
+        for name in ("limit_queries", "limit_train"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SongsightError(f"{name} must be >= 1")
+        if self.cascade_temperature is not None and not self.cascade_temperature > 0:
+            raise SongsightError(f"cascade_temperature must be > 0, got {self.cascade_temperature}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --- a distilled checkpoint against the run --------------------------------------------------
+
+
+def checkpoint_prompts(meta: dict | None) -> tuple[str | None, str | None]:
+    """(prompt format, template set) a distilled checkpoint records, where it records them."""
+    prompts = (meta or {}).get("prompts")
+    if not isinstance(prompts, dict):
+        return None, None
+    fmt = prompts.get("prompt_format", prompts.get("format"))
+    tmpl = prompts.get("templates")
+    return (fmt if fmt in PROMPT_FORMATS else None), (
+        tmpl if isinstance(tmpl, str) and tmpl in TEMPLATE_SETS else None
+    )
+
+
+def _same_kind(a: str, b: str) -> bool:
+    """Two revisions are comparable when both are content hashes of folders or both Hub commits."""
+    return a.startswith("local-") == b.startswith("local-")
+
+
+def check_teacher(meta: dict, image_provenance: dict, audio_provenance: dict | None = None) -> None:
+    """Refuse a distilled checkpoint whose teacher is not the image model evaluated against.
+
+    The distilled encoder outputs vectors in its teacher's space: against another image model's
+    gallery they mean nothing. Revisions are compared when both are of one kind (Hub commit or
+    folder content hash); a differing BioLingual base is only warned about.
+    """
+    teacher = meta.get("image_model") or {}
+    mine, theirs = str(image_provenance.get("revision") or ""), str(teacher.get("revision") or "")
+    if mine and theirs and _same_kind(mine, theirs) and mine != theirs:
+        raise ProvenanceMismatchError(
+            f"the distilled checkpoint was trained against image model {teacher.get('model_id')} at revision "
+            f"{theirs}, but the evaluation uses {image_provenance.get('model_id')} at revision {mine}. "
+            "Pass the checkpoint's teacher as --image-model."
+        )
+    out_dim = int(meta.get("head", {}).get("out_dim", image_provenance.get("dim", 0)))
+    if out_dim != int(image_provenance.get("dim", out_dim)):
+        raise ProvenanceMismatchError(
+            f"the distilled checkpoint outputs {out_dim}-d vectors but the image model "
+            f"embeds in {image_provenance.get('dim')} dimensions"
+        )
+    base = meta.get("audio_model") or {}
+    if audio_provenance and base.get("revision") and audio_provenance.get("revision"):
+        a, b = str(base["revision"]), str(audio_provenance["revision"])
+        if _same_kind(a, b) and a != b:
+            warnings.warn(
+                f"the distilled checkpoint was fine-tuned from audio model revision {a}; the baselines "
+                f"use revision {b}",
+                stacklevel=2,
+            )
+
+
+def train_labels_of(meta: dict | None, species: list[Species]) -> list[int]:
+    """Species labels a checkpoint was distilled on (ints, or names matched to ``species``); all if unknown."""
+    raw = (meta or {}).get("train_labels")
+    if raw is None:
+        return [s.label for s in species]
+    by_name = {
+        n.lower(): s.label
+        for s in species
+        for n in (s.scientific_name, s.common_name, str(s.label))
+    }
+    labels, unknown = [], []
+    for v in raw:
+        if isinstance(v, (int, np.integer)) or (
+            isinstance(v, str) and v.strip().lstrip("-").isdigit()
+        ):
+            labels.append(int(v))
+        elif str(v).lower() in by_name:
+            labels.append(by_name[str(v).lower()])
+        else:
+            unknown.append(v)
+    if unknown:
+        warnings.warn(
+            f"train_labels of the checkpoint not in the species list, ignored: {unknown[:5]}",
+            stacklevel=2,
+        )
+    return sorted(set(labels))
+
+
+def select_methods(cfg: EvalConfig, has_distilled: bool) -> list[str]:
+    asked = cfg.methods or [m for m in RETRIEVAL_METHODS if m != "distilled" or has_distilled]
+    chosen = set(asked) | set(ALWAYS)
+    return [m for m in RETRIEVAL_METHODS if m in chosen]

@@ -1,0 +1,402 @@
+"""The paper's evaluation on SSW60: embed once per model, score every task, write the results.
+
+`run_evaluation` (what ``songsight evaluate`` calls) loads the models and the dataset, embeds
+each set of recordings once per model (BioLingual's audio embeddings serve the cascade, the
+mappings and the original model), embeds the test images once, and scores:
+
+- retrieval (`songsight.eval.retrieval`): audio -> image and image -> audio, every method,
+  per gallery (NABirds, iNat, both), with bootstrap CIs and per-species AP;
+- discriminability (`songsight.eval.alignment`): linear probe and k-NN, train -> test split;
+- alignment: zero-shot species classification on focal clips, and class-wise mAP / AUROC on
+  soundscape windows when a soundscape manifest is given.
+
+When the distilled checkpoint's ``train_labels`` leave species out, retrieval and zero-shot
+scores are also split into ``seen`` and ``heldout`` queries, and the mappings are fitted on
+the seen species only. Files that cannot be decoded are skipped, warned about and listed
+under ``data.skipped``; they never stop the run.
+
+Outputs: ``RESULTS.json`` (provenance, data counts, every number), ``RESULTS.md`` beside it
+(`songsight.eval.report`), figures in ``RESULTS_figures/`` (`songsight.eval.figures`), and
+with ``save_embeddings`` the Parquet files every number can be recomputed from.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from songsight.errors import InputFileError
+from songsight.eval import alignment as align
+from songsight.eval.config import (
+    FORMAT_VERSION,
+    TASKS,
+    EvalConfig,
+    check_teacher,
+    checkpoint_prompts,
+    select_methods,
+    train_labels_of,
+)
+from songsight.eval.inputs import (
+    embed_image_set,
+    embed_with_models,
+    file_sha256,
+    limit_rows,
+    prompt_variants,
+    species_text,
+    table_sha256,
+    warn_skipped,
+)
+from songsight.eval.outputs import jsonable, write_outputs
+from songsight.eval.retrieval import (
+    MAPPING_METHODS,
+    build_queries,
+    chance_queries,
+    fit_mappings,
+    mapping_pairs,
+    score_retrieval,
+)
+from songsight.taxonomy import Species
+
+
+def run_evaluation(ssw60: str | Path, out: str | Path = "RESULTS.json", **options) -> dict:
+    """Evaluate on an extracted SSW60 and write RESULTS.json, RESULTS.md and figures.
+
+    ``options`` are `EvalConfig` fields (``audio_model``, ``image_model``, ``distilled``,
+    ``methods``, ``save_embeddings``, ``soundscapes``, ``gallery``, ``bootstrap``, ``seed``,
+    ``device``, ``batch_size``, ``limit_queries`` ...). Returns the results dict as written.
+    """
+    return evaluate(EvalConfig(ssw60=str(ssw60), out=str(out), **options))
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What every task of one run shares: config, models, species, their text embeddings."""
+
+    cfg: EvalConfig
+    species: list[Species]
+    species_labels: np.ndarray  # (S,) int
+    encoders: dict  # {"original": BioLingualEncoder, "distilled": DistilledEncoder?}
+    image_encoder: object
+    teacher_text: np.ndarray  # (S, D) image model's species embeddings
+    audio_text: np.ndarray  # (S, d) BioLingual's species embeddings
+    maps: dict
+    train_labels: list[int]
+    skipped: list[dict] = field(default_factory=list)
+    hashes: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        if self.cfg.progress:
+            print(f"songsight evaluate: {msg}", file=sys.stderr, flush=True)
+
+    def subsets(self, labels: np.ndarray) -> dict[str, np.ndarray] | None:
+        """``seen`` / ``heldout`` masks over ``labels`` when some species were held out, else None."""
+        if np.isin(self.species_labels, self.train_labels).all():
+            return None
+        seen = np.isin(labels, self.train_labels)
+        return {"seen": seen, "heldout": ~seen}
+
+    def scored_sets(self, audio_by_model: dict) -> tuple[dict, dict]:
+        """{model: (N, D) audio} and {model: (S, D) species text}: chance, original, mappings, distilled."""
+        base = audio_by_model["original"]
+        dim = self.teacher_text.shape[1]
+        audio = {"chance": chance_queries(len(base), dim, self.cfg.seed), "original": base}
+        text = {"chance": self.teacher_text, "original": self.audio_text}
+        for name, mapping in self.maps.items():
+            audio[name] = mapping.apply(base) if len(base) else np.zeros((0, dim), np.float32)
+            text[name] = self.teacher_text
+        if "distilled" in audio_by_model:
+            audio["distilled"], text["distilled"] = audio_by_model["distilled"], self.teacher_text
+        return audio, text
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation described by ``cfg``; see the module docstring. Returns the results."""
+    from songsight.data.ssw60 import SSW60
+    from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.biolingual import BioLingualEncoder
+    from songsight.provenance import environment, package_version
+
+    # A copy: the defaults resolved below are recorded, and the caller's object is left alone.
+    cfg = replace(cfg)
+    tasks = list(cfg.tasks or TASKS)
+    data = SSW60(cfg.ssw60)  # warns once about files listed but absent
+    species = data.species
+    if cfg.progress:
+        print("songsight evaluate: loading models", file=sys.stderr, flush=True)
+    bl = BioLingualEncoder(
+        cfg.audio_model, device=cfg.device, batch_size=cfg.batch_size, precision=cfg.precision
+    )
+    bc = BioCLIPEncoder(
+        cfg.image_model,
+        device=bl.device,
+        batch_size=cfg.batch_size,
+        precision=cfg.precision,
+        preprocess=cfg.preprocess,
+    )
+    dist = meta = None
+    if cfg.distilled:
+        from songsight.encoders.distilled import DistilledEncoder
+
+        dist = DistilledEncoder(
+            cfg.distilled, device=bl.device, batch_size=cfg.batch_size, precision=cfg.precision
+        )
+        meta = dist.meta
+        check_teacher(meta, bc.provenance(), bl.provenance())
+    ck_fmt, ck_tmpl = checkpoint_prompts(meta)
+    cfg.prompt_format = cfg.prompt_format or ck_fmt or "taxon_com"
+    cfg.templates = cfg.templates or ck_tmpl or "none"
+    if cfg.cascade_temperature is None:
+        # BioLingual's own zero-shot posterior: softmax(logit_scale_a.exp() * cosine).
+        cfg.cascade_temperature = float(1.0 / bl.model.logit_scale_a.detach().float().exp().cpu())
+    methods = select_methods(cfg, dist is not None)
+    species_labels = np.array([s.label for s in species], dtype=np.int64)
+    train_labels = train_labels_of(meta, species)
+
+    teacher_text = species_text(bc, species, cfg.prompt_format, cfg.templates)
+    audio_text = species_text(bl, species, cfg.audio_prompt_format, cfg.audio_templates)
+    maps = {}
+    wanted = [m for m in methods if m in MAPPING_METHODS]
+    if wanted and ("retrieval" in tasks or "alignment" in tasks):
+        variants = prompt_variants(bl, species, list(cfg.mapping_formats), cfg.audio_templates)
+        x, y = mapping_pairs(variants, teacher_text, np.isin(species_labels, train_labels))
+        maps = fit_mappings(
+            x,
+            y,
+            wanted,
+            ridge_alpha=cfg.ridge_alpha,
+            mlp_hidden=cfg.mlp_hidden,
+            mlp_epochs=cfg.mlp_epochs,
+            seed=cfg.seed,
+        )
+    run = _Run(
+        cfg,
+        species,
+        species_labels,
+        {"original": bl, **({"distilled": dist} if dist else {})},
+        bc,
+        teacher_text,
+        audio_text,
+        maps,
+        train_labels,
+    )
+
+    test = limit_rows(data.audio("test"), cfg.limit_queries, cfg.seed)
+    run.log(f"embedding {len(test)} test recordings with {', '.join(run.encoders)}")
+    test, q_audio = embed_with_models(run.encoders, test, "audio test", run.skipped)
+    run.hashes["audio_test"] = table_sha256(test)
+    run.counts.update(species=len(species), queries=len(test))
+    results: dict = {"format_version": FORMAT_VERSION}
+    kept: dict = {"test": test, "q_audio": q_audio}
+    if "retrieval" in tasks:
+        results["retrieval"] = _retrieval(run, data, methods, test, q_audio, kept)
+    if "discriminability" in tasks:
+        results["discriminability"] = _discriminability(run, data, test, q_audio, kept)
+    if "alignment" in tasks:
+        results["alignment"] = _alignment(run, test, q_audio)
+
+    run.counts["skipped"] = len(run.skipped)
+    results["data"] = {
+        "root": str(data.root),
+        "counts": run.counts,
+        "missing": data.missing,
+        "skipped": run.skipped,
+    }
+    results["species"] = [
+        {
+            "label": s.label,
+            "scientific_name": s.scientific_name,
+            "common_name": s.common_name,
+            "seen": s.label in set(train_labels),
+        }
+        for s in species
+    ]
+    results["provenance"] = {
+        "songsight_version": package_version(),
+        "environment": environment(),
+        "audio_model": bl.provenance(),
+        "image_model": bc.provenance(),
+        "distilled": (
+            {"checkpoint": str(dist.checkpoint), "meta": meta, "encoder": dist.provenance()}
+            if dist
+            else None
+        ),
+        "dataset": {"root": str(data.root), "manifest_sha256": run.hashes},
+        "train_labels": train_labels,
+        "config": cfg.to_dict(),
+    }
+    results = jsonable(results)
+    write_outputs(run, Path(cfg.out), results, kept)
+    return results
+
+
+def _retrieval(
+    run: _Run, data, methods: list[str], test: pd.DataFrame, q_audio: dict, kept: dict
+) -> dict:
+    cfg = run.cfg
+    gallery = data.images(cfg.gallery, "test")
+    run.log(f"embedding {len(gallery)} test images")
+    g_emb, ok = embed_image_set(
+        run.image_encoder, gallery["path"].tolist(), "images test", run.skipped
+    )
+    gallery, g_emb = gallery.loc[ok].reset_index(drop=True), g_emb[ok]
+    run.hashes["gallery"] = table_sha256(gallery)
+    sources = gallery["source"].to_numpy()
+    run.counts["gallery"] = {
+        **{s: int((sources == s).sum()) for s in ("nabirds", "inat")},
+        "all": len(gallery),
+    }
+    galleries = {s: sources == s for s in ("nabirds", "inat") if (sources == s).any()}
+    galleries["all"] = np.ones(len(gallery), bool)
+    q_labels = test["label"].to_numpy(np.int64)
+    queries = build_queries(
+        methods,
+        labels=q_labels,
+        species_labels=run.species_labels,
+        teacher_species_emb=run.teacher_text,
+        audio_emb=q_audio["original"],
+        audio_species_emb=run.audio_text,
+        cascade_temperature=cfg.cascade_temperature,
+        mappings=run.maps,
+        distilled_emb=q_audio.get("distilled"),
+        seed=cfg.seed,
+    )
+    run.log(f"scoring retrieval: {', '.join(queries)}")
+    scored = score_retrieval(
+        queries,
+        q_labels,
+        g_emb,
+        gallery["label"].to_numpy(np.int64),
+        n_boot=cfg.bootstrap,
+        seed=cfg.seed,
+        galleries=galleries,
+        subsets=run.subsets(q_labels),
+    )
+    kept.update(queries=queries, gallery=gallery, g_emb=g_emb, sims=scored.pop("_similarity"))
+    return {
+        "gallery": cfg.gallery,
+        "methods": list(queries),
+        "not_applicable": {"original": "BioLingual has no image space"},
+        "cascade_temperature": cfg.cascade_temperature,
+        **scored,
+    }
+
+
+def _discriminability(run: _Run, data, test: pd.DataFrame, q_audio: dict, kept: dict) -> dict:
+    cfg = run.cfg
+    train = limit_rows(data.audio("train"), cfg.limit_train, cfg.seed)
+    run.log(f"embedding {len(train)} train recordings for the probes")
+    train, t_audio = embed_with_models(run.encoders, train, "audio train", run.skipped)
+    run.hashes["audio_train"] = table_sha256(train)
+    run.counts["train"] = len(train)
+    kept.update(train=train, t_audio=t_audio)
+    t_labels, q_labels = train["label"].to_numpy(np.int64), test["label"].to_numpy(np.int64)
+    dim = run.encoders["original"].dim
+    out = {
+        "chance": align.discriminability(
+            chance_queries(len(train), dim, cfg.seed),
+            t_labels,
+            chance_queries(len(test), dim, cfg.seed + 1),
+            q_labels,
+            seed=cfg.seed,
+            knn_k=cfg.knn_k,
+        )
+    }
+    for name in run.encoders:
+        out[name] = align.discriminability(
+            t_audio[name], t_labels, q_audio[name], q_labels, seed=cfg.seed, knn_k=cfg.knn_k
+        )
+    return out
+
+
+def _alignment(run: _Run, test: pd.DataFrame, q_audio: dict) -> dict:
+    """Zero-shot on focal clips (SSW60 test audio, or ``cfg.focal``) and on soundscape windows."""
+    from songsight.data.manifest import load_manifest
+
+    cfg = run.cfg
+    focal, f_audio = test, q_audio
+    if cfg.focal:
+        focal = load_manifest(cfg.focal)
+        known = np.isin(focal["label"].to_numpy(), run.species_labels)
+        if not known.all():
+            warnings.warn(
+                f"{int((~known).sum())} focal row(s) with labels outside the species list ignored",
+                stacklevel=2,
+            )
+        focal = limit_rows(focal.loc[known], cfg.limit_queries, cfg.seed)
+        run.log(f"embedding {len(focal)} focal recordings")
+        focal, f_audio = embed_with_models(run.encoders, focal, "focal", run.skipped)
+        run.hashes["focal"] = file_sha256(cfg.focal)
+        run.counts["focal"] = len(focal)
+    labels = focal["label"].to_numpy(np.int64)
+    audio, text = run.scored_sets(f_audio)
+    overall, by_subset = align.zero_shot_all(
+        audio, text, labels, run.species_labels, run.subsets(labels)
+    )
+    res: dict = {
+        "focal": overall,
+        "prompts": {
+            "image_model": [cfg.prompt_format, cfg.templates],
+            "audio_model": [cfg.audio_prompt_format, cfg.audio_templates],
+        },
+    }
+    if by_subset:
+        res["focal_by_subset"] = by_subset
+    if cfg.soundscapes:
+        res["soundscape"] = _soundscapes(run)
+    return res
+
+
+def _soundscapes(run: _Run) -> dict:
+    """Windows of long recordings, each with the species whose annotated bouts overlap it."""
+    from songsight.data.manifest import load_soundscape_manifest
+
+    cfg = run.cfg
+    ann = load_soundscape_manifest(cfg.soundscapes)
+    unknown = sorted(set(ann["label"].tolist()) - set(run.species_labels.tolist()))
+    if unknown:
+        warnings.warn(
+            f"soundscape labels not among the species are ignored: {unknown[:5]}", stacklevel=3
+        )
+    run.hashes["soundscapes"] = file_sha256(cfg.soundscapes)
+    intervals: dict[str, list] = {}
+    for p, a, b, lab in ann[["path", "start_s", "end_s", "label"]].itertuples(index=False):
+        intervals.setdefault(str(p), []).append((a, b, lab))
+    paths = list(intervals)
+    run.log(f"embedding {len(paths)} soundscape recordings")
+    windows, targets = {}, {}
+    for name, enc in run.encoders.items():
+        start, rows, tgts = len(run.skipped), [], []
+        for i, clip in enc.iter_clips(paths, cfg.soundscape_window_s, cfg.soundscape_hop_s):
+            if isinstance(clip, InputFileError):
+                run.skipped.append(
+                    {"set": f"soundscapes ({name})", "path": clip.path, "reason": clip.reason}
+                )
+                continue
+            rows.append(clip.windows)
+            tgts.append(
+                align.window_targets(
+                    clip.starts_s, clip.ends_s, intervals[paths[i]], run.species_labels
+                )
+            )
+        warn_skipped(run.skipped, f"soundscapes ({name})", start)
+        windows[name] = np.concatenate(rows) if rows else np.zeros((0, enc.dim), np.float32)
+        targets[name] = (
+            np.concatenate(tgts) if tgts else np.zeros((0, len(run.species_labels)), bool)
+        )
+    run.counts["soundscape_windows"] = len(targets["original"])
+    audio, text = run.scored_sets(windows)
+    return {
+        m: align.soundscape_scores(
+            audio[m], targets["distilled" if m == "distilled" else "original"], text[m]
+        )
+        for m in audio
+    }
