@@ -152,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="comma list of run names")
     p.add_argument("--out", help="write the Markdown here instead of printing it")
 
+    p = sub.add_parser("serve", help="the web page: upload or record a bird, see photos of its species")
+    p.add_argument("--gallery", required=True, metavar="DIR")
+    p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
+    p.add_argument("--port", type=_positive(int), default=8000)
+    p.add_argument("--model", metavar="DIR", default=None, help="distilled checkpoint (default: zero-shot cascade)")
+    _add_audio_model(p)
+    p.add_argument("--image-model", default=None, metavar="ID_OR_DIR", help="default: the gallery's own")
+    _add_device(p)
+    p.add_argument("--max-upload-mb", type=_positive(float), default=20.0)
+    p.add_argument("--timeout-s", type=_positive(float), default=120.0)
+    p.add_argument("--workers", type=_positive(int), default=1, help="searches at once; more get 503")
+    p.add_argument("--max-duration-s", type=_positive(float), default=600.0)
+
     p = sub.add_parser("data", help="datasets: download and verify")
     dsub = p.add_subparsers(dest="dataset", metavar="{ssw60}", required=True)
     q = dsub.add_parser("ssw60", help="download (resumable, md5-checked) and extract SSW60, or verify it")
@@ -298,6 +311,15 @@ def _run(args: argparse.Namespace) -> int:
             Path(args.out).write_text(text)
         else:
             print(text)
+        return 0
+
+    if args.command == "serve":
+        from songsight.serve import serve
+
+        serve(args.gallery, args.host, args.port, model=args.model, audio_model=args.audio_model,
+              image_model=args.image_model, device=args.device, max_upload_mb=args.max_upload_mb,
+              request_timeout_s=args.timeout_s, max_concurrency=args.workers,
+              max_duration_s=args.max_duration_s)  # fmt: skip
         return 0
 
     if args.command == "data":

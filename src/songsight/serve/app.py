@@ -1,0 +1,725 @@
+"""HTTP API and web page over a `songsight.retrieval.Searcher`.
+
+Routes: ``GET /`` (the page), ``GET /api/health``, ``POST /api/search`` (multipart field
+``audio``), ``GET /api/images/{image_id}`` (gallery photos by integer id only, so no client
+text ever reaches the filesystem), ``GET /api/spectrogram/{result_id}``, and FastAPI's
+``/openapi.json`` and ``/docs``.
+
+Uploads are streamed to a temporary file and cut off at the size limit (413); the type is
+judged by content, magic bytes then libsndfile, never by name or Content-Type (415). Decoding,
+search and the spectrogram run in a thread pool with one slot per worker: a full pool answers
+503 with Retry-After at once rather than queueing, and a request past its deadline answers 504
+while its thread finishes and frees its slot and temp file. Errors reach the client as
+``{"error", "message", "request_id"}``; tracebacks go to the server log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import re
+import secrets
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+from songsight.errors import InputFileError, SongsightError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.datastructures import MutableHeaders
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    try:
+        from python_multipart.multipart import MultipartParser, parse_options_header
+    except ImportError:  # python-multipart < 0.0.13 names its module `multipart`
+        from multipart.multipart import MultipartParser, parse_options_header
+except ImportError as exc:
+    raise SongsightError(
+        f"the web page needs the 'ui' extra ({exc.name} is missing): pip install 'songsight[ui]'"
+    ) from None
+
+log = logging.getLogger("songsight.serve")
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+DEFAULT_MAX_CONCURRENCY = 1  # one model forward at a time: CPU threads would only compete
+DEFAULT_MAX_DURATION_S = 600.0
+MAX_K = 100
+RETRY_AFTER_S = 5
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, headers and the small fields
+MAX_FIELD_BYTES = 256
+MAX_PARTS = 8
+SPECTROGRAMS_KEPT = 64
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp"}  # fmt: skip
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class ApiError(Exception):
+    """A deliberate HTTP error: ``status``, a stable ``code`` and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def sniff_audio(head: bytes) -> str | None:
+    """The container a file's first bytes announce: "wav", "flac", "ogg", "mp3", or None."""
+    if len(head) >= 12 and head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:3] == b"ID3":
+        return "mp3"
+    # An MPEG audio frame header: 11 sync bits, then a layer field that is not 00 (ADTS AAC).
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
+        return "mp3"
+    return None
+
+
+class _Slots:
+    """A non-blocking counting semaphore: busy means answer 503 now, not queue."""
+
+    def __init__(self, n: int):
+        self.capacity, self._free, self._lock = n, n, threading.Lock()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._free == 0:
+                return False
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._free = min(self._free + 1, self.capacity)
+
+
+@dataclass
+class _Upload:
+    """What `_receive_upload` read: the audio part in a temp file plus the small text fields."""
+
+    directory: str
+    max_bytes: int
+    path: Path | None = None
+    filename: str = "recording"
+    size: int = 0
+    head: bytes = b""
+    fields: dict[str, str] = field(default_factory=dict)
+    parts: int = 0
+    ended: bool = False
+    _file: Any = None
+    _name: str | None = None
+    _value: bytearray | None = None
+    _header: list[bytearray] = field(default_factory=lambda: [bytearray(), bytearray()])
+    _headers: dict[bytes, bytes] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def callbacks(self) -> dict[str, Callable]:
+        def header_field(data, start, end):
+            self._header[0] += data[start:end]
+
+        def header_value(data, start, end):
+            self._header[1] += data[start:end]
+
+        def header_end():
+            self._headers[bytes(self._header[0]).strip().lower()] = bytes(self._header[1]).strip()
+            self._header = [bytearray(), bytearray()]
+
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": header_field,
+            "on_header_value": header_value,
+            "on_header_end": header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": lambda: setattr(self, "ended", True),
+        }
+
+    def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise ApiError(400, "bad_request", f"too many form fields (at most {MAX_PARTS})")
+        self._headers, self._name, self._value = {}, None, None
+
+    def _headers_finished(self) -> None:
+        _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if self._name != "audio":
+            self._value = bytearray()
+            return
+        if self.path is not None:
+            raise ApiError(400, "bad_request", "send one 'audio' file per request")
+        self.filename = _display_name(opts.get(b"filename", b"").decode("utf-8", "replace"))
+        self._file = tempfile.NamedTemporaryFile(
+            dir=self.directory, prefix="songsight-upload-", delete=False
+        )
+        self.path = Path(self._file.name)
+
+    def _part_data(self, data, start, end) -> None:
+        chunk = data[start:end]
+        if self._value is not None:
+            self._value += chunk
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise ApiError(400, "bad_request", f"form field {self._name!r} is too long")
+            return
+        if self._file is None:
+            return
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise _too_large(self.max_bytes)
+        if len(self.head) < 16:
+            self.head += chunk[: 16 - len(self.head)]
+            # Judge the type as soon as the magic bytes are in, before storing the rest.
+            if len(self.head) >= 12 and sniff_audio(self.head) is None:
+                raise _unsupported()
+        self._file.write(chunk)
+
+    def _part_end(self) -> None:
+        if self._value is not None and self._name:
+            self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
+        elif self._file is not None:
+            self._file.close()
+            self._file = None
+        self._value = None
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "too_large", f"the upload is larger than {max_bytes / 1e6:g} MB")
+
+
+def _unsupported() -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_media_type",
+        "not a recording this server reads: send WAV, FLAC, Ogg or MP3",
+    )
+
+
+def _display_name(name: str) -> str:
+    """The last component of a client-given file name, printable and short (display only)."""
+    base = PureWindowsPath(PurePath(name).name).name
+    base = re.sub(r"[\x00-\x1f\x7f]", "", base).strip()
+    return base[:120] or "recording"
+
+
+async def _receive_upload(request: Request, directory: str, max_bytes: int) -> _Upload:
+    """Stream a multipart body into `_Upload`, stopping at the limits. Raises `ApiError`."""
+    mime, opts = parse_options_header(request.headers.get("content-type", ""))
+    if mime != b"multipart/form-data" or not opts.get(b"boundary"):
+        raise ApiError(
+            415, "unsupported_media_type", "send multipart/form-data with the recording in 'audio'"
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
+        raise _too_large(max_bytes)
+    upload = _Upload(directory, max_bytes)
+    try:
+        parser = MultipartParser(opts[b"boundary"], upload.callbacks())
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + FORM_OVERHEAD_BYTES:
+                raise _too_large(max_bytes)
+            try:
+                parser.write(chunk)
+            except ApiError:
+                raise
+            except Exception:
+                raise ApiError(400, "bad_request", "malformed multipart body") from None
+        parser.finalize()
+        if not upload.ended:
+            raise ApiError(400, "bad_request", "incomplete multipart body")
+        if upload.path is None:
+            raise ApiError(422, "invalid_request", "no file in the multipart field 'audio'")
+        if upload.size == 0:
+            raise ApiError(422, "invalid_request", "the uploaded file is empty")
+        if sniff_audio(upload.head) is None:
+            raise _unsupported()
+    except BaseException:
+        upload.discard()
+        raise
+    return upload
+
+
+def _form_number(fields: dict[str, str], name: str, kind: type, lo: float, hi: float):
+    text = fields.get(name, "")
+    if text == "":
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ApiError(
+            422, "invalid_request", f"{name} must be a number, got {text[:20]!r}"
+        ) from None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ApiError(
+            422, "invalid_request", f"{name} must lie in [{lo:g}, {hi:g}], got {text[:20]}"
+        )
+    return value
+
+
+def decode_upload(path: str | Path, max_duration_s: float):
+    """Decode an upload to `songsight.audio.Audio` at its own rate, mono. Raises `ApiError`."""
+    import soundfile as sf
+
+    from songsight.audio import prepare_waveform
+
+    try:
+        info = sf.info(str(path))
+    except Exception:
+        raise _unsupported() from None
+    # The frame cap bounds memory whatever the header claims (MP3 lengths are estimates).
+    limit = int(max_duration_s * info.samplerate) + 1
+    if info.duration > max_duration_s + 1:
+        raise ApiError(413, "too_long", f"the recording is longer than {max_duration_s:g} s")
+    try:
+        data, rate = sf.read(str(path), frames=limit, dtype="float32", always_2d=True)
+    except Exception:
+        raise ApiError(422, "invalid_audio", "the recording is corrupt: decoding failed") from None
+    if len(data) >= limit:
+        raise ApiError(413, "too_long", f"the recording is longer than {max_duration_s:g} s")
+    try:
+        return prepare_waveform(data, int(rate), int(rate), name="upload")
+    except InputFileError as exc:
+        raise ApiError(422, "invalid_audio", exc.reason) from None
+
+
+def spectrogram_png(
+    waveform: np.ndarray, sample_rate_hz: int, max_hz: float = 12_000.0, width_px: int = 1200
+) -> tuple[bytes, float]:
+    """(T,) float32 -> (PNG bytes, top frequency in Hz) of a log-power spectrogram.
+
+    No margins or axes: time runs over the full width and 0 Hz is the bottom row, so the page
+    can lay windows over it by fraction of duration. Frames (Hann, 50% overlap) are max-pooled
+    to at most ``width_px`` columns so a short call in a long recording still shows.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    n_fft = 1024 if sample_rate_hz >= 32_000 else 512
+    hop = n_fft // 2
+    x = np.asarray(waveform, dtype=np.float32)
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    top_hz = min(max_hz, sample_rate_hz / 2)
+    n_bins = int(top_hz * n_fft / sample_rate_hz) + 1
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    window = np.hanning(n_fft).astype(np.float32)
+    power = np.empty((len(frames), n_bins), dtype=np.float32)
+    for i in range(0, len(frames), 2048):  # chunks keep the complex FFT output small
+        spec = np.fft.rfft(frames[i : i + 2048] * window, axis=1)[:, :n_bins]
+        power[i : i + 2048] = spec.real**2 + spec.imag**2
+    n_cols = min(width_px, len(power))
+    starts = (np.arange(n_cols) * len(power)) // n_cols
+    pooled = np.maximum.reduceat(power, starts, axis=0)
+    db = 10 * np.log10(pooled + 1e-12)
+    top = float(db.max())
+    # The median is mostly background, so starting the colour scale there makes calls stand
+    # out; 80 dB below the peak bounds it for clean recordings.
+    floor = max(top - 80.0, float(np.median(db)))
+    span = max(top - floor, 1e-6)
+    level = np.clip((db - floor) / span, 0, 1) if top > -100 else np.zeros_like(db)
+    rgb = (colormaps["magma"](level.T[::-1])[..., :3] * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue(), float((n_bins - 1) * sample_rate_hz / n_fft)
+
+
+def _web_records(results: list, records: list[dict], filename: str) -> list[dict]:
+    """The CLI's records, made safe for the web: image URLs by id, no server paths."""
+    out = []
+    for result, record in zip(results, records, strict=True):
+        record = {**record, "path": filename}
+        hits = []
+        for hit, row in zip(result.hits, record.get("hits") or [], strict=True):
+            image_id = int(hit.image_id)
+            image = PurePath(str(row.get("image", ""))).name
+            hits.append(
+                {**row, "image": image, "image_id": image_id, "url": f"/api/images/{image_id}"}
+            )
+        record["hits"] = hits
+        out.append(record)
+    return out
+
+
+def _model_summary(searcher) -> dict:
+    """The searcher's provenance (model ids, revisions, settings) without server paths."""
+    prov = getattr(searcher, "provenance", None)
+    return _public(prov) if isinstance(prov, dict) else {}
+
+
+def _public(value: Any, depth: int = 3) -> Any:
+    """JSON scalars and small dicts; folders dropped, absolute paths cut to their last part."""
+    if isinstance(value, dict):
+        if depth == 0:
+            return None
+        out = {}
+        for key, item in value.items():
+            item = _public(item, depth - 1)
+            if item is not None and str(key) not in _PRIVATE_KEYS:
+                out[str(key)] = item
+        return out
+    if isinstance(value, str) and (
+        value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:\\", value)
+    ):
+        return PureWindowsPath(value).name or None
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return None
+
+
+_PRIVATE_KEYS = {"directory", "dir", "path", "local_dir", "cache_dir", "checkpoint"}
+
+
+def _error(status: int, code: str, message: str, request_id: str, headers=None) -> JSONResponse:
+    body = {"error": code, "message": message, "request_id": request_id}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex[:12]
+
+
+class _Guard:
+    """ASGI middleware: a request id and nosniff on every response; any unhandled exception
+    becomes a generic JSON 500 here, its traceback logged under that id."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = uuid.uuid4().hex[:12]
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = rid
+                headers["X-Content-Type-Options"] = "nosniff"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s %s failed", rid, scope.get("path"))
+            if not started:
+                response = _error(500, "internal_error", "the server failed; see its log", rid)
+                await response(scope, receive, send_with_id)
+
+
+def create_app(
+    searcher,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_duration_s: float = DEFAULT_MAX_DURATION_S,
+    temp_dir: str | Path | None = None,
+    to_records: Callable[[list], list[dict]] | None = None,
+) -> FastAPI:
+    """The FastAPI app over ``searcher`` (a `songsight.retrieval.Searcher` or the same shape).
+
+    ``to_records`` turns search results into the CLI's JSON records; by default
+    `songsight.retrieval.results_to_records`. ``app.state.slots`` is the concurrency gate.
+    """
+    if to_records is None:
+        from songsight.retrieval import results_to_records as to_records
+    if max_concurrency < 1 or max_upload_mb <= 0 or request_timeout_s <= 0 or max_duration_s <= 0:
+        raise SongsightError(
+            "serve limits must be positive (upload, timeout, concurrency, duration)"
+        )
+    max_bytes = int(max_upload_mb * 1e6)
+    directory = str(temp_dir) if temp_dir is not None else tempfile.gettempdir()
+    slots = _Slots(max_concurrency)
+    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="songsight-search")
+    spectrograms: OrderedDict[str, bytes] = OrderedDict()
+    spectrogram_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="songsight",
+        version=_version(),
+        description="Hear a bird, see it: photos of the species singing in a recording.",
+        lifespan=lifespan,
+    )
+    app.state.slots = slots
+    app.state.searcher = searcher
+    app.add_middleware(_Guard)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.code, exc.message, _request_id(request), exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "not found" if exc.status_code == 404 else str(exc.detail)[:200]
+        return _error(exc.status_code, code, message, _request_id(request), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors())
+        return _error(422, "invalid_request", f"invalid {where or 'request'}", _request_id(request))
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):  # reached only if `_Guard` fails
+        return _error(500, "internal_error", "the server failed; see its log", _request_id(request))
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(
+            STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP}
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/health", tags=["api"])
+    def health() -> dict:
+        """Status, gallery size, which model answers, model provenance and the limits."""
+        return {
+            "status": "ok",
+            "version": _version(),
+            "gallery_size": len(searcher.gallery),
+            "answered_by": getattr(searcher, "answered_by", None),
+            "models": _model_summary(searcher),
+            "busy": slots.free == 0,
+            "limits": {
+                "max_upload_mb": max_upload_mb,
+                "max_duration_s": max_duration_s,
+                "request_timeout_s": request_timeout_s,
+                "max_concurrency": max_concurrency,
+                "max_k": MAX_K,
+            },
+        }
+
+    @app.post("/api/search", tags=["api"], openapi_extra=_SEARCH_OPENAPI)
+    async def search(request: Request) -> dict:
+        """Search the gallery with one recording; ``results`` are the CLI's JSON records."""
+        deadline = time.monotonic() + request_timeout_s
+        rid = _request_id(request)
+        busy = ApiError(
+            503, "busy", "the server is busy with other searches; try again shortly",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )  # fmt: skip
+        if slots.free == 0:  # refuse before reading a body that would wait anyway
+            raise busy
+        try:
+            upload = await asyncio.wait_for(
+                _receive_upload(request, directory, max_bytes), request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise ApiError(408, "upload_timeout", "the upload took too long") from None
+        try:
+            k = _form_number(upload.fields, "k", int, 1, MAX_K) or 10
+            window_s = _form_number(upload.fields, "window_s", float, 0.1, max_duration_s)
+            hop_s = _form_number(upload.fields, "hop_s", float, 0.1, max_duration_s)
+            if not slots.try_acquire():
+                raise busy
+        except BaseException:
+            upload.discard()
+            raise
+
+        def work():
+            audio = decode_upload(upload.path, max_duration_s)
+            results = searcher.search(
+                [(audio.waveform, audio.sample_rate_hz)], k=k, window_s=window_s, hop_s=hop_s
+            )
+            png, top_hz = spectrogram_png(audio.waveform, audio.sample_rate_hz)
+            return audio, results, png, top_hz
+
+        def finished(_future) -> None:  # runs once the thread is done, even after a 504
+            slots.release()
+            upload.discard()
+
+        try:
+            future = pool.submit(work)
+        except BaseException:
+            finished(None)
+            raise
+        future.add_done_callback(finished)
+        started = time.monotonic()
+        try:
+            remaining = max(deadline - started, 0.001)
+            audio, results, png, top_hz = await asyncio.wait_for(
+                asyncio.wrap_future(future), remaining
+            )
+        except asyncio.TimeoutError:
+            log.warning("request %s: search passed the %g s limit", rid, request_timeout_s)
+            raise ApiError(
+                504, "timeout", f"the search took longer than {request_timeout_s:g} s"
+            ) from None
+        except InputFileError as exc:
+            raise ApiError(422, "invalid_audio", exc.reason) from None
+        except (ValueError, SongsightError) as exc:
+            if window_s is None and hop_s is None:
+                raise
+            # The searcher refuses windows its model cannot take (e.g. longer than its input).
+            raise ApiError(422, "invalid_request", f"window_s/hop_s refused: {exc}"[:300]) from None
+        records = _web_records(results, to_records(results), upload.filename)
+        errors = [r.error for r in results if getattr(r, "error", None)]
+        if results and len(errors) == len(results):
+            raise ApiError(
+                422, "invalid_audio", f"could not search this recording: {errors[0]}"[:300]
+            )
+        result_id = secrets.token_urlsafe(12)
+        with spectrogram_lock:
+            spectrograms[result_id] = png
+            while len(spectrograms) > SPECTROGRAMS_KEPT:
+                spectrograms.popitem(last=False)
+        log.info(
+            "request %s: %.1f s of audio, %d windows, k=%d in %.2f s",
+            rid, audio.duration_s, len(results), k, time.monotonic() - started,
+        )  # fmt: skip
+        return {
+            "request_id": rid,
+            "filename": upload.filename,
+            "duration_s": audio.duration_s,
+            "sample_rate_hz": audio.sample_rate_hz,
+            "silent": audio.silent,
+            "answered_by": getattr(searcher, "answered_by", None),
+            "k": k,
+            "spectrogram": {"url": f"/api/spectrogram/{result_id}", "max_hz": top_hz},
+            "results": records,
+        }
+
+    @app.get("/api/images/{image_id}", tags=["api"], response_class=FileResponse)
+    def image(image_id: int):
+        """A gallery photo by its integer id (the ``image_id`` of a hit)."""
+        if not 0 <= image_id < len(searcher.gallery):
+            raise ApiError(404, "not_found", "no image with this id")
+        try:
+            path = Path(searcher.gallery.image_path(image_id))
+        except (IndexError, KeyError, ValueError, SongsightError):
+            raise ApiError(404, "not_found", "no image with this id") from None
+        if not path.is_file():
+            log.warning("gallery image %d is missing on disk: %s", image_id, path)
+            raise ApiError(404, "not_found", "no image with this id")
+        media_type = IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        headers = {"Cache-Control": "public, max-age=86400"}
+        return FileResponse(path, media_type=media_type, headers=headers)
+
+    @app.get("/api/spectrogram/{result_id}", tags=["api"], response_class=Response)
+    def spectrogram(result_id: str):
+        """The spectrogram PNG of a recent search (the server keeps the last few)."""
+        with spectrogram_lock:
+            png = spectrograms.get(result_id)
+        if png is None:
+            raise ApiError(404, "not_found", "no such spectrogram (it may have expired)")
+        return Response(
+            png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )
+
+    return app
+
+
+_SEARCH_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["audio"],
+                    "properties": {
+                        "audio": {"type": "string", "format": "binary", "description": "WAV, FLAC, Ogg or MP3"},
+                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+                        "window_s": {"type": "number", "description": "analysis window (default: the model's)"},
+                        "hop_s": {"type": "number", "description": "hop between windows"},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "413": {"description": "upload or recording too large"},
+        "415": {"description": "not WAV, FLAC, Ogg or MP3 (judged by content)"},
+        "422": {"description": "invalid field or undecodable audio"},
+        "503": {"description": "busy; retry after the Retry-After header"},
+        "504": {"description": "the search passed the time limit"},
+    },
+}  # fmt: skip
+
+
+def _version() -> str:
+    from songsight.provenance import package_version
+
+    return package_version()
+
+
+def serve(
+    gallery: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model: str | Path | None = None,
+    audio_model: str | None = None,
+    image_model: str | None = None,
+    device: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_duration_s: float = DEFAULT_MAX_DURATION_S,
+) -> None:
+    """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted."""
+    import uvicorn
+
+    from songsight.retrieval import Searcher
+
+    options = {"audio_model": audio_model, "image_model": image_model, "device": device}
+    searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})
+    app = create_app(
+        searcher,
+        max_upload_mb=max_upload_mb,
+        request_timeout_s=request_timeout_s,
+        max_concurrency=max_concurrency,
+        max_duration_s=max_duration_s,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this port can upload", host)
+    print(f"songsight: {len(searcher.gallery)} photos, answered by {searcher.answered_by}")
+    print(f"songsight: open http://{host}:{port}/ (Ctrl+C to stop)")
+    # uvicorn answers 503 itself past this many open connections, before any body is read.
+    uvicorn.run(app, host=host, port=port, limit_concurrency=max(16, 8 * max_concurrency))

@@ -1,0 +1,322 @@
+"""The page in a real browser: headless Chromium (Playwright) against uvicorn on a free port.
+
+Uploads a simulated recording of two species, waits for the results, checks the photos and
+species names the page shows against what the searcher answered, clicks through the timeline,
+records through Chromium's fake microphone (MediaRecorder -> WAV in the page -> upload), and
+saves a screenshot under the pytest tmp dir (also to ``$SONGSIGHT_SCREENSHOT`` when set).
+Skips, saying why, when Playwright or Chromium is missing; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+)
+
+from songsight.retrieval import Hit, SpeciesScore, WindowResult  # noqa: E402
+from songsight.serve.app import create_app  # noqa: E402
+from songsight.sim.calls import render_call  # noqa: E402
+from songsight.sim.photos import render_photo  # noqa: E402
+from songsight.sim.world import WorldConfig, build_world, item_rng  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # A fake microphone (a beep) and no permission prompt, for the recording path.
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+]  # fmt: skip
+SPECIES_SHOWN = 4
+PHOTOS_EACH = 3
+WINDOW_S = 4.0
+K = 8
+
+
+def chromium_path() -> str:
+    """``$SONGSIGHT_CHROMIUM`` if set, else Debian's /usr/bin/chromium or one on PATH."""
+    wanted = os.environ.get("SONGSIGHT_CHROMIUM")
+    candidates = [wanted] if wanted else ["/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")]  # fmt: skip
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.skip(
+        f"Chromium not found ({wanted or 'chromium'}): apt-get install chromium "
+        "(scripts/ci_browser_deps.sh)"
+    )
+
+
+# ---- a searcher over simulated species: names the species whose song band is loudest --------
+
+
+class Gallery:
+    def __init__(self, paths: list[Path], labels: list[int]):
+        self.paths, self.labels = paths, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image_path(self, image_id: int) -> Path:
+        return self.paths[image_id]
+
+
+class BandSearcher:
+    """`Searcher`'s interface and result types: the species whose song band is loudest wins.
+
+    Like the real one: the whole recording first (``window`` None), then each window.
+    """
+
+    answered_by = "distilled"
+
+    def __init__(self, gallery: Gallery, names: list[tuple[str, str]], bands_hz: list[tuple]):
+        self.gallery, self.names, self.bands_hz = gallery, names, bands_hz
+        self.answers: list[list[WindowResult]] = []
+
+    def search(self, recordings, k=10, window_s=None, hop_s=None) -> list[WindowResult]:
+        window_s = window_s or WINDOW_S
+        out = []
+        for r, (waveform, rate) in enumerate(recordings):
+            n = int(window_s * rate)
+            out.append(self._answer(waveform, rate, 0.0, None, k, r))
+            if len(waveform) > n:
+                for i, start in enumerate(range(0, len(waveform) - n // 2, n)):
+                    out.append(
+                        self._answer(waveform[start : start + n], rate, start / rate, i, k, r)
+                    )
+        self.answers.append(out)
+        return out
+
+    def _answer(self, chunk, rate, start_s, window, k, r) -> WindowResult:
+        power = np.abs(np.fft.rfft(chunk)) ** 2
+        freqs = np.fft.rfftfreq(len(chunk), 1 / rate)
+        energy = np.array([power[(freqs >= lo) & (freqs <= hi)].mean() for lo, hi in self.bands_hz])
+        share = energy / energy.sum()
+        species = [
+            SpeciesScore(self.names[j][0], float(share[j]), "species", int(j), self.names[j][1])
+            for j in np.argsort(-share)
+        ]
+        labels = self.gallery.labels
+        scored = sorted(
+            ((0.55 * share[lab] + 0.3 - 0.01 * n, n) for n, lab in enumerate(labels)), reverse=True
+        )
+        hits = [
+            Hit(
+                n,
+                str(self.gallery.paths[n]),
+                round(float(s), 4),
+                *self.names[labels[n]][:1],
+                labels[n],
+                self.names[labels[n]][1],
+            )
+            for s, n in scored[:k]
+        ]
+        end_s = start_s + len(chunk) / rate
+        return WindowResult(
+            f"<array {r}>", start_s, end_s, hits, species, window, None, "distilled"
+        )
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_files(tmp_path_factory):
+    """A gallery of simulated photos, its searcher, and a recording: species A, B, then A."""
+    root = tmp_path_factory.mktemp("browser")
+    world = build_world(WorldConfig.quick(image_size=192, distractors_per_10s=0.0))
+    # Species whose song centres lie apart, so each window has one clear answer.
+    chosen: list[int] = []
+    for label in np.argsort([a.centre_hz for a in world.acoustic]):
+        if all(world.acoustic[label].centre_hz > 1.3 * world.acoustic[c].centre_hz for c in chosen):
+            chosen.append(int(label))
+    chosen = chosen[:SPECIES_SHOWN]
+    assert len(chosen) == SPECIES_SHOWN
+    paths, labels = [], []
+    for i, label in enumerate(chosen):
+        for j in range(PHOTOS_EACH):
+            path = root / "gallery" / f"{world.species[label].code}-{j}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            sf_image = render_photo(world, label, item_rng(0, "browser-photo", label, j), "nabirds")
+            from PIL import Image
+
+            Image.fromarray(sf_image).save(path, quality=92)
+            paths.append(path)
+            labels.append(i)
+    names = [(world.species[c].scientific_name, world.species[c].common_name) for c in chosen]
+    bands = [(world.acoustic[c].centre_hz / 1.2, world.acoustic[c].centre_hz * 1.2) for c in chosen]
+    searcher = BandSearcher(Gallery(paths, labels), names, bands)
+    rate = world.config.sample_rate_hz
+    parts = [
+        render_call(world, chosen[i], item_rng(0, "browser-call", i, n), WINDOW_S)
+        for n, i in enumerate((0, 1, 0))
+    ]
+    audio = np.concatenate(parts)
+    audio = 0.8 * audio / np.abs(audio).max()
+    wav = root / "dawn chorus.wav"
+    sf.write(wav, audio, rate, subtype="PCM_16")
+    return searcher, wav
+
+
+@pytest.fixture(scope="module")
+def server(world_files, tmp_path_factory):
+    searcher, _ = world_files
+    app = create_app(searcher, temp_dir=tmp_path_factory.mktemp("uploads"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, base_url=server)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def console(msg) -> None:
+        # The browser logs every 4xx; only a missing asset (404) or a server failure counts.
+        refused = "status of 4" in msg.text and "status of 404" not in msg.text
+        if msg.type == "error" and not refused:
+            errors.append(msg.text)
+
+    page.on("console", console)
+    yield page
+    context.close()
+    assert errors == [], f"the page logged errors: {errors}"
+
+
+def shown(page, selector: str) -> list[str]:
+    return [t.strip() for t in page.locator(selector).all_inner_texts()]
+
+
+def images_loaded(page, selector: str) -> bool:
+    return page.eval_on_selector_all(
+        selector, "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)"
+    )
+
+
+# ---- the tests -------------------------------------------------------------------------------
+
+
+def test_upload_shows_photos_species_and_timeline(page, world_files, tmp_path):
+    searcher, wav = world_files
+    page.goto("/")
+    # Locator waits, not wait_for_function: the page's CSP (rightly) forbids string eval.
+    sync_api.expect(page.locator("#health")).to_contain_text("photos")
+    n_photos = SPECIES_SHOWN * PHOTOS_EACH
+    assert page.inner_text("#health") == f"{n_photos} photos in the gallery · answered by distilled"
+    page.select_option("#k", str(K))
+    page.set_input_files("#file", str(wav))
+    page.wait_for_selector(".photo img", timeout=20_000)
+    answer = searcher.answers[-1]
+    assert [r.window for r in answer] == [None, 0, 1, 2]  # the whole clip, then A, B, A
+
+    def common(items) -> list[str]:
+        return [x.common_name for x in items]
+
+    assert page.inner_text("#rec-name") == wav.name
+    chips = shown(page, "#timeline .chip")
+    assert chips[0].startswith("Whole recording") and chips[2].startswith("4 s – 8 s")
+    assert shown(page, "#timeline .chip small") == [r.species[0].common_name for r in answer]
+    assert answer[1].species[0].name != answer[2].species[0].name
+    # The whole recording is selected first: its photos in the searcher's order, its species.
+    assert page.inner_text("#window-title") == "The whole recording"
+    assert shown(page, ".photo .species-name") == common(answer[0].hits)
+    assert shown(page, ".photo .sci") == [h.species for h in answer[0].hits]
+    assert len(shown(page, ".photo .species-name")) == K
+    assert shown(page, "#species .name span:first-child") == common(answer[0].species)
+    deadline = time.monotonic() + 10
+    while not (images_loaded(page, ".photo img") and images_loaded(page, "#spectro-img")):
+        assert time.monotonic() < deadline, "photos or spectrogram did not load"
+        page.wait_for_timeout(50)
+    assert page.get_attribute("#player", "src").startswith("blob:")
+    assert page.locator("#selection").is_hidden()
+
+    # Clicking a window shows its hits and marks it on the spectrogram.
+    for i in (1, 2):
+        page.locator("#timeline .chip").nth(i).click()
+        assert page.get_attribute(f"#timeline .chip >> nth={i}", "aria-selected") == "true"
+        assert shown(page, ".photo .species-name") == common(answer[i].hits)
+        assert shown(page, "#species .name span:first-child") == common(answer[i].species)
+    assert page.inner_text("#window-title") == "Window 4 s – 8 s"
+    box = page.locator("#selection").bounding_box()
+    spectro = page.locator("#spectro").bounding_box()
+    assert box["x"] - spectro["x"] == pytest.approx(spectro["width"] / 3, abs=3)
+
+    # Clicking the spectrogram at 70% (8.4 s) picks the window there and seeks the player.
+    spectro = page.locator("#spectro")
+    spectro.click(position={"x": 0.7 * spectro.bounding_box()["width"], "y": 20})
+    assert page.get_attribute("#timeline .chip >> nth=3", "aria-selected") == "true"
+    assert page.eval_on_selector("#player", "p => p.currentTime") == pytest.approx(8.4, abs=0.1)
+    head = page.locator("#playhead").bounding_box()
+    assert head["x"] - spectro.bounding_box()["x"] == pytest.approx(
+        0.7 * spectro.bounding_box()["width"], abs=4
+    )
+    page.locator("#timeline .chip").nth(2).click()
+
+    shot = tmp_path / "songsight-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("SONGSIGHT_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["SONGSIGHT_SCREENSHOT"])
+
+
+def test_rejected_upload_shows_the_server_message(page, tmp_path):
+    fake = tmp_path / "not-audio.wav"
+    fake.write_bytes(b"RIFF\x24\x00\x00\x00WAVEthis is not really a wav file" * 8)
+    page.goto("/")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#status.error", timeout=10_000)
+    text = page.inner_text("#status")
+    assert "not a recording this server reads" in text and "request" in text
+    assert page.locator("#results").is_hidden()
+
+
+def test_recording_is_converted_to_wav_and_searched(page, world_files):
+    searcher, _ = world_files
+    page.goto("/")
+    if page.is_disabled("#record"):
+        pytest.skip("this Chromium offers no MediaRecorder / microphone")
+    before = len(searcher.answers)
+    page.click("#record")
+    sync_api.expect(page.locator("#record")).to_have_text(re.compile(r"^Stop"))
+    page.wait_for_timeout(1500)
+    page.click("#record")
+    page.wait_for_selector(".photo img", timeout=20_000)
+    assert len(searcher.answers) == before + 1
+    assert page.inner_text("#rec-name") == "recording.wav"
+    meta = page.inner_text("#rec-meta")
+    assert " s ·" in meta and "kHz" in meta
