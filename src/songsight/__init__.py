@@ -1,0 +1,16 @@
+"""songsight: hear a bird, see it.
+
+Public API (lazy: importing songsight loads neither torch nor pandas)::
+
+    from songsight import Gallery, Searcher, search
+    gallery = Gallery.build(["photos/"], "gallery/")           # BioCLIP-2 by default
+    results = search(["dawn.flac"], "gallery/", model="runs/distilled")
+
+Encoders live in `songsight.encoders` (BioLingual, BioCLIP-2, distilled), training in
+`songsight.distill`, evaluation in `songsight.eval`.
+"""
+
+from songsight.index.gallery import Gallery
+from songsight.retrieval import Searcher, search
+
+__all__ = ["Gallery", "Searcher", "search"]

@@ -54,6 +54,18 @@ def _add_image_model(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: Ray Data model workers over many files/machines (pip install 'songsight[scale]')",
+    )
+    p.add_argument(
+        "--workers", type=_positive(int), default=2, help="model workers for --engine ray"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="songsight",
@@ -83,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--batch-size", type=_positive(int), default=None)
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         _add_device(q)
+        _add_engine(q)
         q.add_argument(
             "--precision",
             choices=("auto", "fp32", "bf16"),
@@ -112,25 +125,50 @@ def build_parser() -> argparse.ArgumentParser:
                 help="model: the checkpoint's own resize+centre-crop (default); squash: resize without crop",
             )
 
-    p = sub.add_parser("demo", help="the whole job offline in a simulated world (build, pretrain, distil, evaluate)")
-    p.add_argument("--quick", action="store_true", help="a 12-species world, for tests and smoke runs (< 1 min)")
+    p = sub.add_parser(
+        "demo",
+        help="the whole job offline in a simulated world (build, pretrain, distil, evaluate)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 12-species world, for tests and smoke runs (< 1 min)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--species", type=int, default=None, help="number of species (default 60, quick 12)")
+    p.add_argument(
+        "--species", type=int, default=None, help="number of species (default 60, quick 12)"
+    )
     p.add_argument("--out", default="songsight-demo", metavar="DIR")
 
     from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS
 
-    p = sub.add_parser("evaluate", help="SSW60 evaluation: retrieval, probes, zero-shot alignment, baselines")
-    p.add_argument("--ssw60", required=True, metavar="ROOT", help="extracted SSW60 folder (or its parent)")
+    p = sub.add_parser(
+        "evaluate", help="SSW60 evaluation: retrieval, probes, zero-shot alignment, baselines"
+    )
+    p.add_argument(
+        "--ssw60", required=True, metavar="ROOT", help="extracted SSW60 folder (or its parent)"
+    )
     _add_audio_model(p)
     _add_image_model(p)
-    p.add_argument("--distilled", metavar="DIR", help="a distilled checkpoint (songsight distill --out)")
-    p.add_argument("--methods", metavar="LIST", help="comma list; chance and oracle are always added")
-    p.add_argument("--tasks", metavar="LIST", help="comma list of retrieval,discriminability,alignment")
+    p.add_argument(
+        "--distilled", metavar="DIR", help="a distilled checkpoint (songsight distill --out)"
+    )
+    p.add_argument(
+        "--methods", metavar="LIST", help="comma list; chance and oracle are always added"
+    )
+    p.add_argument(
+        "--tasks", metavar="LIST", help="comma list of retrieval,discriminability,alignment"
+    )
     p.add_argument("--out", default="RESULTS.json", metavar="RESULTS.json")
-    p.add_argument("--save-embeddings", metavar="DIR", help="write gallery and query embeddings as Parquet")
-    p.add_argument("--soundscapes", metavar="MANIFEST", help="path,start_s,end_s,label rows (BirdSet style)")
-    p.add_argument("--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)")
+    p.add_argument(
+        "--save-embeddings", metavar="DIR", help="write gallery and query embeddings as Parquet"
+    )
+    p.add_argument(
+        "--soundscapes", metavar="MANIFEST", help="path,start_s,end_s,label rows (BirdSet style)"
+    )
+    p.add_argument(
+        "--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)"
+    )
     p.add_argument("--gallery", choices=("all", "nabirds", "inat"), default="all")
     p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None)
     p.add_argument("--templates", choices=list(TEMPLATE_SETS), default=None)
@@ -152,22 +190,107 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="comma list of run names")
     p.add_argument("--out", help="write the Markdown here instead of printing it")
 
-    p = sub.add_parser("serve", help="the web page: upload or record a bird, see photos of its species")
+    p = sub.add_parser(
+        "serve", help="the web page: upload or record a bird, see photos of its species"
+    )
     p.add_argument("--gallery", required=True, metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=_positive(int), default=8000)
-    p.add_argument("--model", metavar="DIR", default=None, help="distilled checkpoint (default: zero-shot cascade)")
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        default=None,
+        help="distilled checkpoint (default: zero-shot cascade)",
+    )
     _add_audio_model(p)
-    p.add_argument("--image-model", default=None, metavar="ID_OR_DIR", help="default: the gallery's own")
+    p.add_argument(
+        "--image-model", default=None, metavar="ID_OR_DIR", help="default: the gallery's own"
+    )
     _add_device(p)
     p.add_argument("--max-upload-mb", type=_positive(float), default=20.0)
     p.add_argument("--timeout-s", type=_positive(float), default=120.0)
-    p.add_argument("--workers", type=_positive(int), default=1, help="searches at once; more get 503")
+    p.add_argument(
+        "--workers", type=_positive(int), default=1, help="searches at once; more get 503"
+    )
     p.add_argument("--max-duration-s", type=_positive(float), default=600.0)
+
+    p = sub.add_parser("index", help="build or extend a photo gallery to search with recordings")
+    isub = p.add_subparsers(dest="index_command", metavar="{build,add}", required=True)
+    for name in ("build", "add"):
+        build = name == "build"
+        q = isub.add_parser(
+            name,
+            help="create (or resume) a gallery" if build else "add new photos (by content hash)",
+        )
+        q.add_argument(
+            "paths", nargs="*", metavar="PATHS", help="photo files or folders (walked recursively)"
+        )
+        q.add_argument("--gallery", required=True, metavar="DIR")
+        q.add_argument(
+            "--manifest",
+            metavar="CSV",
+            help="path and optional label, species (or scientific_name), common_name, genus, family, order",
+        )
+        q.add_argument(
+            "--species", metavar="TAXA_CSV", help="species table naming a manifest's label column"
+        )
+        q.add_argument(
+            "--image-model",
+            default=IMAGE_DEFAULT if build else None,
+            metavar="ID_OR_DIR",
+            help=f"open_clip model (default {IMAGE_DEFAULT})"
+            if build
+            else "default: the gallery's own; another model is refused",
+        )
+        q.add_argument(
+            "--ann",
+            action="store_true",
+            help="build an HNSW index now (default: exact, HNSW past 250,000 photos; re-ranked exactly)",
+        )
+        if build:
+            q.add_argument("--vector-dtype", choices=("float32", "float16"), default="float32")
+            q.add_argument("--preprocess", choices=("model", "squash"), default="model")
+            q.add_argument("--overwrite", action="store_true", help="start the gallery again")
+        _add_engine(q)
+        q.add_argument("--batch-size", type=_positive(int), default=32)
+        q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_device(q)
+
+    p = sub.add_parser("search", help="find the photos (and species) of the birds in recordings")
+    p.add_argument("recordings", nargs="+", metavar="RECORDINGS", help="audio files or folders")
+    p.add_argument("--gallery", required=True, metavar="DIR")
+    p.add_argument(
+        "--model",
+        metavar="DISTILLED_DIR",
+        help="distilled checkpoint; without it the zero-shot cascade answers",
+    )
+    _add_audio_model(p)
+    p.add_argument(
+        "--image-model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help="cascade only (default: the gallery's own)",
+    )
+    p.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
+    p.add_argument("--k", type=_positive(int), default=10)
+    p.add_argument("--window-s", type=_positive(float), default=None)
+    p.add_argument("--hop-s", type=_positive(float), default=None)
+    p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument("--out", metavar="FILE", help="default stdout; parquet needs it")
+    p.add_argument(
+        "--raven", metavar="DIR", help="also write one Raven selection table per recording"
+    )
+    p.add_argument("--batch-size", type=_positive(int), default=16)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--quiet", action="store_true")
+    _add_device(p)
 
     p = sub.add_parser("data", help="datasets: download and verify")
     dsub = p.add_subparsers(dest="dataset", metavar="{ssw60}", required=True)
-    q = dsub.add_parser("ssw60", help="download (resumable, md5-checked) and extract SSW60, or verify it")
+    q = dsub.add_parser(
+        "ssw60", help="download (resumable, md5-checked) and extract SSW60, or verify it"
+    )
     q.add_argument("dir", metavar="DIR")
     q.add_argument("--url", default=None, help="archive URL (default: the official one)")
     q.add_argument("--quiet", action="store_true")
@@ -224,6 +347,20 @@ def _run(args: argparse.Namespace) -> int:
         for m in download_models(args.audio_model, args.image_model, args.revision, args.cache_dir):
             print(f"{m.model_id}: revision {m.revision} at {m.path}")
         return 0
+
+    if args.command == "embed" and args.engine == "ray":
+        from songsight import scale
+
+        common = dict(resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                      concurrency=args.workers, device=args.device, precision=args.precision)  # fmt: skip
+        if args.modality == "audio":
+            report = scale.embed_audio_files_ray(args.paths, args.out, args.audio_model, window_s=args.window_s,
+                                                 hop_s=args.hop_s, batch_size=args.batch_size or 16, **common)  # fmt: skip
+        else:
+            report = scale.embed_image_files_ray(args.paths, args.out, args.image_model, preprocess=args.preprocess,
+                                                 batch_size=args.batch_size or 32, **common)  # fmt: skip
+        print(report.summary())
+        return report.exit_code
 
     if args.command == "embed":
         from songsight import embed
@@ -321,6 +458,30 @@ def _run(args: argparse.Namespace) -> int:
               request_timeout_s=args.timeout_s, max_concurrency=args.workers,
               max_duration_s=args.max_duration_s)  # fmt: skip
         return 0
+
+    if args.command == "index":
+        from songsight.index.gallery import add_to_gallery, build_gallery
+
+        common = dict(manifest=args.manifest, species_csv=args.species, image_model=args.image_model,
+                      ann=args.ann or None, device=args.device, batch_size=args.batch_size,
+                      precision=args.precision, engine=args.engine, workers=args.workers,
+                      progress=not args.quiet)  # fmt: skip
+        if args.index_command == "build":
+            report = build_gallery(args.paths, args.gallery, vector_dtype=args.vector_dtype,
+                                   preprocess=args.preprocess, overwrite=args.overwrite, **common)  # fmt: skip
+        else:
+            report = add_to_gallery(args.paths, args.gallery, **common)
+        print(report.summary())
+        return report.exit_code
+
+    if args.command == "search":
+        from songsight.retrieval import run_search
+
+        return run_search(args.recordings, args.gallery, model=args.model, audio_model=args.audio_model,
+                          image_model=args.image_model, k=args.k, window_s=args.window_s, hop_s=args.hop_s,
+                          fmt=args.format, out=args.out, raven=args.raven, device=args.device,
+                          cascade_mode=args.cascade, batch_size=args.batch_size, precision=args.precision,
+                          progress=not args.quiet)  # fmt: skip
 
     if args.command == "data":
         from songsight.data.download import DEFAULT_URL, fetch_ssw60, format_ssw60_report
