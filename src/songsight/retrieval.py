@@ -11,8 +11,9 @@ A `Searcher` turns recordings into queries in the gallery's image space, either
 
 Each recording gets a clip-level result (the re-normalised mean of its windows) and, when it is
 longer than one window, one result per window with its times. Files are decoded block by block
-with a streaming resampler (`iter_windows`), so an hour-long soundscape costs the memory of one
-block and one batch of windows, not of the hour.
+with a streaming resampler (`songsight.audio_stream.iter_windows`), so an hour-long soundscape
+costs the memory of one block and one batch of windows, not of the hour. Results are written
+out by `songsight.results_io` (JSON records, table, CSV, Parquet, Raven).
 
 Species roll-up: the top ``rollup_k`` photo scores ``s_i`` of a query become weights
 ``softmax(s_i / T)`` (``T = 0.01``, BioCLIP's CLIP logit scale of 100, in which image-text
@@ -23,21 +24,27 @@ without a species keep their share, so species scores sum to at most 1.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# `X as X`: names that moved out and are still imported from here (re-exports).
+from songsight.audio_stream import BLOCK_S as BLOCK_S
+from songsight.audio_stream import DecodeInfo as DecodeInfo
+from songsight.audio_stream import _embed_recordings, _Embedded
+from songsight.audio_stream import iter_windows as iter_windows
 from songsight.encoders.loading import BIOLINGUAL_ID
 from songsight.errors import InputFileError, SongsightError
+from songsight.results_io import CSV_COLUMNS as CSV_COLUMNS
+from songsight.results_io import OUTPUT_FORMATS, write_raven, write_results
+from songsight.results_io import RAVEN_COLUMNS as RAVEN_COLUMNS
+from songsight.results_io import format_table as format_table
+from songsight.results_io import results_to_records as results_to_records
 
 __all__ = [
     "Hit",
@@ -57,19 +64,6 @@ __all__ = [
 ROLLUP_K = 100
 ROLLUP_TEMPERATURE = 0.01
 TOP_SPECIES = 5
-BLOCK_S = 30.0  # decode this much audio at a time
-OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
-RAVEN_COLUMNS = (
-    "Selection",
-    "View",
-    "Channel",
-    "Begin Time (s)",
-    "End Time (s)",
-    "Low Freq (Hz)",
-    "High Freq (Hz)",
-    "Species",
-    "Score",
-)
 
 
 @dataclass
@@ -107,214 +101,6 @@ class WindowResult:
     window: int | None = None
     error: str | None = None
     answered_by: str = ""
-
-
-# --- decoding, block by block ---------------------------------------------------------------
-
-
-@dataclass
-class DecodeInfo:
-    """Filled in while `iter_windows` runs: what the recording turned out to be."""
-
-    n_samples: int = 0  # at the target rate
-    sample_rate_hz: int = 0
-    source_rate_hz: int = 0
-    silent: bool = False
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_samples / self.sample_rate_hz if self.sample_rate_hz else 0.0
-
-
-def _reason(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    text = re.sub(r"^Error opening .*?: ", "", lines[-1]) if lines else type(exc).__name__
-    # libsndfile says "File does not exist" for undecodable data in a file that does exist.
-    return ("format not recognised or data corrupt" if "does not exist" in text else text)[:200]
-
-
-def _file_blocks(path: Path, block_s: float, info: DecodeInfo) -> Iterator[np.ndarray]:
-    """(T, C) float32 blocks of a file at its own rate; `InputFileError` when unusable."""
-    import soundfile as sf
-
-    name = str(path)
-    if not path.is_file():
-        raise InputFileError(name, "file not found")
-    if path.stat().st_size == 0:
-        raise InputFileError(name, "empty file (0 bytes)")
-    try:
-        fh = sf.SoundFile(name)
-    except Exception as exc:
-        raise InputFileError(name, f"not a readable audio file ({_reason(exc)})") from None
-    with fh:
-        info.source_rate_hz = int(fh.samplerate)
-        blocks = fh.blocks(
-            blocksize=max(1, int(block_s * fh.samplerate)), dtype="float32", always_2d=True
-        )
-        while True:
-            try:
-                block = next(blocks)
-            except StopIteration:
-                return
-            except Exception as exc:
-                raise InputFileError(
-                    name, f"corrupt audio, decoding failed ({_reason(exc)})"
-                ) from None
-            yield block
-
-
-def iter_windows(
-    source,
-    sample_rate_hz: int,
-    window_s: float,
-    hop_s: float,
-    info: DecodeInfo | None = None,
-    block_s: float = BLOCK_S,
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(start, end, samples)`` of each analysis window, cut as `audio.window_bounds` cuts.
-
-    ``source``: a file path, decoded ``block_s`` at a time, downmixed and resampled to
-    ``sample_rate_hz`` by a streaming soxr resampler (which gives the same samples as resampling
-    the whole file at once); memory holds one block plus one window whatever the duration. Or
-    a ``(waveform, rate)`` tuple, already in memory. Sample indices are at ``sample_rate_hz``.
-    ``info`` is filled in as decoding goes (duration and silence are known at the end). Raises
-    `InputFileError` (possibly after some windows) for unusable audio.
-    """
-    from songsight.audio import SILENCE_PEAK, prepare_waveform, to_mono, window_bounds
-
-    info = info if info is not None else DecodeInfo()
-    info.sample_rate_hz = int(sample_rate_hz)
-    win = int(round(window_s * sample_rate_hz))
-    hop = int(round(hop_s * sample_rate_hz))
-    if win <= 0 or hop <= 0:
-        raise ValueError("window_s and hop_s must be positive")
-    if isinstance(source, tuple):
-        wave, rate = source
-        audio = prepare_waveform(wave, rate, int(sample_rate_hz), "<array>")
-        info.source_rate_hz, info.silent = audio.source_rate_hz, audio.silent
-        info.n_samples = len(audio.waveform)
-        for a, b in window_bounds(len(audio.waveform), int(sample_rate_hz), window_s, hop_s):
-            yield a, b, audio.waveform[a:b]
-        return
-
-    import soxr
-
-    path = Path(source)
-    buf = np.zeros(0, np.float32)
-    buf_start = next_start = n = n_source = 0
-    peak = 0.0
-    resampler = None
-
-    def feed(chunk: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
-        nonlocal buf, buf_start, next_start, n
-        buf = np.concatenate([buf, chunk]) if len(buf) else chunk
-        n += len(chunk)
-        while next_start + win <= n:
-            a = next_start - buf_start
-            yield next_start, next_start + win, buf[a : a + win].copy()
-            next_start += hop
-        # Keep what a later full window or the final end-aligned window can still need.
-        keep_from = max(buf_start, min(next_start, n - win))
-        buf, buf_start = buf[keep_from - buf_start :], keep_from
-
-    for block in _file_blocks(path, block_s, info):
-        mono = to_mono(block)
-        if not np.isfinite(mono).all():
-            raise InputFileError(str(path), "audio contains NaN or infinite samples")
-        if len(mono):
-            peak = max(peak, float(mono.max()), -float(mono.min()))
-        n_source += len(mono)
-        if info.source_rate_hz != sample_rate_hz and resampler is None:
-            resampler = soxr.ResampleStream(
-                info.source_rate_hz, int(sample_rate_hz), 1, dtype="float32", quality="HQ"
-            )
-        yield from feed(resampler.resample_chunk(mono) if resampler else mono)
-    if resampler is not None:
-        yield from feed(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    if n_source == 0 or n == 0:
-        raise InputFileError(str(path), "zero-length audio (no samples)")
-    info.n_samples, info.silent = n, peak < SILENCE_PEAK
-    if n < win:
-        yield 0, n, buf[:n].copy()  # the one short window; the encoder pads it
-    elif n > win:
-        last_end = ((n - win) // hop) * hop + win
-        if n - last_end > 0.1 * win:  # as window_bounds: end-aligned last window
-            a = n - win - buf_start
-            yield n - win, n, buf[a : a + win].copy()
-
-
-@dataclass
-class _Embedded:
-    windows: np.ndarray  # (W, D) unit norm
-    starts_s: np.ndarray
-    ends_s: np.ndarray
-    duration_s: float
-    silent: bool
-
-
-def _embed_recordings(
-    encoder, sources: Sequence, window_s: float, hop_s: float, block_s: float = BLOCK_S
-) -> Iterator[tuple[int, _Embedded | InputFileError]]:
-    """Embed each source's windows, batching windows across sources; yields in source order."""
-    batch: list[np.ndarray] = []
-    owners: list[int] = []
-    live: dict[int, dict] = {}
-    waiting: list[tuple[int, dict | InputFileError]] = []
-
-    def run_batch() -> None:
-        if batch:
-            emb = encoder._forward(batch)
-            for j, owner in enumerate(owners):
-                live[owner]["emb"].append(emb[j])
-            batch.clear()
-            owners.clear()
-
-    def flush() -> Iterator[tuple[int, _Embedded | InputFileError]]:
-        # Called with an empty batch: every waiting recording has all its windows embedded.
-        for i, acc in waiting:
-            if isinstance(acc, InputFileError):
-                yield i, acc
-                continue
-            live.pop(i, None)
-            sr = acc["info"].sample_rate_hz
-            yield (
-                i,
-                _Embedded(
-                    np.stack(acc["emb"]).astype(np.float32),
-                    np.asarray(acc["starts"], np.float64) / sr,
-                    np.asarray(acc["ends"], np.float64) / sr,
-                    acc["info"].duration_s,
-                    acc["info"].silent,
-                ),
-            )
-        waiting.clear()
-
-    for i, src in enumerate(sources):
-        acc = {"info": DecodeInfo(), "starts": [], "ends": [], "emb": []}
-        live[i] = acc
-        try:
-            for a, b, samples in iter_windows(
-                src, encoder.sample_rate_hz, window_s, hop_s, acc["info"], block_s
-            ):
-                acc["starts"].append(a)
-                acc["ends"].append(b)
-                batch.append(samples)
-                owners.append(i)
-                if len(batch) >= encoder.batch_size:
-                    run_batch()
-                    yield from flush()
-        except InputFileError as exc:
-            keep = [j for j, owner in enumerate(owners) if owner != i]
-            batch[:] = [batch[j] for j in keep]
-            owners[:] = [owners[j] for j in keep]
-            live.pop(i, None)
-            waiting.append((i, exc))
-        else:
-            waiting.append((i, acc))
-        if not batch:
-            yield from flush()
-    run_batch()
-    yield from flush()
 
 
 # --- species roll-up ------------------------------------------------------------------------
@@ -416,6 +202,7 @@ class Searcher:
     ):
         from songsight.encoders.base import l2_normalize
         from songsight.index.gallery import Gallery, check_image_model
+        from songsight.index.gallery_format import _revision_kind
 
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
         if not (rollup_temperature > 0 and rollup_k >= 1 and top_species >= 1):
@@ -437,7 +224,8 @@ class Searcher:
             check_image_model(
                 self.gallery.image_model, teacher, "the distilled model's teacher", strict=False
             )
-            if _revision_kind(teacher) != _revision_kind(self.gallery.image_model):
+            mine = self.gallery.image_model.get("revision")
+            if _revision_kind(teacher.get("revision")) != _revision_kind(mine):
                 warnings.warn(
                     f"cannot verify that the distilled model's teacher ({teacher.get('model_id')}) "
                     f"is the gallery's image model ({self.gallery.image_model.get('model_id')}): "
@@ -656,10 +444,6 @@ class Searcher:
         ]
 
 
-def _revision_kind(model: dict) -> str:
-    return "folder" if str(model.get("revision") or "").startswith("local-") else "hub"
-
-
 def search(
     recordings: Sequence,
     gallery,
@@ -672,204 +456,6 @@ def search(
     """One-call search: `Searcher(gallery, model, **searcher_options).search(recordings, k)`."""
     searcher = Searcher(gallery, model, **searcher_options)
     return searcher.search(recordings, k=k, window_s=window_s, hop_s=hop_s)
-
-
-# --- output -----------------------------------------------------------------------------------
-
-
-def results_to_records(results: Sequence[WindowResult]) -> list[dict]:
-    """The JSON contract: one dict per recording and window.
-
-    Keys: ``path``, ``start_s``, ``end_s``, ``window`` (None for the whole recording),
-    ``answered_by``, ``hits`` (``image``, ``score``, ``image_id``, and ``species``,
-    ``label``, ``common_name`` when known), ``species`` (``name``, ``score``, ``rank``,
-    ``label``, ``common_name``) and ``error`` when the recording could not be used.
-    """
-    records = []
-    for r in results:
-        rec: dict[str, Any] = {
-            "path": r.path,
-            "start_s": round(float(r.start_s), 6),
-            "end_s": round(float(r.end_s), 6),
-            "window": r.window,
-            "answered_by": r.answered_by,
-            "hits": [
-                {k: v for k, v in asdict(h).items() if v is not None or k in ("image", "score")}
-                for h in r.hits
-            ],
-            "species": [asdict(s) for s in r.species],
-        }
-        if r.error is not None:
-            rec["error"] = r.error
-        records.append(rec)
-    return records
-
-
-def _top(result: WindowResult, rank: str = "species") -> SpeciesScore | None:
-    return next((s for s in result.species if s.rank == rank), None)
-
-
-def format_table(results: Sequence[WindowResult], max_hits: int = 5) -> str:
-    """A readable terminal report: the whole recording in full, windows one line each."""
-    lines: list[str] = []
-    for r in results:
-        span = f"{r.start_s:8.2f}-{r.end_s:8.2f} s"
-        if r.error is not None:
-            lines += ["", f"== {r.path}  ERROR: {r.error}"]
-            continue
-        if r.window is None:
-            lines += ["", f"== {r.path}  {r.end_s:.2f} s  (answered by {r.answered_by})"]
-            for rank in ("species", "genus", "family"):
-                taxa = [s for s in r.species if s.rank == rank]
-                if taxa:
-                    text = " | ".join(
-                        f"{s.name}{f' ({s.common_name})' if s.common_name and s.common_name != s.name else ''} {s.score:.2f}"
-                        for s in taxa
-                    )
-                    lines.append(f"   {rank:<8} {text}")
-            for n, h in enumerate(r.hits[:max_hits], 1):
-                lines.append(f"   {n:>3}. {h.score:7.4f}  {h.species or '-':<28} {h.image}")
-            continue
-        top = _top(r)
-        best = r.hits[0] if r.hits else None
-        lines.append(
-            f"   [{span}]  "
-            + (f"{top.name} {top.score:.2f}" if top else "-")
-            + (f"  | best photo {best.score:.4f} {best.image}" if best else "")
-        )
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-CSV_COLUMNS = (
-    "path", "window", "start_s", "end_s", "answered_by", "error", "rank", "image_id", "image",
-    "score", "species", "label", "top_species", "top_species_score",
-)  # fmt: skip
-
-
-def _csv_rows(results: Sequence[WindowResult]) -> Iterator[dict]:
-    for r in results:
-        top = _top(r)
-        base = {
-            "path": r.path,
-            "window": "" if r.window is None else r.window,
-            "start_s": f"{r.start_s:.6g}",
-            "end_s": f"{r.end_s:.6g}",
-            "answered_by": r.answered_by,
-            "error": r.error or "",
-            "top_species": top.name if top else "",
-            "top_species_score": f"{top.score:.6g}" if top else "",
-        }
-        if not r.hits:
-            yield {
-                **base,
-                "rank": "",
-                "image_id": "",
-                "image": "",
-                "score": "",
-                "species": "",
-                "label": "",
-            }
-        for n, h in enumerate(r.hits, 1):
-            yield {
-                **base,
-                "rank": n,
-                "image_id": h.image_id,
-                "image": h.image,
-                "score": f"{h.score:.6g}",
-                "species": h.species or "",
-                "label": "" if h.label is None else h.label,
-            }
-
-
-def write_results(
-    results: Sequence[WindowResult],
-    fmt: str = "table",
-    out: str | Path | None = None,
-    provenance: dict | None = None,
-) -> None:
-    """Write results as ``table``, ``csv`` (one row per hit), ``json`` (`results_to_records`)
-    or ``parquet`` (the same records, nested; provenance in the schema metadata).
-
-    ``out`` None writes to stdout (not for parquet).
-    """
-    if fmt not in OUTPUT_FORMATS:
-        raise SongsightError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
-    if fmt == "parquet":
-        if out is None:
-            raise SongsightError("--format parquet needs --out FILE")
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        records = results_to_records(results)
-        for rec in records:
-            rec.setdefault("error", None)
-        table = (
-            pa.Table.from_pylist(records)
-            if records
-            else pa.table({"path": pa.array([], pa.string())})
-        )
-        meta = {b"songsight": json.dumps(provenance or {}, sort_keys=True, default=str).encode()}
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.replace_schema_metadata(meta), out)
-        return
-    if fmt == "table":
-        text = format_table(results)
-    elif fmt == "json":
-        text = json.dumps(results_to_records(results), indent=1) + "\n"
-    else:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(_csv_rows(results))
-        text = buf.getvalue()
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
-
-
-def write_raven(
-    results: Sequence[WindowResult], directory: str | Path, high_freq_hz: float
-) -> list[Path]:
-    """One Raven selection table per recording: ``DIR/<stem>.selections.txt``, tab-separated.
-
-    One selection per window (the whole recording when it has a single window), with the top
-    species and its roll-up score (the best photo's species and score when the gallery has no
-    species names). Recordings that failed get no table.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    by_path: dict[str, list[WindowResult]] = {}
-    for r in results:
-        if r.error is None:
-            by_path.setdefault(r.path, []).append(r)
-    written, used = [], set()
-    for path, rows in by_path.items():
-        windows = [r for r in rows if r.window is not None] or [r for r in rows if r.window is None]
-        stem = re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("_") or "recording"
-        name, n = f"{stem}.selections.txt", 2
-        while name in used:
-            name, n = f"{stem}_{n}.selections.txt", n + 1
-        used.add(name)
-        with (directory / name).open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-            w.writerow(RAVEN_COLUMNS)
-            for sel, r in enumerate(windows, 1):
-                top = _top(r)
-                label, score = (
-                    (top.name, top.score)
-                    if top
-                    else (
-                        (r.hits[0].species or "", r.hits[0].score) if r.hits else ("", float("nan"))
-                    )
-                )
-                w.writerow(
-                    [sel, "Spectrogram 1", 1, f"{r.start_s:.3f}", f"{r.end_s:.3f}", "0.0",
-                     f"{high_freq_hz:.1f}", label, f"{score:.4f}"]
-                )  # fmt: skip
-        written.append(directory / name)
-    return written
 
 
 def run_search(

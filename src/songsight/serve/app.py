@@ -6,7 +6,8 @@ text ever reaches the filesystem), ``GET /api/spectrogram/{result_id}``, and Fas
 ``/openapi.json`` and ``/docs``.
 
 Uploads are streamed to a temporary file and cut off at the size limit (413); the type is
-judged by content, magic bytes then libsndfile, never by name or Content-Type (415). Decoding,
+judged by content, magic bytes then libsndfile, never by name or Content-Type (415); see
+`songsight.serve.upload` (and `songsight.serve.spectrogram` for the picture). Decoding,
 search and the spectrogram run in a thread pool with one slot per worker: a full pool answers
 503 with Retry-After at once rather than queueing, and a request past its deadline answers 504
 while its thread finishes and frees its slot and temp file. Errors reach the client as
@@ -16,9 +17,7 @@ while its thread finishes and frees its slot and temp file. Errors reach the cli
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import math
 import re
 import secrets
 import tempfile
@@ -29,13 +28,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
-import numpy as np
-
 from songsight.errors import InputFileError, SongsightError
+from songsight.serve.spectrogram import spectrogram_png
+from songsight.serve.upload import (
+    ApiError,
+    _form_number,
+    _missing_extra,
+    _receive_upload,
+    decode_upload,
+)
+from songsight.serve.upload import sniff_audio as sniff_audio  # re-exported
 
 try:
     from fastapi import FastAPI, Request
@@ -44,15 +49,8 @@ try:
     from fastapi.staticfiles import StaticFiles
     from starlette.datastructures import MutableHeaders
     from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    try:
-        from python_multipart.multipart import MultipartParser, parse_options_header
-    except ImportError:  # python-multipart < 0.0.13 names its module `multipart`
-        from multipart.multipart import MultipartParser, parse_options_header
 except ImportError as exc:
-    raise SongsightError(
-        f"the web page needs the 'ui' extra ({exc.name} is missing): pip install 'songsight[ui]'"
-    ) from None
+    raise _missing_extra(exc) from None
 
 log = logging.getLogger("songsight.serve")
 
@@ -63,9 +61,6 @@ DEFAULT_MAX_CONCURRENCY = 1  # one model forward at a time: CPU threads would on
 DEFAULT_MAX_DURATION_S = 600.0
 MAX_K = 100
 RETRY_AFTER_S = 5
-FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, headers and the small fields
-MAX_FIELD_BYTES = 256
-MAX_PARTS = 8
 SPECTROGRAMS_KEPT = 64
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp"}  # fmt: skip
 PAGE_CSP = (
@@ -73,30 +68,6 @@ PAGE_CSP = (
     "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-class ApiError(Exception):
-    """A deliberate HTTP error: ``status``, a stable ``code`` and a message for people."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def sniff_audio(head: bytes) -> str | None:
-    """The container a file's first bytes announce: "wav", "flac", "ogg", "mp3", or None."""
-    if len(head) >= 12 and head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
-        return "wav"
-    if head[:4] == b"fLaC":
-        return "flac"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[:3] == b"ID3":
-        return "mp3"
-    # An MPEG audio frame header: 11 sync bits, then a layer field that is not 00 (ADTS AAC).
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
-        return "mp3"
-    return None
 
 
 class _Slots:
@@ -119,243 +90,6 @@ class _Slots:
     def release(self) -> None:
         with self._lock:
             self._free = min(self._free + 1, self.capacity)
-
-
-@dataclass
-class _Upload:
-    """What `_receive_upload` read: the audio part in a temp file plus the small text fields."""
-
-    directory: str
-    max_bytes: int
-    path: Path | None = None
-    filename: str = "recording"
-    size: int = 0
-    head: bytes = b""
-    fields: dict[str, str] = field(default_factory=dict)
-    parts: int = 0
-    ended: bool = False
-    _file: Any = None
-    _name: str | None = None
-    _value: bytearray | None = None
-    _header: list[bytearray] = field(default_factory=lambda: [bytearray(), bytearray()])
-    _headers: dict[bytes, bytes] = field(default_factory=dict)
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-    def callbacks(self) -> dict[str, Callable]:
-        def header_field(data, start, end):
-            self._header[0] += data[start:end]
-
-        def header_value(data, start, end):
-            self._header[1] += data[start:end]
-
-        def header_end():
-            self._headers[bytes(self._header[0]).strip().lower()] = bytes(self._header[1]).strip()
-            self._header = [bytearray(), bytearray()]
-
-        return {
-            "on_part_begin": self._part_begin,
-            "on_header_field": header_field,
-            "on_header_value": header_value,
-            "on_header_end": header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": lambda: setattr(self, "ended", True),
-        }
-
-    def _part_begin(self) -> None:
-        self.parts += 1
-        if self.parts > MAX_PARTS:
-            raise ApiError(400, "bad_request", f"too many form fields (at most {MAX_PARTS})")
-        self._headers, self._name, self._value = {}, None, None
-
-    def _headers_finished(self) -> None:
-        _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = opts.get(b"name", b"").decode("utf-8", "replace")
-        if self._name != "audio":
-            self._value = bytearray()
-            return
-        if self.path is not None:
-            raise ApiError(400, "bad_request", "send one 'audio' file per request")
-        self.filename = _display_name(opts.get(b"filename", b"").decode("utf-8", "replace"))
-        self._file = tempfile.NamedTemporaryFile(
-            dir=self.directory, prefix="songsight-upload-", delete=False
-        )
-        self.path = Path(self._file.name)
-
-    def _part_data(self, data, start, end) -> None:
-        chunk = data[start:end]
-        if self._value is not None:
-            self._value += chunk
-            if len(self._value) > MAX_FIELD_BYTES:
-                raise ApiError(400, "bad_request", f"form field {self._name!r} is too long")
-            return
-        if self._file is None:
-            return
-        self.size += len(chunk)
-        if self.size > self.max_bytes:
-            raise _too_large(self.max_bytes)
-        if len(self.head) < 16:
-            self.head += chunk[: 16 - len(self.head)]
-            # Judge the type as soon as the magic bytes are in, before storing the rest.
-            if len(self.head) >= 12 and sniff_audio(self.head) is None:
-                raise _unsupported()
-        self._file.write(chunk)
-
-    def _part_end(self) -> None:
-        if self._value is not None and self._name:
-            self.fields[self._name] = self._value.decode("utf-8", "replace").strip()
-        elif self._file is not None:
-            self._file.close()
-            self._file = None
-        self._value = None
-
-
-def _too_large(max_bytes: int) -> ApiError:
-    return ApiError(413, "too_large", f"the upload is larger than {max_bytes / 1e6:g} MB")
-
-
-def _unsupported() -> ApiError:
-    return ApiError(
-        415,
-        "unsupported_media_type",
-        "not a recording this server reads: send WAV, FLAC, Ogg or MP3",
-    )
-
-
-def _display_name(name: str) -> str:
-    """The last component of a client-given file name, printable and short (display only)."""
-    base = PureWindowsPath(PurePath(name).name).name
-    base = re.sub(r"[\x00-\x1f\x7f]", "", base).strip()
-    return base[:120] or "recording"
-
-
-async def _receive_upload(request: Request, directory: str, max_bytes: int) -> _Upload:
-    """Stream a multipart body into `_Upload`, stopping at the limits. Raises `ApiError`."""
-    mime, opts = parse_options_header(request.headers.get("content-type", ""))
-    if mime != b"multipart/form-data" or not opts.get(b"boundary"):
-        raise ApiError(
-            415, "unsupported_media_type", "send multipart/form-data with the recording in 'audio'"
-        )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
-        raise _too_large(max_bytes)
-    upload = _Upload(directory, max_bytes)
-    try:
-        parser = MultipartParser(opts[b"boundary"], upload.callbacks())
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes + FORM_OVERHEAD_BYTES:
-                raise _too_large(max_bytes)
-            try:
-                parser.write(chunk)
-            except ApiError:
-                raise
-            except Exception:
-                raise ApiError(400, "bad_request", "malformed multipart body") from None
-        parser.finalize()
-        if not upload.ended:
-            raise ApiError(400, "bad_request", "incomplete multipart body")
-        if upload.path is None:
-            raise ApiError(422, "invalid_request", "no file in the multipart field 'audio'")
-        if upload.size == 0:
-            raise ApiError(422, "invalid_request", "the uploaded file is empty")
-        if sniff_audio(upload.head) is None:
-            raise _unsupported()
-    except BaseException:
-        upload.discard()
-        raise
-    return upload
-
-
-def _form_number(fields: dict[str, str], name: str, kind: type, lo: float, hi: float):
-    text = fields.get(name, "")
-    if text == "":
-        return None
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ApiError(
-            422, "invalid_request", f"{name} must be a number, got {text[:20]!r}"
-        ) from None
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise ApiError(
-            422, "invalid_request", f"{name} must lie in [{lo:g}, {hi:g}], got {text[:20]}"
-        )
-    return value
-
-
-def decode_upload(path: str | Path, max_duration_s: float):
-    """Decode an upload to `songsight.audio.Audio` at its own rate, mono. Raises `ApiError`."""
-    import soundfile as sf
-
-    from songsight.audio import prepare_waveform
-
-    try:
-        info = sf.info(str(path))
-    except Exception:
-        raise _unsupported() from None
-    # The frame cap bounds memory whatever the header claims (MP3 lengths are estimates).
-    limit = int(max_duration_s * info.samplerate) + 1
-    if info.duration > max_duration_s + 1:
-        raise ApiError(413, "too_long", f"the recording is longer than {max_duration_s:g} s")
-    try:
-        data, rate = sf.read(str(path), frames=limit, dtype="float32", always_2d=True)
-    except Exception:
-        raise ApiError(422, "invalid_audio", "the recording is corrupt: decoding failed") from None
-    if len(data) >= limit:
-        raise ApiError(413, "too_long", f"the recording is longer than {max_duration_s:g} s")
-    try:
-        return prepare_waveform(data, int(rate), int(rate), name="upload")
-    except InputFileError as exc:
-        raise ApiError(422, "invalid_audio", exc.reason) from None
-
-
-def spectrogram_png(
-    waveform: np.ndarray, sample_rate_hz: int, max_hz: float = 12_000.0, width_px: int = 1200
-) -> tuple[bytes, float]:
-    """(T,) float32 -> (PNG bytes, top frequency in Hz) of a log-power spectrogram.
-
-    No margins or axes: time runs over the full width and 0 Hz is the bottom row, so the page
-    can lay windows over it by fraction of duration. Frames (Hann, 50% overlap) are max-pooled
-    to at most ``width_px`` columns so a short call in a long recording still shows.
-    """
-    from matplotlib import colormaps
-    from PIL import Image
-
-    n_fft = 1024 if sample_rate_hz >= 32_000 else 512
-    hop = n_fft // 2
-    x = np.asarray(waveform, dtype=np.float32)
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
-    top_hz = min(max_hz, sample_rate_hz / 2)
-    n_bins = int(top_hz * n_fft / sample_rate_hz) + 1
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
-    window = np.hanning(n_fft).astype(np.float32)
-    power = np.empty((len(frames), n_bins), dtype=np.float32)
-    for i in range(0, len(frames), 2048):  # chunks keep the complex FFT output small
-        spec = np.fft.rfft(frames[i : i + 2048] * window, axis=1)[:, :n_bins]
-        power[i : i + 2048] = spec.real**2 + spec.imag**2
-    n_cols = min(width_px, len(power))
-    starts = (np.arange(n_cols) * len(power)) // n_cols
-    pooled = np.maximum.reduceat(power, starts, axis=0)
-    db = 10 * np.log10(pooled + 1e-12)
-    top = float(db.max())
-    # The median is mostly background, so starting the colour scale there makes calls stand
-    # out; 80 dB below the peak bounds it for clean recordings.
-    floor = max(top - 80.0, float(np.median(db)))
-    span = max(top - floor, 1e-6)
-    level = np.clip((db - floor) / span, 0, 1) if top > -100 else np.zeros_like(db)
-    rgb = (colormaps["magma"](level.T[::-1])[..., :3] * 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue(), float((n_bins - 1) * sample_rate_hz / n_fft)
 
 
 def _web_records(results: list, records: list[dict], filename: str) -> list[dict]:

@@ -1,0 +1,385 @@
+"""Building and extending a gallery: collect the photos, embed them (resumably), join their
+metadata, bring the index up to date, and record provenance and errors.
+
+`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.index.gallery`) run
+`_update`; `GalleryReport` says what one run did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from songsight.encoders.loading import BIOCLIP2_ID
+from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
+from songsight.images import IMAGE_SUFFIXES
+from songsight.index.gallery_format import (
+    ERRORS_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    PENDING_FILE,
+    STORE_FILE,
+    VECTOR_DTYPES,
+    _now,
+    _read_errors,
+    _read_json,
+    _update_index,
+    _write_errors,
+    _write_json,
+    check_image_model,
+)
+from songsight.index.gallery_manifest import (
+    METADATA_COLUMNS,
+    _blank,
+    _text,
+    read_gallery_manifest,
+)
+
+__all__ = ["GalleryReport", "add_to_gallery"]
+
+
+@dataclass
+class GalleryReport:
+    """What one build or add did."""
+
+    gallery: Path
+    n_files: int
+    n_embedded: int
+    n_skipped: int
+    n_failed: int
+    n_images: int
+    index_kind: str
+
+    @property
+    def errors_path(self) -> Path:
+        return self.gallery / ERRORS_FILE
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.n_failed else 0
+
+    def summary(self) -> str:
+        text = (
+            f"{self.n_embedded} embedded, {self.n_skipped} already in the gallery, "
+            f"{self.n_failed} failed of {self.n_files} files; {self.n_images} photos in "
+            f"{self.gallery} ({self.index_kind} search)"
+        )
+        if self.n_failed:
+            text += f"; errors in {self.errors_path}"
+        return text
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def _make_encoder(image_model, preprocess, device, batch_size, precision):
+    if hasattr(image_model, "provenance") and hasattr(image_model, "iter_images"):
+        return image_model  # an encoder object (tests, notebooks): used as it is
+    from songsight.encoders.bioclip import BioCLIPEncoder
+
+    return BioCLIPEncoder(
+        image_model,
+        device=device,
+        batch_size=batch_size,
+        preprocess=preprocess,
+        precision=precision,
+    )
+
+
+def _spec_of(image_model) -> str | None:
+    return None if hasattr(image_model, "provenance") else str(image_model)
+
+
+def _collect_inputs(paths, manifest, species_csv):
+    """(files to embed, metadata DataFrame or None, errors for manifest files that are absent)."""
+    from songsight.data.manifest import check_files
+    from songsight.embed import collect_files
+
+    files = [f.absolute() for f in collect_files(list(paths), IMAGE_SUFFIXES)]
+    meta, missing = None, []
+    if manifest is not None:
+        meta = read_gallery_manifest(manifest, species_csv)
+        present, missing = check_files(meta)
+        files += [Path(p) for p in present["path"]]
+    elif species_csv is not None:
+        raise DataNotFoundError(
+            "a species table (--species) needs a manifest (--manifest) of photos"
+        )
+    seen: set[Path] = set()
+    unique = [f for f in files if not (f in seen or seen.add(f))]
+    return unique, meta, [(p, "file not found") for p in missing]
+
+
+def _store_pending(directory: Path, meta) -> None:
+    """Park manifest metadata before embedding (earlier parked rows kept; newer ones win)."""
+    import pandas as pd
+
+    if meta is None or meta.empty:
+        return
+    f = directory / PENDING_FILE
+    if f.is_file():
+        meta = pd.concat([pd.read_parquet(f), meta], ignore_index=True)
+    meta = meta.drop_duplicates("path", keep="last").reset_index(drop=True)
+    tmp = f.with_name(f.name + ".tmp")
+    meta.to_parquet(tmp, index=False)
+    os.replace(tmp, f)
+
+
+def _attach_metadata(directory: Path) -> list[str]:
+    """Join parked metadata onto the store's rows by path; returns the sha256 column.
+
+    The store always ends with every `METADATA_COLUMNS` column (null where unknown) between
+    ``sha256`` and ``embedding``; it is rewritten only when something changes.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store, pending_file = directory / STORE_FILE, directory / PENDING_FILE
+    schema = pq.read_schema(store)
+    pending = pd.read_parquet(pending_file) if pending_file.is_file() else None
+    missing_cols = [c for c in METADATA_COLUMNS if c not in schema.names]
+    if pending is None and not missing_cols:
+        return pq.read_table(store, columns=["sha256"]).column("sha256").to_pylist()
+    table = pq.read_table(store)
+    cur = table.select(["path"] + [c for c in METADATA_COLUMNS if c in schema.names]).to_pandas()
+    for col in missing_cols:
+        cur[col] = None
+    if pending is not None and len(pending):
+        upd = pending.drop_duplicates("path", keep="last").set_index("path")
+        for col in METADATA_COLUMNS:
+            new = cur["path"].map(upd[col])
+            # A manifest's non-empty cells win; an empty one never erases what is known.
+            cur[col] = new.where(new.notna(), cur[col])
+    columns = {
+        "label": pa.array([None if _blank(v) else int(v) for v in cur["label"]], type=pa.int64()),
+        **{
+            c: pa.array([_text(v) for v in cur[c]], type=pa.string())
+            for c in METADATA_COLUMNS
+            if c != "label"
+        },
+    }
+    rest = [c for c in table.column_names if c not in METADATA_COLUMNS]
+    ordered = {}
+    for name in rest:
+        if name == "embedding":
+            ordered.update(columns)
+        ordered[name] = table.column(name)
+    out = pa.table(ordered).replace_schema_metadata(schema.metadata)
+    tmp = store.with_name(store.name + ".tmp")
+    pq.write_table(out, tmp)
+    os.replace(tmp, store)
+    pending_file.unlink(missing_ok=True)
+    return out.column("sha256").to_pylist()
+
+
+def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options) -> dict:
+    """A new gallery's ``gallery.json``, written before any photo (so an interrupted build can
+    be resumed by `add` too); or the existing one, checked against the encoder's provenance."""
+    from songsight.provenance import environment, package_version
+
+    if meta is None:
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "image_model": prov,
+            "environment": environment(),
+            "songsight_version": package_version(),
+            "vector_dtype": vector_dtype or "float32",
+            "index": {
+                "requested": "hnsw" if ann else "auto",
+                "kind": "exact",
+                "hnsw_options": hnsw_options or {},
+            },
+            "count": 0,
+            "n_species": 0,
+            "created_utc": _now(),
+        }
+        _write_json(directory / META_FILE, meta)
+        return meta
+    check_image_model(meta["image_model"], prov, "the image model given")
+    had, now = meta["image_model"]["preprocessing"].get("choice"), prov["preprocessing"].get("choice")  # fmt: skip
+    if had != now:
+        raise ProvenanceMismatchError(
+            f"the gallery's photos were preprocessed with {had!r}, the encoder given uses {now!r}"
+        )
+    if ann:
+        meta["index"]["requested"] = "hnsw"
+    if hnsw_options:
+        meta["index"]["hnsw_options"] = hnsw_options
+    return meta
+
+
+def _merge_errors(directory: Path, files, missing_errors, run_errors_path: Path) -> list:
+    """``errors.csv``: this run's failures, plus earlier ones for files neither retried now nor
+    stored since. Returns this run's."""
+    import pyarrow.parquet as pq
+
+    run_errors = missing_errors + _read_errors(run_errors_path)
+    run_errors_path.unlink(missing_ok=True)
+    tried = {str(f) for f in files} | {p for p, _ in missing_errors}
+    stored = set(pq.read_table(directory / STORE_FILE, columns=["path"]).column("path").to_pylist())
+    earlier = [(p, e) for p, e in _read_errors(directory / ERRORS_FILE) if p not in tried | stored]
+    _write_errors(directory / ERRORS_FILE, earlier + run_errors)
+    return run_errors
+
+
+def _update(
+    directory: Path,
+    paths: Iterable[str | Path],
+    *,
+    manifest,
+    species_csv,
+    image_model,
+    creating: bool,
+    ann: bool | None,
+    vector_dtype: str | None,
+    preprocess: str | None,
+    device: str | None,
+    batch_size: int,
+    precision: str,
+    engine: str,
+    workers: int,
+    hnsw_options: dict | None,
+    progress: bool,
+) -> GalleryReport:
+    """Embed new photos into the gallery at ``directory`` (created if ``creating``)."""
+    from songsight.encoders.loading import resolve_model
+    from songsight.provenance import package_version
+
+    paths = list(paths)
+    if engine not in ("local", "ray"):
+        raise SongsightError(f"engine must be 'local' or 'ray', not {engine!r}")
+    meta = _read_json(directory)
+    if meta is None and not creating:
+        raise DataNotFoundError(
+            f"no gallery at {directory} (no {META_FILE}); "
+            f"create one with `songsight index build PATHS --gallery {directory}`"
+        )
+    if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+        raise SongsightError(f"vector dtype must be one of {VECTOR_DTYPES}, not {vector_dtype!r}")
+    if meta is not None:
+        if vector_dtype is not None and vector_dtype != meta["vector_dtype"]:
+            raise ProvenanceMismatchError(
+                f"{directory} stores {meta['vector_dtype']} vectors; it cannot take "
+                f"{vector_dtype} ones (build a new gallery, or drop --vector-dtype)"
+            )
+        stored = meta["image_model"]
+        preprocess = stored["preprocessing"].get("choice", "model")
+        if image_model is None:
+            image_model = stored["model_id"]
+        spec = _spec_of(image_model)
+        if spec is not None:
+            # Before loading any weights: the revision says whether it is the same model.
+            check_image_model(stored, resolve_model(spec, "image").provenance(), spec)
+            image_model = stored["model_id"]  # same weights: the gallery's own spelling
+    if not paths and manifest is None:
+        raise DataNotFoundError("nothing to index: give photo folders or files, or --manifest")
+    files, pending, missing_errors = _collect_inputs(paths, manifest, species_csv)
+    directory.mkdir(parents=True, exist_ok=True)
+    image_model = image_model or BIOCLIP2_ID
+    preprocess = preprocess or "model"
+    encoder = None
+    if engine == "local":
+        encoder = _make_encoder(image_model, preprocess, device, batch_size, precision)
+        prov = encoder.provenance()
+    else:
+        from songsight.scale import image_model_provenance
+
+        if _spec_of(image_model) is None:
+            raise SongsightError("engine='ray' needs a model id or folder, not an encoder object")
+        prov = image_model_provenance(
+            str(image_model), preprocess=preprocess, device=device, precision=precision
+        )
+    meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options)
+    _store_pending(directory, pending)
+    store = directory / STORE_FILE
+    if engine == "ray":
+        from songsight.scale import embed_image_files_ray
+
+        report = embed_image_files_ray(
+            files,
+            store,
+            str(image_model),
+            preprocess=preprocess,
+            resume=True,
+            progress=progress,
+            vector_dtype=meta["vector_dtype"],
+            concurrency=workers,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+    else:
+        from songsight.embed import embed_image_files
+
+        report = embed_image_files(
+            files, store, encoder, resume=True, progress=progress, vector_dtype=meta["vector_dtype"]
+        )
+    hashes = _attach_metadata(directory)
+    kind = _update_index(directory, meta, hashes)
+
+    run_errors = _merge_errors(directory, files, missing_errors, report.errors_path)
+    meta["index"]["kind"] = kind
+    meta["count"] = len(hashes)
+    meta["n_species"] = _count_species(directory)
+    meta["updated_utc"] = _now()
+    meta["songsight_version"] = package_version()
+    _write_json(directory / META_FILE, meta)
+    return GalleryReport(
+        gallery=directory,
+        n_files=len(files) + len(missing_errors),
+        n_embedded=report.n_embedded,
+        n_skipped=report.n_skipped,
+        n_failed=len(run_errors),
+        n_images=len(hashes),
+        index_kind=kind,
+    )
+
+
+def _count_species(directory: Path) -> int:
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(directory / STORE_FILE, columns=["species", "common_name"]).to_pandas()
+    names = col["species"].where(col["species"].notna(), col["common_name"])
+    return int(names.dropna().nunique())
+
+
+def add_to_gallery(
+    paths: Iterable[str | Path],
+    gallery_dir: str | Path,
+    *,
+    manifest=None,
+    species_csv: str | Path | None = None,
+    image_model=None,
+    ann: bool | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+    precision: str = "auto",
+    engine: str = "local",
+    workers: int = 2,
+    progress: bool = True,
+) -> GalleryReport:
+    """`songsight index add`: embed new photos into an existing gallery (or finish an
+    interrupted build), without loading the gallery's index first."""
+    return _update(
+        Path(gallery_dir),
+        paths,
+        manifest=manifest,
+        species_csv=species_csv,
+        image_model=image_model,
+        creating=False,
+        ann=ann,
+        vector_dtype=None,
+        preprocess=None,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        engine=engine,
+        workers=workers,
+        hnsw_options=None,
+        progress=progress,
+    )

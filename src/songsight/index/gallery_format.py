@@ -1,0 +1,203 @@
+"""The gallery folder on disk: file names, ``gallery.json``, ``errors.csv`` and the index.
+
+The layout is described in `songsight.index.gallery`. Here: reading and writing its files
+atomically, the image-model provenance check, and keeping the HNSW index in step with the
+store (a saved graph is trusted only when it covers a prefix of the store's rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from songsight.errors import ProvenanceMismatchError, SongsightError
+
+STORE_FILE = "gallery.parquet"
+META_FILE = "gallery.json"
+INDEX_DIR = "index"
+ERRORS_FILE = "errors.csv"
+PENDING_FILE = "pending-metadata.parquet"
+FORMAT = "songsight-gallery"
+FORMAT_VERSION = 1
+INDEX_KINDS = ("auto", "exact", "hnsw")
+VECTOR_DTYPES = ("float32", "float16")
+
+
+# --- provenance checks ------------------------------------------------------------------------
+
+
+def _revision_kind(revision: str) -> str:
+    return "folder" if str(revision).startswith("local-") else "hub"
+
+
+def check_image_model(
+    gallery_model: dict, other: dict, what: str = "this image model", strict: bool = True
+) -> None:
+    """Refuse to mix a gallery with vectors from another image model.
+
+    ``gallery_model`` / ``other``: provenance dicts with ``model_id``, ``revision``, ``dim``.
+    Revisions identify the weights (a Hub commit, or the content hash of a local folder).
+    ``strict``: differing revisions always refuse; otherwise (a distilled student's teacher)
+    a Hub commit and a folder hash cannot be compared and pass.
+    """
+    mine, theirs = str(gallery_model.get("revision") or ""), str(other.get("revision") or "")
+    comparable = strict or _revision_kind(mine) == _revision_kind(theirs)
+    if mine and theirs and comparable and mine != theirs:
+        raise ProvenanceMismatchError(
+            f"the gallery was built with image model {gallery_model.get('model_id')} at revision "
+            f"{mine}, but {what} is {other.get('model_id')} at revision {theirs}: their vectors "
+            "are not comparable. Use the gallery's image model, or build a new gallery with "
+            f"--image-model {other.get('model_id')}."
+        )
+    d_mine, d_theirs = gallery_model.get("dim"), other.get("dim")
+    if d_mine is not None and d_theirs is not None and int(d_mine) != int(d_theirs):
+        raise ProvenanceMismatchError(
+            f"the gallery holds {d_mine}-d vectors but {what} gives {d_theirs}-d vectors"
+        )
+
+
+# --- small file helpers -----------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(directory: Path) -> dict | None:
+    f = directory / META_FILE
+    if not f.is_file():
+        return None
+    meta = json.loads(f.read_text())
+    if meta.get("format") != FORMAT:
+        raise SongsightError(f"{f} is not a songsight gallery file (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise SongsightError(
+            f"{directory} was written by a newer songsight (gallery format "
+            f"{meta['format_version']}); upgrade songsight to read it"
+        )
+    return meta
+
+
+def _sha_digest(hashes: list[str]) -> str:
+    from songsight.provenance import stable_hash
+
+    return stable_hash(hashes)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished folder into place (a kill leaves either the old or the new one)."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_errors(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [(r["path"], r["error"]) for r in csv.DictReader(fh)]
+
+
+def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "error"])
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# --- the index --------------------------------------------------------------------------------
+
+
+def _update_index(directory: Path, meta: dict, hashes: list[str]) -> str:
+    """Bring ``index/`` in line with the store; returns the kind of search the gallery uses."""
+    from songsight.index.search import ANN_THRESHOLD
+
+    n = len(hashes)
+    requested = meta["index"]["requested"]
+    kind = "hnsw" if requested == "hnsw" or (requested == "auto" and n > ANN_THRESHOLD) else "exact"
+    index_dir = directory / INDEX_DIR
+    if kind == "exact":
+        shutil.rmtree(index_dir, ignore_errors=True)  # a stale graph must never be read
+        return kind
+    index = _load_valid_index(index_dir, hashes)
+    done = len(index) if index is not None else 0
+    if index is not None and done == n:
+        return kind
+    vectors = _read_vectors(directory, start=done)
+    if index is None:
+        index = _new_hnsw(meta, vectors)
+    else:
+        index.add(vectors, np.arange(done, n, dtype=np.int64))
+    index.metadata = {"gallery_rows": n, "sha256_digest": _sha_digest(hashes)}
+    tmp = directory / (INDEX_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    index.save(tmp)
+    _replace_dir(tmp, index_dir)
+    return kind
+
+
+def _new_hnsw(meta: dict, vectors: np.ndarray):
+    from songsight.index.search import build_index
+
+    return build_index(
+        vectors,
+        kind="hnsw",
+        storage_dtype=meta["vector_dtype"],
+        **(meta["index"].get("hnsw_options") or {}),
+    )
+
+
+def _load_valid_index(index_dir: Path, hashes: list[str]):
+    """The saved HNSW index if it covers a prefix of the gallery's rows, else None."""
+    from songsight.index.search import HNSWIndex
+
+    if not (index_dir / "meta.json").is_file():
+        return None
+    try:
+        index = HNSWIndex.load(index_dir)
+    except SongsightError:
+        return None
+    m = int(index.metadata.get("gallery_rows", -1))
+    if not 0 <= m <= len(hashes) or len(index) != m:
+        return None
+    if index.metadata.get("sha256_digest") != _sha_digest(hashes[:m]):
+        return None
+    return index
+
+
+def _read_vectors(directory: Path, start: int = 0) -> np.ndarray:
+    """(N - start, D) float32 rows of the store's embedding column."""
+    import pyarrow.parquet as pq
+
+    from songsight.index.store import vectors_from_column
+
+    column = pq.read_table(directory / STORE_FILE, columns=["embedding"]).column("embedding")
+    return vectors_from_column(column.slice(start))
+
+
+def _clear(directory: Path) -> None:
+    """Remove a gallery's own files (and nothing else) from ``directory``."""
+    for name in (STORE_FILE, META_FILE, ERRORS_FILE, PENDING_FILE, "gallery.errors.csv"):
+        (directory / name).unlink(missing_ok=True)
+    for name in (STORE_FILE + ".parts", INDEX_DIR, INDEX_DIR + ".tmp", INDEX_DIR + ".old"):
+        shutil.rmtree(directory / name, ignore_errors=True)

@@ -1,0 +1,237 @@
+"""Search results written out: the JSON records, a terminal table, CSV / JSON / Parquet
+files and Raven selection tables, from `songsight.retrieval.WindowResult` lists."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from songsight.errors import SongsightError
+
+if TYPE_CHECKING:
+    from songsight.retrieval import SpeciesScore, WindowResult
+
+__all__ = [
+    "CSV_COLUMNS",
+    "OUTPUT_FORMATS",
+    "RAVEN_COLUMNS",
+    "format_table",
+    "results_to_records",
+    "write_raven",
+    "write_results",
+]
+
+OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+RAVEN_COLUMNS = (
+    "Selection",
+    "View",
+    "Channel",
+    "Begin Time (s)",
+    "End Time (s)",
+    "Low Freq (Hz)",
+    "High Freq (Hz)",
+    "Species",
+    "Score",
+)
+
+
+def results_to_records(results: Sequence[WindowResult]) -> list[dict]:
+    """The JSON contract: one dict per recording and window.
+
+    Keys: ``path``, ``start_s``, ``end_s``, ``window`` (None for the whole recording),
+    ``answered_by``, ``hits`` (``image``, ``score``, ``image_id``, and ``species``,
+    ``label``, ``common_name`` when known), ``species`` (``name``, ``score``, ``rank``,
+    ``label``, ``common_name``) and ``error`` when the recording could not be used.
+    """
+    records = []
+    for r in results:
+        rec: dict[str, Any] = {
+            "path": r.path,
+            "start_s": round(float(r.start_s), 6),
+            "end_s": round(float(r.end_s), 6),
+            "window": r.window,
+            "answered_by": r.answered_by,
+            "hits": [
+                {k: v for k, v in asdict(h).items() if v is not None or k in ("image", "score")}
+                for h in r.hits
+            ],
+            "species": [asdict(s) for s in r.species],
+        }
+        if r.error is not None:
+            rec["error"] = r.error
+        records.append(rec)
+    return records
+
+
+def _top(result: WindowResult, rank: str = "species") -> SpeciesScore | None:
+    return next((s for s in result.species if s.rank == rank), None)
+
+
+def format_table(results: Sequence[WindowResult], max_hits: int = 5) -> str:
+    """A readable terminal report: the whole recording in full, windows one line each."""
+    lines: list[str] = []
+    for r in results:
+        span = f"{r.start_s:8.2f}-{r.end_s:8.2f} s"
+        if r.error is not None:
+            lines += ["", f"== {r.path}  ERROR: {r.error}"]
+            continue
+        if r.window is None:
+            lines += ["", f"== {r.path}  {r.end_s:.2f} s  (answered by {r.answered_by})"]
+            for rank in ("species", "genus", "family"):
+                taxa = [s for s in r.species if s.rank == rank]
+                if taxa:
+                    text = " | ".join(
+                        f"{s.name}{f' ({s.common_name})' if s.common_name and s.common_name != s.name else ''} {s.score:.2f}"
+                        for s in taxa
+                    )
+                    lines.append(f"   {rank:<8} {text}")
+            for n, h in enumerate(r.hits[:max_hits], 1):
+                lines.append(f"   {n:>3}. {h.score:7.4f}  {h.species or '-':<28} {h.image}")
+            continue
+        top = _top(r)
+        best = r.hits[0] if r.hits else None
+        lines.append(
+            f"   [{span}]  "
+            + (f"{top.name} {top.score:.2f}" if top else "-")
+            + (f"  | best photo {best.score:.4f} {best.image}" if best else "")
+        )
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+CSV_COLUMNS = (
+    "path", "window", "start_s", "end_s", "answered_by", "error", "rank", "image_id", "image",
+    "score", "species", "label", "top_species", "top_species_score",
+)  # fmt: skip
+
+
+def _csv_rows(results: Sequence[WindowResult]) -> Iterator[dict]:
+    for r in results:
+        top = _top(r)
+        base = {
+            "path": r.path,
+            "window": "" if r.window is None else r.window,
+            "start_s": f"{r.start_s:.6g}",
+            "end_s": f"{r.end_s:.6g}",
+            "answered_by": r.answered_by,
+            "error": r.error or "",
+            "top_species": top.name if top else "",
+            "top_species_score": f"{top.score:.6g}" if top else "",
+        }
+        if not r.hits:
+            yield {
+                **base,
+                "rank": "",
+                "image_id": "",
+                "image": "",
+                "score": "",
+                "species": "",
+                "label": "",
+            }
+        for n, h in enumerate(r.hits, 1):
+            yield {
+                **base,
+                "rank": n,
+                "image_id": h.image_id,
+                "image": h.image,
+                "score": f"{h.score:.6g}",
+                "species": h.species or "",
+                "label": "" if h.label is None else h.label,
+            }
+
+
+def write_results(
+    results: Sequence[WindowResult],
+    fmt: str = "table",
+    out: str | Path | None = None,
+    provenance: dict | None = None,
+) -> None:
+    """Write results as ``table``, ``csv`` (one row per hit), ``json`` (`results_to_records`)
+    or ``parquet`` (the same records, nested; provenance in the schema metadata).
+
+    ``out`` None writes to stdout (not for parquet).
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise SongsightError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
+    if fmt == "parquet":
+        if out is None:
+            raise SongsightError("--format parquet needs --out FILE")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        records = results_to_records(results)
+        for rec in records:
+            rec.setdefault("error", None)
+        table = (
+            pa.Table.from_pylist(records)
+            if records
+            else pa.table({"path": pa.array([], pa.string())})
+        )
+        meta = {b"songsight": json.dumps(provenance or {}, sort_keys=True, default=str).encode()}
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.replace_schema_metadata(meta), out)
+        return
+    if fmt == "table":
+        text = format_table(results)
+    elif fmt == "json":
+        text = json.dumps(results_to_records(results), indent=1) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_csv_rows(results))
+        text = buf.getvalue()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text, encoding="utf-8")
+
+
+def write_raven(
+    results: Sequence[WindowResult], directory: str | Path, high_freq_hz: float
+) -> list[Path]:
+    """One Raven selection table per recording: ``DIR/<stem>.selections.txt``, tab-separated.
+
+    One selection per window (the whole recording when it has a single window), with the top
+    species and its roll-up score (the best photo's species and score when the gallery has no
+    species names). Recordings that failed get no table.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    by_path: dict[str, list[WindowResult]] = {}
+    for r in results:
+        if r.error is None:
+            by_path.setdefault(r.path, []).append(r)
+    written, used = [], set()
+    for path, rows in by_path.items():
+        windows = [r for r in rows if r.window is not None] or [r for r in rows if r.window is None]
+        stem = re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("_") or "recording"
+        name, n = f"{stem}.selections.txt", 2
+        while name in used:
+            name, n = f"{stem}_{n}.selections.txt", n + 1
+        used.add(name)
+        with (directory / name).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(RAVEN_COLUMNS)
+            for sel, r in enumerate(windows, 1):
+                top = _top(r)
+                label, score = (
+                    (top.name, top.score)
+                    if top
+                    else (
+                        (r.hits[0].species or "", r.hits[0].score) if r.hits else ("", float("nan"))
+                    )
+                )
+                w.writerow(
+                    [sel, "Spectrogram 1", 1, f"{r.start_s:.3f}", f"{r.end_s:.3f}", "0.0",
+                     f"{high_freq_hz:.1f}", label, f"{score:.4f}"]
+                )  # fmt: skip
+        written.append(directory / name)
+    return written
