@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".g
 MAX_PIXELS = 200_000_000
 
 
-def to_rgb(img) -> "Image.Image":  # noqa: F821
+def to_rgb(img) -> Image.Image:  # noqa: F821
     """Any PIL mode -> 8-bit RGB (alpha composited over white)."""
     from PIL import Image, ImageOps
 
