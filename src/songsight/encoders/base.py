@@ -47,10 +47,11 @@ def choose_device(device: str | None = None, quiet: bool = False) -> str:
 
 
 def autocast_dtype(precision: str, device: str):
-    """torch dtype to autocast to, or None for full fp32.
+    """The reduced precision to run in (bf16), or None for full fp32.
 
-    ``auto``: bf16 on CUDA, fp32 on CPU (exact, and what tests compare against); ``bf16`` on a
-    CPU with AMX/AVX512-BF16 runs HTSAT about 3x faster (see benchmarks/embed_throughput.py).
+    ``auto``: bf16 on CUDA, fp32 on CPU (exact, and what tests compare against). ``bf16`` on a
+    CPU with AMX runs the HTSAT forward about 1.9x faster alone, but end to end it measured no
+    faster than fp32 under load (benchmarks/embed_throughput.py); measure on your machine.
     """
     import torch
 

@@ -75,8 +75,13 @@ class BioCLIPEncoder:
         )
         self._model.requires_grad_(False)
         self.preprocess = preprocess
-        self.autocast = autocast_dtype(precision, self.device)
-        self.precision = "bf16" if self.autocast is not None else "fp32"
+        # bf16 casts the frozen weights once instead of autocasting: under autocast,
+        # nn.MultiheadAttention leaves its fast path and on CPU copies the weight per token
+        # (ViT-L batch 2: 321 s vs 8 s fp32; benchmarks/embed_throughput.py --profile).
+        self.dtype = autocast_dtype(precision, self.device)
+        self.precision = "bf16" if self.dtype is not None else "fp32"
+        if self.dtype is not None:
+            self._model = self._model.to(self.dtype)
         self.batch_size = batch_size
         self.decode_threads = decode_threads
         self.dim = int(
@@ -137,15 +142,10 @@ class BioCLIPEncoder:
                 good = [(j, t) for j, t in items if not isinstance(t, InputFileError)]
                 emb = {}
                 if good:
-                    x = torch.stack([t for _, t in good]).to(self.device)
-                    with (
-                        torch.inference_mode(),
-                        torch.autocast(
-                            self.device.split(":")[0],
-                            self.autocast,
-                            enabled=self.autocast is not None,
-                        ),
-                    ):
+                    x = torch.stack([t for _, t in good]).to(
+                        self.device, self.dtype or torch.float32
+                    )
+                    with torch.inference_mode():
                         out = l2_normalize(model.encode_image(x).float()).cpu().numpy()
                     emb = {j: out[k] for k, (j, _) in enumerate(good)}
                 for j, t in items:
