@@ -162,16 +162,24 @@ def tiny_feature_extractor(spec: TinyClapSpec):
 
 
 def build_tiny_clap(
-    out_dir: str | Path, spec: TinyClapSpec | None = None, seed: int = 0, model=None
+    out_dir: str | Path,
+    spec: TinyClapSpec | None = None,
+    seed: int = 0,
+    model=None,
+    tokenizer=None,
 ) -> Path:
-    """Write a tiny random-init (or the given) ClapModel with processor and tokenizer to ``out_dir``."""
+    """Write a tiny random-init (or the given) ClapModel with processor and tokenizer to ``out_dir``.
+
+    ``tokenizer`` (a transformers fast tokenizer) replaces the one built from ``spec.corpus``.
+    """
     import torch
     from transformers import ClapModel
 
     spec = spec or TinyClapSpec()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.corpus, spec.vocab_size, spec.max_text_tokens)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(spec.corpus, spec.vocab_size, spec.max_text_tokens)
     if model is None:
         torch.manual_seed(seed)
         model = ClapModel(tiny_clap_config(spec, len(tokenizer), tokenizer.pad_token_id)).eval()
