@@ -30,11 +30,12 @@ __all__ = [
     "load_index",
 ]
 
-# Past this many vectors `build_index(kind="auto")` builds HNSW. On the 2-core benchmark machine
-# (benchmarks/search.py, 768-d float32) an exact single query costs ~15 ms at 100k and ~150 ms
-# at 1M, while HNSW + exact re-rank answers in ~1 ms at recall@10 >= 0.99 but needs minutes to
-# build. Below ~250k exact search stays under ~40 ms a query, needs no build and is exact, so
-# the graph does not pay for itself there (perch-hoplite draws the line at ~1M on bigger hosts).
+# Past this many vectors `build_index(kind="auto")` builds HNSW. Exact search costs ~0.2 us per
+# 768-d float32 vector per query on 2 cores (~20 ms at 100k, ~200 ms at 1M; benchmarks/search.py),
+# needs no build, takes adds instantly and holds 3 KB a vector; HNSW + re-rank answers in ~1 ms
+# but holds ~5 KB a vector and takes minutes (100k) to tens of minutes (1M) to build on 2 cores.
+# 250k keeps exact queries under ~50 ms, fast enough for the web page, so the graph only comes
+# in where exact latency stops being interactive (perch-hoplite draws the line at ~1M).
 ANN_THRESHOLD = 250_000
 
 _FORMAT = "songsight-vector-index"
@@ -336,6 +337,11 @@ class HNSWIndex(_StoredIndex):
     graph may hold a cheaper `graph_dtype` (float16 by default: half the memory, and the
     re-rank removes its rounding). Indexes no bigger than the candidate count are searched
     exactly. `threads=0` lets usearch use every core.
+
+    Defaults come from benchmarks/search.py (768-d, species-like clusters): with
+    `connectivity=16` recall@10 plateaued at 0.991 (300k) and 0.944 (1M) however large
+    `expansion_search` was, as dense species clusters leave nodes the graph cannot reach;
+    32 lifts the plateau (0.999 at 300k) for ~2x build time. `expansion_add=64` lost recall.
     """
 
     kind = "hnsw"
@@ -347,7 +353,7 @@ class HNSWIndex(_StoredIndex):
         metadata: dict | None = None,
         *,
         graph_dtype: str = "float16",
-        connectivity: int = 16,
+        connectivity: int = 32,
         expansion_add: int = 128,
         expansion_search: int = 256,
         rerank_factor: int = 4,
