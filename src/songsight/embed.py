@@ -141,6 +141,38 @@ class _ErrorLog:
             self.path.unlink(missing_ok=True)
 
 
+def _run_job(prepared, results, rows_for, desc: str, progress: bool) -> EmbedReport:
+    """Drain ``results`` ((index into todo, result or InputFileError)) into the store.
+
+    ``rows_for(path, sha256, result) -> list[dict]`` makes a file's rows; they are added in one
+    call, so a file is stored whole or not at all.
+    """
+    files, writer, errors_path, todo, hashes, errors = prepared
+    log = _ErrorLog(errors_path, errors)
+    n_ok = n_silent = 0
+    bar = _progress(len(todo), desc, progress)
+    try:
+        for i, res in results:
+            f = todo[i]
+            bar.update(1)
+            if isinstance(res, InputFileError):
+                log.write(str(f), res.reason)
+                continue
+            n_ok += 1
+            rows = rows_for(f, hashes[f], res)
+            n_silent += bool(rows[0].get("silent", False))
+            writer.add(rows)
+    finally:
+        bar.close()
+        writer.flush()
+        log.close()
+    total_rows = writer.close()
+    n_skipped = len(files) - len(todo) - len(errors)
+    return EmbedReport(
+        Path(writer.path), errors_path, len(files), n_ok, n_skipped, log.count, total_rows, n_silent
+    )
+
+
 def embed_audio_files(
     paths: Iterable[str | Path],
     out: str | Path,
@@ -161,52 +193,18 @@ def embed_audio_files(
     hop_s = float(hop_s or encoder.hop_s)
     prov = {**encoder.provenance()}
     prov["preprocessing"] = {**prov["preprocessing"], "window_s": window_s, "hop_s": hop_s}
-    files, writer, errors_path, todo, hashes, errors = _prepare(
-        paths, AUDIO_SUFFIXES, out, prov, resume, overwrite
-    )
-    log = _ErrorLog(errors_path, errors)
-    n_rows = n_ok = n_silent = 0
-    bar = _progress(len(todo), "embedding audio", progress)
-    try:
-        for i, res in encoder.iter_clips(todo, window_s, hop_s):
-            f = todo[i]
-            bar.update(1)
-            if isinstance(res, InputFileError):
-                log.write(str(f), res.reason)
-                continue
-            n_ok += 1
-            n_silent += res.silent
-            writer.add(
-                [
-                    {
-                        "path": str(f),
-                        "sha256": hashes[f],
-                        "window": w,
-                        "start_s": float(res.starts_s[w]),
-                        "end_s": float(res.ends_s[w]),
-                        "duration_s": float(res.duration_s),
-                        "silent": res.silent,
-                        "embedding": res.windows[w],
-                    }
-                    for w in range(len(res.windows))
-                ]
-            )
-            n_rows += len(res.windows)
-    finally:
-        bar.close()
-        writer.flush()
-        log.close()
-    total_rows = writer.close()
-    return EmbedReport(
-        Path(out),
-        errors_path,
-        len(files),
-        n_ok,
-        len(files) - len(todo) - len(errors),
-        log.count,
-        total_rows,
-        n_silent,
-    )
+    prepared = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)
+
+    def rows_for(f, digest, res):
+        return [
+            {"path": str(f), "sha256": digest, "window": w, "start_s": float(res.starts_s[w]),
+             "end_s": float(res.ends_s[w]), "duration_s": float(res.duration_s), "silent": res.silent,
+             "embedding": res.windows[w]}
+            for w in range(len(res.windows))
+        ]  # fmt: skip
+
+    results = encoder.iter_clips(prepared[3], window_s, hop_s)
+    return _run_job(prepared, results, rows_for, "embedding audio", progress)
 
 
 def embed_image_files(
@@ -219,32 +217,13 @@ def embed_image_files(
     vector_dtype: str = "float32",
 ) -> EmbedReport:
     """Embed photos into ``out`` (Parquet): columns ``path``, ``sha256``, ``embedding``."""
-    files, writer, errors_path, todo, hashes, errors = _prepare(
+    prepared = _prepare(
         paths, IMAGE_SUFFIXES, out, encoder.provenance(), resume, overwrite, vector_dtype
     )
-    log = _ErrorLog(errors_path, errors)
-    n_ok = 0
-    bar = _progress(len(todo), "embedding images", progress)
-    try:
-        for i, res in encoder.iter_images(todo):
-            f = todo[i]
-            bar.update(1)
-            if isinstance(res, InputFileError):
-                log.write(str(f), res.reason)
-                continue
-            n_ok += 1
-            writer.add([{"path": str(f), "sha256": hashes[f], "embedding": res}])
-    finally:
-        bar.close()
-        writer.flush()
-        log.close()
-    total_rows = writer.close()
-    return EmbedReport(
-        Path(out),
-        errors_path,
-        len(files),
-        n_ok,
-        len(files) - len(todo) - len(errors),
-        log.count,
-        total_rows,
+
+    def rows_for(f, digest, res):
+        return [{"path": str(f), "sha256": digest, "embedding": res}]
+
+    return _run_job(
+        prepared, encoder.iter_images(prepared[3]), rows_for, "embedding images", progress
     )
