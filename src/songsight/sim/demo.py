@@ -152,19 +152,21 @@ def run_demo(
         f"student zero-shot {pre.get('student_zero_shot', float('nan')):.0%}"
     )
     distilled = distill_cached(plan, world_dir, world, models, root)
-    _say(f"distilled ({time.time() - t0:.0f} s); evaluating")
-    results = run_evaluation(
-        world_dir,
-        root / "results.json",
-        audio_model=models["student"],
-        image_model=models["teacher"],
-        distilled=str(distilled),
-        soundscapes=str(world_dir / "soundscapes.csv"),
-        save_embeddings=str(root / "embeddings"),
-        device="cpu",
-        bootstrap=200 if quick else 1000,
-        seed=seed,
-    )
+    eval_key = stable_hash({"distilled": json.loads((distilled / "demo.json").read_text())["key"],
+                            "quick": quick, "seed": seed})  # fmt: skip
+    stamp = root / "results.key"
+    if stamp.is_file() and stamp.read_text() == eval_key and (root / "results.json").is_file():
+        _say("evaluation cached")
+        results = json.loads((root / "results.json").read_text())
+    else:
+        _say(f"distilled ({time.time() - t0:.0f} s); evaluating")
+        stamp.unlink(missing_ok=True)
+        results = run_evaluation(
+            world_dir, root / "results.json", audio_model=models["student"], image_model=models["teacher"],
+            distilled=str(distilled), soundscapes=str(world_dir / "soundscapes.csv"),
+            save_embeddings=str(root / "embeddings"), device="cpu", bootstrap=200 if quick else 1000, seed=seed,
+        )  # fmt: skip
+        stamp.write_text(eval_key)
     write_html_report(root, world_dir, results, pre)
     table = (root / "results.md").read_text() if (root / "results.md").is_file() else ""
     print(table)
