@@ -107,6 +107,8 @@ def make_assets(work: Path) -> list[dict]:
                     "world_config": record["world_config"], "data_fingerprint": record["data_fingerprint"],
                     "zero_shot_acc": res["zero_shot_acc"], "train_zero_shot_acc": res["train_zero_shot_acc"],
                     "chance": res["chance"], "seconds": res["seconds"], "cpu_seconds": res["cpu_seconds"],
+                    "ssw_test_zero_shot_acc": (record["ssw_test"] or {}).get("zero_shot_acc"),
+                    "ssw_test_n": (record["ssw_test"] or {}).get("n"),
                 }
             )  # fmt: skip
         print(
@@ -169,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("world_dir", type=Path)
     s.add_argument("--only", nargs="*", choices=sorted(VARIANTS), default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=1, help="torch threads (the sweeps above used 1)")
     args = ap.parse_args(argv)
     if args.cmd == "sweep":
+        import torch
+
+        torch.set_num_threads(args.threads)
         sweep(args.world_dir, args.only or list(VARIANTS), args.seed)
         return 0
     if args.work:
@@ -179,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             rows = make_assets(Path(tmp))
     for r in rows:
+        ssw = r["ssw_test_zero_shot_acc"]
         print(
-            f"{r['file']}: {r['world']} {r['role']} zero-shot {r['zero_shot_acc']:.1%} (chance {r['chance']:.1%}), {r['bytes'] / 1e6:.2f} MB, trained in {r['seconds']:.0f} s"
+            f"{r['file']}: {r['world']} {r['role']}, zero-shot {r['zero_shot_acc']:.1%} held out, "
+            f"{ssw if ssw is None else f'{ssw:.1%}'} SSW test (chance {r['chance']:.1%}), "
+            f"{r['bytes'] / 1e6:.2f} MB, trained in {r['seconds']:.0f} s"
         )
     return 0
 

@@ -13,10 +13,23 @@ import pytest
 from songsight.errors import DataNotFoundError
 from songsight.sim import pretrain as P
 
-REGENERATE = "rerun `python scripts/pretrain_stand_ins.py assets` and commit src/songsight/sim/assets"
+REGENERATE = (
+    "rerun `python scripts/pretrain_stand_ins.py assets` and commit src/songsight/sim/assets"
+)
 
 
 # ---- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is as fast on an idle machine and far faster on a busy one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +73,11 @@ def _fake_world(root: Path, config: dict | None = None) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---- pure pieces ----------------------------------------------------------------------------
@@ -123,14 +140,31 @@ def test_pack_is_deterministic_and_unpack_restores_the_folder(tmp_path):
         P.pack_asset(tmp_path / "a1", tmp_path / "a3")
 
 
+@pytest.mark.slow
+def test_teacher_child_process_reports_its_failure(tmp_path):
+    """The child that trains the teacher beside the student: a bad photo fails it, loudly."""
+    world = _fake_world(tmp_path / "w")  # its "photos" are a few bytes of text
+    child, err = P._spawn_teacher(world, tmp_path / "models", P.RECIPES["quick"], seed=0, threads=1)
+    assert child.wait(timeout=300) != 0
+    err.seek(0)
+    assert "000_0000.jpg" in err.read().decode()
+    err.close()
+    assert not (tmp_path / "models" / "teacher").exists()
+
+
 def test_shipped_assets_stay_small_and_are_indexed():
     zips = sorted(P.ASSETS_DIR.glob("*.zip"))
     assert zips, f"no stand-in assets shipped: {REGENERATE}"
     assert sum(z.stat().st_size for z in zips) < 5_000_000
     index = json.loads((P.ASSETS_DIR / "index.json").read_text())
     assert sorted(row["file"] for row in index["assets"]) == [z.name for z in zips]
+    assert {(row["world"], row["role"]) for row in index["assets"]} == {
+        (w, r) for w in ("default", "quick") for r in P.ROLES
+    }
     for row in index["assets"]:
-        assert row["zero_shot_acc"] >= 2 * row["chance"], row
+        # Held-out pretraining items are few in the quick world (12); the SSW test split has more.
+        assert row["zero_shot_acc"] > row["chance"], row
+        assert row["ssw_test_zero_shot_acc"] >= 2 * row["chance"], row
 
 
 # ---- the real thing on the quick world ------------------------------------------------------
@@ -188,7 +222,10 @@ def test_quick_world_stand_ins_come_from_assets_load_and_are_cached(quick_world,
     assert again["key"] == first["key"]
     assert {role: _snapshot(models / role) for role in P.ROLES} == files
     # Another seed is another model: neither cache nor asset fits, so it would train.
-    assert P.stand_in_key(quick_world, "student", recipe, 1)["key"] != P.read_record(models / "student")["key"]
+    assert (
+        P.stand_in_key(quick_world, "student", recipe, 1)["key"]
+        != P.read_record(models / "student")["key"]
+    )
 
 
 def test_training_code_paths_write_loadable_models(quick_world, tmp_path):
@@ -197,8 +234,12 @@ def test_training_code_paths_write_loadable_models(quick_world, tmp_path):
     from songsight.encoders.biolingual import BioLingualEncoder
 
     pre = quick_world / "pretrain"
-    t = P.pretrain_teacher(pre, tmp_path / "teacher", P.TEACHER_SPEC, steps=3, lr=1e-3, batch_size=8)
-    s = P.pretrain_student(pre, tmp_path / "student", P.STUDENT_SPEC, steps=(2, 2), lr=(1e-3, 1e-3), batch_size=8)
+    t = P.pretrain_teacher(
+        pre, tmp_path / "teacher", P.TEACHER_SPEC, steps=3, lr=1e-3, batch_size=8
+    )
+    s = P.pretrain_student(
+        pre, tmp_path / "student", P.STUDENT_SPEC, steps=(2, 2), lr=(1e-3, 1e-3), batch_size=8
+    )
     for r in (t, s):
         assert r["n_held_out"] == 12 and r["n_train"] == 60 and r["chance"] == pytest.approx(1 / 12)
         assert 0.0 <= r["zero_shot_acc"] <= 1.0
@@ -225,7 +266,11 @@ def test_quick_recipe_learns_both_stand_ins_well_above_chance(tmp_path):
     from songsight.sim.export import export_world
     from songsight.sim.world import WorldConfig, build_world
 
-    world = export_world(build_world(WorldConfig.quick(seed=1, pretrain_calls=30, pretrain_photos=30)), tmp_path / "w", workers=2)
+    world = export_world(
+        build_world(WorldConfig.quick(seed=1, pretrain_calls=30, pretrain_photos=30)),
+        tmp_path / "w",
+        workers=2,
+    )
     out = P.pretrain_stand_ins(world, tmp_path / "models", seed=0, quick=True, use_assets=False)
     assert out["sources"] == {"teacher": "trained", "student": "trained"}
     assert out["teacher_zero_shot"] >= 3 * out["teacher_chance"]
@@ -233,5 +278,13 @@ def test_quick_recipe_learns_both_stand_ins_well_above_chance(tmp_path):
     for role in P.ROLES:
         record = P.read_record(out[role])
         assert record["result"]["n_held_out"] == 72 and record["recipe"] == "quick"
-    assert BioCLIPEncoder(out["teacher"], device="cpu").embed_texts(["a"]).shape == (1, P.TEACHER_SPEC.embed_dim)
-    assert BioLingualEncoder(out["student"], device="cpu").embed_texts(["a"]).shape == (1, P.STUDENT_SPEC.projection_dim)
+        assert record["ssw_test"]["zero_shot_acc"] >= 2 * record["ssw_test"]["chance"]
+        assert out[f"{role}_ssw_test"] == record["ssw_test"]["zero_shot_acc"]
+    assert BioCLIPEncoder(out["teacher"], device="cpu").embed_texts(["a"]).shape == (
+        1,
+        P.TEACHER_SPEC.embed_dim,
+    )
+    assert BioLingualEncoder(out["student"], device="cpu").embed_texts(["a"]).shape == (
+        1,
+        P.STUDENT_SPEC.projection_dim,
+    )

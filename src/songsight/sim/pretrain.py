@@ -12,7 +12,8 @@
 * `pretrain_stand_ins`: both, cached in ``models_dir/{teacher,student}`` under a key of the
   world (config and a fingerprint of its pretraining data), the recipe and the seed; a
   matching zip in ``songsight/sim/assets`` (written by ``scripts/pretrain_stand_ins.py``) is
-  unpacked instead of training. The two train in parallel processes, one thread each.
+  unpacked instead of training. When both must train, they train at once in two processes,
+  each with half the cores (one each on two cores): tiny models gain little from threads.
 
 Both models train on the exact inputs their loaders produce (`load_open_clip`'s transform
 and tokenizer, `ClapFeatures` log-mels of the encoder's windows) and report zero-shot species
@@ -43,6 +44,7 @@ from songsight.provenance import environment, stable_hash
 from songsight.taxonomy import TEMPLATE_SETS, load_species_csv
 from songsight.testing import TinyClapSpec, TinyClipSpec
 
+# Part of every cache key: bump it when a change to the training code changes the models.
 FORMAT = "songsight.sim.pretrain/1"
 RECORD = "pretrain.json"
 ASSETS_DIR = Path(__file__).parent / "assets"
@@ -429,6 +431,43 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def evaluate_stand_in(
+    role: str, model_dir: str | Path, world_dir: str | Path, per_species: int = 5
+) -> dict | None:
+    """Zero-shot species accuracy of a saved stand-in, through its real encoder, on the world's
+    SSW60-layout test split: the first ``per_species`` test clips (student) or NABirds and
+    iNat test photos each (teacher) of every species. None when the world has no such split.
+    """
+    from songsight.data.ssw60 import SSW60
+    from songsight.encoders.base import l2_normalize
+
+    try:
+        ds = SSW60(world_dir, warn_missing=False)
+        table = ds.images("all", "test") if role == "teacher" else ds.audio("test")
+    except DataNotFoundError:
+        return None
+    table = table.groupby(["label", "source"], sort=False).head(per_species)
+    paths, labels = table["path"].tolist(), table["label"].to_numpy()
+    if role == "teacher":
+        from songsight.encoders.bioclip import BioCLIPEncoder
+
+        enc = BioCLIPEncoder(model_dir, device="cpu")
+        emb, cls = enc.embed_images(paths), enc.embed_species(ds.species, *TEACHER_PROMPTS)
+    else:
+        from songsight.encoders.biolingual import BioLingualEncoder
+
+        enc = BioLingualEncoder(model_dir, device="cpu")
+        fmt, tmpl = STUDENT_PROMPTS
+        prompts = [t.format(s.prompt(fmt)) for s in ds.species for t in TEMPLATE_SETS[tmpl]]
+        cls = enc.embed_texts(prompts).reshape(len(ds.species), len(TEMPLATE_SETS[tmpl]), -1)
+        emb, cls = enc.embed_audio(paths), l2_normalize(cls.mean(axis=1))
+    return {
+        "zero_shot_acc": _accuracy(emb, cls, labels),
+        "n": len(labels),
+        "chance": 1.0 / len(ds.species),
+    }
+
+
 def train_stand_in(
     world_dir: str | Path,
     models_dir: str | Path,
@@ -437,7 +476,11 @@ def train_stand_in(
     seed: int = 0,
     threads: int | None = None,
 ) -> dict:
-    """Train one role into ``models_dir/role`` (atomically, ``pretrain.json`` last); its record."""
+    """Train one role into ``models_dir/role`` (atomically, ``pretrain.json`` last); its record.
+
+    The record holds the key's parts, the training result (held-out accuracy, timings) and
+    ``ssw_test``: `evaluate_stand_in` of the saved model.
+    """
     import torch
 
     if role not in ROLES:
@@ -450,30 +493,25 @@ def train_stand_in(
     if threads:
         torch.set_num_threads(threads)
     try:
-        pretrain = Path(world_dir) / "pretrain"
+        pretrain, r = Path(world_dir) / "pretrain", recipe
         if role == "teacher":
-            result = pretrain_teacher(
-                pretrain,
-                tmp,
-                recipe.teacher_spec,
-                recipe.teacher_steps,
-                recipe.teacher_lr,
-                recipe.teacher_batch,
-                seed,
-            )
+            args = (r.teacher_spec, r.teacher_steps, r.teacher_lr, r.teacher_batch, seed)
+            result = pretrain_teacher(pretrain, tmp, *args)
         else:
-            result = pretrain_student(
-                pretrain,
-                tmp,
-                recipe.student_spec,
-                recipe.student_steps,
-                recipe.student_lr,
-                recipe.student_batch,
-                seed,
-            )
+            args = (r.student_spec, r.student_steps, r.student_lr, r.student_batch, seed)
+            result = pretrain_student(pretrain, tmp, *args)
+        t0 = time.perf_counter()
+        ssw_test = evaluate_stand_in(role, tmp, world_dir)
+        result["eval_seconds"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
-    record = {**key, "result": result, "threads": threads or before, "environment": environment()}
+    record = {
+        **key,
+        "result": result,
+        "ssw_test": ssw_test,
+        "threads": threads or before,
+        "environment": environment(),
+    }
     (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     _replace_dir(tmp, out)
     return record
@@ -603,6 +641,7 @@ def pretrain_stand_ins(
         out[f"{role}_zero_shot"] = record["result"]["zero_shot_acc"]
         out[f"{role}_chance"] = record["result"]["chance"]
         out["train_seconds"][role] = record["result"]["seconds"]
+        out[f"{role}_ssw_test"] = (record.get("ssw_test") or {}).get("zero_shot_acc")
     out["seconds"] = time.perf_counter() - t0
     return out
 
