@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument(
             "--ann",
             action="store_true",
-            help="build an HNSW index now (default: exact, HNSW past 250,000 photos; re-ranked exactly)",
+            help="build an HNSW index now (default: exact, HNSW past 200,000 photos; re-ranked exactly)",
         )
         if build:
             q.add_argument("--vector-dtype", choices=("float32", "float16"), default="float32")

@@ -30,13 +30,14 @@ __all__ = [
     "load_index",
 ]
 
-# Past this many vectors `build_index(kind="auto")` builds HNSW. Exact search costs ~0.2 us per
-# 768-d float32 vector per query on 2 cores (~20 ms at 100k, ~200 ms at 1M; benchmarks/search.py),
-# needs no build, takes adds instantly and holds 3 KB a vector; HNSW + re-rank answers in ~1 ms
-# but holds ~5 KB a vector and takes minutes (100k) to tens of minutes (1M) to build on 2 cores.
-# 250k keeps exact queries under ~50 ms, fast enough for the web page, so the graph only comes
-# in where exact latency stops being interactive (perch-hoplite draws the line at ~1M).
-ANN_THRESHOLD = 250_000
+# Past this many vectors `build_index(kind="auto")` builds HNSW. Measured by
+# benchmarks/search.py (768-d float32, shared 2-core machine): exact search costs 0.24-0.37 us
+# a vector per query (p50 36-38 ms at 100k, 234-355 ms at 1M), needs no build, takes adds at
+# once and holds 3.1 KB a vector; HNSW + re-rank answers in 1-2.5 ms but holds ~5 KB a vector
+# and takes ~70 s (100k) to 20-29 min (1M) to build. 200k keeps exact queries near 50-75 ms,
+# still interactive, so the graph comes in only where exact latency stops being so
+# (perch-hoplite draws the line at ~1M on bigger hosts).
+ANN_THRESHOLD = 200_000
 
 _FORMAT = "songsight-vector-index"
 _FORMAT_VERSION = 1
@@ -338,10 +339,12 @@ class HNSWIndex(_StoredIndex):
     re-rank removes its rounding). Indexes no bigger than the candidate count are searched
     exactly. `threads=0` lets usearch use every core.
 
-    Defaults come from benchmarks/search.py (768-d, species-like clusters): with
-    `connectivity=16` recall@10 plateaued at 0.991 (300k) and 0.944 (1M) however large
+    Defaults come from benchmarks/search.py (768-d, species-like clusters, 2 cores): with
+    `connectivity=16` recall@10 plateaued at 0.991 (300k) and ~0.94 (1M) however large
     `expansion_search` was, as dense species clusters leave nodes the graph cannot reach;
-    32 lifts the plateau (0.999 at 300k) for ~2x build time. `expansion_add=64` lost recall.
+    32 lifts the plateau to 0.999 (300k) and ~0.989 (1M) for ~2x build time, and
+    `expansion_search=512` reaches it (0.9999 at 100k). `expansion_add=64` lost recall;
+    raise `expansion_add` or `connectivity` past ~1M if the build time can be afforded.
     """
 
     kind = "hnsw"
@@ -355,7 +358,7 @@ class HNSWIndex(_StoredIndex):
         graph_dtype: str = "float16",
         connectivity: int = 32,
         expansion_add: int = 128,
-        expansion_search: int = 256,
+        expansion_search: int = 512,
         rerank_factor: int = 4,
         min_candidates: int = 100,
         threads: int = 0,
