@@ -1,6 +1,6 @@
 """Find the stand-ins' pretraining recipe, and write the pretrained stand-ins shipped as assets.
 
-    python scripts/pretrain_stand_ins.py assets [--work DIR]        # ~10 min on 2 cores
+    python scripts/pretrain_stand_ins.py assets [--work DIR] [--only quick]   # ~10 min on 2 cores
     python scripts/pretrain_stand_ins.py sweep WORLD_DIR [--only NAME ...]
 
 ``assets`` exports the default world and the quick world (seed 0), trains both stand-ins of
@@ -82,19 +82,29 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
 }
 
 
-def make_assets(work: Path) -> list[dict]:
-    """Export each world in `WORLDS`, train its stand-ins, pack them; returns the index rows."""
+def make_assets(work: Path, names: list[str]) -> list[dict]:
+    """Export each named world of `WORLDS`, train its stand-ins, pack them; returns the index rows.
+
+    Assets of worlds not named stay as they are, with their rows in ``index.json``.
+    """
+    index_file = ASSETS_DIR / "index.json"
+    kept = []
+    if index_file.is_file():
+        kept = [r for r in json.loads(index_file.read_text())["assets"] if r["world"] not in names]
     trained = []
-    for name, (cfg, quick) in WORLDS.items():
+    for name in names:
+        cfg, quick = WORLDS[name]
         world_dir, models_dir = work / name / "world", work / name / "models"
         t0 = time.perf_counter()
         export_world(build_world(cfg), world_dir, workers=2, overwrite=True)
         print(f"{name} world exported in {time.perf_counter() - t0:.0f} s", flush=True)
         result = pretrain_stand_ins(world_dir, models_dir, seed=0, quick=quick, use_assets=False)
         trained.append((name, models_dir, result))
+    keep_files = {r["file"] for r in kept}
     for old in ASSETS_DIR.glob("*.zip"):
-        old.unlink()
-    rows = []
+        if old.name not in keep_files:
+            old.unlink()
+    rows = list(kept)
     for name, models_dir, result in trained:
         for role in ROLES:
             record = read_record(models_dir / role)
@@ -114,9 +124,10 @@ def make_assets(work: Path) -> list[dict]:
         print(
             f"{name}: {json.dumps({k: v for k, v in result.items() if k not in ('teacher', 'student')}, default=str)}"
         )
+    rows.sort(key=lambda r: (r["world"], r["role"]))
     index = {"format": "songsight.sim.assets/1", "assets": rows}
-    (ASSETS_DIR / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-    return rows
+    index_file.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return [r for r in rows if r["world"] in names]
 
 
 def sweep(world_dir: Path, names: list[str], seed: int = 0) -> None:
@@ -167,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument(
         "--work", default=None, help="keep the worlds and models here (default: a temporary folder)"
     )
+    a.add_argument(
+        "--only", nargs="+", choices=sorted(WORLDS), default=sorted(WORLDS),
+        help="retrain these worlds' stand-ins; the others' assets are kept",
+    )
     s = sub.add_parser("sweep", help="retrain recipe variants on an exported world")
     s.add_argument("world_dir", type=Path)
     s.add_argument("--only", nargs="*", choices=sorted(VARIANTS), default=None)
@@ -180,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep(args.world_dir, args.only or list(VARIANTS), args.seed)
         return 0
     if args.work:
-        rows = make_assets(Path(args.work))
+        rows = make_assets(Path(args.work), args.only)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            rows = make_assets(Path(tmp))
+            rows = make_assets(Path(tmp), args.only)
     for r in rows:
         ssw = r["ssw_test_zero_shot_acc"]
         print(

@@ -240,8 +240,16 @@ def test_training_code_paths_write_loadable_models(quick_world, tmp_path):
     s = P.pretrain_student(
         pre, tmp_path / "student", P.STUDENT_SPEC, steps=(2, 2), lr=(1e-3, 1e-3), batch_size=8
     )
-    for r in (t, s):
-        assert r["n_held_out"] == 12 and r["n_train"] == 60 and r["chance"] == pytest.approx(1 / 12)
+    from songsight.sim.world import WorldConfig
+
+    cfg = WorldConfig.quick(seed=0)
+    per_species = {"teacher": cfg.pretrain_photos, "student": cfg.pretrain_calls}
+    for role, r in (("teacher", t), ("student", s)):
+        n = per_species[role]
+        held = min(n - 1, max(1, round(P.VAL_FRACTION * n)))
+        assert r["n_held_out"] == cfg.n_species * held
+        assert r["n_train"] == cfg.n_species * (n - held)
+        assert r["chance"] == pytest.approx(1 / cfg.n_species)
         assert 0.0 <= r["zero_shot_acc"] <= 1.0
     teacher = BioCLIPEncoder(tmp_path / "teacher", device="cpu")
     assert teacher.dim == P.TEACHER_SPEC.embed_dim

@@ -45,7 +45,7 @@ class DemoPlan:
         # Chosen on the default world by benchmarks/sim_sweep.py; the world is never tuned to them.
         if self.quick:
             return DistillConfig(
-                epochs=2, batch_size=16, lr=1e-3, head_lr=1e-2, warmup_steps=5, train="all"
+                epochs=20, batch_size=16, lr=1e-3, head_lr=1e-2, warmup_steps=5, train="all"
             )
         return DistillConfig(
             epochs=6,

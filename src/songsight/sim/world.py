@@ -127,7 +127,7 @@ class WorldConfig:
         small = dict(
             n_species=12, n_orders=2, families_per_order=2, genera_per_family=2,
             ssw_clips_train=8, ssw_clips_test=4, nabirds_train=8, nabirds_test=8,
-            inat_train=6, inat_val=2, inat_test=6, pretrain_calls=6, pretrain_photos=6,
+            inat_train=6, inat_val=2, inat_test=6, pretrain_calls=30, pretrain_photos=30,
             n_soundscapes=1, soundscape_s=30.0,
         )  # fmt: skip
         small.update(overrides)
