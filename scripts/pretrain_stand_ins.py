@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         "--work", default=None, help="keep the worlds and models here (default: a temporary folder)"
     )
     a.add_argument(
-        "--only", nargs="+", choices=sorted(WORLDS), default=sorted(WORLDS),
+        "--only",
+        nargs="+",
+        choices=sorted(WORLDS),
+        default=sorted(WORLDS),
         help="retrain these worlds' stand-ins; the others' assets are kept",
     )
     s = sub.add_parser("sweep", help="retrain recipe variants on an exported world")

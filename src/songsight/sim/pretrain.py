@@ -1,9 +1,9 @@
 """Pretrain the simulated world's tiny stand-ins for BioCLIP-2 (teacher) and BioLingual (student).
 
-* `pretrain_teacher`: an open_clip CLIP (tiny ViT + CLIP text transformer) trained
+* `pretrain_teacher` (`songsight.sim.teacher`): an open_clip CLIP (tiny ViT + CLIP text transformer) trained
   contrastively on ``pretrain/photos.csv`` (TreeOfLife-like captions), saved in open_clip's
   layout (loadable by `BioCLIPEncoder`).
-* `pretrain_student`: a transformers ``ClapModel`` (tiny unfused HTSAT + RoBERTa) with a BPE
+* `pretrain_student` (`songsight.sim.student`): a transformers ``ClapModel`` (tiny unfused HTSAT + RoBERTa) with a BPE
   tokenizer trained on ``pretrain/calls.csv`` (AnimalSpeak-like captions), saved as
   BioLingual is (loadable by `BioLingualEncoder`). A tiny HTSAT trained end to end against its
   text tower stays at chance, so it learns in two stages, as CLAP's HTSAT was first an
@@ -24,367 +24,48 @@ accuracy on a held-out fifth of the pretraining items: photos against each speci
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
 from songsight.provenance import environment, stable_hash
-from songsight.taxonomy import TEMPLATE_SETS, load_species_csv
-from songsight.testing import TinyClapSpec, TinyClipSpec
+from songsight.sim.recipes import (
+    RECIPES,
+    STUDENT_PROMPTS,
+    STUDENT_SPEC,
+    TEACHER_PROMPTS,
+    TEACHER_SPEC,
+    VAL_FRACTION,
+    Recipe,
+    holdout_mask,
+    read_pairs,
+    zero_shot_accuracy,
+)
+from songsight.sim.student import call_windows, pretrain_student
+from songsight.sim.teacher import pretrain_teacher
+from songsight.taxonomy import TEMPLATE_SETS
+
+__all__ = [
+    "ASSETS_DIR", "FORMAT", "RECIPES", "ROLES", "STUDENT_PROMPTS", "STUDENT_SPEC", "TEACHER_PROMPTS",
+    "TEACHER_SPEC", "VAL_FRACTION", "Recipe", "call_windows", "evaluate_stand_in", "holdout_mask",
+    "pack_asset", "pretrain_stand_ins", "pretrain_student", "pretrain_teacher", "read_pairs",
+    "read_record", "stand_in_key", "train_stand_in", "unpack_asset",
+]  # fmt: skip
 
 # Part of every cache key: bump it when a change to the training code changes the models.
 FORMAT = "songsight.sim.pretrain/1"
 RECORD = "pretrain.json"
 ASSETS_DIR = Path(__file__).parent / "assets"
 ROLES = ("teacher", "student")
-VAL_FRACTION = 0.2
-STUDENT_PROMPTS = ("com", "sound")  # as songsight.eval builds BioLingual's species text
-TEACHER_PROMPTS = ("taxon_com", "none")  # as it builds BioCLIP-2's
-
-# Chosen by scripts/pretrain_stand_ins.py on the default world (seed 0); see its docstring.
-TEACHER_SPEC = TinyClipSpec(embed_dim=48, image_size=32, patch_size=4, context_length=48)
-STUDENT_SPEC = TinyClapSpec(
-    window_s=4, n_mels=16, n_fft=2048, hop_length=1024, spec_size=32, patch_hidden=32,
-    depths=(2, 2), heads=(2, 4), vocab_size=1000, max_text_tokens=48, dropout=0.0, corpus=[],
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Shapes and schedules of both stand-ins. Student steps and lr: (audio stage, align stage)."""
-
-    name: str
-    teacher_steps: int
-    teacher_batch: int
-    student_steps: tuple[int, int]
-    student_batch: int
-    teacher_lr: float = 2e-3
-    student_lr: tuple[float, float] = (5e-3, 3e-3)
-    teacher_spec: TinyClipSpec = field(default_factory=lambda: TEACHER_SPEC)
-    student_spec: TinyClapSpec = field(default_factory=lambda: STUDENT_SPEC)
-
-    def part(self, role: str) -> dict:
-        """The fields that determine one role's model (its cache key)."""
-        d = asdict(self)
-        return {k: v for k, v in d.items() if k.startswith(role)} | {"val_fraction": VAL_FRACTION}
-
-
-RECIPES = {
-    "default": Recipe("default", teacher_steps=1200, teacher_batch=64, student_steps=(1500, 1000), student_batch=64),
-    "quick": Recipe("quick", teacher_steps=300, teacher_batch=32, student_steps=(300, 300), student_batch=32),
-}  # fmt: skip
-
-
-# ---- data -----------------------------------------------------------------------------------
-
-
-def read_pairs(pretrain_dir: str | Path, name: str) -> tuple[list[Path], list[str], np.ndarray]:
-    """``pretrain/{name}.csv`` -> (absolute paths, captions, (N,) int64 labels)."""
-    table = Path(pretrain_dir) / f"{name}.csv"
-    if not table.is_file():
-        raise DataNotFoundError(
-            f"pretraining caption set not found: {table} (export a world with songsight.sim.export)"
-        )
-    with table.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise DataNotFoundError(f"{table} lists no items")
-    paths = [table.parent / r["path"] for r in rows]
-    return paths, [r["caption"] for r in rows], np.array([int(r["label"]) for r in rows], np.int64)
-
-
-def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """(N,) bool, True for held-out items: ``round(fraction * n)`` of each species' ``n`` items,
-    at least one and at most ``n - 1`` (none when ``n == 1``), drawn with ``seed``."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(labels), bool)
-    for lab in np.unique(labels):
-        idx = np.flatnonzero(labels == lab)
-        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx)))))
-        held[rng.choice(idx, k, replace=False)] = True
-    return held
-
-
-def _species(pretrain_dir: Path, labels: np.ndarray):
-    species = load_species_csv(pretrain_dir.parent / "taxa.csv")
-    if [s.label for s in species] != list(range(len(species))) or labels.max() >= len(species):
-        raise DataNotFoundError(
-            f"{pretrain_dir.parent / 'taxa.csv'}: labels must run 0..K-1 and cover the pretraining sets"
-        )
-    return species
-
-
-def _schedule(opt, total: int):
-    """Linear warmup over a tenth of the steps, then cosine to zero."""
-    import torch
-
-    warmup = max(1, total // 10)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
-def _step(opt, sched, loss) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
-
-
-def _augment(x, rng: np.random.Generator, shift_px: int):
-    """Random horizontal flips and shifts of up to ``shift_px`` (reflect-padded): (B, 3, H, W)."""
-    import torch
-    import torch.nn.functional as F
-
-    b, _, h, w = x.shape
-    padded = F.pad(x, (shift_px,) * 4, mode="reflect")
-    dy, dx = rng.integers(0, 2 * shift_px + 1, (2, b))
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-    flip = torch.from_numpy(rng.random(b) < 0.5)
-    out[flip] = out[flip].flip(-1)
-    return out
-
-
-def _accuracy(emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean((emb @ class_emb.T).argmax(1) == labels)) if len(labels) else float("nan")
-
-
-# ---- teacher --------------------------------------------------------------------------------
-
-
-def pretrain_teacher(
-    pretrain_dir: str | Path,
-    out_dir: str | Path,
-    spec: TinyClipSpec,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int = 0,
-    shift_px: int = 4,
-) -> dict:
-    """Train a tiny open_clip CLIP on photo-caption pairs; write it to ``out_dir`` (open_clip layout).
-
-    Symmetric InfoNCE (`batch_level_infonce`, same-species pairs positive) with a learnable
-    `LogitScale`, AdamW, warmup + cosine, flip/shift augmentation. Returns zero-shot accuracy
-    of held-out photos against the species' ``taxon_com`` embeddings (and on training photos).
-    """
-    import torch
-
-    from songsight.distill.loss import LogitScale, batch_level_infonce
-    from songsight.encoders.base import l2_normalize
-    from songsight.encoders.bioclip import load_open_clip
-    from songsight.images import load_image
-    from songsight.testing import build_tiny_open_clip
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    pretrain_dir, out = Path(pretrain_dir), Path(out_dir)
-    paths, captions, labels = read_pairs(pretrain_dir, "photos")
-    species = _species(pretrain_dir, labels)
-    held = holdout_mask(labels, VAL_FRACTION, seed)
-    build_tiny_open_clip(out, spec, seed=seed)
-    # Train on exactly what BioCLIPEncoder feeds the model: its transform, its tokenizer.
-    net, transform, tokenizer, _, _ = load_open_clip(out)
-    images = torch.stack([transform(load_image(p)) for p in paths])
-    tokens, lab = tokenizer(captions), torch.from_numpy(labels)
-    scale = LogitScale()
-    opt = torch.optim.AdamW([*net.parameters(), *scale.parameters()], lr=lr, weight_decay=0.0)
-    sched = _schedule(opt, steps)
-    train = np.flatnonzero(~held)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        b = torch.from_numpy(rng.choice(train, min(batch_size, len(train)), replace=False))
-        img = l2_normalize(net.encode_image(_augment(images[b], rng, shift_px)))
-        txt = l2_normalize(net.encode_text(tokens[b]))
-        _step(opt, sched, batch_level_infonce(img, txt, lab[b], scale()))
-    net.eval()
-    with torch.no_grad():
-        net.logit_scale.copy_(scale().log())
-        # Token rows no training caption used hold only their random init: zero them, so the
-        # 49,408-row table compresses to the rows that mean something.
-        unused = torch.ones(net.token_embedding.weight.shape[0], dtype=torch.bool)
-        unused[tokens[torch.from_numpy(train)].unique()] = False
-        net.token_embedding.weight[unused] = 0.0
-        img_emb = torch.cat(
-            [
-                l2_normalize(net.encode_image(images[i : i + 512]))
-                for i in range(0, len(images), 512)
-            ]
-        ).numpy()
-        fmt, tmpl = TEACHER_PROMPTS
-        prompts = [t.format(s.prompt(fmt)) for s in species for t in TEMPLATE_SETS[tmpl]]
-        cls = l2_normalize(net.encode_text(tokenizer(prompts))).reshape(
-            len(species), -1, net.text_projection.shape[1]
-        )
-        cls = l2_normalize(cls.mean(1)).numpy()
-    build_tiny_open_clip(out, spec, model=net)
-    return {
-        "zero_shot_acc": _accuracy(img_emb[held], cls, labels[held]),
-        "train_zero_shot_acc": _accuracy(img_emb[~held], cls, labels[~held]),
-        "chance": 1.0 / len(species), "n_held_out": int(held.sum()), "n_train": int((~held).sum()),
-        "prompts": list(TEACHER_PROMPTS), "logit_scale": float(scale().detach()),
-        "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-    }  # fmt: skip
-
-
-# ---- student --------------------------------------------------------------------------------
-
-
-def call_windows(paths: list[Path], features, window_s: float, hop_s: float):
-    """Log-mels of every window `BioLingualEncoder` cuts from each clip.
-
-    Returns ((W, 1, frames, mels) float32 tensor, (W,) int64 clip index of each window).
-    """
-    import torch
-
-    from songsight.audio import load_audio, window_bounds
-
-    waves, owner = [], []
-    for i, p in enumerate(paths):
-        wave = load_audio(p, features.sample_rate_hz).waveform
-        for a, b in window_bounds(len(wave), features.sample_rate_hz, window_s, hop_s):
-            waves.append(wave[a:b])
-            owner.append(i)
-    feats = torch.cat([features(waves[i : i + 128]) for i in range(0, len(waves), 128)])
-    return feats, np.array(owner, np.int64)
-
-
-def pretrain_student(
-    pretrain_dir: str | Path,
-    out_dir: str | Path,
-    spec: TinyClapSpec,
-    steps: tuple[int, int],
-    lr: tuple[float, float],
-    batch_size: int,
-    seed: int = 0,
-) -> dict:
-    """Train a tiny ClapModel on call-caption pairs; write it to ``out_dir`` (BioLingual's layout).
-
-    Stage 1 (``steps[0]`` at ``lr[0]``): the HTSAT audio tower and a linear species head, by
-    cross-entropy on analysis windows; its input BatchNorm is set from the training windows
-    and frozen. Stage 2 (``steps[1]`` at ``lr[1]``): the audio tower frozen (its pooled
-    outputs computed once); audio and text projections and the text tower by symmetric InfoNCE
-    (`batch_level_infonce`) with a learnable `LogitScale`. Returns held-out zero-shot accuracy
-    of clips against the species' common names through the ``sound`` templates.
-    """
-    import torch
-    from torch import nn
-    from transformers.utils import logging as hf_logging
-
-    from songsight.distill.loss import LogitScale, batch_level_infonce
-    from songsight.encoders.base import l2_normalize
-    from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION, load_clap
-    from songsight.testing import build_tiny_clap, build_tokenizer
-
-    hf_logging.disable_progress_bar()  # save_pretrained's per-shard bar, as load_clap does
-    t0, c0 = time.perf_counter(), time.process_time()
-    pretrain_dir, out = Path(pretrain_dir), Path(out_dir)
-    paths, captions, labels = read_pairs(pretrain_dir, "calls")
-    species = _species(pretrain_dir, labels)
-    held = holdout_mask(labels, VAL_FRACTION, seed)
-    tok = build_tokenizer(captions, spec.vocab_size, spec.max_text_tokens)
-    build_tiny_clap(out, spec, seed=seed, tokenizer=tok)
-    # Train on exactly what BioLingualEncoder feeds the model: its windows, its log-mels.
-    clap, features, tokenizer, _ = load_clap(out)
-    window_s = features.max_samples / features.sample_rate_hz
-    feats, owner = call_windows(paths, features, window_s, window_s * DEFAULT_HOP_FRACTION)
-    wlab, train = torch.from_numpy(labels[owner]), np.flatnonzero(~held[owner])
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    audio = clap.audio_model
-    bn = audio.audio_encoder.batch_norm
-    with torch.no_grad():
-        x = feats[torch.from_numpy(train), 0]  # (W, frames, mels)
-        bn.running_mean.copy_(x.mean(dim=(0, 1)))
-        bn.running_var.copy_(x.var(dim=(0, 1)))
-    head = nn.Linear(audio.config.hidden_size, len(species))
-    bn.requires_grad_(False)
-    params = [p for p in [*audio.parameters(), *head.parameters()] if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr[0], weight_decay=0.01)
-    sched = _schedule(opt, steps[0])
-    audio.train()
-    bn.eval()
-    for _ in range(steps[0]):
-        b = torch.from_numpy(rng.choice(train, min(batch_size, len(train)), replace=False))
-        logits = head(audio(input_features=feats[b]).pooler_output)
-        _step(opt, sched, nn.functional.cross_entropy(logits, wlab[b]))
-    audio.eval().requires_grad_(False)
-    with torch.no_grad():
-        pooled = torch.cat(
-            [
-                audio(input_features=feats[i : i + 256]).pooler_output
-                for i in range(0, len(feats), 256)
-            ]
-        )
-    text = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
-    parts = (clap.audio_projection, clap.text_model, clap.text_projection)
-    scale = LogitScale()
-    opt = torch.optim.AdamW(
-        [*(p for m in parts for p in m.parameters()), *scale.parameters()],
-        lr=lr[1],
-        weight_decay=0.01,
-    )
-    sched = _schedule(opt, steps[1])
-    for m in parts:
-        m.train()
-    clip_of = torch.from_numpy(owner)
-    for _ in range(steps[1]):
-        b = torch.from_numpy(rng.choice(train, min(batch_size, len(train)), replace=False))
-        a = l2_normalize(clap.audio_projection(pooled[b]))
-        c = clip_of[b]
-        t = clap.text_model(
-            input_ids=text["input_ids"][c], attention_mask=text["attention_mask"][c]
-        ).pooler_output
-        _step(
-            opt,
-            sched,
-            batch_level_infonce(a, l2_normalize(clap.text_projection(t)), wlab[b], scale()),
-        )
-    clap.eval()
-    with torch.no_grad():
-        clap.logit_scale_a.copy_(scale().log())
-        clap.logit_scale_t.copy_(scale().log())
-        win = l2_normalize(clap.audio_projection(pooled)).numpy()
-        fmt, tmpl = STUDENT_PROMPTS
-        enc = tokenizer(
-            [t.format(s.prompt(fmt)) for s in species for t in TEMPLATE_SETS[tmpl]],
-            padding=True,
-            truncation=True,
-            return_tensors="pt",
-        )
-        cls = l2_normalize(clap.text_projection(clap.text_model(**enc).pooler_output))
-        cls = l2_normalize(cls.reshape(len(species), len(TEMPLATE_SETS[tmpl]), -1).mean(1)).numpy()
-    clip = np.zeros((len(paths), win.shape[1]), np.float32)
-    np.add.at(clip, owner, win)  # the encoder's clip embedding: mean of unit window embeddings
-    clip = l2_normalize(clip)
-    build_tiny_clap(out, spec, model=clap, tokenizer=tokenizer)
-    return {
-        "zero_shot_acc": _accuracy(clip[held], cls, labels[held]),
-        "train_zero_shot_acc": _accuracy(clip[~held], cls, labels[~held]),
-        "chance": 1.0 / len(species), "n_held_out": int(held.sum()), "n_train": int((~held).sum()),
-        "prompts": list(STUDENT_PROMPTS), "logit_scale": float(scale().detach()), "window_s": window_s,
-        "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-    }  # fmt: skip
-
-
-# ---- cache, assets, both models -------------------------------------------------------------
 
 
 def stand_in_key(world_dir: str | Path, role: str, recipe: Recipe, seed: int) -> dict:
@@ -462,7 +143,7 @@ def evaluate_stand_in(
         cls = enc.embed_texts(prompts).reshape(len(ds.species), len(TEMPLATE_SETS[tmpl]), -1)
         emb, cls = enc.embed_audio(paths), l2_normalize(cls.mean(axis=1))
     return {
-        "zero_shot_acc": _accuracy(emb, cls, labels),
+        "zero_shot_acc": zero_shot_accuracy(emb, cls, labels),
         "n": len(labels),
         "chance": 1.0 / len(ds.species),
     }
