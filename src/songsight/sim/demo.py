@@ -29,9 +29,8 @@ class DemoPlan:
     species: int | None = None
     quick: bool = False
     out: str = "songsight-demo"
-    world_overrides: dict | None = (
-        None  # WorldConfig fields (benchmarks/sim_sweep.py turns the knobs)
-    )
+    world_overrides: dict | None = None  # WorldConfig fields
+    distill_overrides: dict | None = None  # DistillConfig fields
 
     def world_config(self):
         from songsight.sim.world import WorldConfig
@@ -42,20 +41,22 @@ class DemoPlan:
         return replace(cfg, **(self.world_overrides or {}))
 
     def distill_config(self) -> DistillConfig:
-        # Chosen on the default world by benchmarks/sim_sweep.py; the world is never tuned to them.
+        """The distillation the demo runs: sized for a 2-core CPU, `distill_overrides` on top."""
         if self.quick:
-            return DistillConfig(
+            cfg = DistillConfig(
                 epochs=20, batch_size=16, lr=1e-3, head_lr=1e-2, warmup_steps=5, train="all"
             )
-        return DistillConfig(
-            epochs=6,
-            batch_size=32,
-            lr=1e-3,
-            head_lr=1e-2,
-            warmup_steps=20,
-            train="all",
-            gain_db=6.0,
-        )
+        else:
+            cfg = DistillConfig(
+                epochs=6,
+                batch_size=32,
+                lr=1e-3,
+                head_lr=1e-2,
+                warmup_steps=20,
+                train="all",
+                gain_db=6.0,
+            )
+        return replace(cfg, **(self.distill_overrides or {}))
 
 
 def _say(msg: str) -> None:
@@ -128,12 +129,25 @@ def run_demo(
     seed: int = 0,
     species: int | None = None,
     quick: bool = False,
+    world_overrides: dict | None = None,
+    distill_overrides: dict | None = None,
 ) -> dict:
-    """Run the whole demo; returns the evaluation results dict (also in ``out/results.json``)."""
+    """Run the whole demo; returns the evaluation results dict (also in ``out/results.json``).
+
+    ``world_overrides`` set `WorldConfig` fields and ``distill_overrides`` `DistillConfig`
+    fields (benchmarks/sim_sweep.py turns both); every cache key covers them.
+    """
     from songsight.eval.tasks import run_evaluation
     from songsight.sim.pretrain import pretrain_stand_ins
 
-    plan = DemoPlan(seed=seed, species=species, quick=quick, out=str(out))
+    plan = DemoPlan(
+        seed=seed,
+        species=species,
+        quick=quick,
+        out=str(out),
+        world_overrides=world_overrides,
+        distill_overrides=distill_overrides,
+    )
     root = Path(out).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
