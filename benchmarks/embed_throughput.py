@@ -365,7 +365,9 @@ def songsight_images(
         by_path = dict(zip(meta["path"], vectors, strict=True))
         return np.stack([by_path[str(f)] for f in files])
 
-    blank = torch.zeros(1, 3, 224, 224, device=device)
+    # bf16 casts the tower's weights (no autocast), so the input must match them.
+    weight_dtype = next(enc._model.parameters()).dtype
+    blank = torch.zeros(1, 3, 224, 224, device=device, dtype=weight_dtype)
     info = {
         "flops_per_item": count_flops(enc._model.encode_image, blank),
         "model_bytes": param_bytes(enc._model),
