@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from songsight.errors import DataNotFoundError, SongsightError
-from songsight.index import search as search_module
+from songsight.index import exact as exact_module
 from songsight.index.search import (
     ExactIndex,
     HNSWIndex,
@@ -108,9 +108,9 @@ def test_ties_go_to_the_lower_id(backend):
 
 def test_exact_ties_across_chunk_boundaries(monkeypatch):
     """Tiny blocks force many gallery and query chunks; ties must still resolve by id."""
-    monkeypatch.setattr(search_module, "_BLOCK_ELEMENTS", 64)
-    monkeypatch.setattr(search_module, "_QUERY_ROWS", 4)
-    monkeypatch.setattr(search_module, "_F16_CHUNK_ROWS", 8)
+    monkeypatch.setattr(exact_module, "_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(exact_module, "_QUERY_ROWS", 4)
+    monkeypatch.setattr(exact_module, "_F16_CHUNK_ROWS", 8)
     rng = np.random.default_rng(4)
     gallery = rng.integers(-1, 2, (150, 8)).astype(np.float32) / 4
     ids = rng.permutation(150)
