@@ -1,0 +1,63 @@
+"""Options shared by several subcommands, and the default model ids they name.
+
+Only argparse here: nothing heavy is imported, so ``songsight --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+AUDIO_DEFAULT = "davidrrobinson/BioLingual"
+IMAGE_DEFAULT = "hf-hub:imageomics/bioclip-2"
+
+
+def positive(kind):
+    """An argparse type that accepts only numbers above zero (a clean exit 2 otherwise)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number above zero, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="auto", help="cuda, cuda:N, cpu or auto (default: CUDA when present)"
+    )
+
+
+def add_audio_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audio-model",
+        default=AUDIO_DEFAULT,
+        metavar="ID_OR_DIR",
+        help=f"BioLingual-style CLAP model: Hub id or local folder (default {AUDIO_DEFAULT})",
+    )
+
+
+def add_image_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--image-model",
+        default=IMAGE_DEFAULT,
+        metavar="ID_OR_DIR",
+        help=f"BioCLIP-2-style open_clip model: Hub id or local folder (default {IMAGE_DEFAULT})",
+    )
+
+
+def add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: Ray Data model workers over many files/machines (pip install 'songsight[scale]')",
+    )
+    p.add_argument(
+        "--workers", type=positive(int), default=2, help="model workers for --engine ray"
+    )

@@ -1,0 +1,213 @@
+"""Experiments: ``songsight demo``, ``evaluate``, ``report``, ``data ssw60`` and ``distill``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from songsight.cli.common import add_audio_model, add_device, add_image_model, positive
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole job offline in a simulated world (build, pretrain, distil, evaluate)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 12-species world, for tests and smoke runs (< 1 min)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--species", type=int, default=None, help="number of species (default 60, quick 12)"
+    )
+    p.add_argument("--out", default="songsight-demo", metavar="DIR")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from songsight.sim.demo import run_demo as run_sim_demo
+
+    run_sim_demo(args.out, seed=args.seed, species=args.species, quick=args.quick)
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS
+
+    p = sub.add_parser(
+        "evaluate", help="SSW60 evaluation: retrieval, probes, zero-shot alignment, baselines"
+    )
+    p.add_argument(
+        "--ssw60", required=True, metavar="ROOT", help="extracted SSW60 folder (or its parent)"
+    )
+    add_audio_model(p)
+    add_image_model(p)
+    p.add_argument(
+        "--distilled", metavar="DIR", help="a distilled checkpoint (songsight distill --out)"
+    )
+    p.add_argument(
+        "--methods", metavar="LIST", help="comma list; chance and oracle are always added"
+    )
+    p.add_argument(
+        "--tasks", metavar="LIST", help="comma list of retrieval,discriminability,alignment"
+    )
+    p.add_argument("--out", default="RESULTS.json", metavar="RESULTS.json")
+    p.add_argument(
+        "--save-embeddings", metavar="DIR", help="write gallery and query embeddings as Parquet"
+    )
+    p.add_argument(
+        "--soundscapes", metavar="MANIFEST", help="path,start_s,end_s,label rows (BirdSet style)"
+    )
+    p.add_argument(
+        "--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)"
+    )
+    p.add_argument("--gallery", choices=("all", "nabirds", "inat"), default="all")
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None)
+    p.add_argument("--templates", choices=list(TEMPLATE_SETS), default=None)
+    p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default="com")
+    p.add_argument("--audio-templates", choices=list(TEMPLATE_SETS), default="sound")
+    p.add_argument("--cascade-temperature", type=positive(float), default=None)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    p.add_argument("--batch-size", type=positive(int), default=16)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--limit-queries", type=positive(int))
+    p.add_argument("--limit-train", type=positive(int))
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from songsight.eval.report import format_summary
+    from songsight.eval.tasks import run_evaluation
+
+    def split(v):
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    res = run_evaluation(
+        args.ssw60, args.out, audio_model=args.audio_model, image_model=args.image_model,
+        distilled=args.distilled, methods=split(args.methods), tasks=split(args.tasks),
+        save_embeddings=args.save_embeddings, soundscapes=args.soundscapes, focal=args.focal,
+        gallery=args.gallery, prompt_format=args.prompt_format, templates=args.templates,
+        audio_prompt_format=args.audio_prompt_format, audio_templates=args.audio_templates,
+        cascade_temperature=args.cascade_temperature, bootstrap=args.bootstrap, seed=args.seed,
+        device=args.device, batch_size=args.batch_size, precision=args.precision,
+        limit_queries=args.limit_queries, limit_train=args.limit_train,
+        figures=not args.no_figures, progress=not args.quiet,
+    )  # fmt: skip
+    print(format_summary(res))
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="merge several RESULTS.json into one Markdown table")
+    p.add_argument("results", nargs="+", metavar="RESULTS.json")
+    p.add_argument("--names", help="comma list of run names")
+    p.add_argument("--out", help="write the Markdown here instead of printing it")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from songsight.eval.report import merge_reports
+
+    names = [x.strip() for x in args.names.split(",")] if args.names else None
+    text = merge_reports(args.results, names)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets: download and verify")
+    dsub = p.add_subparsers(dest="dataset", metavar="{ssw60}", required=True)
+    q = dsub.add_parser(
+        "ssw60", help="download (resumable, md5-checked) and extract SSW60, or verify it"
+    )
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--url", default=None, help="archive URL (default: the official one)")
+    q.add_argument("--quiet", action="store_true")
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from songsight.data.download import DEFAULT_URL, fetch_ssw60, format_ssw60_report
+
+    report = fetch_ssw60(args.dir, url=args.url or DEFAULT_URL, progress=not args.quiet)
+    print(format_ssw60_report(report))
+    return 0
+
+
+def add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill", help="distil BioCLIP-2 species text embeddings into BioLingual's audio encoder"
+    )
+    p.add_argument(
+        "--train",
+        required=True,
+        metavar="MANIFEST",
+        help="CSV/Parquet with path, label (and split)",
+    )
+    p.add_argument(
+        "--species",
+        required=True,
+        metavar="TAXA_CSV",
+        help="species table with SSW60's taxa.csv columns",
+    )
+    add_audio_model(p)
+    add_image_model(p)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--val", metavar="MANIFEST", help="validation audio (zero-shot species accuracy each epoch)"
+    )
+    p.add_argument(
+        "--val-gallery",
+        metavar="MANIFEST",
+        help="validation images (path, label) for audio-to-image mAP",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/last exactly (optimizer, schedule, RNG)",
+    )
+    p.add_argument(
+        "--config", metavar="JSON", help="a DistillConfig as JSON; flags below override it"
+    )
+    p.add_argument(
+        "--cache-dir", help="where teacher targets are cached (default ~/.cache/songsight/targets)"
+    )
+    p.add_argument("--quiet", action="store_true")
+    add_device(p)
+    from songsight.config import DistillConfig, distill_flags
+
+    distill_flags(p, DistillConfig())
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    import json
+
+    from songsight.config import DistillConfig, config_from_flags
+    from songsight.distill.train import distill
+
+    base = (
+        DistillConfig.from_dict(json.loads(open(args.config).read()))
+        if args.config
+        else DistillConfig()
+    )
+    summary = distill(
+        args.train,
+        args.species,
+        args.audio_model,
+        args.image_model,
+        args.out,
+        config_from_flags(base, args),
+        val_manifest=args.val,
+        val_gallery=args.val_gallery,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+        cache_dir=args.cache_dir,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
