@@ -1,5 +1,5 @@
 """Search results written out: the JSON records, a terminal table, CSV / JSON / Parquet
-files and Raven selection tables, from `songsight.retrieval.WindowResult` lists."""
+files and Raven selection tables, from `songsight.results.WindowResult` lists."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from songsight.errors import SongsightError
 
 if TYPE_CHECKING:
-    from songsight.retrieval import SpeciesScore, WindowResult
+    from songsight.results import SpeciesScore, WindowResult
 
 __all__ = [
     "CSV_COLUMNS",
