@@ -82,3 +82,22 @@ def test_cached_rerun_is_fast_and_evaluation_is_deterministic(demo):
     again = run_demo(demo, quick=True)["retrieval"]["audio_to_image"]
     for method, metrics in before.items():
         assert again[method]["map"] == pytest.approx(metrics["map"], abs=1e-9), method
+
+
+def test_printed_next_steps_run_the_product_on_the_demo_world(demo, tmp_path):
+    """The commands the demo prints (gallery, search) work as printed, with the demo's models."""
+    import shlex
+
+    from songsight.cli import main
+    from songsight.sim.demo import next_steps
+
+    text = next_steps(demo, demo / "world")
+    commands = [shlex.split(line) for line in text.splitlines() if line.startswith("  songsight")]
+    assert [c[1] for c in commands] == ["index", "search", "serve"]
+    index, search, _ = commands
+    assert main([*index[1:], "--quiet"]) == 0
+    out = tmp_path / "hits.json"
+    assert main([*search[1:], "--format", "json", "--out", str(out), "--quiet"]) == 0
+    results = json.loads(out.read_text())
+    assert results and all(r["hits"] and r["species"] for r in results if not r.get("error"))
+    assert all(r["answered_by"] == "distilled" for r in results)

@@ -185,7 +185,31 @@ def run_demo(
     table = (root / "results.md").read_text() if (root / "results.md").is_file() else ""
     print(table)
     print(f"\nReport: {root / 'report.html'}   ({time.time() - t0:.0f} s)")
+    print(next_steps(root, world_dir))
     return results
+
+
+def next_steps(root: Path, world_dir: Path) -> str:
+    """Write ``root/gallery_photos.csv`` (the world's test photos) and return the commands that
+    run the product (gallery, search, web page) on this world with the demo's models."""
+    import pandas as pd
+
+    from songsight.data.ssw60 import SSW60
+
+    ds = SSW60(world_dir, warn_missing=False)
+    photos = ds.images("all", "test")[["path", "label"]]
+    manifest = root / "gallery_photos.csv"
+    pd.DataFrame(photos).to_csv(manifest, index=False)
+    soundscape = sorted((world_dir / "soundscapes").glob("*.wav"))
+    query = soundscape[0] if soundscape else ds.audio("test")["path"].iloc[0]
+    models, gallery = root / "models", root / "gallery"
+    return (
+        "\nTry the product on this world with the demo's models:\n"
+        f"  songsight index build --gallery {gallery} --manifest {manifest} "
+        f"--species {world_dir / 'taxa.csv'} --image-model {models / 'teacher'}\n"
+        f"  songsight search {query} --gallery {gallery} --model {models / 'distilled' / 'best'}\n"
+        f"  songsight serve --gallery {gallery} --model {models / 'distilled' / 'best'}"
+    )
 
 
 # --- the HTML report ---------------------------------------------------------------------------
