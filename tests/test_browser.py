@@ -1,7 +1,8 @@
 """The page in a real browser: headless Chromium (Playwright) against uvicorn on a free port.
 
 Uploads a simulated recording of two species, waits for the results, checks the photos and
-species names the page shows against what the searcher answered, clicks through the timeline,
+species names the page shows against what the searcher answered (the search's body is the
+CLI's list of records; duration, sample rate and the spectrogram come in response headers), clicks through the timeline,
 records through Chromium's fake microphone (MediaRecorder -> WAV in the page -> upload), and
 saves a screenshot under the pytest tmp dir (also to ``$SONGSIGHT_SCREENSHOT`` when set).
 Skips, saying why, when Playwright or Chromium is missing; nothing is downloaded.
@@ -247,7 +248,13 @@ def test_upload_shows_photos_species_and_timeline(page, world_files, tmp_path):
     def common(items) -> list[str]:
         return [x.common_name for x in items]
 
+    # The body is the CLI's list; duration, rate and the spectrogram come from the headers.
     assert page.inner_text("#rec-name") == wav.name
+    rate_hz = sf.info(str(wav)).samplerate
+    duration_s = 3 * WINDOW_S
+    assert page.inner_text("#rec-meta") == f"{duration_s:g} s · {rate_hz / 1000:.1f} kHz"
+    assert page.inner_text("#fmax") == f"{min(12_000, rate_hz / 2) / 1000:.0f} kHz"
+    assert page.get_attribute("#spectro-img", "src").startswith("/api/spectrogram/")
     chips = shown(page, "#timeline .chip")
     assert chips[0].startswith("Whole recording") and chips[2].startswith("4 s – 8 s")
     assert shown(page, "#timeline .chip small") == [r.species[0].common_name for r in answer]

@@ -1,5 +1,8 @@
 """The HTTP API: JSON contract, upload limits, content sniffing, busy/timeout, safe image route.
 
+``POST /api/search`` answers the list ``songsight search --format json`` writes (checked against
+the CLI itself on a tiny real gallery), with the request's facts in response headers.
+
 A fake searcher with the `songsight.retrieval.Searcher` interface stands in for the models: it
 names the species whose tone frequency dominates each window, so the tests also check that the
 uploaded audio really was decoded and windowed before the search saw it.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -177,12 +181,37 @@ def encode(audio: np.ndarray, fmt: str, subtype: str, rate_hz: int = RATE_HZ) ->
     return buf.getvalue()
 
 
+SEARCH_HEADERS = (
+    "Link", "X-Spectrogram-Max-Hz", "X-Duration-S", "X-Sample-Rate-Hz", "X-Silent",
+    "X-Answered-By", "X-K",
+)  # fmt: skip
+
+
+def facts(response) -> dict:
+    """The search's facts from its response headers, parsed (the body carries only records)."""
+    h = response.headers
+    link = re.fullmatch(r'<(/api/spectrogram/[\w-]+)>; rel="spectrogram"', h["link"])
+    assert link, h["link"]
+    assert h["x-silent"] in ("true", "false")
+    return {
+        "request_id": h["x-request-id"],
+        "spectrogram_url": link[1],
+        "max_hz": float(h["x-spectrogram-max-hz"]),
+        "duration_s": float(h["x-duration-s"]),
+        "sample_rate_hz": int(h["x-sample-rate-hz"]),
+        "silent": h["x-silent"] == "true",
+        "answered_by": h["x-answered-by"],
+        "k": int(h["x-k"]),
+    }
+
+
 def assert_clean_error(response, status: int) -> dict:
     """A deliberate error: the status, the JSON shape, the request id, and no traceback."""
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error", "message", "request_id"}
     assert body["request_id"] == response.headers["x-request-id"]
+    assert not [h for h in SEARCH_HEADERS if h in response.headers]  # only a success has them
     for leak in ("Traceback", 'File "', "line ", "site-packages", ".py"):
         assert leak not in response.text
     return body
@@ -217,8 +246,14 @@ def test_page_static_and_openapi(client):
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and kind in response.headers["content-type"]
     spec = client.get("/openapi.json").json()
-    body = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    post = spec["paths"]["/api/search"]["post"]
+    body = post["requestBody"]["content"]["multipart/form-data"]
     assert body["schema"]["required"] == ["audio"]
+    # The 200 body is the CLI's list; every header the search sets is documented.
+    ok = post["responses"]["200"]
+    schema = ok["content"]["application/json"]["schema"]
+    assert schema["type"] == "array" and "hits" in schema["items"]["properties"]
+    assert set(ok["headers"]) == {"X-Request-ID", *SEARCH_HEADERS}
     assert {"/api/health", "/api/images/{image_id}"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
 
@@ -241,13 +276,14 @@ def test_search_formats(client, searcher, gallery, fmt, subtype, name, ctype):
     data = encode(tone([TONES_HZ[1], TONES_HZ[2]], seconds_each=2.0), fmt, subtype)
     response = client.post("/api/search", files={"audio": (name, data, ctype)}, data={"k": "3"})
     assert response.status_code == 200, response.text
-    body = response.json()
+    results = response.json()
+    assert isinstance(results, list)
     assert searcher.calls == [{"n": 1, "k": 3, "window_s": None, "hop_s": None}]
-    assert body["filename"] == name and body["k"] == 3
-    assert body["duration_s"] == pytest.approx(4.0, abs=0.1)  # MP3 adds encoder padding
-    assert body["sample_rate_hz"] == RATE_HZ and body["silent"] is False
-    assert body["answered_by"] == "distilled"
-    results = body["results"]
+    meta = facts(response)
+    assert meta["k"] == 3 and meta["request_id"]
+    assert meta["duration_s"] == pytest.approx(4.0, abs=0.1)  # MP3 adds encoder padding
+    assert meta["sample_rate_hz"] == RATE_HZ and meta["silent"] is False
+    assert meta["answered_by"] == "distilled"
     assert [r["window"] for r in results[:3]] == [None, 0, 1]
     assert [r["start_s"] for r in results[:3]] == [0.0, 0.0, 2.0]
     assert results[1]["end_s"] == pytest.approx(2.0)
@@ -275,20 +311,21 @@ def test_search_formats(client, searcher, gallery, fmt, subtype, name, ctype):
             assert photo.status_code == 200 and photo.headers["content-type"] == "image/jpeg"
             assert photo.content == gallery.paths[hit["image_id"]].read_bytes()
     assert str(gallery.paths[0].parent) not in response.text
-    png = client.get(body["spectrogram"]["url"])
+    png = client.get(meta["spectrogram_url"])
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
-    assert body["spectrogram"]["max_hz"] == pytest.approx(RATE_HZ / 2, rel=0.01)
+    assert meta["max_hz"] == pytest.approx(RATE_HZ / 2, rel=0.01)
 
 
 def test_search_windows_and_stereo(client, searcher):
     stereo = np.stack([tone([TONES_HZ[0]] * 6), tone([TONES_HZ[0]] * 6)], axis=1)
     data = encode(stereo, "WAV", "FLOAT")
     fields = {"k": "2", "window_s": "4", "hop_s": "2"}
-    body = client.post("/api/search", files={"audio": ("s.wav", data)}, data=fields).json()
+    response = client.post("/api/search", files={"audio": ("s.wav", data)}, data=fields)
     assert searcher.calls[-1] == {"n": 1, "k": 2, "window_s": 4.0, "hop_s": 2.0}
-    spans = [(r["window"], r["start_s"], r["end_s"]) for r in body["results"]]
+    spans = [(r["window"], r["start_s"], r["end_s"]) for r in response.json()]
     assert spans == [(None, 0, 6), (0, 0, 4), (1, 2, 6)]
-    assert all(r["species"][0]["name"] == SPECIES[0] for r in body["results"])
+    assert all(r["species"][0]["name"] == SPECIES[0] for r in response.json())
+    assert facts(response)["duration_s"] == 6.0 and facts(response)["k"] == 2
 
 
 def test_search_refused_window_is_422(searcher, uploads):
@@ -314,8 +351,21 @@ def test_search_unusable_recording_is_422(searcher, uploads):
 
 def test_search_silent_recording_is_flagged(client):
     data = encode(np.zeros(RATE_HZ, np.float32), "WAV", "PCM_16")
-    body = client.post("/api/search", files={"audio": ("quiet.wav", data)}).json()
-    assert body["silent"] is True and body["k"] == 10
+    response = client.post("/api/search", files={"audio": ("quiet.wav", data)})
+    meta = facts(response)
+    assert meta["silent"] is True and meta["k"] == 10 and meta["duration_s"] == 1.0
+    assert [r["path"] for r in response.json()] == ["quiet.wav"]
+
+
+def test_search_headers_stay_one_line(searcher, uploads):
+    # A model name with a line break or non-ASCII text must neither break nor add headers.
+    searcher.answered_by = "distilled\r\nSet-Cookie: x=1 \u2014 \u00fc"
+    client = make_client(searcher, uploads)
+    data = encode(tone([1000.0]), "WAV", "PCM_16")
+    response = client.post("/api/search", files={"audio": ("a.wav", data)})
+    assert response.status_code == 200, response.text
+    assert facts(response)["answered_by"] == "distilled??Set-Cookie: x=1 ? ?"
+    assert "set-cookie" not in response.headers
 
 
 @pytest.mark.parametrize(
@@ -578,12 +628,12 @@ def test_serve_builds_the_searcher_and_runs_uvicorn(monkeypatch, gallery, capsys
     assert "6 photos, answered by distilled" in capsys.readouterr().out
 
 
-def test_real_searcher_on_a_tiny_gallery(tmp_path, uploads, tiny_models, tiny_image_encoder):
-    """The app over the real `Searcher` (zero-shot cascade, tiny models, four photos)."""
+@pytest.fixture()
+def tiny_gallery(tmp_path, tiny_image_encoder):
+    """A real `Gallery` of three random photos, one per species, under ``tmp_path/gallery``."""
     import csv
 
     from songsight.index.gallery import Gallery
-    from songsight.retrieval import Searcher
     from songsight.taxonomy import Species, write_species_csv
 
     names = enumerate(zip(SPECIES, COMMON, strict=True))
@@ -600,10 +650,17 @@ def test_real_searcher_on_a_tiny_gallery(tmp_path, uploads, tiny_models, tiny_im
         writer = csv.DictWriter(fh, fieldnames=["path", "label"])
         writer.writeheader()
         writer.writerows(rows)
-    gallery = Gallery.build(
+    return Gallery.build(
         [], tmp_path / "gallery", tiny_image_encoder, manifest=tmp_path / "photos.csv",
         species_csv=tmp_path / "taxa.csv", progress=False,
     )  # fmt: skip
+
+
+def test_real_searcher_on_a_tiny_gallery(tmp_path, uploads, tiny_models, tiny_gallery):
+    """The app over the real `Searcher` (zero-shot cascade, tiny models, three photos)."""
+    from songsight.retrieval import Searcher
+
+    gallery = tiny_gallery
     searcher = Searcher(gallery, audio_model=tiny_models[0], device="cpu")
     client = TestClient(create_app(searcher, temp_dir=uploads))
 
@@ -617,11 +674,12 @@ def test_real_searcher_on_a_tiny_gallery(tmp_path, uploads, tiny_models, tiny_im
     assert response.status_code == 200, response.text
     body = response.json()
     assert str(tmp_path) not in response.text
+    assert facts(response)["answered_by"] == "cascade: top1"
     # The same search straight through the library gives the same records.
     audio, rate = sf.read(io.BytesIO(data), dtype="float32")
     direct = results_to_records(searcher.search([(audio, rate)], k=2))
-    assert len(body["results"]) == len(direct) > 1
-    for web, plain in zip(body["results"], direct, strict=True):
+    assert len(body) == len(direct) > 1
+    for web, plain in zip(body, direct, strict=True):
         assert (web["window"], web["start_s"], web["end_s"]) == (
             plain["window"],
             plain["start_s"],
@@ -635,3 +693,54 @@ def test_real_searcher_on_a_tiny_gallery(tmp_path, uploads, tiny_models, tiny_im
             photo = client.get(hit["url"]).content
             assert photo == Path(gallery.image_path(hit["image_id"])).read_bytes()
     assert_clean_error(client.get("/api/images/3"), 404)
+
+
+def test_search_body_is_what_the_cli_writes(tmp_path, uploads, tiny_models, tiny_gallery):
+    """``POST /api/search`` answers what ``songsight search --format json`` writes for the file:
+    the reference is the CLI itself, run through `songsight.cli.main` on the same gallery."""
+    from songsight.cli import main
+    from songsight.retrieval import Searcher
+
+    searcher = Searcher(tiny_gallery, audio_model=tiny_models[0], device="cpu")
+    client = TestClient(create_app(searcher, temp_dir=uploads))
+    # Two species one after the other, long enough for several windows.
+    rate_hz = searcher.sample_rate_hz
+    wav = tmp_path / "dawn chorus.wav"
+    sf.write(wav, tone([TONES_HZ[0], TONES_HZ[2]], 3.0, rate_hz), rate_hz, subtype="FLOAT")
+    out = tmp_path / "cli.json"
+    code = main(
+        ["search", str(wav), "--gallery", str(tiny_gallery.directory), "--audio-model",
+         str(tiny_models[0]), "--k", "2", "--device", "cpu", "--format", "json", "--out",
+         str(out), "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    cli = json.loads(out.read_text())
+    response = client.post(
+        "/api/search", files={"audio": (wav.name, wav.read_bytes(), "audio/wav")}, data={"k": "2"}
+    )
+    assert response.status_code == 200, response.text
+    web = response.json()
+    assert isinstance(web, list) and len(web) == len(cli) > 2
+    assert [r["window"] for r in web] == [None, *range(len(web) - 1)]
+    assert facts(response)["k"] == 2 and facts(response)["duration_s"] == pytest.approx(6.0)
+    for w, c in zip(web, cli, strict=True):
+        assert c["path"] == str(wav) and w["path"] == wav.name  # the server's folders stay
+        assert set(w) == set(c)
+        for key in ("window", "answered_by"):
+            assert w[key] == c[key], key
+        assert (w["start_s"], w["end_s"]) == pytest.approx((c["start_s"], c["end_s"]), abs=1e-6)
+        assert len(w["species"]) == len(c["species"]) > 0
+        for ws, cs in zip(w["species"], c["species"], strict=True):
+            assert set(ws) == set(cs)
+            assert {k: v for k, v in ws.items() if k != "score"} == {
+                k: v for k, v in cs.items() if k != "score"
+            }
+            assert ws["score"] == pytest.approx(cs["score"], abs=1e-5)
+        assert len(w["hits"]) == len(c["hits"]) == 2
+        for wh, ch in zip(w["hits"], c["hits"], strict=True):
+            assert set(wh) == set(ch) | {"url"}  # a superset: the web adds the photo's URL
+            assert wh["image"] == Path(ch["image"]).name and "/" not in wh["image"]
+            assert wh["score"] == pytest.approx(ch["score"], abs=1e-5)
+            for key in ("image_id", "species", "label", "common_name"):
+                assert wh.get(key) == ch.get(key), key
+            assert wh["url"] == f"/api/images/{ch['image_id']}"

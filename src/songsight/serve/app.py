@@ -1,7 +1,8 @@
 """HTTP API and web page over a `songsight.retrieval.Searcher`.
 
 Routes: ``GET /`` (the page), ``GET /api/health``, ``POST /api/search`` (multipart field
-``audio``), ``GET /api/images/{image_id}`` (gallery photos by integer id only, so no client
+``audio``; the body is the CLI's ``--format json`` list, the request's facts are headers),
+``GET /api/images/{image_id}`` (gallery photos by integer id only, so no client
 text ever reaches the filesystem), ``GET /api/spectrogram/{result_id}``, and FastAPI's
 ``/openapi.json`` and ``/docs``.
 
@@ -32,6 +33,7 @@ from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from songsight.errors import InputFileError, SongsightError
+from songsight.serve.openapi import search_openapi
 from songsight.serve.spectrogram import spectrogram_png
 from songsight.serve.upload import (
     ApiError,
@@ -44,6 +46,7 @@ from songsight.serve.upload import sniff_audio as sniff_audio  # re-exported
 
 try:
     from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -107,6 +110,16 @@ def _web_records(results: list, records: list[dict], filename: str) -> list[dict
         record["hits"] = hits
         out.append(record)
     return out
+
+
+def _number(value: float) -> str:
+    """A float as a header value: the shortest text that reads back to the same number."""
+    return repr(float(value))
+
+
+def _header_text(value: Any) -> str:
+    """Printable ASCII only: header values are latin-1 and must not carry line breaks."""
+    return re.sub(r"[^\x20-\x7e]", "?", str(value))[:200]
 
 
 def _model_summary(searcher) -> dict:
@@ -268,9 +281,16 @@ def create_app(
             },
         }
 
-    @app.post("/api/search", tags=["api"], openapi_extra=_SEARCH_OPENAPI)
-    async def search(request: Request) -> dict:
-        """Search the gallery with one recording; ``results`` are the CLI's JSON records."""
+    @app.post("/api/search", tags=["api"], response_model=None, openapi_extra=search_openapi(MAX_K))
+    async def search(request: Request) -> JSONResponse:
+        """Search the gallery with one recording.
+
+        The body is what ``songsight search --format json`` writes for it: a list of records,
+        the whole recording then each window, with ``path`` the upload's name, ``image`` a
+        file name only, and ``image_id`` and ``url`` added to each hit. The rest rides in
+        headers: ``X-Request-ID``, ``Link`` (rel="spectrogram"), ``X-Spectrogram-Max-Hz``,
+        ``X-Duration-S``, ``X-Sample-Rate-Hz``, ``X-Silent``, ``X-Answered-By`` and ``X-K``.
+        """
         deadline = time.monotonic() + request_timeout_s
         rid = _request_id(request)
         busy = ApiError(
@@ -346,17 +366,20 @@ def create_app(
             "request %s: %.1f s of audio, %d windows, k=%d in %.2f s",
             rid, audio.duration_s, len(results), k, time.monotonic() - started,
         )  # fmt: skip
-        return {
-            "request_id": rid,
-            "filename": upload.filename,
-            "duration_s": audio.duration_s,
-            "sample_rate_hz": audio.sample_rate_hz,
-            "silent": audio.silent,
-            "answered_by": getattr(searcher, "answered_by", None),
-            "k": k,
-            "spectrogram": {"url": f"/api/spectrogram/{result_id}", "max_hz": top_hz},
-            "results": records,
+        # The request's facts ride in headers so the body stays the CLI's list; `_Guard` adds
+        # X-Request-ID. Same-origin page and no CORS, so the page can read them all.
+        headers = {
+            "Link": f'</api/spectrogram/{result_id}>; rel="spectrogram"',
+            "X-Spectrogram-Max-Hz": _number(top_hz),
+            "X-Duration-S": _number(audio.duration_s),
+            "X-Sample-Rate-Hz": str(int(audio.sample_rate_hz)),
+            "X-Silent": "true" if audio.silent else "false",
+            "X-K": str(k),
         }
+        answered_by = getattr(searcher, "answered_by", None)
+        if answered_by is not None:
+            headers["X-Answered-By"] = _header_text(answered_by)
+        return JSONResponse(jsonable_encoder(records), headers=headers)
 
     @app.get("/api/images/{image_id}", tags=["api"], response_class=FileResponse)
     def image(image_id: int):
@@ -386,34 +409,6 @@ def create_app(
         )
 
     return app
-
-
-_SEARCH_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["audio"],
-                    "properties": {
-                        "audio": {"type": "string", "format": "binary", "description": "WAV, FLAC, Ogg or MP3"},
-                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
-                        "window_s": {"type": "number", "description": "analysis window (default: the model's)"},
-                        "hop_s": {"type": "number", "description": "hop between windows"},
-                    },
-                }
-            }
-        },
-    },
-    "responses": {
-        "413": {"description": "upload or recording too large"},
-        "415": {"description": "not WAV, FLAC, Ogg or MP3 (judged by content)"},
-        "422": {"description": "invalid field or undecodable audio"},
-        "503": {"description": "busy; retry after the Retry-After header"},
-        "504": {"description": "the search passed the time limit"},
-    },
-}  # fmt: skip
 
 
 def _version() -> str:

@@ -10,7 +10,7 @@ const state = {
   limitBytes: 20e6,
   file: null,          // the File last searched (re-searched when options change)
   audioUrl: null,      // object URL of that file, for the player
-  data: null,          // the last /api/search answer
+  data: null,          // the last /api/search answer: its records and its headers' facts
   selected: -1,        // index into data.results
   recorder: null,
   following: false,    // a requestAnimationFrame loop is tracking playback
@@ -123,16 +123,35 @@ async function search(file, attempt = 0) {
     setTimeout(() => search(file, attempt + 1), wait * 1000);
     return;
   }
-  if (!response.ok || !body) {
+  if (!response.ok || !Array.isArray(body) || !body.length) {
     const message = body && body.message ? body.message : `the server answered ${response.status}`;
     const id = body && body.request_id ? ` (request ${body.request_id})` : "";
     setStatus(`Search failed: ${message}${id}.`, "error");
     return;
   }
-  const n = body.results.filter((r) => !isWhole(r)).length;
+  const data = answerOf(response, body, file);
+  const n = data.results.filter((r) => !isWhole(r)).length;
   const what = n > 1 ? `the whole recording and ${n} windows` : "one window";
   setStatus(`Done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ${what}.`);
-  render(body, file);
+  render(data, file);
+}
+
+// The body is the CLI's list of records; the recording's facts come in the headers.
+function answerOf(response, records, file) {
+  const header = (name) => response.headers.get(name);
+  const number = (name) => Number(header(name));
+  const link = /<(\/api\/spectrogram\/[^>]*)>\s*;\s*rel="?spectrogram"?/.exec(header("Link") || "");
+  return {
+    results: records,
+    filename: typeof records[0].path === "string" ? records[0].path : file.name,
+    duration_s: number("X-Duration-S"),
+    sample_rate_hz: number("X-Sample-Rate-Hz"),
+    silent: header("X-Silent") === "true",
+    answered_by: header("X-Answered-By"),
+    k: number("X-K"),
+    request_id: header("X-Request-ID"),
+    spectrogram: { url: link ? link[1] : "", max_hz: number("X-Spectrogram-Max-Hz") },
+  };
 }
 
 async function searchFile(file) {
@@ -158,7 +177,8 @@ function render(data, file) {
   state.audioUrl = URL.createObjectURL(file);
   $("player").src = state.audioUrl;
 
-  $("spectro-img").src = data.spectrogram.url;
+  if (data.spectrogram.url) $("spectro-img").src = data.spectrogram.url;
+  else $("spectro-img").removeAttribute("src");
   $("fmax").textContent = `${(data.spectrogram.max_hz / 1000).toFixed(0)} kHz`;
   renderTicks(data.duration_s);
 
