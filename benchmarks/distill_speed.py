@@ -100,8 +100,8 @@ def instrument(clock: PhaseClock) -> None:
     clock.wrap(biolingual_mod, "load_clap", "student_load")  # imported inside distill()
     clock.wrap(AudioCrops, "check", "decode")
     clock.wrap(train_mod, "save_checkpoint", "save")
-    clock.wrap(train_mod._MetricsLog, "__init__", "loop_start")
-    clock.wrap(train_mod._MetricsLog, "write", "metrics_row", keep_args=True)  # (log, row)
+    clock.wrap(train_mod.MetricsLog, "__init__", "loop_start")
+    clock.wrap(train_mod.MetricsLog, "write", "metrics_row", keep_args=True)  # (log, row)
 
 
 def export_training_world(world_dir: Path, n_species: int, clips_per_species: int) -> Path:

@@ -262,3 +262,52 @@ def test_two_gloo_ranks_match_single_process(world, tiny_models, tmp_path, loss)
     s, d = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
     for k in s:
         np.testing.assert_allclose(d[k].numpy(), s[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_validation_metrics_match_the_saved_model_scored_independently(
+    world, tiny_models, tmp_path
+):
+    """metrics.csv's validation row equals zero-shot top-1 and audio-to-image mAP recomputed
+    from the saved checkpoint through the public encoders, with sklearn's average precision."""
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    from songsight.distill.train import distill
+    from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.distilled import DistilledEncoder
+
+    audio, image = tiny_models
+    clips = pd.read_csv(world / "audio.csv")
+    train = clips[clips["label"] != 2]  # species 2 is held out of distillation
+    train_csv = tmp_path / "train.csv"
+    train.to_csv(train_csv, index=False)
+    out = tmp_path / "run"
+    distill(
+        train_csv, world / "taxa.csv", audio, image, out, _cfg(epochs=1),
+        val_manifest=world / "audio.csv", val_gallery=world / "gallery.csv",
+        device="cpu", progress=False, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    rows = pd.read_csv(out / "metrics.csv")
+    logged = rows.dropna(subset=["val_zero_shot_top1"]).iloc[-1]
+
+    enc = DistilledEncoder(out / "last", device="cpu")
+    emb = enc.embed_audio(list(clips["path"]))
+    labels, targets = enc.species_embeddings()
+    predicted = np.asarray(labels)[(emb @ targets.T).argmax(1)]
+    truth = clips["label"].to_numpy()
+    assert logged["val_zero_shot_top1"] == pytest.approx(np.mean(predicted == truth), abs=1e-6)
+    held = truth == 2
+    assert logged["val_zero_shot_top1_heldout"] == pytest.approx(
+        np.mean(predicted[held] == truth[held]), abs=1e-6
+    )
+    assert logged["val_zero_shot_top1_seen"] == pytest.approx(
+        np.mean(predicted[~held] == truth[~held]), abs=1e-6
+    )
+    gallery = pd.read_csv(world / "gallery.csv")
+    gal = BioCLIPEncoder(image, device="cpu").embed_images(list(gallery["path"]))
+    scores = emb @ gal.T
+    ap = [
+        average_precision_score(gallery["label"].to_numpy() == lab, s)
+        for lab, s in zip(truth, scores, strict=True)
+    ]
+    assert logged["val_map"] == pytest.approx(np.mean(ap), abs=1e-4)

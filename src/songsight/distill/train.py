@@ -11,7 +11,6 @@ and the batch-level loss gathers embeddings across ranks with gradients.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import sys
@@ -20,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.audio import window_bounds
 from songsight.config import DistillConfig
 from songsight.data.manifest import load_manifest, manifest_sha256
 from songsight.distill.data import AudioCrops, epoch_order
+from songsight.distill.monitor import METRICS_FILE, MetricsLog, Validator
 from songsight.distill.targets import teacher_targets
 from songsight.encoders.base import autocast_dtype, l2_normalize
 from songsight.encoders.distilled import build_head, make_student, save_checkpoint
@@ -32,7 +31,6 @@ from songsight.provenance import environment
 from songsight.taxonomy import load_species_csv
 
 STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.csv"
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -120,7 +118,6 @@ def distill(
     from songsight.encoders.bioclip import BioCLIPEncoder
     from songsight.encoders.biolingual import load_clap
     from songsight.encoders.loading import resolve_model
-    from songsight.eval.metrics import mean_average_precision, topk_accuracy
 
     cfg = config or DistillConfig()
     rank, world, local_rank = _dist_env()
@@ -305,50 +302,20 @@ def distill(
         )
 
     # --- validation ---------------------------------------------------------------------------
-    val_data = None
+    validator = None
     if val_manifest is not None:
-        vdf = _load_split(val_manifest, None)
-        val_data = (
-            AudioCrops(
-                list(vdf["path"]), list(vdf["label"]), features.sample_rate_hz, window_s, True
-            ),
-            vdf["label"].to_numpy(),
-        )
+        validator = Validator(
+            _load_split(val_manifest, None), features, window_s, all_targets_t, by_label,
+            train_labels, gallery, device, autocast,
+        )  # fmt: skip
 
     def validate() -> dict:
-        if val_data is None:
+        if validator is None:
             return {}
-        crops, labels = val_data
         module.eval()
-        embs = []
-        with torch.inference_mode():
-            for i in range(len(crops)):
-                wave = crops.waveform(i)
-                wins = [
-                    wave[a:b]
-                    for a, b in window_bounds(
-                        len(wave), features.sample_rate_hz, window_s, window_s / 2
-                    )
-                ]
-                with torch.autocast(
-                    device.split(":")[0], dtype=autocast, enabled=autocast is not None
-                ):
-                    e, _ = module.student(features(wins, device))
-                embs.append(l2_normalize(l2_normalize(e.float()).mean(0, keepdim=True)))
+        res = validator(module.student)
         module.train()
         _freeze_batchnorm(module)
-        emb = torch.cat(embs)
-        idx = np.array([by_label[int(x)] for x in labels])
-        scores = (emb @ all_targets_t.T).cpu().numpy()
-        res = {"val_zero_shot_top1": topk_accuracy(scores, idx, 1)}
-        seen = np.isin(labels, train_labels)
-        if seen.any() and not seen.all():
-            res["val_zero_shot_top1_seen"] = topk_accuracy(scores[seen], idx[seen], 1)
-            res["val_zero_shot_top1_heldout"] = topk_accuracy(scores[~seen], idx[~seen], 1)
-        if gallery is not None:
-            res["val_map"] = mean_average_precision(
-                emb.cpu().numpy() @ gallery[0].T, labels, gallery[1]
-            )
         return res
 
     # --- loop ---------------------------------------------------------------------------------
@@ -357,7 +324,7 @@ def distill(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
     log = (
-        _MetricsLog(out / METRICS_FILE, keep_until_step=step if resume else -1) if is_main else None
+        MetricsLog(out / METRICS_FILE, keep_until_step=step if resume else -1) if is_main else None
     )
     bar = tqdm(
         total=total_steps,
@@ -443,37 +410,3 @@ def distill(
         "train_species": len(train_labels),
         "clips": len(data),
     }
-
-
-class _MetricsLog:
-    """metrics.csv: one row per optimiser step and one per validation, appended as they come."""
-
-    COLUMNS = (
-        "step",
-        "epoch",
-        "total",
-        "contrastive",
-        "preserve",
-        "logit_scale",
-        "lr",
-        "items_per_s",
-        "val_zero_shot_top1",
-        "val_zero_shot_top1_seen",
-        "val_zero_shot_top1_heldout",
-        "val_map",
-    )
-
-    def __init__(self, path: Path, keep_until_step: int):
-        kept = []
-        if keep_until_step >= 0 and path.is_file():  # a resumed run drops rows past its checkpoint
-            with path.open(newline="") as fh:
-                kept = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
-        self._fh = path.open("w", newline="")
-        self._w = csv.DictWriter(self._fh, fieldnames=self.COLUMNS, extrasaction="ignore")
-        self._w.writeheader()
-        self._w.writerows(kept)
-        self._fh.flush()
-
-    def write(self, row: dict) -> None:
-        self._w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self._fh.flush()
