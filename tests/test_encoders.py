@@ -226,6 +226,30 @@ def test_bad_sources_are_reported_in_place(tiny_audio_encoder, tmp_path):
         tiny_audio_encoder.embed_audio([good, bad])
 
 
+def test_parallel_decoding_keeps_order_and_results(tiny_audio_encoder, tiny_models, tmp_path):
+    """Several decode threads give the same results, in input order, as one thread."""
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    paths = []
+    for i in range(9):
+        p = tmp_path / f"{i}.wav"
+        if i == 4:
+            p.write_text("not audio")
+        else:
+            sf.write(p, chirp(8_000 + 3_000 * i), RATE)
+        paths.append(p)
+    threaded = BioLingualEncoder(tiny_models[0], device="cpu", batch_size=4, decode_threads=4)
+    assert threaded.decode_threads == 4 and tiny_audio_encoder.decode_threads == 1
+    one = list(tiny_audio_encoder.iter_clips(paths))
+    many = list(threaded.iter_clips(paths))
+    assert [i for i, _ in many] == [i for i, _ in one] == list(range(9))
+    for (_, a), (_, b) in zip(one, many, strict=True):
+        if isinstance(a, InputFileError):
+            assert isinstance(b, InputFileError) and b.path == a.path
+        else:
+            np.testing.assert_allclose(a.windows, b.windows, atol=1e-6)
+
+
 def test_audio_provenance(tiny_audio_encoder, tiny_models):
     prov = tiny_audio_encoder.provenance()
     assert prov["encoder"] == "biolingual" and prov["kind"] == "audio" and prov["dim"] == 32

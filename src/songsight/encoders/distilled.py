@@ -135,6 +135,7 @@ class DistilledEncoder(BioLingualEncoder):
         window_s: float | None = None,
         hop_s: float | None = None,
         precision: str = "auto",
+        decode_threads: int | None = None,
     ):
         from safetensors.torch import load_file
 
@@ -149,6 +150,7 @@ class DistilledEncoder(BioLingualEncoder):
             window_s=window_s,
             hop_s=hop_s,
             precision=precision,
+            decode_threads=decode_threads,
         )
         h = self.meta["head"]
         self.head = (
