@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import tempfile
 import threading
@@ -29,11 +28,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path, PurePath, PureWindowsPath
-from typing import Any
+from pathlib import Path
 
 from songsight.errors import InputFileError, SongsightError
 from songsight.serve.openapi import search_openapi
+from songsight.serve.public import header_number, header_text, model_summary, web_records
 from songsight.serve.spectrogram import spectrogram_png
 from songsight.serve.upload import (
     ApiError,
@@ -93,62 +92,6 @@ class _Slots:
     def release(self) -> None:
         with self._lock:
             self._free = min(self._free + 1, self.capacity)
-
-
-def _web_records(results: list, records: list[dict], filename: str) -> list[dict]:
-    """The CLI's records, made safe for the web: image URLs by id, no server paths."""
-    out = []
-    for result, record in zip(results, records, strict=True):
-        record = {**record, "path": filename}
-        hits = []
-        for hit, row in zip(result.hits, record.get("hits") or [], strict=True):
-            image_id = int(hit.image_id)
-            image = PurePath(str(row.get("image", ""))).name
-            hits.append(
-                {**row, "image": image, "image_id": image_id, "url": f"/api/images/{image_id}"}
-            )
-        record["hits"] = hits
-        out.append(record)
-    return out
-
-
-def _number(value: float) -> str:
-    """A float as a header value: the shortest text that reads back to the same number."""
-    return repr(float(value))
-
-
-def _header_text(value: Any) -> str:
-    """Printable ASCII only: header values are latin-1 and must not carry line breaks."""
-    return re.sub(r"[^\x20-\x7e]", "?", str(value))[:200]
-
-
-def _model_summary(searcher) -> dict:
-    """The searcher's provenance (model ids, revisions, settings) without server paths."""
-    prov = getattr(searcher, "provenance", None)
-    return _public(prov) if isinstance(prov, dict) else {}
-
-
-def _public(value: Any, depth: int = 3) -> Any:
-    """JSON scalars and small dicts; folders dropped, absolute paths cut to their last part."""
-    if isinstance(value, dict):
-        if depth == 0:
-            return None
-        out = {}
-        for key, item in value.items():
-            item = _public(item, depth - 1)
-            if item is not None and str(key) not in _PRIVATE_KEYS:
-                out[str(key)] = item
-        return out
-    if isinstance(value, str) and (
-        value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:\\", value)
-    ):
-        return PureWindowsPath(value).name or None
-    if isinstance(value, (str, int, float, bool)):
-        return value
-    return None
-
-
-_PRIVATE_KEYS = {"directory", "dir", "path", "local_dir", "cache_dir", "checkpoint"}
 
 
 def _error(status: int, code: str, message: str, request_id: str, headers=None) -> JSONResponse:
@@ -270,7 +213,7 @@ def create_app(
             "version": _version(),
             "gallery_size": len(searcher.gallery),
             "answered_by": getattr(searcher, "answered_by", None),
-            "models": _model_summary(searcher),
+            "models": model_summary(searcher),
             "busy": slots.free == 0,
             "limits": {
                 "max_upload_mb": max_upload_mb,
@@ -351,7 +294,7 @@ def create_app(
                 raise
             # The searcher refuses windows its model cannot take (e.g. longer than its input).
             raise ApiError(422, "invalid_request", f"window_s/hop_s refused: {exc}"[:300]) from None
-        records = _web_records(results, to_records(results), upload.filename)
+        records = web_records(results, to_records(results), upload.filename)
         errors = [r.error for r in results if getattr(r, "error", None)]
         if results and len(errors) == len(results):
             raise ApiError(
@@ -370,15 +313,15 @@ def create_app(
         # X-Request-ID. Same-origin page and no CORS, so the page can read them all.
         headers = {
             "Link": f'</api/spectrogram/{result_id}>; rel="spectrogram"',
-            "X-Spectrogram-Max-Hz": _number(top_hz),
-            "X-Duration-S": _number(audio.duration_s),
+            "X-Spectrogram-Max-Hz": header_number(top_hz),
+            "X-Duration-S": header_number(audio.duration_s),
             "X-Sample-Rate-Hz": str(int(audio.sample_rate_hz)),
             "X-Silent": "true" if audio.silent else "false",
             "X-K": str(k),
         }
         answered_by = getattr(searcher, "answered_by", None)
         if answered_by is not None:
-            headers["X-Answered-By"] = _header_text(answered_by)
+            headers["X-Answered-By"] = header_text(answered_by)
         return JSONResponse(jsonable_encoder(records), headers=headers)
 
     @app.get("/api/images/{image_id}", tags=["api"], response_class=FileResponse)

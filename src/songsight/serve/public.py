@@ -1,0 +1,64 @@
+"""What the server shows its clients: search records, provenance and header values, with no
+server path and nothing that could break a header."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath, PureWindowsPath
+from typing import Any
+
+
+def web_records(results: list, records: list[dict], filename: str) -> list[dict]:
+    """The CLI's records, made safe for the web: image URLs by id, no server paths."""
+    out = []
+    for result, record in zip(results, records, strict=True):
+        record = {**record, "path": filename}
+        hits = []
+        for hit, row in zip(result.hits, record.get("hits") or [], strict=True):
+            image_id = int(hit.image_id)
+            image = PurePath(str(row.get("image", ""))).name
+            hits.append(
+                {**row, "image": image, "image_id": image_id, "url": f"/api/images/{image_id}"}
+            )
+        record["hits"] = hits
+        out.append(record)
+    return out
+
+
+def header_number(value: float) -> str:
+    """A float as a header value: the shortest text that reads back to the same number."""
+    return repr(float(value))
+
+
+def header_text(value: Any) -> str:
+    """Printable ASCII only: header values are latin-1 and must not carry line breaks."""
+    return re.sub(r"[^\x20-\x7e]", "?", str(value))[:200]
+
+
+def model_summary(searcher) -> dict:
+    """The searcher's provenance (model ids, revisions, settings) without server paths."""
+    prov = getattr(searcher, "provenance", None)
+    return _public(prov) if isinstance(prov, dict) else {}
+
+
+def _public(value: Any, depth: int = 3) -> Any:
+    """JSON scalars and small dicts; folders dropped, absolute paths cut to their last part."""
+    if isinstance(value, dict):
+        if depth == 0:
+            return None
+        out = {}
+        for key, item in value.items():
+            item = _public(item, depth - 1)
+            if item is not None and str(key) not in _PRIVATE_KEYS:
+                out[str(key)] = item
+        return out
+    if isinstance(value, str) and (
+        value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:\\", value)
+    ):
+        return PureWindowsPath(value).name or None
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return None
+
+
+_PRIVATE_KEYS = {"directory", "dir", "path", "local_dir", "cache_dir", "checkpoint"}
