@@ -13,7 +13,7 @@ The run stops after ``--epochs-timed`` epochs, so exactly one epoch end (with it
 functions the trainer calls (teacher load, teacher targets, student load, decoding, checkpoint
 saves, the per-step metrics row). Step time is the interval between consecutive metrics rows:
 each row is written after the step's loss has been read back to the host, so in steady state
-the interval is one full step (host feature extraction, forward, backward, optimiser). The
+the interval is one full step (decoded crops to log-mels, forward, backward, optimiser). The
 first step (warm-up) and any interval holding a checkpoint save are left out of the step
 statistics. The log-mel features of one batch are also timed on their own, on the device (where
 the trainer computes them) and on the CPU, to show how much of a step they are.
