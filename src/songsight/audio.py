@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.errors import InputFileError
+from songsight.errors import InputFileError, require_file
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 
@@ -105,11 +105,7 @@ def load_audio(
     import soundfile as sf
 
     path = Path(path)
-    name = str(path)
-    if not path.is_file():
-        raise InputFileError(name, "file not found")
-    if path.stat().st_size == 0:
-        raise InputFileError(name, "empty file (0 bytes)")
+    name = require_file(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile says "Format not recognised" and the like

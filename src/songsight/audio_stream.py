@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.audio import _short
-from songsight.errors import InputFileError
+from songsight.errors import InputFileError, require_file
 
 __all__ = ["BLOCK_S", "DecodeInfo", "iter_windows"]
 
@@ -40,11 +40,7 @@ def _file_blocks(path: Path, block_s: float, info: DecodeInfo) -> Iterator[np.nd
     """(T, C) float32 blocks of a file at its own rate; `InputFileError` when unusable."""
     import soundfile as sf
 
-    name = str(path)
-    if not path.is_file():
-        raise InputFileError(name, "file not found")
-    if path.stat().st_size == 0:
-        raise InputFileError(name, "empty file (0 bytes)")
+    name = require_file(path)
     try:
         fh = sf.SoundFile(name)
     except Exception as exc:

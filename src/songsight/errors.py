@@ -6,6 +6,8 @@ The CLI turns them into one line on stderr and an exit code, never a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class SongsightError(Exception):
     """Base of every deliberate songsight error."""
@@ -37,3 +39,16 @@ class InputFileError(SongsightError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def require_file(path: str | Path) -> str:
+    """``str(path)`` of an input file; `InputFileError` when it is missing or empty (0 bytes).
+
+    The first check of every decoder (audio, streamed audio, photos), so all say it alike.
+    """
+    path, name = Path(path), str(path)
+    if not path.is_file():
+        raise InputFileError(name, "file not found")
+    if path.stat().st_size == 0:
+        raise InputFileError(name, "empty file (0 bytes)")
+    return name

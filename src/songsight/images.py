@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.errors import InputFileError
+from songsight.errors import InputFileError, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
@@ -47,11 +47,7 @@ def load_image(path: str | Path):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    name = str(path)
-    if not path.is_file():
-        raise InputFileError(name, "file not found")
-    if path.stat().st_size == 0:
-        raise InputFileError(name, "empty file (0 bytes)")
+    name = require_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
