@@ -22,16 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = (
-    "chance",
-    "cascade_top1",
-    "cascade_weighted",
-    "map_ridge",
-    "map_procrustes",
-    "map_mlp",
-    "distilled",
-    "oracle",
-)
+from songsight.eval.retrieval import RETRIEVAL_METHODS as METHODS
 
 SETTINGS = [
     ("default", {}),
