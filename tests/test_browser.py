@@ -229,6 +229,18 @@ def images_loaded(page, selector: str) -> bool:
     )
 
 
+def eventually(page, condition, what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition()`` until it holds; fail naming ``what`` after ``timeout_s``.
+
+    For state the page sets from asynchronous media events (a seek, a playhead), where
+    asserting right after the click races the event.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(50)
+
+
 # ---- the tests -------------------------------------------------------------------------------
 
 
@@ -265,10 +277,11 @@ def test_upload_shows_photos_species_and_timeline(page, world_files, tmp_path):
     assert shown(page, ".photo .sci") == [h.species for h in answer[0].hits]
     assert len(shown(page, ".photo .species-name")) == K
     assert shown(page, "#species .name span:first-child") == common(answer[0].species)
-    deadline = time.monotonic() + 10
-    while not (images_loaded(page, ".photo img") and images_loaded(page, "#spectro-img")):
-        assert time.monotonic() < deadline, "photos or spectrogram did not load"
-        page.wait_for_timeout(50)
+    eventually(
+        page,
+        lambda: images_loaded(page, ".photo img") and images_loaded(page, "#spectro-img"),
+        "the photos and the spectrogram to load",
+    )
     assert page.get_attribute("#player", "src").startswith("blob:")
     assert page.locator("#selection").is_hidden()
 
@@ -287,10 +300,23 @@ def test_upload_shows_photos_species_and_timeline(page, world_files, tmp_path):
     spectro = page.locator("#spectro")
     spectro.click(position={"x": 0.7 * spectro.bounding_box()["width"], "y": 20})
     assert page.get_attribute("#timeline .chip >> nth=3", "aria-selected") == "true"
-    assert page.eval_on_selector("#player", "p => p.currentTime") == pytest.approx(8.4, abs=0.1)
-    head = page.locator("#playhead").bounding_box()
-    assert head["x"] - spectro.bounding_box()["x"] == pytest.approx(
-        0.7 * spectro.bounding_box()["width"], abs=4
+    # The seek completes and the playhead moves on the player's 'seeked' event, later than the
+    # click returns: wait for the condition, then assert it.
+    eventually(
+        page,
+        lambda: page.eval_on_selector("#player", "p => p.currentTime") == pytest.approx(8.4, abs=0.1),
+        "the player to seek to 8.4 s",
+    )
+    spectro_box = spectro.bounding_box()
+
+    def head_offset() -> float | None:
+        head = page.locator("#playhead").bounding_box()
+        return None if head is None else head["x"] - spectro_box["x"]
+
+    eventually(
+        page,
+        lambda: head_offset() == pytest.approx(0.7 * spectro_box["width"], abs=4),
+        "the playhead to move to 70% of the spectrogram",
     )
     page.locator("#timeline .chip").nth(2).click()
 
