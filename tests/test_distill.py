@@ -129,8 +129,12 @@ def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):
     audio, image = tiny_models
     cfg = _cfg(save_every_steps=1, gain_db=6.0, noise_prob=0.5)
     kw = dict(device="cpu", progress=False, cache_dir=tmp_path / "c")
-    distill(world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "full", cfg, **kw)
-    # "kill" mid-epoch: stop after 2 of the 6 steps, the last checkpoint is at step 2 (micro 2 of 3)
+    full = distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "full", cfg, **kw
+    )
+    per_epoch = full["plan"]["steps_per_epoch"]
+    assert per_epoch >= 2 and full["steps"] == 2 * per_epoch and full["val_clips"] > 0
+    # "kill" mid-epoch: stop one step into the second epoch, where the last checkpoint is
     partial = distill(
         world / "audio.csv",
         world / "taxa.csv",
@@ -138,10 +142,10 @@ def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):
         image,
         tmp_path / "cut",
         cfg,
-        stop_after_steps=2,
+        stop_after_steps=per_epoch + 1,
         **kw,
     )
-    assert partial["stopped_early"] and partial["steps"] == 2
+    assert partial["stopped_early"] and partial["steps"] == per_epoch + 1
     resumed = distill(
         world / "audio.csv",
         world / "taxa.csv",
@@ -152,7 +156,7 @@ def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):
         resume=True,
         **kw,
     )
-    assert resumed["steps"] == 6
+    assert resumed["steps"] == full["steps"]
     full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     for k in full:
         np.testing.assert_allclose(cut[k].numpy(), full[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)

@@ -74,6 +74,8 @@ def _fake_checkpoint(out: Path, tiny_models, train_labels: list[int]) -> Path:
         "image_model": resolve_model(str(image_dir), "image").provenance(),
         "audio_model": resolved.provenance(),
         "train_labels": train_labels,
+        "logit_scale": 20.0,
+        "readout": {"method": "fused", "fusion_weight": 0.5},
     }
     return save_checkpoint(out, clap, extractor, tokenizer, head, meta)
 
@@ -206,6 +208,25 @@ def test_markdown_has_every_row_and_figures_exist(full):
     for name in ("per_species_ap.png", "example_queries.png"):
         with Image.open(full.out.with_name("RESULTS_figures") / name) as img:
             assert img.format == "PNG" and img.width > 100
+
+
+def test_readouts_answer_as_their_definitions_say(full):
+    """distilled_proto queries with the teacher text of the species nearest the distilled
+    embedding; fused answers exactly as the cascade wherever the cascade's answer is a species
+    the checkpoint was not distilled on (checked from the saved query embeddings)."""
+    oracle_meta, oracle, _ = load_embeddings(full.emb / "queries_oracle.parquet")
+    text = {int(lab): vec for lab, vec in zip(oracle_meta["label"], oracle, strict=True)}
+    labels = np.array(sorted(text))
+    species = np.stack([text[lab] for lab in labels])
+    _, distilled, _ = load_embeddings(full.emb / "queries_distilled.parquet")
+    _, proto, _ = load_embeddings(full.emb / "queries_distilled_proto.parquet")
+    _, cascade, _ = load_embeddings(full.emb / "queries_cascade_top1.parquet")
+    _, fused, _ = load_embeddings(full.emb / "queries_fused.parquet")
+    np.testing.assert_allclose(proto, species[(distilled @ species.T).argmax(1)], atol=1e-6)
+    answered = labels[(cascade @ species.T).argmax(1)]
+    unseen = ~np.isin(answered, TRAIN_LABELS)
+    np.testing.assert_allclose(fused[unseen], cascade[unseen], atol=1e-6)  # may be no row here
+    assert np.isin(labels[(fused[~unseen] @ species.T).argmax(1)], TRAIN_LABELS).all()
 
 
 def test_metrics_recomputed_from_saved_embeddings(full):

@@ -10,43 +10,71 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 TRAIN_CHOICES = ("head", "projection", "top-k-blocks", "all")
+HEAD_INITS = ("probe", "random")
 
 
 @dataclass
 class DistillConfig:
-    """Everything that decides a distillation run (recorded in every checkpoint)."""
+    """Everything that decides a distillation run (recorded in every checkpoint).
+
+    Defaults are for the data a user brings, from a handful of clips to a million: the run's
+    length, warmup and validation split follow the data size (`songsight.distill.plan`), and
+    the checkpoint kept is the one a validation split carved from the training manifest liked
+    best. The objective's defaults were chosen on that validation split in the simulated world
+    (docs/simulation.md, "Choosing the recipe").
+    """
 
     # what learns
     train: str = "all"  # head | projection | top-k-blocks | all
     top_k_blocks: int = 1  # HTSAT stages unfrozen (from the top) with train=top-k-blocks
     head: str = "linear"  # linear | mlp
     head_hidden: int | None = None
+    # probe: least-squares fit of the original audio embeddings onto their species' targets
+    # before fine-tuning (LP-FT, Kumar et al. 2022: a random head distorts the features);
+    # random: PyTorch's default initialisation.
+    head_init: str = "probe"
     # targets
     prompt_format: str = "taxon_com"  # BioCLIP's richest text form: taxonomy + common name
     templates: str = "none"  # the bare species string, as TreeOfLife captions are written
+    # how the cascade asks BioLingual (the fused readout, validated during training); the same
+    # defaults as `songsight evaluate`: common name through the AnimalSpeak-style templates
+    audio_prompt_format: str = "com"
+    audio_templates: str = "sound"
     # loss
     loss: str = "class"  # class: all training species are candidates; batch: symmetric in-batch
     positives: str = "exclusive"  # batch loss: same-species columns excluded from negatives
     init_temperature: float = 0.07
     learn_temperature: bool = True
+    min_temperature: float = 0.01  # floor of a learned temperature (CLIP's cap of 100)
+    target_weight: float = 1.0  # pull each clip onto its species' teacher text (see loss.py)
+    target_kind: str = "cosine"
     preserve_weight: float = 0.0  # >0 keeps the 512-d audio embedding near the original
     preserve_kind: str = "cosine"
     # optimisation
-    epochs: int = 10
+    epochs: int | None = None  # None: from the data size (min_steps, max_epochs), early stopping
+    min_steps: int = 1000  # optimiser steps a run takes at least when epochs is None
+    max_epochs: int = 100
+    patience: int = 5  # validations without improvement before stopping (0: never stop early)
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-4  # BioLingual's own fine-tuning rate
     head_lr: float = 1e-3  # the new head starts from scratch and needs a larger step
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_fraction: float = 0.05  # of the run's steps
+    warmup_steps: int | None = None  # overrides warmup_fraction when set
     grad_clip: float = 1.0
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     seed: int = 0
+    # validation
+    val_fraction: float = 0.15  # of each species' clips (recordings), when no --val is given
+    group_column: str | None = None  # clips sharing a value stay on one side of the split
     # data
     window_s: float | None = None  # crop length; default the model's window (10 s)
-    gain_db: float = 0.0  # random gain in [-gain_db, +gain_db]
+    gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
     noise_prob: float = 0.0  # chance of adding white noise to a crop
     noise_snr_db: tuple[float, float] = (10.0, 30.0)
+    mix_prob: float = 0.0  # chance of mixing in another clip of the same species
+    spec_masks: int = 0  # SpecAugment: time and frequency masks per crop (each up to 10%)
     cache_audio: bool = True  # keep decoded, resampled clips in memory (small data sets)
     # bookkeeping
     save_every_steps: int = 0  # 0: at the end of each epoch only
@@ -57,6 +85,17 @@ class DistillConfig:
             raise ValueError(f"train must be one of {TRAIN_CHOICES}, not {self.train!r}")
         if self.loss not in ("class", "batch"):
             raise ValueError(f"loss must be 'class' or 'batch', not {self.loss!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init must be one of {HEAD_INITS}, not {self.head_init!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+        if not 0.0 < self.min_temperature <= self.init_temperature:
+            raise ValueError(
+                f"need 0 < min_temperature <= init_temperature, got {self.min_temperature} "
+                f"and {self.init_temperature}"
+            )
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 (or None for automatic), not {self.epochs}")
         self.noise_snr_db = tuple(self.noise_snr_db)
 
     def to_dict(self) -> dict:
@@ -87,6 +126,8 @@ def distill_flags(parser, defaults: DistillConfig) -> None:
         }
         if f.name == "train":
             kw["choices"] = TRAIN_CHOICES
+        elif f.name == "head_init":
+            kw["choices"] = HEAD_INITS
         if isinstance(value, bool):
             kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
             kw["metavar"] = "BOOL"
@@ -94,7 +135,7 @@ def distill_flags(parser, defaults: DistillConfig) -> None:
             kw.update(nargs=2, type=float)
         elif isinstance(value, (int, float)):
             kw["type"] = type(value)
-        elif f.name == "head_hidden":
+        elif f.name in ("head_hidden", "epochs", "warmup_steps"):
             kw["type"] = int
         elif f.name == "window_s":
             kw["type"] = float

@@ -195,6 +195,30 @@ def preservation_loss(
     raise ValueError(f"kind must be 'cosine' or 'mse', got {kind!r}")
 
 
+def target_loss(
+    audio_emb: Tensor,
+    class_text_emb: Tensor,
+    labels: Tensor,
+    kind: PreserveKind = "cosine",
+) -> Tensor:
+    """Distance of each clip's embedding from its own species' teacher text embedding.
+
+    ``audio_emb`` (B, D) and ``class_text_emb`` (C, D), unit norm; ``labels`` (B,) rows of
+    ``class_text_emb``. ``"cosine"``: mean ``1 - cos``; ``"mse"``: mean squared error over all
+    elements. The contrastive terms only rank a clip's species above the others, which a
+    clip can satisfy far from its target (where the photos of its species are not); this
+    term pulls it onto the target itself. The teacher side is fixed (detached).
+    """
+    _check_emb_pair(audio_emb, class_text_emb, "audio_emb", "class_text_emb")
+    _check_labels(labels, audio_emb.shape[0])
+    target = class_text_emb.detach()[labels]
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(audio_emb, target, dim=1)).mean()
+    if kind == "mse":
+        return F.mse_loss(audio_emb, target)
+    raise ValueError(f"kind must be 'cosine' or 'mse', got {kind!r}")
+
+
 def _all_gather_cat(tensor: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group=group))]
     dist.all_gather(parts, tensor.contiguous(), group=group)
@@ -254,7 +278,8 @@ class DistillationLoss(nn.Module):
     ``form="batch"``: :func:`batch_level_infonce` against the teacher embeddings of the
     batch's own species, over the batch gathered from all ranks when ``gather`` is set and
     torch.distributed is running (every rank then computes the same global loss).
-    ``preserve_weight`` > 0 adds ``preserve_weight * preservation_loss(...)``.
+    ``preserve_weight`` > 0 adds ``preserve_weight * preservation_loss(...)``;
+    ``target_weight`` > 0 adds ``target_weight * target_loss(...)`` over the same rows.
     """
 
     def __init__(
@@ -264,21 +289,27 @@ class DistillationLoss(nn.Module):
         preserve_kind: PreserveKind = "cosine",
         positives: PositiveMode = "exclusive",
         gather: bool = True,
+        target_weight: float = 0.0,
+        target_kind: PreserveKind = "cosine",
     ):
         super().__init__()
         if form not in ("class", "batch"):
             raise ValueError(f"form must be 'class' or 'batch', got {form!r}")
-        if preserve_kind not in ("cosine", "mse"):
-            raise ValueError(f"preserve_kind must be 'cosine' or 'mse', got {preserve_kind!r}")
+        for name, kind in (("preserve_kind", preserve_kind), ("target_kind", target_kind)):
+            if kind not in ("cosine", "mse"):
+                raise ValueError(f"{name} must be 'cosine' or 'mse', got {kind!r}")
         if positives not in ("exclusive", "supcon"):
             raise ValueError(f"positives must be 'exclusive' or 'supcon', got {positives!r}")
-        if not preserve_weight >= 0:
-            raise ValueError(f"preserve_weight must be >= 0, got {preserve_weight}")
+        for name, w in (("preserve_weight", preserve_weight), ("target_weight", target_weight)):
+            if not w >= 0:
+                raise ValueError(f"{name} must be >= 0, got {w}")
         self.form = form
         self.preserve_weight = float(preserve_weight)
         self.preserve_kind = preserve_kind
         self.positives = positives
         self.gather = gather
+        self.target_weight = float(target_weight)
+        self.target_kind = target_kind
 
     def forward(
         self,
@@ -295,7 +326,8 @@ class DistillationLoss(nn.Module):
         ``class_text_emb`` (C, D) teacher species embeddings, unit norm; ``student_base_emb``
         and ``original_emb`` (B, d): the student's and the frozen original BioLingual audio
         embeddings, needed only when ``preserve_weight`` > 0.
-        Components: ``contrastive``, ``preserve`` (when weighted), ``total``, ``logit_scale``.
+        Components: ``contrastive``, ``target`` and ``preserve`` (when weighted), ``total``,
+        ``logit_scale``.
         """
         if self.form == "class":
             contrastive = class_level_infonce(audio_emb, class_text_emb, labels, logit_scale)
@@ -309,6 +341,12 @@ class DistillationLoss(nn.Module):
             )
         total = contrastive
         components = {"contrastive": float(contrastive.detach())}
+        if self.target_weight > 0:
+            # On the same rows as the contrastive term: gathered across ranks in batch form, so
+            # every rank logs and differentiates the same global loss.
+            target = target_loss(audio_emb, class_text_emb, labels, self.target_kind)
+            total = total + self.target_weight * target
+            components["target"] = float(target.detach())
         if self.preserve_weight > 0:
             if student_base_emb is None or original_emb is None:
                 raise ValueError("preserve_weight > 0 needs student_base_emb and original_emb")

@@ -15,18 +15,24 @@ METRICS_FILE = "metrics.csv"
 
 
 class Validator:
-    """Zero-shot top-1 of validation clips against every species' teacher text (seen and
-    held-out species apart when both occur), and audio-to-image mAP when a gallery is given.
+    """Validation of a student each epoch: zero-shot top-1, and each readout's retrieval score.
 
     ``targets``: (S, D) teacher text embeddings on ``device``, row ``by_label[label]``;
-    ``gallery``: ((G, D) image embeddings, (G,) labels) or None. A clip's embedding is the
-    normalised mean of its unit window embeddings (windows of ``window_s``, half overlap), as
-    the encoder computes it at inference.
+    ``gallery``: ((G, D) image embeddings, (G,) labels) or None; ``cascade``: (BioLingual's
+    (S, d) species text embeddings, its temperature) for the cascade and the fused readout, or
+    None. A clip's embedding is the normalised mean of its unit window embeddings (windows of
+    ``window_s``, half overlap), as the encoder computes it at inference.
+
+    Each readout (`songsight.distill.readout`) is scored by audio-to-image mAP over the
+    gallery when one is given, else by mAP against the teacher's species text embeddings
+    (one "photo" per species: how close a query lands to its own species' target, the vector
+    whose neighbours are that species' photos). ``val_score`` is the best readout's score: the
+    trainer keeps the checkpoint with the highest one.
     """
 
     def __init__(
         self, val_df, features, window_s: float, targets, by_label: dict, train_labels,
-        gallery, device: str, autocast,
+        gallery, device: str, autocast, cascade=None,
     ):  # fmt: skip
         self.crops = AudioCrops(
             list(val_df["path"]), list(val_df["label"]), features.sample_rate_hz, window_s, True
@@ -35,12 +41,15 @@ class Validator:
         self.features, self.window_s = features, window_s
         self.targets, self.by_label, self.train_labels = targets, by_label, train_labels
         self.gallery, self.device, self.autocast = gallery, device, autocast
+        self.cascade = cascade
+        self.p_cascade = None  # (N, S) the cascade's posterior, from the original model
+        self.species_labels = np.array(sorted(by_label, key=by_label.get))
+        self.seen = np.isin(self.species_labels, train_labels)
 
-    def __call__(self, student) -> dict:
-        """Metrics of ``student`` (already in eval mode) on the validation clips."""
+    def embed(self, student, output: int = 0) -> np.ndarray:
+        """(N, D) clip embeddings of the validation clips: the student's head output
+        (``output=0``) or its base 512-d audio embedding (``output=1``)."""
         import torch
-
-        from songsight.eval.metrics import mean_average_precision, topk_accuracy
 
         sr, embs = self.features.sample_rate_hz, []
         with torch.inference_mode():
@@ -53,21 +62,66 @@ class Validator:
                     dtype=self.autocast,
                     enabled=self.autocast is not None,
                 ):
-                    e, _ = student(self.features(wins, self.device))
+                    e = student(self.features(wins, self.device))[output]
                 embs.append(l2_normalize(l2_normalize(e.float()).mean(0, keepdim=True)))
-        emb = torch.cat(embs)
+        return torch.cat(embs).cpu().numpy()
+
+    def prepare(self, student) -> None:
+        """Embed the clips with the untouched model (before any step): the cascade's input."""
+        from songsight.baselines.cascade import species_probabilities
+
+        if self.cascade is not None and self.p_cascade is None:
+            audio_text, temperature = self.cascade
+            self.p_cascade = species_probabilities(self.embed(student, 1), audio_text, temperature)
+
+    def _score(self, queries: np.ndarray, idx: np.ndarray) -> float:
+        from songsight.eval.metrics import mean_average_precision
+
+        if self.gallery is not None:
+            return mean_average_precision(queries @ self.gallery[0].T, self.labels, self.gallery[1])
+        species_emb = self.targets.cpu().numpy()
+        return mean_average_precision(queries @ species_emb.T, idx, np.arange(len(species_emb)))
+
+    def __call__(self, student, logit_scale: float) -> dict:
+        """Metrics of ``student`` (already in eval mode) on the validation clips."""
+        from songsight.distill.readout import FUSION_WEIGHTS, readout_queries
+        from songsight.eval.metrics import topk_accuracy
+
+        emb = self.embed(student)
+        species_emb = self.targets.cpu().numpy()
         labels = self.labels
         idx = np.array([self.by_label[int(x)] for x in labels])
-        scores = (emb @ self.targets.T).cpu().numpy()
+        scores = emb @ species_emb.T
         res = {"val_zero_shot_top1": topk_accuracy(scores, idx, 1)}
         seen = np.isin(labels, self.train_labels)
         if seen.any() and not seen.all():
             res["val_zero_shot_top1_seen"] = topk_accuracy(scores[seen], idx[seen], 1)
             res["val_zero_shot_top1_heldout"] = topk_accuracy(scores[~seen], idx[~seen], 1)
+        readouts = {}
+        for name in ("distilled", "distilled_proto"):
+            q = readout_queries(name, emb, species_emb, logit_scale=logit_scale)
+            readouts[name] = self._score(q, idx)
+        if self.p_cascade is not None:
+            res["val_cascade"] = self._score(species_emb[self.p_cascade.argmax(1)], idx)
+            fused = {
+                w: self._score(
+                    readout_queries(
+                        "fused", emb, species_emb, logit_scale=logit_scale,
+                        p_cascade=self.p_cascade, seen=self.seen, weight=w,
+                    ),
+                    idx,
+                )
+                for w in FUSION_WEIGHTS
+            }  # fmt: skip
+            # The largest weight among the best: ties go to the distilled side.
+            best_w = max(fused, key=lambda w: (fused[w], w))
+            readouts["fused"], res["val_fusion_weight"] = fused[best_w], best_w
+        for name, value in readouts.items():
+            res[f"val_{name}"] = value
+        best = max(readouts, key=readouts.get)
+        res["val_readout"], res["val_score"] = best, readouts[best]
         if self.gallery is not None:
-            res["val_map"] = mean_average_precision(
-                emb.cpu().numpy() @ self.gallery[0].T, labels, self.gallery[1]
-            )
+            res["val_map"] = readouts["distilled"]
         return res
 
 
@@ -79,6 +133,7 @@ class MetricsLog:
         "epoch",
         "total",
         "contrastive",
+        "target",
         "preserve",
         "logit_scale",
         "lr",
@@ -87,6 +142,13 @@ class MetricsLog:
         "val_zero_shot_top1_seen",
         "val_zero_shot_top1_heldout",
         "val_map",
+        "val_distilled",
+        "val_distilled_proto",
+        "val_fused",
+        "val_fusion_weight",
+        "val_cascade",
+        "val_readout",
+        "val_score",
     )
 
     def __init__(self, path: Path, keep_until_step: int):

@@ -1,9 +1,12 @@
 """The distillation loop: BioLingual's audio encoder learns to land on BioCLIP-2's species text.
 
-One function, `distill`, runs a whole training job: teacher targets (cached, computed once),
-student set-up (`DistillConfig.train` decides what learns), AdamW with warmup + cosine,
-clipping, accumulation, bf16 autocast on GPU, validation each epoch, atomic best/last
-checkpoints, exact resume, a CSV metrics log and a progress bar. Under ``torchrun`` it runs
+One function, `distill`, runs a whole training job: a validation split carved from the
+training manifest and a run length sized to the data (`songsight.distill.plan`), teacher
+targets (cached, computed once), student set-up (`DistillConfig.train` decides what learns,
+the head starts as a linear probe), AdamW with warmup + cosine, clipping, accumulation, bf16
+autocast on GPU, validation of every readout each epoch with early stopping, atomic best/last
+checkpoints (best by the validation score, never the training loss), exact resume, a CSV
+metrics log and a progress bar. Under ``torchrun`` it runs
 DDP (NCCL on GPU, gloo on CPU): each rank takes an interleaved slice of every global batch,
 and the batch-level loss gathers embeddings across ranks with gradients.
 """
@@ -21,8 +24,10 @@ import numpy as np
 
 from songsight.config import DistillConfig
 from songsight.data.manifest import load_manifest, manifest_sha256
-from songsight.distill.data import AudioCrops, epoch_order
+from songsight.distill.data import AudioCrops, epoch_order, spec_mask
 from songsight.distill.monitor import METRICS_FILE, MetricsLog, Validator
+from songsight.distill.plan import plan_run, split_train_val
+from songsight.distill.probe_init import fit_probe, probe_rows
 from songsight.distill.targets import teacher_targets
 from songsight.encoders.base import autocast_dtype, l2_normalize
 from songsight.encoders.distilled import build_head, make_student, save_checkpoint
@@ -87,6 +92,40 @@ def _load_split(manifest, split: str | None):
     return df
 
 
+def _say(msg: str) -> None:
+    print(f"songsight distill: {msg}", file=sys.stderr, flush=True)
+
+
+def _training_data(train_manifest, val_manifest, species_csv, by_label, cfg: DistillConfig):
+    """(train rows, validation rows or None, split info): a given --val manifest, else the
+    manifest's own ``val`` rows, else a split carved from the training rows."""
+    full = load_manifest(train_manifest)
+    train_df = _load_split(train_manifest, "train")
+    unknown = sorted(set(train_df["label"]) - set(by_label))
+    if unknown:
+        raise DataNotFoundError(f"{train_manifest}: labels {unknown[:5]} are not in {species_csv}")
+    if val_manifest is not None:
+        return train_df, _load_split(val_manifest, None), {"source": str(val_manifest)}
+    if "split" in full.columns and (full["split"] == "val").any():
+        val_df = full[full["split"] == "val"].reset_index(drop=True)
+        return train_df, val_df, {"source": "the manifest's val rows"}
+    train_df, val_df, info = split_train_val(train_df, cfg.val_fraction, cfg.seed, cfg.group_column)
+    return train_df, (val_df if len(val_df) else None), {"source": "carved", **info}
+
+
+def _embed_base(student, data: AudioCrops, rows: np.ndarray, features, device: str, batch: int):
+    """(len(rows), d) unnormalised base audio embeddings of clips (their first window, no
+    augmentation), as the head receives them."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch):
+            waves = [data.waveform(int(j))[: data.window] for j in rows[i : i + batch]]
+            out.append(student(features(waves, device))[1].float().cpu().numpy())
+    return np.concatenate(out)
+
+
 def distill(
     train_manifest,
     species_csv,
@@ -105,10 +144,11 @@ def distill(
     """Train a distilled audio encoder; returns a summary dict (paths, best metric, steps).
 
     ``train_manifest``: CSV/Parquet with ``path``, ``label`` (rows with ``split == "train"`` if
-    a split column has them). ``val_manifest``: audio for validation (zero-shot accuracy
-    against the teacher text of every species in ``species_csv``). ``val_gallery``: image
-    manifest (path, label) for audio-to-image mAP. ``stop_after_steps`` ends the run early
-    (as a kill would, but cleanly) for tests of resume.
+    a split column has them). Validation: ``val_manifest`` if given, else the manifest's
+    ``split == "val"`` rows, else ``cfg.val_fraction`` of each species' recordings carved from
+    the training rows. ``val_gallery``: image manifest (path, label) for audio-to-image mAP;
+    without it readouts are scored against the teacher's species text embeddings.
+    ``stop_after_steps`` ends the run early (as a kill would, but cleanly) for tests of resume.
     """
     import torch
     import torch.distributed as dist
@@ -116,8 +156,9 @@ def distill(
 
     from songsight.distill.loss import DistillationLoss, LogitScale
     from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.encoders.biolingual import load_clap
+    from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
+    from songsight.eval.inputs import species_text
 
     cfg = config or DistillConfig()
     rank, world, local_rank = _dist_env()
@@ -126,22 +167,28 @@ def distill(
         dist.init_process_group(backend)
     if device in (None, "auto"):
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        if device == "cpu" and rank == 0:
-            print("songsight: no CUDA device found, training on CPU", file=sys.stderr)
+        if device == "cpu" and rank == 0 and progress:
+            _say("no CUDA device found, training on CPU")
     is_main = rank == 0
     out = Path(out_dir)
-    if cfg.batch_size % world:
-        raise SongsightError(f"batch size {cfg.batch_size} must be divisible by the {world} ranks")
 
     # --- data and species --------------------------------------------------------------------
     species = load_species_csv(species_csv)
     by_label = {s.label: i for i, s in enumerate(species)}
-    train_df = _load_split(train_manifest, "train")
-    unknown = sorted(set(train_df["label"]) - set(by_label))
-    if unknown:
-        raise DataNotFoundError(f"{train_manifest}: labels {unknown[:5]} are not in {species_csv}")
+    train_df, val_df, split_info = _training_data(
+        train_manifest, val_manifest, species_csv, by_label, cfg
+    )
     train_labels = sorted(set(int(x) for x in train_df["label"]))
     train_index = {lab: i for i, lab in enumerate(train_labels)}
+    plan = plan_run(len(train_df), cfg, world)
+    if is_main:
+        for note in plan.notes:
+            _say(note)
+        if val_df is None:
+            _say(
+                "no validation clips (too few recordings per species to carve a split, or "
+                "--val-fraction 0): the last checkpoint is kept and the readout is the default"
+            )
 
     # --- models -------------------------------------------------------------------------------
     audio_res = resolve_model(str(audio_model), "audio")
@@ -161,13 +208,55 @@ def distill(
     all_targets_t = torch.from_numpy(all_targets).to(device)
 
     torch.manual_seed(cfg.seed)  # before the head is initialised: same seed, same run
-    clap, features, tokenizer, _ = load_clap(audio_res, device)
+    # Loaded once, as an encoder: its text side gives the cascade's species embeddings (the
+    # text tower never trains), its audio tower and projection become the student.
+    base_encoder = BioLingualEncoder(audio_res, device=device)
+    clap, features, tokenizer = base_encoder.model, base_encoder.features, base_encoder.tokenizer
     extractor = ClapFeatureExtractor.from_pretrained(audio_res.path)
     window_s = cfg.window_s or features.max_samples / features.sample_rate_hz
+    audio_text = species_text(base_encoder, species, cfg.audio_prompt_format, cfg.audio_templates)
+    cascade_temperature = float(1.0 / clap.logit_scale_a.detach().float().exp().cpu())
     head = build_head(
         int(clap.config.projection_dim), all_targets.shape[1], cfg.head, cfg.head_hidden
     ).to(device)
-    student = make_student(clap, head)
+    student = make_student(clap, head).eval()
+
+    data = AudioCrops(
+        list(train_df["path"]),
+        [train_index[int(x)] for x in train_df["label"]],
+        features.sample_rate_hz,
+        window_s,
+        cfg.cache_audio,
+        cfg.gain_db,
+        cfg.noise_prob,
+        cfg.noise_snr_db,
+        cfg.mix_prob,
+    )
+    bad = data.check() if cfg.cache_audio else []
+    if bad:
+        raise DataNotFoundError(
+            f"{len(bad)} training file(s) cannot be decoded, e.g. {bad[0][0]}: {bad[0][1]}. "
+            "Fix or drop them from the manifest."
+        )
+
+    validator = None
+    if val_df is not None:
+        validator = Validator(
+            val_df, features, window_s, all_targets_t, by_label, train_labels, gallery, device,
+            autocast_dtype(cfg.precision, device), cascade=(audio_text, cascade_temperature),
+        )  # fmt: skip
+        validator.prepare(student)  # the untouched model: the cascade's view of the clips
+    head_note = cfg.head_init
+    if cfg.head_init == "probe" and cfg.head == "linear" and not resume:
+        rows = probe_rows(data.labels, cfg.seed)
+        base = _embed_base(student, data, rows, features, device, plan.batch_size)
+        w, b = fit_probe(base, train_targets.cpu().numpy()[data.labels[rows]])
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(w))
+            head.bias.copy_(torch.from_numpy(b))
+        head_note = f"probe ({len(rows)} clips)"
+    elif cfg.head_init == "probe" and cfg.head != "linear":
+        head_note = "random (the probe initialisation needs the linear head)"
     _select_trainable(student, clap, cfg)
     original = None
     if cfg.preserve_weight > 0 and cfg.train != "head":
@@ -179,7 +268,11 @@ def distill(
         def __init__(self):
             super().__init__()
             self.student = student
-            self.logit_scale = LogitScale(cfg.init_temperature, learnable=cfg.learn_temperature)
+            self.logit_scale = LogitScale(
+                cfg.init_temperature,
+                learnable=cfg.learn_temperature,
+                max_scale=1.0 / cfg.min_temperature,
+            )
 
         def forward(self, feats):
             emb, base = self.student(feats)
@@ -191,7 +284,14 @@ def distill(
         model = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[local_rank] if device.startswith("cuda") else None
         )
-    loss_fn = DistillationLoss(cfg.loss, cfg.preserve_weight, cfg.preserve_kind, cfg.positives)
+    loss_fn = DistillationLoss(
+        cfg.loss,
+        cfg.preserve_weight,
+        cfg.preserve_kind,
+        cfg.positives,
+        target_weight=cfg.target_weight,
+        target_kind=cfg.target_kind,
+    )
 
     head_params = list(module.student.head.parameters()) + list(module.logit_scale.parameters())
     head_ids = {id(p) for p in head_params}
@@ -200,31 +300,8 @@ def distill(
     if backbone:
         groups.append({"params": backbone, "lr": cfg.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-
-    data = AudioCrops(
-        list(train_df["path"]),
-        [train_index[int(x)] for x in train_df["label"]],
-        features.sample_rate_hz,
-        window_s,
-        cfg.cache_audio,
-        cfg.gain_db,
-        cfg.noise_prob,
-        cfg.noise_snr_db,
-    )
-    bad = data.check() if cfg.cache_audio else []
-    if bad:
-        raise DataNotFoundError(
-            f"{len(bad)} training file(s) cannot be decoded, e.g. {bad[0][0]}: {bad[0][1]}. "
-            "Fix or drop them from the manifest."
-        )
-    steps_per_epoch = len(data) // cfg.batch_size // cfg.grad_accum
-    if steps_per_epoch < 1:
-        raise SongsightError(
-            f"{len(data)} training clips are fewer than one batch of {cfg.batch_size * cfg.grad_accum}"
-        )
-    total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(cfg.warmup_steps, total_steps)
+        optimizer, _lr_lambda(plan.warmup_steps, plan.total_steps)
     )
     autocast = autocast_dtype(cfg.precision, device)
 
@@ -236,28 +313,33 @@ def distill(
         "image_model": {k: teacher_prov[k] for k in ("model_id", "revision", "dim", "source")},
         "prompts": target_info,
         "train_labels": train_labels,
+        "train_species": [species[by_label[lab]].scientific_name for lab in train_labels],
         "train_manifest_sha256": manifest_sha256(train_df),
         "species_csv": str(species_csv),
+        "validation": split_info,
+        "plan": plan.to_dict(),
         "head": {
             "in_dim": int(clap.config.projection_dim),
             "out_dim": int(all_targets.shape[1]),
             "kind": cfg.head,
             "hidden": cfg.head_hidden,
+            "init": head_note,
+        },
+        "cascade": {
+            "audio_prompt_format": cfg.audio_prompt_format,
+            "audio_templates": cfg.audio_templates,
+            "temperature": cascade_temperature,
         },
         "window_s": window_s,
     }
 
     # --- resume -------------------------------------------------------------------------------
-    start_epoch, start_micro, step, best = 0, 0, 0, {"metric": None, "value": -math.inf}
+    start_epoch, start_micro, step = 0, 0, 0
+    best = {"metric": None, "value": -math.inf, "stale": 0, "readout": None}
     state_path = out / "last" / STATE_FILE
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        for key in ("config", "train_manifest_sha256", "audio_model", "image_model"):
-            if state["meta"][key] != meta[key]:
-                raise ProvenanceMismatchError(
-                    f"cannot resume {out}: its {key} differs from this run's. "
-                    "Use the same settings, or a new --out."
-                )
+        _check_resumable(out, state["meta"], meta)
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -296,24 +378,23 @@ def distill(
             extractor,
             tokenizer,
             module.student.head,
-            {**meta, "step": step, "epoch": epoch, "best": best},
+            {
+                **meta,
+                "step": step,
+                "epoch": epoch,
+                "best": best,
+                "logit_scale": float(module.logit_scale().detach().cpu()),
+                "readout": best["readout"] or _default_readout(),
+            },
             extra={STATE_FILE: state} if name == "last" else None,
             targets=(np.array([s.label for s in species]), all_targets),
         )
-
-    # --- validation ---------------------------------------------------------------------------
-    validator = None
-    if val_manifest is not None:
-        validator = Validator(
-            _load_split(val_manifest, None), features, window_s, all_targets_t, by_label,
-            train_labels, gallery, device, autocast,
-        )  # fmt: skip
 
     def validate() -> dict:
         if validator is None:
             return {}
         module.eval()
-        res = validator(module.student)
+        res = validator(module.student, float(module.logit_scale().detach().cpu()))
         module.train()
         _freeze_batchnorm(module)
         return res
@@ -327,7 +408,7 @@ def distill(
         MetricsLog(out / METRICS_FILE, keep_until_step=step if resume else -1) if is_main else None
     )
     bar = tqdm(
-        total=total_steps,
+        total=plan.total_steps,
         initial=step,
         desc="distilling",
         unit="step",
@@ -335,26 +416,30 @@ def distill(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    local_bs = cfg.batch_size // world
+    batch_size = plan.batch_size
+    local_bs = batch_size // world
     module.train()
     _freeze_batchnorm(module)
-    t0, seen_items, stopped, comps = time.time(), 0, False, {"total": math.inf}
-    for epoch in range(start_epoch, cfg.epochs):
+    t0, seen_items, stopped, early, comps = time.time(), 0, False, False, {"total": math.inf}
+    for epoch in range(start_epoch, plan.epochs):
         order = epoch_order(len(data), cfg.seed, epoch)
-        n_micro = steps_per_epoch * cfg.grad_accum
+        n_micro = plan.steps_per_epoch * cfg.grad_accum
         for micro in range(start_micro if epoch == start_epoch else 0, n_micro):
-            batch = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size][
+            batch = order[micro * batch_size : (micro + 1) * batch_size][
                 rank * local_bs : (rank + 1) * local_bs
             ]
             waves = [data.crop(int(i), cfg.seed, epoch) for i in batch]
+            feats = features(waves, device)
+            if cfg.spec_masks:
+                feats = spec_mask(feats, cfg.spec_masks, [cfg.seed, epoch, micro, rank])
             labels = torch.from_numpy(data.labels[batch]).to(device)
             with torch.autocast(device.split(":")[0], dtype=autocast, enabled=autocast is not None):
-                emb, base, scale = model(features(waves, device))
+                emb, base, scale = model(feats)
             emb, base = l2_normalize(emb.float()), l2_normalize(base.float())
             orig = None
             if original is not None:
                 with torch.no_grad():
-                    orig = l2_normalize(original(features(waves, device))[1].float())
+                    orig = l2_normalize(original(feats)[1].float())
             loss, comps = loss_fn(emb, labels, train_targets, scale, base, orig)
             (loss / cfg.grad_accum).backward()
             seen_items += len(batch) * world
@@ -386,18 +471,31 @@ def distill(
                 break
         if stopped:
             break
-        val = (
-            validate() if (epoch + 1) % cfg.val_every_epochs == 0 or epoch + 1 == cfg.epochs else {}
-        )
-        metric = (
-            "val_map" if "val_map" in val else "val_zero_shot_top1" if val else "neg_train_loss"
-        )
-        value = val.get(metric, -comps["total"])
-        if log:
+        due = (epoch + 1) % cfg.val_every_epochs == 0 or epoch + 1 == plan.epochs
+        val = validate() if due else {}
+        if log and val:
             log.write({"step": step, "epoch": epoch, **val})
-        if value > best["value"]:
-            best = {"metric": metric, "value": float(value), "epoch": epoch, "step": step}
+        if val and val["val_score"] > best["value"]:
+            best = {
+                "metric": "val_score",
+                "value": float(val["val_score"]),
+                "epoch": epoch,
+                "step": step,
+                "stale": 0,
+                "readout": _readout_record(val, len(validator.labels)),
+            }
             save("best", epoch + 1, 0)
+        elif val:
+            best = {**best, "stale": best["stale"] + 1}
+        early = bool(val) and cfg.patience > 0 and best["stale"] >= cfg.patience
+        if early or (validator is None and epoch + 1 == plan.epochs):
+            if validator is None:  # nothing to choose on: the final weights are the best
+                best = {**best, "metric": "final", "epoch": epoch, "step": step}
+                save("best", epoch + 1, 0)
+            save("last", epoch + 1, 0)
+            if early and is_main and progress:
+                _say(f"no better validation for {cfg.patience} epochs: stopping at step {step}")
+            break
         save("last", epoch + 1, 0)
     bar.close()
     if world > 1:
@@ -405,8 +503,48 @@ def distill(
     return {
         "out": str(out),
         "steps": step,
-        "best": best,
-        "stopped_early": stopped,
+        "best": {k: v for k, v in best.items() if k != "stale"},
+        "stopped_early": stopped or early,
         "train_species": len(train_labels),
         "clips": len(data),
+        "val_clips": 0 if val_df is None else len(val_df),
+        "plan": plan.to_dict(),
     }
+
+
+def _default_readout() -> dict:
+    """The readout of a run with nothing to validate on: the fused one, which answers species
+    outside the distillation set through the cascade, at the middle fusion weight."""
+    return {"method": "fused", "fusion_weight": 0.5, "chosen_on": None, "validation": {}}
+
+
+def _readout_record(val: dict, n_clips: int) -> dict:
+    return {
+        "method": val["val_readout"],
+        "fusion_weight": val.get("val_fusion_weight", 0.5),
+        "chosen_on": f"validation split ({n_clips} clips)",
+        "validation": {k: v for k, v in val.items() if k not in ("val_readout",)},
+    }
+
+
+def _check_resumable(out: Path, saved: dict, now: dict) -> None:
+    """Refuse to resume a run whose settings differ, naming each differing setting."""
+    for key in ("config", "train_manifest_sha256", "audio_model", "image_model"):
+        if saved.get(key) == now.get(key):
+            continue
+        if key == "config":
+            diff = [
+                f"{k}: {saved[key].get(k)!r} then, {now[key].get(k)!r} now"
+                for k in sorted(set(saved[key]) | set(now[key]))
+                if saved[key].get(k) != now[key].get(k)
+            ]
+            what = "settings differ (" + "; ".join(diff) + ")"
+        elif key == "train_manifest_sha256":
+            what = "training manifest's content differs"
+        else:
+            what = f"{key.replace('_', ' ')} differs ({saved[key].get('model_id')} then, " + (
+                f"{now[key].get('model_id')} now)"
+            )
+        raise ProvenanceMismatchError(
+            f"cannot resume {out}: its {what}. Use the same settings, or a new --out."
+        )

@@ -13,7 +13,7 @@ import numpy as np
 
 from songsight.encoders.loading import BIOCLIP2_ID, BIOLINGUAL_ID
 from songsight.errors import ProvenanceMismatchError, SongsightError
-from songsight.eval.retrieval import ALWAYS, RETRIEVAL_METHODS
+from songsight.eval.retrieval import ALWAYS, DISTILLED_METHODS, RETRIEVAL_METHODS
 from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species
 
 FORMAT_VERSION = 1
@@ -93,8 +93,9 @@ class EvalConfig:
             raise SongsightError(
                 f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(RETRIEVAL_METHODS)}"
             )
-        if "distilled" in (self.methods or []) and not self.distilled:
-            raise SongsightError("method 'distilled' needs a checkpoint: pass --distilled DIR")
+        needs = [m for m in self.methods or [] if m in DISTILLED_METHODS]
+        if needs and not self.distilled:
+            raise SongsightError(f"method '{needs[0]}' needs a checkpoint: pass --distilled DIR")
         unknown = [t for t in self.tasks or [] if t not in TASKS]
         if unknown:
             raise SongsightError(
@@ -198,6 +199,8 @@ def train_labels_of(meta: dict | None, species: list[Species]) -> list[int]:
 
 
 def select_methods(cfg: EvalConfig, has_distilled: bool) -> list[str]:
-    asked = cfg.methods or [m for m in RETRIEVAL_METHODS if m != "distilled" or has_distilled]
+    asked = cfg.methods or [
+        m for m in RETRIEVAL_METHODS if m not in DISTILLED_METHODS or has_distilled
+    ]
     chosen = set(asked) | set(ALWAYS)
     return [m for m in RETRIEVAL_METHODS if m in chosen]

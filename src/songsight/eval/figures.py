@@ -25,11 +25,11 @@ def _figure(width_in: float, height_in: float):
 
 
 def featured_methods(retrieval: Mapping) -> list[str]:
-    """The best baseline by mAP, the distilled model and the oracle, where present."""
+    """The best baseline by mAP, the distilled model's readouts and the oracle, where present."""
     a2i = retrieval.get("audio_to_image", {})
     scored = [(a2i[m].get("map") or 0.0, m) for m in BASELINES if m in a2i]
     chosen = [max(scored)[1]] if scored else []
-    return chosen + [m for m in ("distilled", "oracle") if m in a2i]
+    return chosen + [m for m in ("distilled", "distilled_proto", "fused", "oracle") if m in a2i]
 
 
 def plot_per_species_ap(

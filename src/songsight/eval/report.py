@@ -17,7 +17,9 @@ from songsight.errors import DataNotFoundError
 LABELS = {
     "chance": "Chance (floor)", "cascade_top1": "Cascade, top-1", "cascade_weighted": "Cascade, weighted",
     "map_ridge": "Mapping, ridge", "map_procrustes": "Mapping, Procrustes", "map_mlp": "Mapping, MLP",
-    "original": "BioLingual (original)", "distilled": "Distilled", "oracle": "Oracle (ceiling)",
+    "original": "BioLingual (original)", "distilled": "Distilled",
+    "distilled_proto": "Distilled, species read-out", "fused": "Distilled + cascade, fused",
+    "oracle": "Oracle (ceiling)",
     "ceiling": "Perfect (ceiling)",
 }  # fmt: skip
 RETRIEVAL_ROWS = (
@@ -29,6 +31,8 @@ RETRIEVAL_ROWS = (
     "map_mlp",
     "original",
     "distilled",
+    "distilled_proto",
+    "fused",
     "oracle",
 )
 ALIGNMENT_ROWS = (

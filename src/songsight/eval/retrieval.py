@@ -11,6 +11,10 @@ Every method turns the test recordings into (Q, D) unit vectors in the image mod
   BioLingual's text space to BioCLIP-2's (`songsight.baselines.text_mapping`) on the training
   species' prompts only;
 - ``distilled``: the distilled encoder's own output;
+- ``distilled_proto`` / ``fused``: the distilled output read out as a posterior over the
+  teacher's species text, alone or fused with the cascade's so that species outside the
+  distillation set are answered by the cascade (`songsight.distill.readout`); the fusion
+  weight is the one the checkpoint's validation chose;
 - ``oracle``: BioCLIP-2's text embedding of the true species (the ceiling).
 
 Arrays in, dicts of plain floats out; no models, files or CLI here.
@@ -23,14 +27,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from songsight.baselines.cascade import cascade_queries
+from songsight.baselines.cascade import cascade_queries, species_probabilities
 from songsight.baselines.text_mapping import TextMapping, fit_mlp, fit_procrustes, fit_ridge
+from songsight.distill.readout import readout_queries
 from songsight.eval.metrics import per_class_ap, retrieval_metrics, summarize
 
 RETRIEVAL_METHODS = (
     "chance", "cascade_top1", "cascade_weighted", "map_ridge", "map_procrustes", "map_mlp",
-    "distilled", "oracle",
+    "distilled", "distilled_proto", "fused", "oracle",
 )  # fmt: skip
+DISTILLED_METHODS = ("distilled", "distilled_proto", "fused")
 MAPPING_METHODS = ("map_ridge", "map_procrustes", "map_mlp")
 # Methods every table carries whatever was asked: the floor and the ceiling.
 ALWAYS = ("chance", "oracle")
@@ -132,6 +138,7 @@ def build_queries(
     cascade_temperature: float = 0.07,
     mappings: Mapping[str, TextMapping] | None = None,
     distilled_emb: np.ndarray | None = None,
+    readout: dict | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """(Q, D) float32 unit-norm queries in the image model's space, one array per method.
@@ -139,7 +146,9 @@ def build_queries(
     ``labels`` (Q,) true species of the recordings (used by the oracle only); ``species_labels``
     (S,) the rows of ``teacher_species_emb`` (S, D) and ``audio_species_emb`` (S, d_audio)
     (BioLingual text of each species); ``audio_emb`` (Q, d_audio) BioLingual audio;
-    ``distilled_emb`` (Q, D). A method whose inputs are absent is left out.
+    ``distilled_emb`` (Q, D); ``readout`` {``logit_scale``, ``fusion_weight``, ``seen`` (S,)
+    bool} from the distilled checkpoint, for ``distilled_proto`` and ``fused``. A method whose
+    inputs are absent is left out.
     """
     n, dim = len(labels), int(np.asarray(teacher_species_emb).shape[1])
     mappings = mappings or {}
@@ -165,6 +174,26 @@ def build_queries(
             out[m] = mappings[m].apply(audio_emb)
         elif m == "distilled" and distilled_emb is not None:
             out[m] = unit_rows(distilled_emb)
+        elif m == "distilled_proto" and distilled_emb is not None and readout is not None:
+            out[m] = readout_queries(
+                m, distilled_emb, teacher_species_emb, logit_scale=readout["logit_scale"]
+            )
+        elif (
+            m == "fused"
+            and distilled_emb is not None
+            and readout is not None
+            and audio_emb is not None
+            and audio_species_emb is not None
+        ):
+            out[m] = readout_queries(
+                m,
+                distilled_emb,
+                teacher_species_emb,
+                logit_scale=readout["logit_scale"],
+                p_cascade=species_probabilities(audio_emb, audio_species_emb, cascade_temperature),
+                seen=readout["seen"],
+                weight=readout["fusion_weight"],
+            )
         elif m not in RETRIEVAL_METHODS:
             raise ValueError(f"unknown retrieval method {m!r}; choose from {RETRIEVAL_METHODS}")
     return out

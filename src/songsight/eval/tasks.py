@@ -267,6 +267,7 @@ def _retrieval(
         cascade_temperature=cfg.cascade_temperature,
         mappings=run.maps,
         distilled_emb=q_audio.get("distilled"),
+        readout=_readout(run),
         seed=cfg.seed,
     )
     run.log(f"scoring retrieval: {', '.join(queries)}")
@@ -287,6 +288,27 @@ def _retrieval(
         "not_applicable": {"original": "BioLingual has no image space"},
         "cascade_temperature": cfg.cascade_temperature,
         **scored,
+    }
+
+
+def _readout(run: _Run) -> dict | None:
+    """What the distilled checkpoint's readouts need: its learned logit scale, the fusion
+    weight its validation chose, and which species it was distilled on (None without one)."""
+    dist = run.encoders.get("distilled")
+    if dist is None:
+        return None
+    meta = dist.meta
+    if "logit_scale" not in meta:
+        warnings.warn(
+            "the distilled checkpoint records no logit scale (made before readouts existed): "
+            "distilled_proto and fused are left out",
+            stacklevel=3,
+        )
+        return None
+    return {
+        "logit_scale": float(meta["logit_scale"]),
+        "fusion_weight": float((meta.get("readout") or {}).get("fusion_weight", 0.5)),
+        "seen": np.isin(run.species_labels, run.train_labels),
     }
 
 

@@ -41,22 +41,9 @@ class DemoPlan:
         return replace(cfg, **(self.world_overrides or {}))
 
     def distill_config(self) -> DistillConfig:
-        """The distillation the demo runs: sized for a 2-core CPU, `distill_overrides` on top."""
-        if self.quick:
-            cfg = DistillConfig(
-                epochs=20, batch_size=16, lr=1e-3, head_lr=1e-2, warmup_steps=5, train="all"
-            )
-        else:
-            cfg = DistillConfig(
-                epochs=6,
-                batch_size=32,
-                lr=1e-3,
-                head_lr=1e-2,
-                warmup_steps=20,
-                train="all",
-                gain_db=6.0,
-            )
-        return replace(cfg, **(self.distill_overrides or {}))
+        """The distillation the demo runs: `songsight distill`'s defaults (what a user gets),
+        with `distill_overrides` on top."""
+        return replace(DistillConfig(), **(self.distill_overrides or {}))
 
 
 def _say(msg: str) -> None:

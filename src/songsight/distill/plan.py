@@ -1,0 +1,126 @@
+"""What a distillation run does with the data it is given: validation split and run length.
+
+Both follow the data, so that the same defaults serve a handful of clips and a million:
+
+- `split_train_val` carves a validation split from the training manifest, stratified by
+  species and grouped (rows of one recording never sit on both sides);
+- `plan_run` sizes the batch (never larger than the data), the number of epochs (enough for
+  ``min_steps`` optimiser steps, at most ``max_epochs``) and the warmup (a fraction of the run).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from songsight.config import DistillConfig
+
+# Columns that name the recording a row comes from, looked for in this order when the config
+# names none; rows of one file (segments with start_s/end_s) are always kept together.
+GROUP_COLUMNS = ("recording_id", "recording", "group")
+# A species needs this many groups before one of them goes to validation.
+MIN_GROUPS_FOR_VAL = 3
+
+
+def group_keys(df: pd.DataFrame, group_column: str | None = None) -> tuple[np.ndarray, str]:
+    """(N,) group key per row and the column it came from (``path`` when none is named)."""
+    if group_column is not None:
+        if group_column not in df.columns:
+            raise ValueError(f"group column {group_column!r} is not in the manifest")
+        return df[group_column].astype(str).to_numpy(), group_column
+    for col in GROUP_COLUMNS:
+        if col in df.columns:
+            return df[col].astype(str).to_numpy(), col
+    return df["path"].astype(str).to_numpy(), "path"
+
+
+def split_train_val(
+    df: pd.DataFrame, val_fraction: float, seed: int, group_column: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Split a training manifest into (train, val, info), stratified by ``label``.
+
+    Each species with at least `MIN_GROUPS_FOR_VAL` groups sends ``round(val_fraction * groups)``
+    of them (at least one) to validation; species with fewer stay whole in training. ``info``
+    records the group column, the counts and the species with no validation clip.
+    """
+    keys, used = group_keys(df, group_column)
+    rng = np.random.default_rng([seed, 0x5A1])
+    val_rows = np.zeros(len(df), bool)
+    short = []
+    labels = df["label"].to_numpy()
+    for label in sorted(set(labels.tolist())):
+        rows = np.flatnonzero(labels == label)
+        groups = sorted(set(keys[rows].tolist()))
+        n_val = int(round(val_fraction * len(groups)))
+        if val_fraction > 0 and len(groups) >= MIN_GROUPS_FOR_VAL:
+            n_val = max(1, min(n_val, len(groups) - 1))
+        else:
+            n_val = 0
+        if n_val == 0:
+            short.append(int(label))
+            continue
+        chosen = set(rng.choice(groups, size=n_val, replace=False).tolist())
+        val_rows[rows] = np.isin(keys[rows], list(chosen))
+    train, val = df.loc[~val_rows].reset_index(drop=True), df.loc[val_rows].reset_index(drop=True)
+    info = {
+        "group_column": used,
+        "val_fraction": val_fraction,
+        "train_clips": len(train),
+        "val_clips": len(val),
+        "species_without_val": short,
+    }
+    return train, val, info
+
+
+@dataclass
+class RunPlan:
+    """Batch, epochs, steps and warmup of a run, and why (``notes``)."""
+
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    notes: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_run(n_clips: int, cfg: DistillConfig, world_size: int = 1) -> RunPlan:
+    """Size a run for ``n_clips`` training clips (see the module docstring).
+
+    A batch larger than the data shrinks to the data (rounded down to a multiple of the ranks);
+    ``cfg.epochs`` None runs ``ceil(min_steps / steps_per_epoch)`` epochs, at most
+    ``max_epochs``; early stopping on validation may end it sooner.
+    """
+    if n_clips < world_size:
+        raise ValueError(f"{n_clips} training clips cannot be shared by {world_size} ranks")
+    notes = []
+    per_step = cfg.batch_size * cfg.grad_accum
+    batch = cfg.batch_size
+    if n_clips < per_step:
+        batch = max(world_size, (n_clips // cfg.grad_accum) // world_size * world_size)
+        notes.append(
+            f"{n_clips} training clips are fewer than a batch of {per_step}: training with "
+            f"batches of {batch} (set --batch-size to choose)"
+        )
+    steps_per_epoch = max(1, n_clips // (batch * cfg.grad_accum))
+    if cfg.epochs is None:
+        epochs = min(cfg.max_epochs, max(1, math.ceil(cfg.min_steps / steps_per_epoch)))
+        notes.append(
+            f"{epochs} epochs of {steps_per_epoch} steps (at least {cfg.min_steps} steps, "
+            f"at most {cfg.max_epochs} epochs; --epochs to choose)"
+        )
+    else:
+        epochs = cfg.epochs
+    total = steps_per_epoch * epochs
+    warmup = (
+        cfg.warmup_steps
+        if cfg.warmup_steps is not None
+        else max(1, int(round(cfg.warmup_fraction * total)))
+    )
+    return RunPlan(batch, epochs, steps_per_epoch, total, min(warmup, total), notes)

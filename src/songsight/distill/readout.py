@@ -1,0 +1,132 @@
+"""Readouts: how a distilled encoder's output becomes an image query, alone or with the cascade.
+
+The distilled encoder puts a recording in the teacher's (BioCLIP-2's) space. Three ways to
+query photos with it, each a method of its own in evaluation and search:
+
+- ``distilled``: the embedding itself (the paper's method as it stands);
+- ``distilled_proto``: the embedding read out as a posterior over the teacher's species text
+  embeddings (the prototypes it was trained towards), and the teacher text of the most
+  probable species queries the photos: a cascade through the distilled encoder. It lands
+  exactly on a target when the species is right, where the raw embedding may sit between
+  photos of several species;
+- ``fused``: the distilled posterior and the zero-shot cascade's (BioLingual's own posterior)
+  combined so that species the distilled model never saw are answered by the cascade. Hard
+  routing by the cascade's answer: when the cascade's most probable species was not distilled,
+  its posterior is kept as it is; otherwise the answer is taken among the distilled species
+  from ``p_distilled^w * p_cascade^(1 - w)`` (renormalised over them). ``w = 0`` is the
+  cascade, ``w = 1`` the distilled posterior within the distilled species; the weight is
+  chosen on a validation split and recorded in the checkpoint.
+
+Pure numpy functions: arrays in, arrays out; no models, files or CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from songsight.baselines.cascade import queries_from_probabilities, species_probabilities
+
+READOUTS = ("distilled", "distilled_proto", "fused")
+# Candidate fusion weights tried on validation (0 reproduces the cascade exactly).
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def prototype_posterior(
+    distilled_emb: np.ndarray, species_text_emb: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """(N, S) float32: ``softmax(logit_scale * distilled . text)`` per recording.
+
+    ``distilled_emb`` (N, D) and ``species_text_emb`` (S, D), unit norm; ``logit_scale`` the
+    multiplier the distillation learned (``1 / temperature``).
+    """
+    return species_probabilities(distilled_emb, species_text_emb, 1.0 / float(logit_scale))
+
+
+def fuse_posteriors(
+    p_distilled: np.ndarray, p_cascade: np.ndarray, seen: Sequence[bool], weight: float
+) -> np.ndarray:
+    """(N, S) float32 fused species posterior (rows sum to 1); see the module docstring.
+
+    ``p_distilled`` and ``p_cascade`` (N, S) posteriors over the same species columns;
+    ``seen`` (S,) True for the species the encoder was distilled on; ``weight`` in [0, 1].
+    Rows whose cascade answer is a seen species are a distribution over the seen species only.
+    """
+    pd_ = np.asarray(p_distilled, dtype=np.float64)
+    pc = np.asarray(p_cascade, dtype=np.float64)
+    seen = np.asarray(seen, dtype=bool)
+    if pd_.shape != pc.shape or pd_.ndim != 2 or seen.shape != (pd_.shape[1],):
+        raise ValueError(
+            f"need two (N, S) posteriors and (S,) seen, got {pd_.shape}, {pc.shape}, {seen.shape}"
+        )
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    out = pc.copy()
+    if not seen.any() or len(pc) == 0:
+        return out.astype(np.float32)
+    routed = seen[pc.argmax(axis=1)]
+    tiny = np.finfo(np.float64).tiny
+    log_q = weight * np.log(np.maximum(pd_[routed][:, seen], tiny)) + (1 - weight) * np.log(
+        np.maximum(pc[routed][:, seen], tiny)
+    )
+    log_q -= log_q.max(axis=1, keepdims=True)
+    q = np.exp(log_q)
+    rows = np.zeros((int(routed.sum()), pc.shape[1]))
+    rows[:, seen] = q / q.sum(axis=1, keepdims=True)
+    out[routed] = rows
+    return out.astype(np.float32)
+
+
+def readout_queries(
+    readout: str,
+    distilled_emb: np.ndarray,
+    species_text_emb: np.ndarray,
+    *,
+    logit_scale: float,
+    p_cascade: np.ndarray | None = None,
+    seen: Sequence[bool] | None = None,
+    weight: float = 0.5,
+) -> np.ndarray:
+    """(N, D) float32 unit-norm image queries for ``readout`` (one of `READOUTS`).
+
+    ``species_text_emb`` (S, D): the teacher's text embedding of every candidate species;
+    ``p_cascade`` (N, S) and ``seen`` (S,) are needed by ``fused`` only.
+    """
+    if readout == "distilled":
+        x = np.asarray(distilled_emb, dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    return queries_from_probabilities(
+        readout_posterior(
+            readout,
+            distilled_emb,
+            species_text_emb,
+            logit_scale=logit_scale,
+            p_cascade=p_cascade,
+            seen=seen,
+            weight=weight,
+        ),
+        species_text_emb,
+        "top1",
+    )
+
+
+def readout_posterior(
+    readout: str,
+    distilled_emb: np.ndarray,
+    species_text_emb: np.ndarray,
+    *,
+    logit_scale: float,
+    p_cascade: np.ndarray | None = None,
+    seen: Sequence[bool] | None = None,
+    weight: float = 0.5,
+) -> np.ndarray:
+    """(N, S) species posterior of ``distilled_proto`` or ``fused`` (arguments as above)."""
+    p_dist = prototype_posterior(distilled_emb, species_text_emb, logit_scale)
+    if readout == "distilled_proto":
+        return p_dist
+    if readout == "fused":
+        if p_cascade is None or seen is None:
+            raise ValueError("the fused readout needs the cascade's posterior and the seen mask")
+        return fuse_posteriors(p_dist, p_cascade, seen, weight)
+    raise ValueError(f"no species posterior for readout {readout!r}; choose from {READOUTS[1:]}")

@@ -1,0 +1,136 @@
+"""Readouts of the distilled encoder and the run plan, against brute-force references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from songsight.config import DistillConfig
+from songsight.distill.plan import plan_run, split_train_val
+from songsight.distill.readout import (
+    fuse_posteriors,
+    prototype_posterior,
+    readout_posterior,
+    readout_queries,
+)
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _posterior(rng, n, s):
+    p = rng.random((n, s)) ** 3
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_prototype_posterior_is_a_softmax_over_scaled_cosines():
+    rng = np.random.default_rng(0)
+    emb, text = _unit(rng, 5, 8), _unit(rng, 4, 8)
+    p = prototype_posterior(emb, text, logit_scale=20.0)
+    for i in range(5):
+        logits = [20.0 * float(emb[i] @ text[s]) for s in range(4)]
+        ref = np.exp(np.array(logits) - max(logits))
+        np.testing.assert_allclose(p[i], ref / ref.sum(), rtol=1e-5)
+
+
+def test_fused_posterior_routes_by_the_cascade_answer():
+    """A brute-force loop: cascade answer unseen -> the cascade's row; else the weighted
+    geometric mix over the seen species only."""
+    rng = np.random.default_rng(1)
+    p_d, p_c = _posterior(rng, 40, 6), _posterior(rng, 40, 6)
+    seen = np.array([1, 1, 0, 1, 0, 1], bool)
+    for w in (0.0, 0.3, 1.0):
+        got = fuse_posteriors(p_d, p_c, seen, w)
+        for i in range(40):
+            if not seen[p_c[i].argmax()]:
+                np.testing.assert_allclose(got[i], p_c[i], rtol=1e-6)
+                continue
+            ref = np.zeros(6)
+            for s in range(6):
+                if seen[s]:
+                    ref[s] = p_d[i, s] ** w * p_c[i, s] ** (1 - w)
+            np.testing.assert_allclose(got[i], ref / ref.sum(), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
+    # weight 0 answers as the cascade does, on every row
+    assert (fuse_posteriors(p_d, p_c, seen, 0.0).argmax(1) == p_c.argmax(1)).all()
+
+
+def test_fused_with_nothing_seen_is_the_cascade_and_bad_input_is_refused():
+    rng = np.random.default_rng(2)
+    p_d, p_c = _posterior(rng, 3, 4), _posterior(rng, 3, 4)
+    np.testing.assert_allclose(fuse_posteriors(p_d, p_c, np.zeros(4, bool), 0.5), p_c)
+    with pytest.raises(ValueError, match="weight"):
+        fuse_posteriors(p_d, p_c, np.ones(4, bool), 1.5)
+    with pytest.raises(ValueError, match="posteriors"):
+        fuse_posteriors(p_d, p_c[:, :3], np.ones(4, bool), 0.5)
+
+
+def test_readout_queries_land_on_the_chosen_species_text():
+    rng = np.random.default_rng(3)
+    emb, text = _unit(rng, 10, 16), _unit(rng, 5, 16)
+    raw = readout_queries("distilled", emb * 3.0, text, logit_scale=10.0)
+    np.testing.assert_allclose(raw, emb, atol=1e-6)
+    proto = readout_queries("distilled_proto", emb, text, logit_scale=10.0)
+    np.testing.assert_array_equal(proto, text[(emb @ text.T).argmax(1)])
+    p_c = _posterior(rng, 10, 5)
+    seen = np.array([1, 1, 1, 0, 0], bool)
+    fused = readout_queries(
+        "fused", emb, text, logit_scale=10.0, p_cascade=p_c, seen=seen, weight=0.5
+    )
+    post = readout_posterior(
+        "fused", emb, text, logit_scale=10.0, p_cascade=p_c, seen=seen, weight=0.5
+    )
+    np.testing.assert_array_equal(fused, text[post.argmax(1)])
+    with pytest.raises(ValueError, match="cascade"):
+        readout_queries("fused", emb, text, logit_scale=10.0)
+
+
+def _manifest(per_species: dict[int, int], files_per_recording: int = 1) -> pd.DataFrame:
+    rows = []
+    for label, n in per_species.items():
+        for r in range(n):
+            for k in range(files_per_recording):
+                rows.append(
+                    {
+                        "path": f"s{label}_r{r}_{k}.wav",
+                        "label": label,
+                        "recording_id": f"{label}-{r}",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_validation_split_is_stratified_grouped_and_spares_small_species():
+    df = _manifest({0: 20, 1: 7, 2: 2, 3: 3}, files_per_recording=2)
+    train, val, info = split_train_val(df, 0.15, seed=0)
+    assert info["group_column"] == "recording_id"
+    # no recording on both sides, nothing lost or duplicated
+    assert not set(train["recording_id"]) & set(val["recording_id"])
+    assert sorted(train["path"].tolist() + val["path"].tolist()) == sorted(df["path"].tolist())
+    per = val.groupby("label")["recording_id"].nunique().to_dict()
+    assert per == {0: 3, 1: 1, 3: 1}  # round(0.15 * 20) = 3; at least one; 2 recordings: none
+    assert info["species_without_val"] == [2]
+    assert (train.groupby("label").size() > 0).all() and set(train["label"]) == {0, 1, 2, 3}
+    again = split_train_val(df, 0.15, seed=0)[1]
+    pd.testing.assert_frame_equal(val, again)
+    assert split_train_val(df, 0.0, seed=0)[1].empty
+
+
+def test_run_plan_follows_the_data_size():
+    small = plan_run(24, DistillConfig())
+    assert small.batch_size == 24 and small.steps_per_epoch == 1
+    assert small.total_steps == small.epochs == DistillConfig().max_epochs
+    assert any("fewer than a batch" in n for n in small.notes)
+    mid = plan_run(1920, DistillConfig())
+    assert mid.batch_size == 32 and mid.steps_per_epoch == 60
+    assert mid.total_steps >= DistillConfig().min_steps and mid.epochs == -(-1000 // 60)
+    assert mid.warmup_steps == round(0.05 * mid.total_steps)
+    big = plan_run(1_000_000, DistillConfig())
+    assert big.epochs == 1 and big.total_steps == 1_000_000 // 32
+    fixed = plan_run(1920, DistillConfig(epochs=3, warmup_steps=7))
+    assert (fixed.epochs, fixed.total_steps, fixed.warmup_steps) == (3, 180, 7)
+    two_ranks = plan_run(5, DistillConfig(), world_size=2)
+    assert two_ranks.batch_size == 4
