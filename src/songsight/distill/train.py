@@ -27,7 +27,7 @@ from songsight.data.manifest import load_manifest, manifest_sha256
 from songsight.distill.data import AudioCrops, epoch_order, spec_mask
 from songsight.distill.monitor import METRICS_FILE, MetricsLog, Validator
 from songsight.distill.plan import plan_run, split_train_val
-from songsight.distill.probe_init import fit_probe, probe_rows
+from songsight.distill.probe_init import fit_probe_head, probe_rows
 from songsight.distill.targets import teacher_targets
 from songsight.encoders.base import autocast_dtype, l2_normalize
 from songsight.encoders.distilled import build_head, make_student, save_checkpoint
@@ -246,15 +246,26 @@ def distill(
             autocast_dtype(cfg.precision, device), cascade=(audio_text, cascade_temperature),
         )  # fmt: skip
         validator.prepare(student)  # the untouched model: the cascade's view of the clips
-    head_note = cfg.head_init
+    logit_scale = LogitScale(
+        cfg.init_temperature, learnable=cfg.learn_temperature, max_scale=1.0 / cfg.min_temperature
+    ).to(device)
+    loss_fn = DistillationLoss(
+        cfg.loss,
+        cfg.preserve_weight,
+        cfg.preserve_kind,
+        cfg.positives,
+        target_weight=cfg.target_weight,
+        target_kind=cfg.target_kind,
+    )
+    head_note: dict | str = cfg.head_init
     if cfg.head_init == "probe" and cfg.head == "linear" and not resume:
         rows = probe_rows(data.labels, cfg.seed)
         base = _embed_base(student, data, rows, features, device, plan.batch_size)
-        w, b = fit_probe(base, train_targets.cpu().numpy()[data.labels[rows]])
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(w))
-            head.bias.copy_(torch.from_numpy(b))
-        head_note = f"probe ({len(rows)} clips)"
+        head_note = fit_probe_head(
+            head, logit_scale, DistillationLoss("class", target_weight=cfg.target_weight,
+            target_kind=cfg.target_kind), base, data.labels[rows], train_targets, cfg.seed,
+        )  # fmt: skip
+        head_note["kind"] = "probe"
     elif cfg.head_init == "probe" and cfg.head != "linear":
         head_note = "random (the probe initialisation needs the linear head)"
     _select_trainable(student, clap, cfg)
@@ -268,11 +279,7 @@ def distill(
         def __init__(self):
             super().__init__()
             self.student = student
-            self.logit_scale = LogitScale(
-                cfg.init_temperature,
-                learnable=cfg.learn_temperature,
-                max_scale=1.0 / cfg.min_temperature,
-            )
+            self.logit_scale = logit_scale
 
         def forward(self, feats):
             emb, base = self.student(feats)
@@ -284,15 +291,6 @@ def distill(
         model = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[local_rank] if device.startswith("cuda") else None
         )
-    loss_fn = DistillationLoss(
-        cfg.loss,
-        cfg.preserve_weight,
-        cfg.preserve_kind,
-        cfg.positives,
-        target_weight=cfg.target_weight,
-        target_kind=cfg.target_kind,
-    )
-
     head_params = list(module.student.head.parameters()) + list(module.logit_scale.parameters())
     head_ids = {id(p) for p in head_params}
     backbone = [p for p in module.parameters() if p.requires_grad and id(p) not in head_ids]
@@ -418,6 +416,29 @@ def distill(
     )
     batch_size = plan.batch_size
     local_bs = batch_size // world
+
+    def consider(val: dict, epoch: int) -> None:
+        """Keep the checkpoint if its validation score is the best so far."""
+        nonlocal best
+        if log:
+            log.write({"step": step, "epoch": epoch, **val})
+        if val["val_score"] > best["value"]:
+            best = {
+                "metric": "val_score",
+                "value": float(val["val_score"]),
+                "epoch": epoch,
+                "step": step,
+                "stale": 0,
+                "readout": _readout_record(val, len(validator.labels)),
+            }
+            save("best", epoch + 1, 0)
+        else:
+            best = {**best, "stale": best["stale"] + 1}
+
+    if step == 0 and validator is not None:
+        # The starting point (the probe-initialised head) is a candidate too: fine-tuning that
+        # makes validation worse is never kept.
+        consider(validate(), -1)
     module.train()
     _freeze_batchnorm(module)
     t0, seen_items, stopped, early, comps = time.time(), 0, False, False, {"total": math.inf}
@@ -473,20 +494,8 @@ def distill(
             break
         due = (epoch + 1) % cfg.val_every_epochs == 0 or epoch + 1 == plan.epochs
         val = validate() if due else {}
-        if log and val:
-            log.write({"step": step, "epoch": epoch, **val})
-        if val and val["val_score"] > best["value"]:
-            best = {
-                "metric": "val_score",
-                "value": float(val["val_score"]),
-                "epoch": epoch,
-                "step": step,
-                "stale": 0,
-                "readout": _readout_record(val, len(validator.labels)),
-            }
-            save("best", epoch + 1, 0)
-        elif val:
-            best = {**best, "stale": best["stale"] + 1}
+        if val:
+            consider(val, epoch)
         early = bool(val) and cfg.patience > 0 and best["stale"] >= cfg.patience
         if early or (validator is None and epoch + 1 == plan.epochs):
             if validator is None:  # nothing to choose on: the final weights are the best

@@ -31,6 +31,7 @@ class DemoPlan:
     out: str = "songsight-demo"
     world_overrides: dict | None = None  # WorldConfig fields
     distill_overrides: dict | None = None  # DistillConfig fields
+    clips_per_species: int | None = None  # distil on at most this many clips of each species
 
     def world_config(self):
         from songsight.sim.world import WorldConfig
@@ -77,14 +78,19 @@ def distill_cached(plan: DemoPlan, world_dir: Path, world: dict, models: dict, r
     cfg = plan.distill_config()
     out = root / "models" / "distilled"
     key = stable_hash(
-        {"world": world["config_hash"], "models": models["key"], "config": cfg.to_dict()}
-    )
+        {"world": world["config_hash"], "models": models["key"], "config": cfg.to_dict(),
+         "clips_per_species": plan.clips_per_species}
+    )  # fmt: skip
     stamp = out / "demo.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return out
     held = set(world.get("held_out_labels", []))
     audio = SSW60(world_dir, warn_missing=False).audio("train")
     train = audio[~audio["label"].isin(held)].reset_index(drop=True)
+    if plan.clips_per_species is not None:  # the first n of each species in a seeded order
+        order = train.sample(frac=1.0, random_state=plan.seed)
+        train = order[order.groupby("label").cumcount() < plan.clips_per_species]
+        train = train.sort_index().reset_index(drop=True)
     manifest = root / "models" / "distill_train.csv"
     save_manifest(
         pd.DataFrame({"path": train["path"], "label": train["label"], "split": "train"}), manifest
@@ -118,6 +124,7 @@ def run_demo(
     quick: bool = False,
     world_overrides: dict | None = None,
     distill_overrides: dict | None = None,
+    clips_per_species: int | None = None,
 ) -> dict:
     """Run the whole demo; returns the evaluation results dict (also in ``out/results.json``).
 
@@ -134,6 +141,7 @@ def run_demo(
         out=str(out),
         world_overrides=world_overrides,
         distill_overrides=distill_overrides,
+        clips_per_species=clips_per_species,
     )
     root = Path(out).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
