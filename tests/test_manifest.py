@@ -47,12 +47,12 @@ def test_explicit_root_wins_and_dataframe_is_not_modified(tmp_path):
 
 
 def test_missing_columns_are_named_with_the_expected_ones(tmp_path):
-    m = _write(tmp_path / "m.csv", "file,species\na.wav,0\n")
+    m = _write(tmp_path / "m.csv", "recording,bird\na.wav,0\n")
     with pytest.raises(DataNotFoundError) as err:
         load_manifest(m)
     msg = str(err.value)
     assert "missing column(s) path, label" in msg
-    assert "optional: split, start_s, end_s" in msg and "found file, species" in msg
+    assert "optional: split, start_s, end_s" in msg and "found recording, bird" in msg
 
 
 @pytest.mark.parametrize(
