@@ -16,6 +16,7 @@ from songsight.encoders.loading import BIOCLIP2_ID
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
 from songsight.images import IMAGE_SUFFIXES
 from songsight.index.gallery_dedupe import (
+    contradictions,
     hash_files,
     merge_names,
     rewrite_paths,
@@ -313,7 +314,7 @@ def _update(
     sorted_ = sort_photos(files, hash_files(files), stored_photos(directory))
     rewrite_paths(directory, sorted_.moved)
     pending, conflicts = merge_names(pending, sorted_.copies)
-    notes += sorted_.notes() + conflicts
+    notes += sorted_.notes() + conflicts + contradictions(directory, pending)
     directory.mkdir(parents=True, exist_ok=True)
     image_model = image_model or BIOCLIP2_ID
     preprocess = preprocess or "model"

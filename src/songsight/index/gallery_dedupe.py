@@ -20,7 +20,15 @@ from pathlib import Path
 from songsight.index.gallery_format import STORE_FILE
 from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank
 
-__all__ = ["Sorted", "hash_files", "merge_names", "rewrite_paths", "sort_photos", "stored_photos"]
+__all__ = [
+    "Sorted",
+    "contradictions",
+    "hash_files",
+    "merge_names",
+    "rewrite_paths",
+    "sort_photos",
+    "stored_photos",
+]
 
 _SHOW = 3  # paths quoted per kind of note
 
@@ -151,6 +159,28 @@ def merge_names(pending, copies: dict[str, str]):
     return out, notes[:_SHOW] + (
         [f"... and {len(notes) - _SHOW} more"] if len(notes) > _SHOW else []
     )
+
+
+def contradictions(directory: Path, pending) -> list[str]:
+    """Notes on copies named otherwise than the stored photo they copy (which keeps its names)."""
+    import pyarrow.parquet as pq
+
+    store = directory / STORE_FILE
+    if pending is None or pending.empty or not store.is_file() or not pending["fill_only"].any():
+        return []
+    names = [c for c in ("label", "species", "common_name") if c in pq.read_schema(store).names]
+    held = pq.read_table(store, columns=["path", *names]).to_pandas().set_index("path")
+    notes = []
+    for rec in pending[pending["fill_only"]].to_dict("records"):
+        if rec["path"] not in held.index:
+            continue
+        for col in names:
+            had, new = held.at[rec["path"], col], rec.get(col)
+            if not _blank(had) and not _blank(new) and str(had) != str(new):
+                notes.append(
+                    f"{rec['path']}: a copy is named {new!r}, the photo {had!r}; kept {had!r}"
+                )
+    return notes[:_SHOW] + ([f"... and {len(notes) - _SHOW} more"] if len(notes) > _SHOW else [])
 
 
 def rewrite_paths(directory: Path, moved: dict[str, str]) -> None:
