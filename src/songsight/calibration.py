@@ -74,9 +74,10 @@ class CalibrationReport:
         )
 
 
-def _true_species(manifest, split: str | None, species_names: list[str], label_of: dict):
+def _true_species(manifest, split: str | None, searcher):
     """(paths, species codes) of the manifest's recordings whose species the gallery holds."""
     from songsight.data.manifest import name_key, normalise_columns, read_table, resolve_paths
+    from songsight.species_filter import name_lookup
 
     path = Path(manifest).expanduser()
     df, _ = normalise_columns(
@@ -90,8 +91,9 @@ def _true_species(manifest, split: str | None, species_names: list[str], label_o
         if not (df["split"] == split).any():
             raise DataNotFoundError(f"{path}: no rows with split == {split!r}")
         df = df[df["split"] == split].reset_index(drop=True)
-    code_of_name = {name_key(n): c for c, n in enumerate(species_names)}
-    code_of_label = {label: code_of_name[name_key(n)] for n, label in label_of.items()}
+    codes, names = searcher._taxa.ranks["species"]
+    code_of_name = name_lookup(searcher.gallery.metadata, codes, names)
+    code_of_label = {label: code_of_name[name_key(n)] for n, label in searcher._taxa.label.items()}
     columns = [c for c in ("label", "species", "scientific_name", "common_name") if c in df]
     if not columns:
         raise DataNotFoundError(
@@ -140,7 +142,7 @@ def calibrate(
     codes, names = searcher._taxa.ranks["species"]
     if not names:
         raise SongsightError("the gallery has no species names, so there is nothing to calibrate")
-    paths, true, skipped = _true_species(recordings_manifest, split, names, searcher._taxa.label)
+    paths, true, skipped = _true_species(recordings_manifest, split, searcher)
     scores, groups, keep = [], [], []
     for i, clip_scores, clip_ids in searcher.clip_answers(paths, progress=progress):
         if clip_scores is None:

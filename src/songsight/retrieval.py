@@ -108,17 +108,17 @@ class Searcher:
         from songsight.calibration import model_key, recorded_calibration
         from songsight.index.gallery import Gallery
 
-        self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
-        if len(self.gallery) == 0:
-            raise SongsightError(
-                f"the gallery {self.gallery.directory} holds no photos; add some with "
-                f"`songsight index add PHOTOS --gallery {self.gallery.directory}`"
-            )
         if model is not None and (audio_model is not None or image_model is not None):
             raise SongsightError(
                 "--audio-model / --image-model choose the zero-shot cascade's models; a "
                 "distilled model (--model) brings its own audio encoder and its teacher is "
                 "checked against the gallery's image model: drop them, or drop --model"
+            )
+        self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
+        if len(self.gallery) == 0:
+            raise SongsightError(
+                f"the gallery {self.gallery.directory} holds no photos; add some with "
+                f"`songsight index add PHOTOS --gallery {self.gallery.directory}`"
             )
         temperature_given = rollup_temperature is not None
         rollup_temperature = (

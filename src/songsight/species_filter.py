@@ -19,7 +19,7 @@ import numpy as np
 
 from songsight.errors import DataNotFoundError
 
-__all__ = ["SpeciesFilter", "read_species_list", "species_filter"]
+__all__ = ["SpeciesFilter", "name_lookup", "read_species_list", "species_filter"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,26 @@ class SpeciesFilter:
 
 
 def _norm(text: str) -> str:
-    return " ".join(str(text).replace("_", " ").split()).casefold()
+    from songsight.data.manifest import name_key
+
+    return name_key(text)
+
+
+def name_lookup(metadata, species_codes: np.ndarray, species_names: list[str]) -> dict[str, int]:
+    """Every way the gallery names a species (scientific, common name, code; compared as
+    `name_key`) -> its index in ``species_names``; arguments as `species_filter`'s."""
+    lookup: dict[str, int] = {}
+    columns = [c for c in ("species", "common_name", "species_code") if c in metadata]
+    for c, name in enumerate(species_names):
+        lookup.setdefault(_norm(name), c)
+    for row, code in enumerate(species_codes.tolist()):
+        if code < 0:
+            continue
+        for column in columns:
+            value = metadata[column].iat[row]
+            if isinstance(value, str) and value.strip():
+                lookup.setdefault(_norm(value), code)
+    return lookup
 
 
 def read_species_list(path: str | Path) -> list[str]:
@@ -81,17 +100,7 @@ def species_filter(
     entry names a species of the gallery.
     """
     entries = [str(e).strip() for e in entries if str(e).strip()]
-    lookup: dict[str, int] = {}
-    columns = [c for c in ("species", "common_name", "species_code") if c in metadata]
-    for c, name in enumerate(species_names):
-        lookup.setdefault(_norm(name), c)
-    for row, code in enumerate(species_codes.tolist()):
-        if code < 0:
-            continue
-        for column in columns:
-            value = metadata[column].iat[row]
-            if isinstance(value, str) and value.strip():
-                lookup.setdefault(_norm(value), code)
+    lookup = name_lookup(metadata, species_codes, species_names)
     kept: dict[int, None] = {}
     unknown = []
     for entry in entries:
