@@ -52,7 +52,7 @@ def interrupted_message(args: argparse.Namespace, argv: list[str]) -> str:
         kept = "the part of the archive already downloaded is kept"
         todo = f"continue with (the download resumes): {same}"
     elif command == "demo":
-        kept = f"the steps already finished are cached in {args.out}"
+        kept = f"the steps already finished are kept (cached) in {args.out}"
         todo = f"continue with (finished steps are not redone): {same}"
     elif command == "download":
         kept = "the files already downloaded are kept in the Hub cache"
