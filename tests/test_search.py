@@ -321,7 +321,9 @@ def test_allowed_ids_filter_matches_brute_force_on_the_subset(backend):
             np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     # Fewer allowed than k: padded; none allowed: all padding.
     scores, found = index.search(queries[:2], 5, allowed_ids=ids[[7, 9]])
-    assert (np.sort(found[:, :2], axis=1) == np.sort(ids[[7, 9]])).all() and (found[:, 2:] == -1).all()
+    assert (np.sort(found[:, :2], axis=1) == np.sort(ids[[7, 9]])).all() and (
+        found[:, 2:] == -1
+    ).all()
     scores, found = index.search(queries[:2], 5, allowed_ids=np.array([], np.int64))
     assert (found == -1).all() and np.isneginf(scores).all()
     with pytest.raises(SongsightError, match="allowed_ids"):

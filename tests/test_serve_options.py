@@ -39,7 +39,9 @@ def test_body_flags_silence_and_names_nothing(real_client):
     assert response.status_code == 200, response.text
     body = response.json()
     assert response.headers["x-silent"] == "true"
-    assert body and all(r["flags"] == ["silent"] and not r["hits"] and not r["species"] for r in body)
+    assert body and all(
+        r["flags"] == ["silent"] and not r["hits"] and not r["species"] for r in body
+    )
     loud = encode(tone([TONES_HZ[0]], 1.0), "WAV", "PCM_16")
     body = client.post("/api/search", files={"audio": ("a.wav", loud)}).json()
     assert body[0]["flags"] == [] and body[0]["hits"] and body[0]["species"]
