@@ -76,8 +76,8 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _load_split(manifest, split: str | None, species=None):
-    df = load_manifest(manifest, species=species)  # labels may be species names
+def _load_split(manifest, split: str | None):
+    df = load_manifest(manifest)
     if split and "split" in df.columns and (df["split"] == split).any():
         df = df[df["split"] == split].reset_index(drop=True)
     if df.empty:
@@ -136,7 +136,7 @@ def distill(
     # --- data and species --------------------------------------------------------------------
     species = load_species_csv(species_csv)
     by_label = {s.label: i for i, s in enumerate(species)}
-    train_df = _load_split(train_manifest, "train", species)
+    train_df = _load_split(train_manifest, "train")
     unknown = sorted(set(train_df["label"]) - set(by_label))
     if unknown:
         raise DataNotFoundError(f"{train_manifest}: labels {unknown[:5]} are not in {species_csv}")
@@ -152,7 +152,7 @@ def distill(
     teacher_prov = teacher.provenance()
     gallery = None
     if val_gallery is not None:
-        gdf = load_manifest(val_gallery, species=species)
+        gdf = load_manifest(val_gallery)
         gallery = (teacher.embed_images(list(gdf["path"])), gdf["label"].to_numpy())
     del teacher  # the teacher never runs in the loop
     train_targets = torch.from_numpy(all_targets[[by_label[lab] for lab in train_labels]]).to(
@@ -305,7 +305,7 @@ def distill(
     validator = None
     if val_manifest is not None:
         validator = Validator(
-            _load_split(val_manifest, None, species), features, window_s, all_targets_t, by_label,
+            _load_split(val_manifest, None), features, window_s, all_targets_t, by_label,
             train_labels, gallery, device, autocast,
         )  # fmt: skip
 
