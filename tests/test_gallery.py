@@ -198,8 +198,22 @@ def test_manifest_metadata_and_species_table(photos, tiny_image_encoder, tmp_pat
     row = df.iloc[0]
     assert row["path"] == str((tmp_path / "a.jpg").absolute()) and row["label"] is pd_na()
     assert (row["species"], row["genus"], row["family"]) == ("Corvus corax", "Corvus", "Corvidae")
-    with pytest.raises(DataNotFoundError, match="label"):
-        read_gallery_manifest(tmp_path / "named.csv", species_csv=taxa)
+    # With a species table a name finds its label and ranks; a species the table does not
+    # hold keeps the manifest's own names.
+    both = read_gallery_manifest(
+        _manifest(
+            tmp_path,
+            [{"path": "b.jpg", "scientific_name": "Aix sponsa"}, {"path": "a.jpg", "scientific_name": "Corvus corax"}],
+            "named2.csv",
+        ),
+        species_csv=taxa,
+    )  # fmt: skip
+    assert both["label"].tolist()[0] == 1 and both["common_name"].tolist()[0] == "Wood Duck"
+    assert both["common_name"].isna().tolist() == [False, True]
+    assert (
+        both["species"].tolist() == ["Aix sponsa", "Corvus corax"]
+        and both["label"].isna().tolist()[1]
+    )
     with pytest.raises(DataNotFoundError, match=r"\[7\]"):
         read_gallery_manifest(
             _manifest(tmp_path, [{"path": "a.jpg", "label": 7}], "bad.csv"), species_csv=taxa

@@ -47,12 +47,12 @@ def test_explicit_root_wins_and_dataframe_is_not_modified(tmp_path):
 
 
 def test_missing_columns_are_named_with_the_expected_ones(tmp_path):
-    m = _write(tmp_path / "m.csv", "file,species\na.wav,0\n")
+    m = _write(tmp_path / "m.csv", "recording,bird\na.wav,0\n")
     with pytest.raises(DataNotFoundError) as err:
         load_manifest(m)
     msg = str(err.value)
     assert "missing column(s) path, label" in msg
-    assert "optional: split, start_s, end_s" in msg and "found file, species" in msg
+    assert "optional: split, start_s, end_s" in msg and "found recording, bird" in msg
 
 
 @pytest.mark.parametrize(
@@ -214,3 +214,35 @@ def test_check_files_reports_absent_once(tmp_path):
     assert present["label"].tolist() == [0, 2]
     assert present.index.tolist() == [0, 1]
     assert missing == [str(tmp_path / "gone.wav"), str(tmp_path / "dir.wav")]
+
+
+def test_species_names_work_as_labels_with_a_species_table(tmp_path):
+    from songsight.taxonomy import Species
+
+    taxa = [
+        Species(0, "Branta canadensis", "Canada Goose", code="cangoo"),
+        Species(4, "Aix sponsa", "Wood Duck", code="wooduc"),
+    ]
+    m = _write(
+        tmp_path / "m.csv",
+        "Path,Label\na.wav,Aix sponsa\nb.wav,canada  goose\nc.wav,4\nd.wav,WOODUC\n",
+    )
+    assert load_manifest(m, species=taxa)["label"].tolist() == [4, 0, 4, 4]
+    # A species column (any spelling of it) stands in for the label.
+    named = _write(tmp_path / "n.csv", "file,Common Name\na.wav,Wood Duck\n")
+    df = load_manifest(named, species=taxa)
+    assert df["label"].tolist() == [4] and df["path"].tolist() == [str(tmp_path / "a.wav")]
+    with pytest.raises(DataNotFoundError, match=r"not in the species table.*'Mallard'"):
+        load_manifest(_write(tmp_path / "x.csv", "path,label\na.wav,Mallard\n"), species=taxa)
+    with pytest.raises(DataNotFoundError, match="species names together with a species table"):
+        load_manifest(m)
+
+
+def test_column_typos_are_named_and_paths_normalised(tmp_path):
+    with pytest.raises(DataNotFoundError, match="'lable'.*did you mean 'label'"):
+        load_manifest(_write(tmp_path / "t.csv", "path,lable\na.wav,0\n"))
+    sub = tmp_path / "lists"
+    sub.mkdir()
+    m = _write(sub / "m.csv", "PATH,Label,Split\nx/../a.wav,0,train\n")
+    df = load_manifest(m)
+    assert df["path"].tolist() == [str(sub / "a.wav")] and df["split"].tolist() == ["train"]

@@ -296,3 +296,35 @@ def test_missing_usearch_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "usearch.index", None)
     with pytest.raises(SongsightError, match=r"songsight\[ann\]"):
         HNSWIndex(8)
+
+
+def test_allowed_ids_filter_matches_brute_force_on_the_subset(backend):
+    """A species list reaches the index as allowed ids: the answer is the subset's own top k."""
+    make, min_recall = backend
+    gallery = clustered(3000, 24, 30, seed=18)
+    ids = np.arange(3000) * 2 + 1
+    queries = clustered(25, 24, 30, seed=19)
+    index = make(24, min_candidates=20, rerank_factor=2) if min_recall < 1 else make(24)
+    index.add(gallery, ids)
+    rng = np.random.default_rng(20)
+    # A wide filter (graph path), a narrow one (exact on the subset), one with unknown ids.
+    for share in (0.5, 0.02):
+        keep = np.sort(rng.choice(3000, int(share * 3000), replace=False))
+        allowed = np.concatenate([ids[keep], [10**6, 4]])  # ids the index does not hold are ignored
+        scores, found = index.search(queries, 10, allowed_ids=allowed)
+        ref_scores, ref_ids = brute_force(gallery[keep], ids[keep], queries, 10)
+        assert_well_ordered(scores, found)
+        assert set(found.ravel()) - {-1} <= set(ids[keep].tolist())
+        assert recall(found, ref_ids) >= min_recall
+        if min_recall == 1.0:
+            np.testing.assert_array_equal(found, ref_ids)
+            np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    # Fewer allowed than k: padded; none allowed: all padding.
+    scores, found = index.search(queries[:2], 5, allowed_ids=ids[[7, 9]])
+    assert (np.sort(found[:, :2], axis=1) == np.sort(ids[[7, 9]])).all() and (
+        found[:, 2:] == -1
+    ).all()
+    scores, found = index.search(queries[:2], 5, allowed_ids=np.array([], np.int64))
+    assert (found == -1).all() and np.isneginf(scores).all()
+    with pytest.raises(SongsightError, match="allowed_ids"):
+        index.search(queries[:1], 5, allowed_ids=np.array([0.5, 1.5]))

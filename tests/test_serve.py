@@ -253,7 +253,7 @@ def test_page_static_and_openapi(client):
     ok = post["responses"]["200"]
     schema = ok["content"]["application/json"]["schema"]
     assert schema["type"] == "array" and "hits" in schema["items"]["properties"]
-    assert set(ok["headers"]) == {"X-Request-ID", *SEARCH_HEADERS}
+    assert set(ok["headers"]) == {"X-Request-ID", "X-Species-Unknown", *SEARCH_HEADERS}
     assert {"/api/health", "/api/images/{image_id}"} <= set(spec["paths"])
     assert client.get("/docs").status_code == 200
 

@@ -4,7 +4,8 @@ Public API (lazy: importing songsight loads neither torch nor pandas)::
 
     from songsight import Gallery, Searcher, search
     gallery = Gallery.build(["photos/"], "gallery/")           # BioCLIP-2 by default
-    results = search(["dawn.flac"], "gallery/", model="runs/distilled")
+    gallery = Gallery("gallery/")                              # open an existing one
+    results = search("dawn.flac", gallery, model="runs/distilled", min_score=0.5)
 
 Encoders live in `songsight.encoders` (BioLingual, BioCLIP-2, distilled), training in
 `songsight.distill`, evaluation in `songsight.eval`.

@@ -149,12 +149,15 @@ class _Embedded:
     ends_s: np.ndarray
     duration_s: float
     silent: bool
+    window_silent: np.ndarray  # (W,) bool: the window's peak is under `audio.SILENCE_PEAK`
 
 
 def _embed_recordings(
     encoder, sources: Sequence, window_s: float, hop_s: float, block_s: float = BLOCK_S
 ) -> Iterator[tuple[int, _Embedded | InputFileError]]:
     """Embed each source's windows, batching windows across sources; yields in source order."""
+    from songsight.audio import SILENCE_PEAK
+
     batch: list[np.ndarray] = []
     owners: list[int] = []
     live: dict[int, dict] = {}
@@ -184,12 +187,13 @@ def _embed_recordings(
                     np.asarray(acc["ends"], np.float64) / sr,
                     acc["info"].duration_s,
                     acc["info"].silent,
+                    np.asarray(acc["peaks"], np.float64) < SILENCE_PEAK,
                 ),
             )
         waiting.clear()
 
     for i, src in enumerate(sources):
-        acc = {"info": DecodeInfo(), "starts": [], "ends": [], "emb": []}
+        acc = {"info": DecodeInfo(), "starts": [], "ends": [], "emb": [], "peaks": []}
         live[i] = acc
         try:
             for a, b, samples in iter_windows(
@@ -197,6 +201,7 @@ def _embed_recordings(
             ):
                 acc["starts"].append(a)
                 acc["ends"].append(b)
+                acc["peaks"].append(float(np.abs(samples).max()) if len(samples) else 0.0)
                 batch.append(samples)
                 owners.append(i)
                 if len(batch) >= encoder.batch_size:

@@ -13,6 +13,7 @@ Two ways, each checked against the gallery's image model:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,8 @@ class QueryEncoder:
     ``answered_by``: ``"distilled"``, ``"cascade: top1"`` or ``"cascade: weighted"``.
     ``cascade``: for the cascade, the species text embeddings (S, D_audio) in BioLingual's space
     and (S, D_gallery) in BioCLIP-2's, unit norm, same species rows, and the softmax temperature.
-    ``info``: what else the results' provenance records about it.
+    ``info``: what else the results' provenance records about it. ``species_names``: the
+    cascade's species, one per row of its text embeddings (the gallery's names).
     """
 
     encoder: BioLingualEncoder  # or its `DistilledEncoder` subclass
@@ -44,14 +46,25 @@ class QueryEncoder:
     cascade: tuple[np.ndarray, np.ndarray, float] | None = None
     cascade_mode: str = "top1"
     info: dict[str, Any] = field(default_factory=dict)
+    species_names: list[str] | None = None
 
-    def queries(self, audio_emb: np.ndarray) -> np.ndarray:
-        """(Q, D_audio) recording embeddings -> (Q, D_gallery) queries."""
+    def queries(
+        self, audio_emb: np.ndarray, allowed_species: Collection[str] | None = None
+    ) -> np.ndarray:
+        """(Q, D_audio) recording embeddings -> (Q, D_gallery) queries.
+
+        ``allowed_species``: the cascade chooses among these species only (a species list);
+        the distilled model's queries do not depend on it.
+        """
         if self.cascade is None:
             return audio_emb
         from songsight.baselines.cascade import cascade_queries
 
         audio_text, image_text, temperature = self.cascade
+        if allowed_species is not None and self.species_names is not None:
+            rows = [i for i, n in enumerate(self.species_names) if n in allowed_species]
+            if rows:
+                audio_text, image_text = audio_text[rows], image_text[rows]
         return cascade_queries(audio_emb, audio_text, image_text, temperature, self.cascade_mode)
 
 
@@ -164,4 +177,5 @@ def build_cascade_query_encoder(
         (audio_text, image_text, float(cascade_temperature)),
         cascade_mode,
         info,
+        [s.scientific_name for s in species],
     )

@@ -1,5 +1,5 @@
 """What a search answers: photos (`Hit`), taxa (`SpeciesScore`), per recording or window
-(`WindowResult`).
+(`WindowResult`), and `keep_detections`, the ``--min-score`` filter every output shares.
 
 `songsight.retrieval.Searcher` fills them in, `songsight.rollup` names the photos and rolls
 them up into taxa, and `songsight.results_io` writes them out.
@@ -7,9 +7,17 @@ them up into taxa, and `songsight.results_io` writes them out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
-__all__ = ["Hit", "SpeciesScore", "WindowResult"]
+__all__ = ["FLAGS", "Hit", "SpeciesScore", "WindowResult", "keep_detections"]
+
+# What a result's ``flags`` may say. Both mean "no usable signal": such a recording (or window)
+# is answered with no photos and no species rather than with the photos nearest to noise.
+FLAGS = {
+    "silent": "no signal above about -90 dBFS (a broken recorder or export?)",
+    "too_short": "far shorter than a window: too little sound to name a bird",
+}
 
 
 @dataclass
@@ -26,7 +34,8 @@ class Hit:
 
 @dataclass
 class SpeciesScore:
-    """A taxon's share of the top photo evidence; ``rank`` is species, genus or family."""
+    """A taxon and its calibrated probability (see `songsight.rollup`); ``rank`` is species,
+    genus or family."""
 
     name: str
     score: float
@@ -37,7 +46,11 @@ class SpeciesScore:
 
 @dataclass
 class WindowResult:
-    """Hits and species roll-up for a whole recording (``window`` None) or one window of it."""
+    """Hits and species roll-up for a whole recording (``window`` None) or one window of it.
+
+    ``flags``: names from `FLAGS` (``silent``, ``too_short``); a flagged result has no hits
+    and no species.
+    """
 
     path: str
     start_s: float
@@ -47,3 +60,17 @@ class WindowResult:
     window: int | None = None
     error: str | None = None
     answered_by: str = ""
+    flags: list[str] = field(default_factory=list)
+
+
+def keep_detections(results: Sequence[WindowResult], min_score: float) -> list[WindowResult]:
+    """Only what scores at least ``min_score``: taxa below it are dropped from every result,
+    and windows left without a species are dropped; each recording's whole-file result (and
+    any error) always stays, so every input is accounted for."""
+    out = []
+    for r in results:
+        species = [s for s in r.species if s.score >= min_score]
+        if r.window is not None and not any(s.rank == "species" for s in species):
+            continue
+        out.append(replace(r, species=species))
+    return out

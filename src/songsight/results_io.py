@@ -1,5 +1,10 @@
 """Search results written out: the JSON records, a terminal table, CSV / JSON / Parquet
-files and Raven selection tables, from `songsight.results.WindowResult` lists."""
+files and Raven selection tables, from `songsight.results.WindowResult` lists.
+
+Every format carries each result's ``flags`` (``silent``, ``too_short``: no usable signal, so
+no photos and no species) and honours ``--min-score`` the same way, since the filter is
+applied to the results before any of them is written (`songsight.results.keep_detections`).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "RAVEN_COLUMNS",
     "format_table",
+    "raven_table_names",
     "results_to_records",
     "write_raven",
     "write_results",
@@ -39,6 +45,7 @@ RAVEN_COLUMNS = (
     "High Freq (Hz)",
     "Species",
     "Score",
+    "Flags",
 )
 
 
@@ -46,8 +53,9 @@ def results_to_records(results: Sequence[WindowResult]) -> list[dict]:
     """The JSON contract: one dict per recording and window.
 
     Keys: ``path``, ``start_s``, ``end_s``, ``window`` (None for the whole recording),
-    ``answered_by``, ``hits`` (``image``, ``score``, ``image_id``, and ``species``,
-    ``label``, ``common_name`` when known), ``species`` (``name``, ``score``, ``rank``,
+    ``answered_by``, ``flags`` (``silent`` / ``too_short``, empty when the signal is usable),
+    ``hits`` (``image``, ``score``, ``image_id``, and ``species``, ``label``,
+    ``common_name`` when known), ``species`` (``name``, ``score`` (a probability), ``rank``,
     ``label``, ``common_name``) and ``error`` when the recording could not be used.
     """
     records = []
@@ -58,6 +66,7 @@ def results_to_records(results: Sequence[WindowResult]) -> list[dict]:
             "end_s": round(float(r.end_s), 6),
             "window": r.window,
             "answered_by": r.answered_by,
+            "flags": list(r.flags),
             "hits": [
                 {k: v for k, v in asdict(h).items() if v is not None or k in ("image", "score")}
                 for h in r.hits
@@ -74,8 +83,20 @@ def _top(result: WindowResult, rank: str = "species") -> SpeciesScore | None:
     return next((s for s in result.species if s.rank == rank), None)
 
 
-def format_table(results: Sequence[WindowResult], max_hits: int = 5) -> str:
-    """A readable terminal report: the whole recording in full, windows one line each."""
+def _probability(p: float) -> str:
+    """A species probability for people: ``0.41``, and ``<0.01`` rather than a row of zeros."""
+    return f"{p:.2f}" if p >= 0.005 or p == 0 else "<0.01"
+
+
+def _flag_text(flags: Sequence[str]) -> str:
+    from songsight.results import FLAGS
+
+    return "; ".join(f"{f.upper().replace('_', ' ')}: {FLAGS.get(f, f)}" for f in flags)
+
+
+def format_table(results: Sequence[WindowResult], max_hits: int | None = None) -> str:
+    """A readable terminal report: the whole recording in full (every photo found, or the
+    first ``max_hits``), windows one line each; species scores are probabilities."""
     lines: list[str] = []
     for r in results:
         span = f"{r.start_s:8.2f}-{r.end_s:8.2f} s"
@@ -84,11 +105,13 @@ def format_table(results: Sequence[WindowResult], max_hits: int = 5) -> str:
             continue
         if r.window is None:
             lines += ["", f"== {r.path}  {r.end_s:.2f} s  (answered by {r.answered_by})"]
+            if r.flags:
+                lines.append(f"   NO ANSWER  {_flag_text(r.flags)}")
             for rank in ("species", "genus", "family"):
                 taxa = [s for s in r.species if s.rank == rank]
                 if taxa:
                     text = " | ".join(
-                        f"{s.name}{f' ({s.common_name})' if s.common_name and s.common_name != s.name else ''} {s.score:.2f}"
+                        f"{s.name}{f' ({s.common_name})' if s.common_name and s.common_name != s.name else ''} {_probability(s.score)}"
                         for s in taxa
                     )
                     lines.append(f"   {rank:<8} {text}")
@@ -99,15 +122,16 @@ def format_table(results: Sequence[WindowResult], max_hits: int = 5) -> str:
         best = r.hits[0] if r.hits else None
         lines.append(
             f"   [{span}]  "
-            + (f"{top.name} {top.score:.2f}" if top else "-")
+            + (f"[{', '.join(r.flags)}]" if r.flags else "")
+            + (f"{top.name} {_probability(top.score)}" if top else "" if r.flags else "-")
             + (f"  | best photo {best.score:.4f} {best.image}" if best else "")
         )
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
 CSV_COLUMNS = (
-    "path", "window", "start_s", "end_s", "answered_by", "error", "rank", "image_id", "image",
-    "score", "species", "label", "top_species", "top_species_score",
+    "path", "window", "start_s", "end_s", "answered_by", "error", "flags", "rank", "image_id",
+    "image", "score", "species", "label", "top_species", "top_species_score",
 )  # fmt: skip
 
 
@@ -121,6 +145,7 @@ def _csv_rows(results: Sequence[WindowResult]) -> Iterator[dict]:
             "end_s": f"{r.end_s:.6g}",
             "answered_by": r.answered_by,
             "error": r.error or "",
+            "flags": ";".join(r.flags),
             "top_species": top.name if top else "",
             "top_species_score": f"{top.score:.6g}" if top else "",
         }
@@ -195,28 +220,32 @@ def write_results(
 
 
 def write_raven(
-    results: Sequence[WindowResult], directory: str | Path, high_freq_hz: float
+    results: Sequence[WindowResult],
+    directory: str | Path,
+    high_freq_hz: float,
+    min_score: float = 0.0,
 ) -> list[Path]:
     """One Raven selection table per recording: ``DIR/<stem>.selections.txt``, tab-separated.
 
     One selection per window (the whole recording when it has a single window), with the top
-    species and its roll-up score (the best photo's species and score when the gallery has no
-    species names). Recordings that failed get no table.
+    species and its probability (the best photo's species and cosine when the gallery has no
+    species names) and the window's flags. With ``min_score`` only the selections whose top
+    species scores at least that are written: the table is a list of detections (pass the
+    results unfiltered, so a long recording is never mistaken for a one-window one).
+    Recordings that failed get no table.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     by_path: dict[str, list[WindowResult]] = {}
     for r in results:
-        if r.error is None:
-            by_path.setdefault(r.path, []).append(r)
-    written, used = [], set()
-    for path, rows in by_path.items():
+        by_path.setdefault(r.path, []).append(r)
+    written = []
+    for rows, name in zip(by_path.values(), raven_table_names(list(by_path)), strict=True):
+        if any(r.error is not None for r in rows):
+            continue
         windows = [r for r in rows if r.window is not None] or [r for r in rows if r.window is None]
-        stem = re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("_") or "recording"
-        name, n = f"{stem}.selections.txt", 2
-        while name in used:
-            name, n = f"{stem}_{n}.selections.txt", n + 1
-        used.add(name)
+        if min_score > 0:
+            windows = [r for r in windows if (_top(r) is not None and _top(r).score >= min_score)]
         with (directory / name).open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(RAVEN_COLUMNS)
@@ -231,7 +260,20 @@ def write_raven(
                 )
                 w.writerow(
                     [sel, "Spectrogram 1", 1, f"{r.start_s:.3f}", f"{r.end_s:.3f}", "0.0",
-                     f"{high_freq_hz:.1f}", label, f"{score:.4f}"]
+                     f"{high_freq_hz:.1f}", label, f"{score:.4f}", ";".join(r.flags)]
                 )  # fmt: skip
         written.append(directory / name)
     return written
+
+
+def raven_table_names(paths: Sequence[str]) -> list[str]:
+    """The selection table file name of each distinct recording path, in order."""
+    names, used = [], set()
+    for path in dict.fromkeys(paths):
+        stem = re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("_") or "recording"
+        name, n = f"{stem}.selections.txt", 2
+        while name in used:
+            name, n = f"{stem}_{n}.selections.txt", n + 1
+        used.add(name)
+        names.append(name)
+    return names

@@ -36,14 +36,17 @@ from songsight.errors import InputFileError, SongsightError
 from songsight.query_encoders import build_cascade_query_encoder, load_distilled_query_encoder
 from songsight.results import Hit as Hit
 from songsight.results import SpeciesScore as SpeciesScore
-from songsight.results import WindowResult
+from songsight.results import WindowResult, keep_detections
 from songsight.results_io import CSV_COLUMNS as CSV_COLUMNS
-from songsight.results_io import OUTPUT_FORMATS, write_raven, write_results
 from songsight.results_io import RAVEN_COLUMNS as RAVEN_COLUMNS
 from songsight.results_io import format_table as format_table
 from songsight.results_io import results_to_records as results_to_records
+from songsight.results_io import write_raven as write_raven
+from songsight.results_io import write_results as write_results
 from songsight.rollup import ROLLUP_K, ROLLUP_TEMPERATURE, TOP_SPECIES, GalleryTaxa
 from songsight.rollup import softmax_rollup as softmax_rollup
+from songsight.search_job import run_search as run_search
+from songsight.species_filter import SpeciesFilter
 
 __all__ = [
     "Hit",
@@ -61,27 +64,37 @@ __all__ = [
 ]
 
 
+MIN_DURATION_S = 0.5  # shorter recordings have too little sound to name a bird: flagged
+
+
 class Searcher:
     """Recordings in, photos and species out, from one gallery.
 
     ``gallery``: a `Gallery` or its folder. ``model``: a distilled checkpoint folder; without
-    it the zero-shot cascade answers, using ``audio_model`` (BioLingual) and the gallery's own
-    image model (or ``image_model``, which must be the same weights) for species text.
+    it the zero-shot cascade answers, using ``audio_model`` (BioLingual by default) and the
+    gallery's own image model (or ``image_model``, which must be the same weights) for species
+    text; a distilled model brings its own, so those two are refused with it.
     ``answered_by`` says which: ``"distilled"`` or ``"cascade: top1"`` / ``"cascade: weighted"``.
+
+    Species scores are probabilities whose temperature is the gallery's recorded calibration
+    for this model (``songsight index calibrate``), else the default (see `songsight.rollup`);
+    ``rollup_temperature`` overrides both. ``species_list``: a file or names restricting every
+    search to those species (`songsight.species_filter`). Recordings shorter than
+    ``min_duration_s`` or silent are flagged and get no answer.
     """
 
     def __init__(
         self,
         gallery,
         model: str | Path | None = None,
-        audio_model: str | Path = BIOLINGUAL_ID,
+        audio_model: str | Path | None = None,
         image_model: str | Path | None = None,
         device: str | None = None,
         *,
         cascade_mode: str = "top1",
         cascade_temperature: float | None = None,
         rollup_k: int = ROLLUP_K,
-        rollup_temperature: float = ROLLUP_TEMPERATURE,
+        rollup_temperature: float | None = None,
         top_species: int = TOP_SPECIES,
         batch_size: int = 16,
         precision: str = "auto",
@@ -89,10 +102,28 @@ class Searcher:
         templates: str | None = None,
         audio_prompt_format: str = "com",
         audio_templates: str = "sound",
+        species_list: str | Path | Sequence[str] | None = None,
+        min_duration_s: float = MIN_DURATION_S,
     ):
+        from songsight.calibration import model_key, recorded_calibration
         from songsight.index.gallery import Gallery
 
+        if model is not None and (audio_model is not None or image_model is not None):
+            raise SongsightError(
+                "--audio-model / --image-model choose the zero-shot cascade's models; a "
+                "distilled model (--model) brings its own audio encoder and its teacher is "
+                "checked against the gallery's image model: drop them, or drop --model"
+            )
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
+        if len(self.gallery) == 0:
+            raise SongsightError(
+                f"the gallery {self.gallery.directory} holds no photos; add some with "
+                f"`songsight index add PHOTOS --gallery {self.gallery.directory}`"
+            )
+        temperature_given = rollup_temperature is not None
+        rollup_temperature = (
+            ROLLUP_TEMPERATURE if rollup_temperature is None else rollup_temperature
+        )
         if not (rollup_temperature > 0 and rollup_k >= 1 and top_species >= 1):
             raise SongsightError("rollup_temperature must be > 0, rollup_k and top_species >= 1")
         self.rollup_k, self.rollup_temperature, self.top_species = (
@@ -100,6 +131,7 @@ class Searcher:
             float(rollup_temperature),
             int(top_species),
         )
+        self.min_duration_s = float(min_duration_s)
         self._taxa = GalleryTaxa(self.gallery.metadata)
         if model is not None:
             self._query = load_distilled_query_encoder(
@@ -108,7 +140,7 @@ class Searcher:
         else:
             self._query = build_cascade_query_encoder(
                 self.gallery,
-                audio_model,
+                audio_model or BIOLINGUAL_ID,
                 image_model,
                 device,
                 cascade_mode=cascade_mode,
@@ -122,6 +154,20 @@ class Searcher:
             )
         self.encoder = self._query.encoder
         self.answered_by = self._query.answered_by
+        calibration = recorded_calibration(self.gallery.provenance, model_key(self))
+        if temperature_given:
+            rollup = {"temperature_source": "given"}
+        elif calibration is not None:
+            self.rollup_temperature = float(calibration["temperature"])
+            rollup = {
+                "temperature_source": "calibrated",
+                "calibration": {
+                    k: calibration.get(k) for k in ("n_queries", "nll", "split", "fitted_utc")
+                },
+            }
+        else:
+            rollup = {"temperature_source": "default (not calibrated on validation data)"}
+        self.species = None if species_list is None else self.species_filter(species_list)
         self.provenance = {
             "answered_by": self.answered_by,
             "audio_model": self.encoder.provenance(),
@@ -130,7 +176,8 @@ class Searcher:
                 "image_model": self.gallery.image_model,
                 "count": len(self.gallery),
             },
-            "rollup": {"k": self.rollup_k, "temperature": self.rollup_temperature},
+            "rollup": {"k": self.rollup_k, "temperature": self.rollup_temperature, **rollup},
+            **({"species_filter": self.species.describe()} if self.species else {}),
             **self._query.info,
         }
 
@@ -138,24 +185,28 @@ class Searcher:
     def sample_rate_hz(self) -> int:
         return int(self.encoder.sample_rate_hz)
 
-    def search(
-        self,
-        recordings: Sequence,
-        k: int = 10,
-        window_s: float | None = None,
-        hop_s: float | None = None,
-        progress: bool = False,
-    ) -> list[WindowResult]:
-        """Per recording, a clip-level result then, if longer than a window, one per window.
+    def species_filter(self, species_list, source: str | None = None) -> SpeciesFilter:
+        """A species list (file path, or names / codes) resolved against this gallery."""
+        from songsight.species_filter import read_species_list, species_filter
 
-        ``recordings``: paths and/or ``(waveform, sample_rate_hz)`` tuples. ``window_s``
-        defaults to the model's window, ``hop_s`` to half the window. A recording that
-        cannot be used gives one result with ``error`` set; the others go on.
-        """
+        if isinstance(species_list, SpeciesFilter):
+            return species_list
+        if isinstance(species_list, (str, Path)):
+            source = source or str(species_list)
+            species_list = read_species_list(species_list)
+        codes, names = self._taxa.ranks["species"]
+        if not names:
+            raise SongsightError(
+                f"the gallery {self.gallery.directory} has no species names, so a species list "
+                "cannot choose among its photos"
+            )
+        return species_filter(
+            species_list, self.gallery.metadata, codes, names, source or "species list"
+        )
+
+    def _windowing(self, window_s: float | None, hop_s: float | None) -> tuple[float, float]:
         from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION
 
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise SongsightError(f"k must be a positive integer, got {k!r}")
         window_s = float(window_s or self.encoder.window_s)
         if not hop_s:
             same = window_s == self.encoder.window_s
@@ -166,12 +217,79 @@ class Searcher:
                 f"window_s must be in (0, {self.encoder.model_window_s:g}] s (the model's window) "
                 f"and hop_s > 0; got window_s={window_s:g}, hop_s={hop_s:g}"
             )
-        sources = [r if isinstance(r, tuple) else Path(r) for r in recordings]
-        names = [
-            f"<array {i}>" if isinstance(r, tuple) else str(r) for i, r in enumerate(recordings)
-        ]
+        return window_s, hop_s
+
+    def search(
+        self,
+        recordings,
+        k: int = 10,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        progress: bool = False,
+        *,
+        min_score: float = 0.0,
+        species=None,
+    ) -> list[WindowResult]:
+        """Per recording, a clip-level result then, if longer than a window, one per window.
+
+        ``recordings``: a path, or a list of paths and/or ``(waveform, sample_rate_hz)``
+        tuples. ``window_s`` defaults to the model's window, ``hop_s`` to half the window. A
+        recording that cannot be used gives one result with ``error`` set; the others go on.
+        ``min_score``: keep only species scoring at least this, and only the windows that
+        keep one (`songsight.results.keep_detections`). ``species``: a species list for this
+        search (names, a file or a `SpeciesFilter`); default the searcher's own.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise SongsightError(f"k must be a positive integer, got {k!r}")
+        if not 0 <= float(min_score) <= 1:
+            raise SongsightError(f"min_score is a probability, in [0, 1]; got {min_score!r}")
+        if min_score > 0 and not self._taxa.ranks["species"][1]:
+            raise SongsightError(
+                "--min-score keeps species above a score, but this gallery has no species names"
+            )
+        window_s, hop_s = self._windowing(window_s, hop_s)
+        chosen = self.species if species is None else self.species_filter(species)
+        sources, names = _sources(recordings)
         k_search = max(int(k), self.rollup_k)
         results: list[WindowResult] = []
+        for i, emb, scores, ids in self._answers(
+            sources, window_s, hop_s, k_search, chosen, progress, all_windows=True
+        ):
+            if isinstance(emb, InputFileError):
+                results.append(
+                    WindowResult(names[i], 0.0, 0.0, error=emb.reason, answered_by=self.answered_by)
+                )
+            else:
+                results.extend(self._results_for(names[i], emb, scores, ids, k, window_s))
+        return keep_detections(results, min_score) if min_score > 0 else results
+
+    def clip_answers(self, recordings, window_s=None, hop_s=None, progress: bool = False):
+        """Each usable recording's whole-file top ``rollup_k`` photos, for calibration:
+        yields ``(index, scores (K,), ids (K,))``, or ``(index, None, None)`` when the
+        recording is unusable (an error, silent or too short)."""
+        window_s, hop_s = self._windowing(window_s, hop_s)
+        sources, _ = _sources(recordings)
+        for i, emb, scores, ids in self._answers(
+            sources, window_s, hop_s, self.rollup_k, None, progress, all_windows=False
+        ):
+            if isinstance(emb, InputFileError) or self._flags(emb, window_s):
+                yield i, None, None
+            else:
+                yield i, scores[0], ids[0]
+
+    def _flags(self, emb: _Embedded, window_s: float) -> list[str]:
+        flags = ["silent"] if emb.silent else []
+        if emb.duration_s < min(self.min_duration_s, window_s):
+            flags.append("too_short")
+        return flags
+
+    def _answers(self, sources, window_s, hop_s, k_search, chosen, progress, all_windows):
+        """(index, embedded or error, scores (Q, K), ids (Q, K)): query 0 is the whole
+        recording (the mean of its windows that are not silent), then each window."""
+        from songsight.encoders.base import l2_normalize
+
+        allowed = None if chosen is None else set(chosen.names)
+        allowed_ids = None if chosen is None else chosen.allowed_ids
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -182,109 +300,76 @@ class Searcher:
                 if bar is not None:
                     bar.update(1)
                 if isinstance(emb, InputFileError):
-                    results.append(
-                        WindowResult(
-                            names[i], 0.0, 0.0, error=emb.reason, answered_by=self.answered_by
-                        )
-                    )
+                    yield i, emb, None, None
                     continue
-                results.extend(self._results_for(names[i], emb, k, k_search))
+                heard = (
+                    emb.windows[~emb.window_silent] if (~emb.window_silent).any() else emb.windows
+                )
+                clip = l2_normalize(heard.mean(axis=0, keepdims=True))
+                audio = (
+                    np.concatenate([clip, emb.windows])
+                    if all_windows and len(emb.windows) > 1
+                    else clip
+                )
+                queries = self._query.queries(audio, allowed)
+                scores, ids = self.gallery.search(queries, k_search, allowed_ids)
+                yield i, emb, scores, ids
         finally:
             if bar is not None:
                 bar.close()
-        return results
 
-    def _results_for(self, name: str, emb: _Embedded, k: int, k_search: int) -> list[WindowResult]:
-        from songsight.encoders.base import l2_normalize
-
-        clip = l2_normalize(emb.windows.mean(axis=0, keepdims=True))
-        per_window = len(emb.windows) > 1
-        audio = np.concatenate([clip, emb.windows]) if per_window else clip
-        scores, ids = self.gallery.search(self._query.queries(audio), k_search)
-        spans = [(0.0, emb.duration_s, None)]
-        if per_window:
+    def _results_for(self, name, emb: _Embedded, scores, ids, k: int, window_s: float):
+        flags = self._flags(emb, window_s)
+        spans = [(0.0, emb.duration_s, None, flags)]
+        if len(emb.windows) > 1:
             spans += [
-                (float(a), float(b), w)
+                (float(a), float(b), w, ["silent"] if flags or emb.window_silent[w] else [])
                 for w, (a, b) in enumerate(zip(emb.starts_s, emb.ends_s, strict=True))
             ]
-        return [
-            WindowResult(
-                name,
-                start,
-                end,
-                self._taxa.hits(self.gallery.metadata, scores[q], ids[q], k),
-                self._taxa.species_scores(
+        out = []
+        for q, (start, end, window, why) in enumerate(spans):
+            # No usable signal: no photos and no species, rather than those nearest to noise.
+            hits = [] if why else self._taxa.hits(self.gallery.metadata, scores[q], ids[q], k)
+            taxa = (
+                []
+                if why
+                else self._taxa.species_scores(
                     scores[q], ids[q], self.rollup_temperature, self.top_species
-                ),
-                window,
-                None,
-                self.answered_by,
+                )
             )
-            for q, (start, end, window) in enumerate(spans)
-        ]
+            out.append(
+                WindowResult(name, start, end, hits, taxa, window, None, self.answered_by, why)
+            )
+        return out
+
+
+def _sources(recordings) -> tuple[list, list[str]]:
+    """Recordings as decode sources and display names; a lone path or array is one recording."""
+    if isinstance(recordings, (str, Path)) or (
+        isinstance(recordings, tuple)
+        and len(recordings) == 2
+        and isinstance(recordings[0], np.ndarray)
+    ):
+        recordings = [recordings]
+    sources = [r if isinstance(r, tuple) else Path(r) for r in recordings]
+    names = [f"<array {i}>" if isinstance(r, tuple) else str(r) for i, r in enumerate(recordings)]
+    return sources, names
 
 
 def search(
-    recordings: Sequence,
+    recordings,
     gallery,
     model: str | Path | None = None,
     k: int = 10,
     window_s: float | None = None,
     hop_s: float | None = None,
+    *,
+    min_score: float = 0.0,
     **searcher_options,
 ) -> list[WindowResult]:
-    """One-call search: `Searcher(gallery, model, **searcher_options).search(recordings, k)`."""
+    """One-call search: `Searcher(gallery, model, **searcher_options).search(recordings, k)`.
+
+    ``recordings``: one path or a list of them (or of ``(waveform, rate)`` arrays).
+    """
     searcher = Searcher(gallery, model, **searcher_options)
-    return searcher.search(recordings, k=k, window_s=window_s, hop_s=hop_s)
-
-
-def run_search(
-    recordings: Sequence[str | Path],
-    gallery: str | Path,
-    *,
-    model: str | Path | None = None,
-    audio_model: str | Path = BIOLINGUAL_ID,
-    image_model: str | Path | None = None,
-    k: int = 10,
-    window_s: float | None = None,
-    hop_s: float | None = None,
-    fmt: str = "table",
-    out: str | Path | None = None,
-    raven: str | Path | None = None,
-    device: str | None = None,
-    cascade_mode: str = "top1",
-    batch_size: int = 16,
-    precision: str = "auto",
-    progress: bool = True,
-) -> int:
-    """`songsight search`: folders are walked for audio files; writes the results; returns
-    the exit code (1 when some recording could not be used, else 0)."""
-    from songsight.audio import AUDIO_SUFFIXES
-    from songsight.embed import collect_files
-
-    if fmt not in OUTPUT_FORMATS:
-        raise SongsightError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
-    if fmt == "parquet" and out is None:
-        raise SongsightError("--format parquet needs --out FILE")
-    files: list[Path] = []
-    for r in map(Path, recordings):
-        # A missing file is reported in the results like any other bad recording.
-        files += collect_files([r], AUDIO_SUFFIXES) if r.is_dir() else [r]
-    searcher = Searcher(
-        gallery,
-        model,
-        audio_model=audio_model,
-        image_model=image_model,
-        device=device,
-        cascade_mode=cascade_mode,
-        batch_size=batch_size,
-        precision=precision,
-    )
-    results = searcher.search(files, k=k, window_s=window_s, hop_s=hop_s, progress=progress)
-    write_results(results, fmt, out, searcher.provenance)
-    if raven is not None:
-        write_raven(results, raven, searcher.sample_rate_hz / 2)
-    failed = [r for r in results if r.error is not None]
-    for r in failed:
-        print(f"songsight: {r.path}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    return searcher.search(recordings, k=k, window_s=window_s, hop_s=hop_s, min_score=min_score)

@@ -1,10 +1,18 @@
 """A query's top photos, named: each hit's species, and the species / genus / family roll-up.
 
-The top ``rollup_k`` photo scores ``s_i`` of a query become weights ``softmax(s_i / T)``
-(``T = 0.01``, BioCLIP's CLIP logit scale of 100, in which image-text cosines are calibrated),
-summed per species, and per genus and family when the gallery knows them. A score is the share
-of the top-``rollup_k`` evidence that points at that taxon; photos without a species keep their
-share, so species scores sum to at most 1.
+The top ``rollup_k`` photo scores ``s_i`` of a query become weights ``softmax(s_i / T)``,
+summed per species, and per genus and family when the gallery knows them. A species score is
+the probability that the recording is of that species, as a kernel vote of its nearest photos:
+photos without a species keep their share, so species scores sum to at most 1.
+
+The temperature ``T`` makes these probabilities calibrated or not. `fit_temperature` chooses it
+by minimising the negative log-likelihood of the true species on labelled validation
+recordings (`songsight.calibration`, ``songsight index calibrate``), which records it in the
+gallery for that model. Without validation data the default is ``T = 0.01``: the logit scale
+(100) BioCLIP-2 was trained with, at which its image-text cosines are its own calibrated
+logits. Both query kinds live in that space (the distilled student is taught to land on the
+teacher's text embeddings, the cascade queries with them), so it is the one scale with a
+reason behind it; it is not fitted to audio, which is why calibrating is worth the minute.
 """
 
 from __future__ import annotations
@@ -20,12 +28,19 @@ __all__ = [
     "ROLLUP_TEMPERATURE",
     "TOP_SPECIES",
     "GalleryTaxa",
+    "fit_temperature",
+    "rollup_nll",
     "softmax_rollup",
 ]
 
 ROLLUP_K = 100
-ROLLUP_TEMPERATURE = 0.01
+ROLLUP_TEMPERATURE = 0.01  # the default without validation data; see the module docstring
 TOP_SPECIES = 5
+# A true species outside a query's top photos has probability 0; its log-likelihood is floored
+# here so one such query cannot make every temperature infinitely bad (it is then a constant
+# that does not move the fit).
+PROB_FLOOR = 1e-6
+TEMPERATURE_BOUNDS = (1e-4, 1.0)
 
 
 def softmax_rollup(
@@ -48,6 +63,69 @@ def softmax_rollup(
     g = groups[valid]
     known = g >= 0
     return out + np.bincount(g[known], weights=weights[known], minlength=n_groups)[:n_groups]
+
+
+def _true_mass(scores: np.ndarray, groups: np.ndarray, true: np.ndarray, temperature: float):
+    """(Q,) roll-up mass of each query's true group; see `rollup_nll`."""
+    finite = np.isfinite(scores)
+    logits = np.where(finite, scores / temperature, -np.inf)
+    top = np.max(np.where(finite, logits, -np.inf), axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    weights = np.where(finite, np.exp(logits - top), 0.0)
+    total = weights.sum(axis=1)
+    hit = (groups == true[:, None]) & finite
+    return np.where(total > 0, (weights * hit).sum(axis=1) / np.maximum(total, 1e-300), 0.0)
+
+
+def rollup_nll(
+    scores: np.ndarray, groups: np.ndarray, true: np.ndarray, temperature: float
+) -> float:
+    """Mean negative log-likelihood of the true species under the roll-up at ``temperature``.
+
+    ``scores`` (Q, K) each query's top photo scores (``-inf`` padding); ``groups`` (Q, K) int
+    species code of each photo (-1 none); ``true`` (Q,) the species code of each query.
+    """
+    scores = np.asarray(scores, np.float64)
+    groups, true = np.asarray(groups, np.int64), np.asarray(true, np.int64)
+    mass = _true_mass(scores, groups, true, float(temperature))
+    return float(-np.log(np.maximum(mass, PROB_FLOOR)).mean())
+
+
+def fit_temperature(
+    scores: np.ndarray,
+    groups: np.ndarray,
+    true: np.ndarray,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> float:
+    """The temperature in ``bounds`` minimising `rollup_nll` (same arguments).
+
+    A log-spaced grid finds the basin, then golden-section search refines it (the NLL of
+    temperature scaling is smooth and, in practice, unimodal in log T).
+    """
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    grid = np.linspace(lo, hi, 61)
+    nll = [rollup_nll(scores, groups, true, float(np.exp(t))) for t in grid]
+    best = int(np.argmin(nll))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    golden = (np.sqrt(5) - 1) / 2
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc = rollup_nll(scores, groups, true, float(np.exp(c)))
+    fd = rollup_nll(scores, groups, true, float(np.exp(d)))
+    for _ in range(40):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = rollup_nll(scores, groups, true, float(np.exp(c)))
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = rollup_nll(scores, groups, true, float(np.exp(d)))
+    t = (a + b) / 2
+    return (
+        float(np.exp(t))
+        if rollup_nll(scores, groups, true, float(np.exp(t))) <= nll[best]
+        else float(np.exp(grid[best]))
+    )
 
 
 class GalleryTaxa:

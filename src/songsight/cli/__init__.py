@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"songsight: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(
-            "songsight: interrupted; what was finished is kept (rerun with --resume to continue)",
-            file=sys.stderr,
-        )
+        from songsight.cli.interrupt import interrupted_message
+
+        print(interrupted_message(args, sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return 130

@@ -33,6 +33,15 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
+def quiet_device(args: argparse.Namespace) -> str:
+    """``--device``, chosen here without the CPU notice when ``--quiet`` asks for silence."""
+    if getattr(args, "quiet", False) and args.device in (None, "auto"):
+        from songsight.encoders.base import choose_device
+
+        return choose_device("auto", quiet=True)
+    return args.device
+
+
 def add_audio_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audio-model",

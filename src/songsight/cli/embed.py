@@ -12,6 +12,7 @@ from songsight.cli.common import (
     add_engine,
     add_image_model,
     positive,
+    quiet_device,
 )
 
 
@@ -90,7 +91,7 @@ def run_embed(args: argparse.Namespace) -> int:
         try:
             enc = BioLingualEncoder(
                 args.audio_model,
-                device=args.device,
+                device=quiet_device(args),
                 batch_size=args.batch_size or 16,
                 window_s=args.window_s,
                 hop_s=args.hop_s,
@@ -115,7 +116,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
         enc = BioCLIPEncoder(
             args.image_model,
-            device=args.device,
+            device=quiet_device(args),
             batch_size=args.batch_size or 32,
             preprocess=args.preprocess,
             precision=args.precision,

@@ -1,10 +1,58 @@
-"""The photo gallery: ``songsight index build|add``, ``search`` and ``serve``."""
+"""The photo gallery: ``songsight index build|add|check|calibrate``, ``search`` and ``serve``."""
 
 from __future__ import annotations
 
 import argparse
 
-from songsight.cli.common import IMAGE_DEFAULT, add_audio_model, add_device, add_engine, positive
+from songsight.cli.common import (
+    AUDIO_DEFAULT,
+    IMAGE_DEFAULT,
+    add_device,
+    add_engine,
+    positive,
+    quiet_device,
+)
+
+
+def _add_query_models(p: argparse.ArgumentParser) -> None:
+    """--model, or the cascade's --audio-model / --image-model (refused together)."""
+    p.add_argument(
+        "--model",
+        metavar="DISTILLED_DIR",
+        default=None,
+        help="distilled checkpoint; without it the zero-shot cascade answers",
+    )
+    p.add_argument(
+        "--audio-model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help=f"cascade only: BioLingual-style CLAP model (default {AUDIO_DEFAULT})",
+    )
+    p.add_argument(
+        "--image-model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help="cascade only (default: the gallery's own)",
+    )
+
+
+def _add_species_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--species-list",
+        metavar="FILE",
+        help="answer only with these species: scientific or common names or codes, one a line "
+        "(entries not in the gallery are listed and skipped)",
+    )
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a probability, in [0, 1]; got {text}")
+    return value
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -14,23 +62,24 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", required=True, metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=positive(int), default=8000)
-    p.add_argument(
-        "--model",
-        metavar="DIR",
-        default=None,
-        help="distilled checkpoint (default: zero-shot cascade)",
-    )
-    add_audio_model(p)
-    p.add_argument(
-        "--image-model", default=None, metavar="ID_OR_DIR", help="default: the gallery's own"
-    )
+    _add_query_models(p)
+    _add_species_list(p)
     add_device(p)
-    p.add_argument("--max-upload-mb", type=positive(float), default=20.0)
-    p.add_argument("--timeout-s", type=positive(float), default=120.0)
+    p.add_argument(
+        "--max-upload-mb", type=positive(float), default=20.0, help="largest upload (default 20)"
+    )
+    p.add_argument(
+        "--timeout-s", type=positive(float), default=120.0, help="per search (default 120)"
+    )
     p.add_argument(
         "--workers", type=positive(int), default=1, help="searches at once; more get 503"
     )
-    p.add_argument("--max-duration-s", type=positive(float), default=600.0)
+    p.add_argument(
+        "--max-duration-s",
+        type=positive(float),
+        default=600.0,
+        help="longest recording accepted (default 600)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -39,13 +88,17 @@ def run_serve(args: argparse.Namespace) -> int:
     serve(args.gallery, args.host, args.port, model=args.model, audio_model=args.audio_model,
           image_model=args.image_model, device=args.device, max_upload_mb=args.max_upload_mb,
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
-          max_duration_s=args.max_duration_s)  # fmt: skip
+          max_duration_s=args.max_duration_s, species_list=args.species_list)  # fmt: skip
     return 0
 
 
 def add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build or extend a photo gallery to search with recordings")
-    isub = p.add_subparsers(dest="index_command", metavar="{build,add}", required=True)
+    isub = p.add_subparsers(
+        dest="index_command", metavar="{build,add,check,calibrate}", required=True
+    )
+    _add_check(isub)
+    _add_calibrate(isub)
     for name in ("build", "add"):
         build = name == "build"
         q = isub.add_parser(
@@ -59,16 +112,18 @@ def add_index(sub: argparse._SubParsersAction) -> None:
         q.add_argument(
             "--manifest",
             metavar="CSV",
-            help="path and optional label, species (or scientific_name), common_name, genus, family, order",
+            help="path and optional label (an integer or a species name), species (or "
+            "scientific_name), common_name, species_code, genus, family, order; relative paths "
+            "are taken from the manifest's folder",
         )
         q.add_argument(
             "--species", metavar="TAXA_CSV", help="species table naming a manifest's label column"
         )
         q.add_argument(
             "--image-model",
-            default=IMAGE_DEFAULT if build else None,
+            default=None,
             metavar="ID_OR_DIR",
-            help=f"open_clip model (default {IMAGE_DEFAULT})"
+            help=f"open_clip model (default: the gallery's own, {IMAGE_DEFAULT} for a new one)"
             if build
             else "default: the gallery's own; another model is refused",
         )
@@ -88,11 +143,63 @@ def add_index(sub: argparse._SubParsersAction) -> None:
         add_device(q)
 
 
+def _add_check(isub) -> None:
+    q = isub.add_parser(
+        "check", help="list the gallery's photos whose file is gone (moved or deleted)"
+    )
+    q.add_argument("--gallery", required=True, metavar="DIR")
+    q.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove them from the gallery (the photos after them get new ids)",
+    )
+
+
+def _add_calibrate(isub) -> None:
+    q = isub.add_parser(
+        "calibrate",
+        help="fit the species scores' temperature on labelled validation recordings",
+    )
+    q.add_argument("--gallery", required=True, metavar="DIR")
+    q.add_argument(
+        "--recordings",
+        required=True,
+        metavar="MANIFEST",
+        help="CSV/Parquet: path and the species (label, species or common_name)",
+    )
+    q.add_argument(
+        "--split", default="val", help="rows of this split, if the manifest has one (default val)"
+    )
+    _add_query_models(q)
+    q.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
+    q.add_argument("--batch-size", type=positive(int), default=16)
+    q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    q.add_argument("--quiet", action="store_true")
+    add_device(q)
+
+
 def run_index(args: argparse.Namespace) -> int:
+    if args.index_command == "check":
+        from songsight.index.gallery_check import check_gallery
+
+        report = check_gallery(args.gallery, prune=args.prune)
+        print(report.summary())
+        return report.exit_code
+    if args.index_command == "calibrate":
+        from songsight.calibration import calibrate
+
+        result = calibrate(args.gallery, args.recordings, args.model, split=args.split or None,
+                           progress=not args.quiet, audio_model=args.audio_model,
+                           image_model=args.image_model, device=quiet_device(args),
+                           cascade_mode=args.cascade, batch_size=args.batch_size,
+                           precision=args.precision)  # fmt: skip
+        print(result.summary())
+        return 0
     from songsight.index.gallery import add_to_gallery, build_gallery
 
     common = dict(manifest=args.manifest, species_csv=args.species, image_model=args.image_model,
-                  ann=args.ann or None, device=args.device, batch_size=args.batch_size,
+                  ann=args.ann or None, batch_size=args.batch_size,
+                  device=quiet_device(args) if args.engine == "local" else args.device,
                   precision=args.precision, engine=args.engine, workers=args.workers,
                   progress=not args.quiet)  # fmt: skip
     if args.index_command == "build":
@@ -108,26 +215,27 @@ def add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the photos (and species) of the birds in recordings")
     p.add_argument("recordings", nargs="+", metavar="RECORDINGS", help="audio files or folders")
     p.add_argument("--gallery", required=True, metavar="DIR")
-    p.add_argument(
-        "--model",
-        metavar="DISTILLED_DIR",
-        help="distilled checkpoint; without it the zero-shot cascade answers",
-    )
-    add_audio_model(p)
-    p.add_argument(
-        "--image-model",
-        default=None,
-        metavar="ID_OR_DIR",
-        help="cascade only (default: the gallery's own)",
-    )
+    _add_query_models(p)
     p.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
-    p.add_argument("--k", type=positive(int), default=10)
+    p.add_argument("--k", type=positive(int), default=10, help="photos per result (default 10)")
     p.add_argument("--window-s", type=positive(float), default=None)
     p.add_argument("--hop-s", type=positive(float), default=None)
+    p.add_argument(
+        "--min-score",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="keep species of probability >= P, and only the windows that detect one "
+        "(every format and --raven)",
+    )
+    _add_species_list(p)
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     p.add_argument("--out", metavar="FILE", help="default stdout; parquet needs it")
     p.add_argument(
         "--raven", metavar="DIR", help="also write one Raven selection table per recording"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (and Raven tables)"
     )
     p.add_argument("--batch-size", type=positive(int), default=16)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
@@ -140,6 +248,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     return retrieval.run_search(args.recordings, args.gallery, model=args.model, audio_model=args.audio_model,
                                 image_model=args.image_model, k=args.k, window_s=args.window_s, hop_s=args.hop_s,
-                                fmt=args.format, out=args.out, raven=args.raven, device=args.device,
-                                cascade_mode=args.cascade, batch_size=args.batch_size, precision=args.precision,
+                                fmt=args.format, out=args.out, raven=args.raven, overwrite=args.overwrite,
+                                min_score=args.min_score, species_list=args.species_list,
+                                device=quiet_device(args), cascade_mode=args.cascade,
+                                batch_size=args.batch_size, precision=args.precision,
                                 progress=not args.quiet)  # fmt: skip

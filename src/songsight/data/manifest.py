@@ -14,6 +14,13 @@ column     type     meaning
 (others)   any      kept as they are (``asset_id``, ``source``, photographer ...)
 ========== ======== =========================================================
 
+Column names are read as people write them: case, spaces and hyphens do not matter
+(``Common name`` is ``common_name``) and `COLUMN_ALIASES` are known (``file`` for ``path``,
+``scientific_name`` for ``species`` ...); a column one letter or so away from a known name is
+an error that names it, never silently ignored. A label is an integer, or, given a species table
+(``species=``), a species' scientific name, common name or code; a manifest may also name its
+species in a ``species`` / ``common_name`` / ``species_code`` column instead of a label.
+
 Stored as CSV or Parquet, chosen by suffix. CSV manifests are read as text first so that ids
 such as ``1e5`` or ``0123`` are never turned into numbers; known columns are then converted, and
 extra columns stay text (use Parquet to keep their types). `manifest_sha256` hashes the content
@@ -37,6 +44,17 @@ from songsight.errors import DataNotFoundError
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("split", "start_s", "end_s")
 SOUNDSCAPE_COLUMNS = ("path", "start_s", "end_s", "label")
+# Columns that can name a species instead of (or besides) an integer label.
+NAME_COLUMNS = ("species", "scientific_name", "common_name", "species_code")
+# What people call the columns -> the manifest's own name (compared after `column_key`).
+COLUMN_ALIASES = {
+    "file": "path", "filepath": "path", "file_path": "path", "filename": "path",
+    "file_name": "path", "class": "label", "class_id": "label", "label_id": "label",
+    "species_id": "label", "sci_name": "scientific_name", "latin_name": "scientific_name",
+    "common": "common_name", "english_name": "common_name", "vernacular_name": "common_name",
+    "code": "species_code", "ebird_code": "species_code", "start": "start_s",
+    "start_time": "start_s", "begin_time": "start_s", "end": "end_s", "end_time": "end_s",
+}  # fmt: skip
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -109,15 +127,90 @@ def _float_column(df: pd.DataFrame, column: str, name: str, *, allow_missing: bo
     return values
 
 
-def _int_labels(df: pd.DataFrame, name: str) -> np.ndarray:
-    values = np.array([_to_float_or_nan(v) for v in df["label"].tolist()], dtype=np.float64)
+def column_key(column: object) -> str:
+    """How a column name is compared: trimmed, lower case, spaces and hyphens as ``_``."""
+    return "_".join(str(column).strip().lower().replace("-", " ").split())
+
+
+def normalise_columns(
+    df: pd.DataFrame, name: str, known: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Rename ``df``'s columns to the ``known`` ones they mean; returns (df, unknown columns).
+
+    Raises `DataNotFoundError` for a column that is almost a known name (a typo would
+    otherwise lose that column without a word) or two columns that mean the same.
+    """
+    import difflib
+
+    aliases = COLUMN_ALIASES if aliases is None else aliases
+    renamed, unknown = {}, []
+    for column in df.columns:
+        key = column_key(column)
+        key = aliases.get(key, key)
+        if key in known:
+            renamed[column] = key
+            continue
+        close = difflib.get_close_matches(key, [*known, *aliases], n=1, cutoff=0.8)
+        if close:
+            meant = aliases.get(close[0], close[0])
+            raise DataNotFoundError(
+                f"{name}: column {str(column)!r} is not one songsight reads; did you mean "
+                f"{meant!r}? Known columns: {', '.join(known)}"
+            )
+        unknown.append(str(column))
+    targets = list(renamed.values())
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise DataNotFoundError(
+            f"{name}: several columns mean {', '.join(twice)} "
+            f"({', '.join(str(c) for c, t in renamed.items() if t in twice)}); keep one"
+        )
+    return df.rename(columns=renamed), unknown
+
+
+def species_lookup(species) -> dict[str, int]:
+    """Scientific name, common name and code of each `Species` (compared as `name_key`) -> label."""
+    out: dict[str, int] = {}
+    for sp in species:
+        for text in (sp.scientific_name, sp.common_name, sp.code):
+            if text:
+                out.setdefault(name_key(text), int(sp.label))
+    return out
+
+
+def name_key(text: object) -> str:
+    """How species names are compared: case and spacing (and ``_``) ignored."""
+    return " ".join(str(text).replace("_", " ").split()).casefold()
+
+
+def _int_labels(df: pd.DataFrame, name: str, species=None) -> np.ndarray:
+    """The label column as int64; names are looked up in ``species`` when it is given."""
+    cells = df["label"].tolist()
+    values = np.array([_to_float_or_nan(v) for v in cells], dtype=np.float64)
     bad = ~np.isfinite(values) | (values != np.round(values))
+    if bad.any() and species is not None:
+        lookup = species_lookup(species)
+        for i in np.flatnonzero(bad):
+            label = lookup.get(name_key(cells[i])) if isinstance(cells[i], str) else None
+            if label is not None:
+                values[i], bad[i] = label, False
+        if bad.any():
+            raise DataNotFoundError(
+                f"{name}: column 'label' holds names that are not in the species table "
+                f"(nor integer labels); {_quote(df, bad, 'label')}"
+            )
     if bad.any():
         raise DataNotFoundError(
-            f"{name}: column 'label' must hold integer species labels (as in taxa.csv); "
-            f"{_quote(df, bad, 'label')}"
+            f"{name}: column 'label' must hold integer species labels (as in taxa.csv), or "
+            f"species names together with a species table; {_quote(df, bad, 'label')}"
         )
     return values.astype(np.int64)
+
+
+def _labels_from_names(df: pd.DataFrame, name: str, species) -> tuple[pd.DataFrame, str]:
+    """A label column made from the first name column present (species tables only)."""
+    column = next(c for c in NAME_COLUMNS if c in df.columns)
+    return df.assign(label=df[column].tolist()), column
 
 
 def _to_float_or_nan(value: object) -> float:
@@ -129,7 +222,8 @@ def _to_float_or_nan(value: object) -> float:
         return math.nan
 
 
-def _resolve_paths(df: pd.DataFrame, root: Path | None, name: str) -> list[str]:
+def resolve_paths(df: pd.DataFrame, root: Path | None, name: str) -> list[str]:
+    """The ``path`` column, relative paths joined to ``root``, each normalised; empty cells refused."""
     raw = df["path"].tolist()
     bad = np.array([_is_blank(p) for p in raw], dtype=bool)
     if bad.any():
@@ -139,7 +233,8 @@ def _resolve_paths(df: pd.DataFrame, root: Path | None, name: str) -> list[str]:
         q = Path(str(p).strip()).expanduser()
         if root is not None and not q.is_absolute():
             q = root / q
-        out.append(str(q))
+        # "sub/../photos/x.png" is stored as "photos/x.png": one spelling per file.
+        out.append(os.path.normpath(q))
     return out
 
 
@@ -150,20 +245,24 @@ def _validate(
     name: str,
     required: Sequence[str],
     interval_required: bool,
+    species=None,
 ) -> pd.DataFrame:
-    df = df.copy()
-    df.columns = [str(c).strip() for c in df.columns]
+    known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *NAME_COLUMNS)
+    df, _ = normalise_columns(df.copy(), name, known)
+    if "label" not in df.columns and species is not None and any(c in df for c in NAME_COLUMNS):
+        df, _ = _labels_from_names(df, name, species)
     missing = [c for c in required if c not in df.columns]
     if missing:
         optional = [c for c in OPTIONAL_COLUMNS if c not in required]
         raise DataNotFoundError(
             f"{name}: missing column(s) {', '.join(missing)}; a manifest needs "
-            f"{', '.join(required)} (optional: {', '.join(optional)}); "
-            f"found {', '.join(map(str, df.columns)) or 'no columns'}"
-        )
+            f"{', '.join(required)} (optional: {', '.join(optional)}"
+            + ("" if species is None else "; with a species table, a species or common_name column may stand for label")
+            + f"); found {', '.join(map(str, df.columns)) or 'no columns'}"
+        )  # fmt: skip
     df = df.reset_index(drop=True)
-    df["path"] = _resolve_paths(df, root, name)
-    df["label"] = _int_labels(df, name)
+    df["path"] = resolve_paths(df, root, name)
+    df["label"] = _int_labels(df, name, species)
     if "split" in df.columns:
         df["split"] = ["" if _is_blank(s) else str(s).strip() for s in df["split"].tolist()]
     for column in ("start_s", "end_s"):
@@ -193,6 +292,7 @@ def _load(
     rename: Mapping[str, str] | None,
     required: Sequence[str],
     interval_required: bool,
+    species=None,
 ) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         df, name, default_root = source, "manifest", None
@@ -205,8 +305,9 @@ def _load(
     # Absolute so that resolved paths survive a later chdir.
     base = base.absolute() if base is not None else None
     return _validate(
-        df, root=base, name=name, required=required, interval_required=interval_required
-    )
+        df, root=base, name=name, required=required, interval_required=interval_required,
+        species=species,
+    )  # fmt: skip
 
 
 def load_manifest(
@@ -214,6 +315,7 @@ def load_manifest(
     root: str | Path | None = None,
     *,
     rename: Mapping[str, str] | None = None,
+    species=None,
 ) -> pd.DataFrame:
     """Read and validate a manifest (CSV, Parquet or a DataFrame, which is not modified).
 
@@ -222,10 +324,12 @@ def load_manifest(
     unless ``root`` is given), ``label`` (int64), ``split`` (str, ``""`` when blank) and
     ``start_s`` / ``end_s`` (float64, NaN when blank) where present, then every other column.
     ``rename`` maps source column names to manifest ones first, e.g. ``{"filepath": "path"}``.
-    Raises `DataNotFoundError` for a missing file or column, a non-integer label, an empty path,
-    a negative ``start_s`` or ``start_s >= end_s``.
+    ``species``: the species table (`songsight.taxonomy.Species` list); with it a label may
+    be a species name or code, or come from a ``species`` / ``common_name`` column.
+    Raises `DataNotFoundError` for a missing file or column, a label that is neither an integer
+    nor a known name, an empty path, a negative ``start_s`` or ``start_s >= end_s``.
     """
-    return _load(source, root, rename, REQUIRED_COLUMNS, interval_required=False)
+    return _load(source, root, rename, REQUIRED_COLUMNS, False, species)
 
 
 def load_soundscape_manifest(
@@ -233,6 +337,7 @@ def load_soundscape_manifest(
     root: str | Path | None = None,
     *,
     rename: Mapping[str, str] | None = None,
+    species=None,
 ) -> pd.DataFrame:
     """Read soundscape annotations: one row per (file, segment, species), as BirdSet gives them.
 
@@ -241,7 +346,7 @@ def load_soundscape_manifest(
     column names pass e.g. ``rename={"filepath": "path", "start_time": "start_s",
     "end_time": "end_s"}``.
     """
-    return _load(source, root, rename, SOUNDSCAPE_COLUMNS, interval_required=True)
+    return _load(source, root, rename, SOUNDSCAPE_COLUMNS, True, species)
 
 
 def save_manifest(df: pd.DataFrame, path: str | Path, *, root: str | Path | None = None) -> Path:

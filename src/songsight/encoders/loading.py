@@ -97,8 +97,14 @@ def _hub_id(spec: str) -> str:
     return spec[len("hf-hub:") :] if spec.startswith("hf-hub:") else spec
 
 
-def _fix_command(kind: str, spec: str) -> str:
+def _fix_command(kind: str, spec: str, download: bool = False) -> str:
     flag = "--audio-model" if kind == "audio" else "--image-model"
+    if download:  # `songsight download` itself: telling it to run itself would help nobody
+        return (
+            "Check this machine's connection to the Hub (proxy: HTTPS_PROXY; mirror: "
+            f"HF_ENDPOINT) and run it again, or fetch the model elsewhere and pass {flag} "
+            "/path/to/local/model"
+        )
     return (
         f"Run `songsight download {flag} {spec}` on a machine with internet access "
         f"(then copy ~/.cache/huggingface/hub, or set HF_HOME), or pass {flag} /path/to/local/model"
@@ -163,21 +169,23 @@ def resolve_model(
         reason = "is not in the local Hugging Face cache" + (
             " (offline mode is on)" if is_offline() else ""
         )
+        if download and not is_offline():
+            reason = "could not be downloaded: the Hub was not reachable"
         rev = f" at revision {revision}" if revision else ""
         raise ModelNotFoundError(
-            f"the {what} model {repo_id}{rev} {reason}. {_fix_command(kind, spec)}."
+            f"the {what} model {repo_id}{rev} {reason}. {_fix_command(kind, spec, download)}."
         ) from None
     except RepositoryNotFoundError:
         raise ModelNotFoundError(
-            f"no Hub repository {repo_id!r} (or it is private/gated). Check the id. {_fix_command(kind, spec)}."
+            f"no Hub repository {repo_id!r} (or it is private/gated). Check the id. {_fix_command(kind, spec, download)}."
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelNotFoundError(
-            f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec)}."
+            f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec, download)}."
         ) from None
     if not (path / marker).is_file():
         raise ModelNotFoundError(
-            f"{repo_id} has no {marker}: it is not an {what} model. {_fix_command(kind, spec)}."
+            f"{repo_id} has no {marker}: it is not an {what} model. {_fix_command(kind, spec, download)}."
         )
     return ResolvedModel(path, spec, path.name, "hub" if download else "hub-cache")
 

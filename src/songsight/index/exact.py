@@ -170,14 +170,25 @@ def _block_topk(scores: torch.Tensor, ids: np.ndarray, k: int) -> tuple[np.ndarr
     return top_scores, top_ids
 
 
+def _allowed_rows(store: _VectorStore, allowed_ids: np.ndarray | None) -> np.ndarray | None:
+    """(N,) bool: the stored rows whose id is in ``allowed_ids``; None when all are allowed."""
+    if allowed_ids is None:
+        return None
+    allowed = np.asarray(allowed_ids)
+    if allowed.ndim != 1 or (len(allowed) and not np.issubdtype(allowed.dtype, np.integer)):
+        raise SongsightError(f"allowed_ids must be a 1-D array of ids, got {allowed.dtype} {allowed.shape}")  # fmt: skip
+    return np.isin(store.ids, allowed.astype(np.int64, copy=False))
+
+
 def _exact_search(
-    store: _VectorStore, queries: np.ndarray, k: int
+    store: _VectorStore, queries: np.ndarray, k: int, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top `k` over the whole store, gallery and queries both chunked."""
+    """Brute-force top `k` over the store (only its ``rows`` (N,) bool when given), gallery
+    and queries both chunked."""
     n_queries = len(queries)
     best_scores = np.full((n_queries, k), -np.inf, np.float32)
     best_ids = np.full((n_queries, k), -1, np.int64)
-    if n_queries == 0 or store.count == 0:
+    if n_queries == 0 or store.count == 0 or (rows is not None and not rows.any()):
         return best_scores, best_ids
     query_rows = min(n_queries, _QUERY_ROWS)
     gallery_rows = max(1, _BLOCK_ELEMENTS // query_rows)
@@ -187,8 +198,13 @@ def _exact_search(
     vectors, ids = store.vectors, store.ids
     # Gallery outermost so each float16 chunk is upcast once for all queries.
     for g0 in range(0, store.count, gallery_rows):
-        chunk = torch.from_numpy(vectors[g0 : g0 + gallery_rows]).float()
-        chunk_ids = ids[g0 : g0 + gallery_rows]
+        chunk_vectors, chunk_ids = vectors[g0 : g0 + gallery_rows], ids[g0 : g0 + gallery_rows]
+        if rows is not None:
+            keep = rows[g0 : g0 + gallery_rows]
+            if not keep.any():
+                continue
+            chunk_vectors, chunk_ids = chunk_vectors[keep], chunk_ids[keep]
+        chunk = torch.from_numpy(np.ascontiguousarray(chunk_vectors)).float()
         for q0 in range(0, n_queries, query_rows):
             q1 = q0 + query_rows
             block = queries_t[q0:q1] @ chunk.T
@@ -263,10 +279,16 @@ class ExactIndex(_StoredIndex):
         arr = _as_matrix(vectors, self.dim, "vectors")
         self._store.append(arr, self._store.check_ids(ids, len(arr)))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; see the module docstring."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; see the module docstring.
+
+        ``allowed_ids``: only these ids may be returned (a species filter); None, any.
+        """
         k = _check_k(k)
-        return _exact_search(self._store, _as_matrix(queries, self.dim, "queries"), k)
+        queries = _as_matrix(queries, self.dim, "queries")
+        return _exact_search(self._store, queries, k, _allowed_rows(self._store, allowed_ids))
 
     @classmethod
     def load(cls, path: str | Path) -> ExactIndex:

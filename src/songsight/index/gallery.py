@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from songsight.encoders.loading import BIOCLIP2_ID
 from songsight.errors import DataNotFoundError
 from songsight.index.gallery_build import GalleryReport, _update, add_to_gallery
 from songsight.index.gallery_format import (
@@ -62,12 +61,18 @@ __all__ = [
 class Gallery:
     """An opened gallery: metadata per photo, the vector index and provenance.
 
-    ``search(vectors (Q, D), k) -> (scores (Q, k) float32, ids (Q, k) int64)``, best first,
-    padded with ``-inf`` / ``-1`` when the gallery has fewer than ``k`` photos.
+    ``Gallery("gallery/")`` (or `Gallery.open`) opens a folder that `Gallery.build` or
+    ``songsight index build`` made. ``search(vectors (Q, D), k) -> (scores (Q, k) float32,
+    ids (Q, k) int64)``, best first, padded with ``-inf`` / ``-1`` when the gallery has fewer
+    than ``k`` photos.
     """
 
-    def __init__(self, directory: Path, metadata, index, provenance: dict):
-        self.directory = directory
+    def __init__(self, directory: str | Path, metadata=None, index=None, provenance=None):
+        if metadata is None:
+            opened = type(self).open(directory)
+            metadata, index, provenance = opened.metadata, opened.index, opened.provenance
+            directory = opened.directory
+        self.directory = Path(directory)
         self.metadata = metadata  # pandas DataFrame: path, sha256, METADATA_COLUMNS; row = id
         self.index = index
         self.provenance = provenance
@@ -79,7 +84,7 @@ class Gallery:
         cls,
         paths: Iterable[str | Path] = (),
         gallery_dir: str | Path = "gallery",
-        image_model=BIOCLIP2_ID,
+        image_model=None,
         *,
         manifest=None,
         species_csv: str | Path | None = None,
@@ -100,7 +105,8 @@ class Gallery:
         Rerunning on an existing gallery resumes or extends it (same model and vector dtype
         only); ``overwrite`` starts again. ``ann``: True builds an HNSW index now, None
         builds it once the gallery passes `search.ANN_THRESHOLD` photos. ``image_model``: Hub
-        id, folder, or a `BioCLIPEncoder`. ``engine="ray"`` embeds with Ray Data actors
+        id, folder, or a `BioCLIPEncoder`; default the gallery's own when it exists, else
+        BioCLIP-2 (`BIOCLIP2_ID`). ``engine="ray"`` embeds with Ray Data actors
         (``workers`` of them; see `songsight.scale`).
         """
         directory = Path(gallery_dir)
@@ -239,9 +245,17 @@ class Gallery:
             self.metadata["species"].notna().any() or self.metadata["common_name"].notna().any()
         )
 
-    def search(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) unit-norm queries -> scores (Q, k) float32 and ids (Q, k) int64, best first."""
-        return self.index.search(vectors, k)
+    def search(
+        self, vectors: np.ndarray, k: int = 10, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) unit-norm queries -> scores (Q, k) float32 and ids (Q, k) int64, best first.
+
+        ``allowed_ids``: only these photo ids may be returned (a species list), pushed down to
+        the index.
+        """
+        if allowed_ids is None:
+            return self.index.search(vectors, k)
+        return self.index.search(vectors, k, allowed_ids=allowed_ids)
 
     def _check_id(self, image_id: int) -> int:
         i = int(image_id)
@@ -297,6 +311,7 @@ class Gallery:
                     order=v["order"] or "",
                     family=v["family"] or "",
                     genus=v["genus"] or sci.split()[0],
+                    code=v["species_code"] or "",
                 )
             )
         return sorted(out, key=lambda s: (s.label, s.scientific_name))

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from songsight.encoders.loading import BIOCLIP2_ID
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
 from songsight.images import IMAGE_SUFFIXES
+from songsight.index.gallery_dedupe import (
+    contradictions,
+    hash_files,
+    merge_names,
+    rewrite_paths,
+    sort_photos,
+    stored_photos,
+)
 from songsight.index.gallery_format import (
     ERRORS_FILE,
     FORMAT,
@@ -43,7 +51,7 @@ __all__ = ["GalleryReport", "add_to_gallery"]
 
 @dataclass
 class GalleryReport:
-    """What one build or add did."""
+    """What one build or add did; ``notes``: moved photos, copies, manifest columns unused."""
 
     gallery: Path
     n_files: int
@@ -52,6 +60,9 @@ class GalleryReport:
     n_failed: int
     n_images: int
     index_kind: str
+    n_moved: int = 0
+    n_copies: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def errors_path(self) -> Path:
@@ -59,7 +70,7 @@ class GalleryReport:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.n_failed else 0
+        return 1 if self.n_failed or not self.n_images else 0
 
     def summary(self) -> str:
         text = (
@@ -69,7 +80,9 @@ class GalleryReport:
         )
         if self.n_failed:
             text += f"; errors in {self.errors_path}"
-        return text
+        if not self.n_images:
+            text += "\nthe gallery holds no photos yet: nothing can be searched"
+        return "\n".join([text, *self.notes])
 
 
 # --- building -------------------------------------------------------------------------------
@@ -98,7 +111,7 @@ def _collect_inputs(paths, manifest, species_csv):
     from songsight.data.manifest import check_files
     from songsight.embed import collect_files
 
-    files = [f.absolute() for f in collect_files(list(paths), IMAGE_SUFFIXES)]
+    files = [Path(os.path.abspath(f)) for f in collect_files(list(paths), IMAGE_SUFFIXES)]
     meta, missing = None, []
     if manifest is not None:
         meta = read_gallery_manifest(manifest, species_csv)
@@ -120,6 +133,8 @@ def _store_pending(directory: Path, meta) -> None:
     if meta is None or meta.empty:
         return
     f = directory / PENDING_FILE
+    if "fill_only" not in meta:
+        meta = meta.assign(fill_only=False)
     if f.is_file():
         meta = pd.concat([pd.read_parquet(f), meta], ignore_index=True)
     meta = meta.drop_duplicates("path", keep="last").reset_index(drop=True)
@@ -150,10 +165,18 @@ def _attach_metadata(directory: Path) -> list[str]:
         cur[col] = None
     if pending is not None and len(pending):
         upd = pending.drop_duplicates("path", keep="last").set_index("path")
+        fill_only = (
+            cur["path"].map(upd["fill_only"]).fillna(False).astype(bool)
+            if "fill_only" in upd
+            else pd.Series(False, index=cur.index)
+        )
         for col in METADATA_COLUMNS:
+            if col not in upd:
+                continue
             new = cur["path"].map(upd[col])
-            # A manifest's non-empty cells win; an empty one never erases what is known.
-            cur[col] = new.where(new.notna(), cur[col])
+            # A manifest's non-empty cells win; an empty one never erases what is known, and
+            # a copy's names only fill what the photo does not know (gallery_dedupe).
+            cur[col] = new.where(new.notna() & (~fill_only | cur[col].isna()), cur[col])
     columns = {
         "label": pa.array([None if _blank(v) else int(v) for v in cur["label"]], type=pa.int64()),
         **{
@@ -279,6 +302,19 @@ def _update(
     if not paths and manifest is None:
         raise DataNotFoundError("nothing to index: give photo folders or files, or --manifest")
     files, pending, missing_errors = _collect_inputs(paths, manifest, species_csv)
+    if not files and not missing_errors:
+        where = ", ".join(map(str, paths)) or str(manifest)
+        raise DataNotFoundError(
+            f"no photos found in {where} (looked for {' '.join(IMAGE_SUFFIXES)}, in folders "
+            "recursively); nothing to index"
+        )
+    notes = []
+    if pending is not None and pending.attrs.get("ignored_columns"):
+        notes.append(f"manifest columns not used: {', '.join(pending.attrs['ignored_columns'])}")
+    sorted_ = sort_photos(files, hash_files(files), stored_photos(directory))
+    rewrite_paths(directory, sorted_.moved)
+    pending, conflicts = merge_names(pending, sorted_.copies)
+    notes += sorted_.notes() + conflicts + contradictions(directory, pending)
     directory.mkdir(parents=True, exist_ok=True)
     image_model = image_model or BIOCLIP2_ID
     preprocess = preprocess or "model"
@@ -301,7 +337,7 @@ def _update(
         from songsight.scale import embed_image_files_ray
 
         report = embed_image_files_ray(
-            files,
+            sorted_.embed,
             store,
             str(image_model),
             preprocess=preprocess,
@@ -317,8 +353,9 @@ def _update(
         from songsight.embed import embed_image_files
 
         report = embed_image_files(
-            files, store, encoder, resume=True, progress=progress, vector_dtype=meta["vector_dtype"]
-        )
+            sorted_.embed, store, encoder, resume=True, progress=progress,
+            vector_dtype=meta["vector_dtype"],
+        )  # fmt: skip
     hashes = _attach_metadata(directory)
     kind = _update_index(directory, meta, hashes)
 
@@ -333,10 +370,13 @@ def _update(
         gallery=directory,
         n_files=len(files) + len(missing_errors),
         n_embedded=report.n_embedded,
-        n_skipped=report.n_skipped,
+        n_skipped=report.n_skipped + sorted_.unchanged + len(sorted_.moved),
         n_failed=len(run_errors),
         n_images=len(hashes),
         index_kind=kind,
+        n_moved=len(sorted_.moved),
+        n_copies=len(sorted_.copies),
+        notes=notes,
     )
 
 

@@ -17,8 +17,9 @@ from songsight.errors import DataNotFoundError
 __all__ = ["METADATA_COLUMNS", "read_gallery_manifest"]
 
 # Per-photo metadata; ``species`` is the scientific name (a manifest may call it scientific_name).
-METADATA_COLUMNS = ("label", "species", "common_name", "genus", "family", "order")
+METADATA_COLUMNS = ("label", "species", "common_name", "genus", "family", "order", "species_code")
 _PAREN = re.compile(r"\s*\(.*?\)\s*")
+_BINOMIAL = re.compile(r"[A-Z][a-z]+(?: [a-z][a-z-]+){1,2}")
 
 
 def _blank(value: Any) -> bool:
@@ -46,63 +47,135 @@ def _rank(value: Any) -> str | None:
     return (_PAREN.sub(" ", text).strip() or None) if text else None
 
 
+def _is_binomial(text: str) -> bool:
+    return bool(_BINOMIAL.fullmatch(text))
+
+
 def read_gallery_manifest(manifest, species_csv: str | Path | None = None):
-    """A photo manifest -> DataFrame of ``path`` (absolute) and `METADATA_COLUMNS`.
+    """A photo manifest -> DataFrame of ``path`` (absolute, normalised) and `METADATA_COLUMNS`.
 
     ``manifest``: CSV/Parquet path or DataFrame with ``path`` and any of ``label``,
-    ``species`` (or ``scientific_name``), ``common_name``, ``genus``, ``family``, ``order``.
-    With ``species_csv`` (SSW60 ``taxa.csv`` columns) a ``label`` column is enough: the names
-    and ranks come from the table, and a manifest's own non-empty cells win over it. A missing
-    genus is taken from the first word of the scientific name. Unknown cells are None.
+    ``species`` (or ``scientific_name``), ``common_name``, ``species_code``, ``genus``,
+    ``family``, ``order``; column names as people write them (``Common name``,
+    ``Scientific_Name``; see `songsight.data.manifest.COLUMN_ALIASES`). Relative paths are
+    taken from the manifest's folder. A ``label`` is an integer or a species name. With
+    ``species_csv`` (SSW60 ``taxa.csv`` columns) a label or a name is enough: the other names
+    and ranks come from the table, and a manifest's own non-empty cells win over it. Without
+    it a name in ``label`` is stored as the scientific name when it reads as one (``Genus
+    species``), else as the common name. A missing genus is taken from the first word of the
+    scientific name. Unknown cells are None; columns songsight does not read are listed in
+    ``df.attrs["ignored_columns"]``.
     """
     import pandas as pd
 
-    from songsight.data.manifest import load_manifest, read_table
+    from songsight.data.manifest import (
+        name_key,
+        normalise_columns,
+        read_table,
+        resolve_paths,
+        species_lookup,
+    )
     from songsight.taxonomy import load_species_csv
 
     if isinstance(manifest, pd.DataFrame):
         df, root, name = manifest.copy(), None, "manifest"
     else:
         path = Path(manifest).expanduser()
-        df, root, name = read_table(path), path.parent, str(path)
-    df.columns = [str(c).strip() for c in df.columns]
-    if "species" not in df.columns and "scientific_name" in df.columns:
+        df, root, name = read_table(path), path.absolute().parent, str(path)
+    known = ("path", *METADATA_COLUMNS, "scientific_name", "split")
+    df, ignored = normalise_columns(df, name, known)
+    if "scientific_name" in df.columns:
+        if "species" in df.columns:
+            raise DataNotFoundError(
+                f"{name}: both 'species' and 'scientific_name' columns; keep one (they mean the same)"
+            )
         df = df.rename(columns={"scientific_name": "species"})
-    has_label = "label" in df.columns
-    # load_manifest validates paths and labels; a label-less manifest gets a placeholder.
-    checked = load_manifest(df if has_label else df.assign(label=0), root=root)
-    taxa = {}
-    if species_csv is not None:
-        if not has_label:
-            raise DataNotFoundError(
-                f"{name}: a species table was given but the manifest has no 'label' column "
-                "to look the species up by"
-            )
-        taxa = {s.label: s for s in load_species_csv(species_csv)}
-        unknown = sorted(set(int(v) for v in checked["label"]) - set(taxa))
-        if unknown:
-            raise DataNotFoundError(
-                f"{name}: label(s) {unknown[:5]} are not in the species table {species_csv}"
-            )
-    rows = []
-    for rec in checked.to_dict("records"):
-        label = int(rec["label"]) if has_label else None
-        sp = taxa.get(label) if label is not None else None
+    found = ", ".join(map(str, df.columns)) or "no columns"
+    if "path" not in df.columns:
+        raise DataNotFoundError(
+            f"{name}: no 'path' column (found {found}); a photo manifest needs path and any "
+            f"of {', '.join(METADATA_COLUMNS)}"
+        )
+    if ignored and not any(c in df.columns for c in METADATA_COLUMNS):
+        raise DataNotFoundError(
+            f"{name}: no column songsight reads besides path; unknown column(s) "
+            f"{', '.join(ignored)}. Name the species in one of {', '.join(METADATA_COLUMNS)} "
+            "(or scientific_name)"
+        )
+    df = df.reset_index(drop=True)
+    paths = resolve_paths(df, root, name)
+    table = load_species_csv(species_csv) if species_csv is not None else []
+    taxa = {s.label: s for s in table}
+    lookup = species_lookup(table)
+    rows, unknown_labels, unknown_names = [], [], []
+    for i, rec in enumerate(df.to_dict("records")):
+        label, named = _label_cell(rec.get("label"))
+        sp = None
+        if label is not None:
+            sp = taxa.get(label)
+            if table and sp is None:
+                unknown_labels.append(label)
+        elif table:
+            # A name in the label column, else the row's own names, looked up in the table.
+            for text in (
+                named,
+                rec.get("species"),
+                rec.get("common_name"),
+                rec.get("species_code"),
+            ):
+                if _text(text) and name_key(text) in lookup:
+                    label = lookup[name_key(text)]
+                    sp = taxa[label]
+                    break
+            else:
+                if named is not None:
+                    unknown_names.append(f"row {i}: {named!r}")
         species = _text(rec.get("species")) or (sp.scientific_name if sp else None)
+        common = _text(rec.get("common_name")) or (sp.common_name if sp else None)
+        if named is not None and sp is None:
+            if _is_binomial(named):
+                species = species or named
+            else:
+                common = common or named
         genus = _text(rec.get("genus")) or (sp.genus if sp else None)
         if genus is None and species:
             genus = species.split()[0]
         rows.append(
             {
-                "path": rec["path"],
+                "path": paths[i],
                 "label": label,
                 "species": species,
-                "common_name": _text(rec.get("common_name")) or (sp.common_name if sp else None),
+                "common_name": common,
                 "genus": genus,
                 "family": _rank(rec.get("family")) or (sp.family or None if sp else None),
                 "order": _rank(rec.get("order")) or (sp.order or None if sp else None),
+                "species_code": _text(rec.get("species_code")) or (sp.code or None if sp else None),
             }
+        )
+    if unknown_labels:
+        raise DataNotFoundError(
+            f"{name}: label(s) {sorted(set(unknown_labels))[:5]} are not in the species table "
+            f"{species_csv}"
+        )
+    if unknown_names:
+        raise DataNotFoundError(
+            f"{name}: species names in the label column that are not in the species table "
+            f"{species_csv}: {', '.join(unknown_names[:5])}"
         )
     out = pd.DataFrame(rows, columns=["path", *METADATA_COLUMNS])
     out["label"] = out["label"].astype("Int64")
+    out.attrs["ignored_columns"] = [c for c in ignored if c != "split"]
     return out
+
+
+def _label_cell(value: Any) -> tuple[int | None, str | None]:
+    """A label cell -> (integer label, None) or (None, species name) or (None, None) if blank."""
+    if _blank(value) or isinstance(value, bool):
+        return None, None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None, str(value).strip()
+    if number != number or number != round(number) or abs(number) == float("inf"):
+        return None, str(value).strip()
+    return int(number), None

@@ -14,6 +14,7 @@ import numpy as np
 from songsight.errors import DataNotFoundError, SongsightError
 from songsight.index.exact import (
     _BLOCK_ELEMENTS,
+    _allowed_rows,
     _as_matrix,
     _check_k,
     _exact_search,
@@ -23,7 +24,11 @@ from songsight.index.exact import (
     _VectorStore,
 )
 
-__all__ = ["HNSWIndex"]
+__all__ = ["FILTER_EXACT_FRACTION", "HNSWIndex"]
+
+# A filtered search over at most this share of the index runs exactly on the allowed rows: the
+# graph would need ever more candidates (1 / share) to find k of them.
+FILTER_EXACT_FRACTION = 0.05
 
 
 def _import_usearch():
@@ -104,13 +109,27 @@ class HNSWIndex(_StoredIndex):
         keys = np.arange(start, start + len(arr), dtype=np.uint64)
         self._graph.add(keys, arr, threads=self.threads)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall.
+
+        ``allowed_ids``: only these ids may be returned. The graph is asked for more
+        candidates in proportion to the ids left out; a subset no bigger than
+        `FILTER_EXACT_FRACTION` of the index (or than the candidate count) is searched exactly,
+        which is both faster and exact there.
+        """
         k = _check_k(k)
         queries = _as_matrix(queries, self.dim, "queries")
+        allowed = _allowed_rows(self._store, allowed_ids)
         n_candidates = max(k * self.rerank_factor, self.min_candidates)
+        if allowed is not None:
+            n_allowed = int(allowed.sum())
+            if n_allowed <= max(n_candidates, FILTER_EXACT_FRACTION * len(self)):
+                return _exact_search(self._store, queries, k, allowed)
+            n_candidates = min(len(self), -(-n_candidates * len(self) // n_allowed))
         if len(self) <= n_candidates or len(queries) == 0:
-            return _exact_search(self._store, queries, k)
+            return _exact_search(self._store, queries, k, allowed)
         # ef below the candidate count would cap what the graph can return.
         self._graph.expansion_search = max(self.expansion_search, n_candidates)
         found = self._graph.search(queries, n_candidates, threads=self.threads)
@@ -119,6 +138,8 @@ class HNSWIndex(_StoredIndex):
         counts = getattr(found, "counts", np.array([keys.shape[1]]))
         rows[:, : keys.shape[1]] = keys
         valid = np.arange(n_candidates)[None, :] < np.asarray(counts)[:, None]
+        if allowed is not None:
+            valid &= allowed[np.where(valid, rows, 0)]
         return self._rerank(queries, np.where(valid, rows, 0), valid, k)
 
     def _rerank(

@@ -4,7 +4,8 @@ Both backends score by inner product, which is cosine similarity for the unit-no
 the encoder wrappers produce (normalisation happens there, not here). Both answer the same
 call, ``search(queries (Q, D), k) -> (scores (Q, k) float32, ids (Q, k) int64)``, sorted by
 descending score with ties broken by the lower id; rows with fewer than ``k`` hits are padded
-with score ``-inf`` and id ``-1``.
+with score ``-inf`` and id ``-1``. ``search(..., allowed_ids=ids)`` answers as if the index
+held only those ids (how species lists reach the backend).
 
 A saved index is a directory: ``meta.json``, ``vectors.npy`` (the stored embeddings),
 ``ids.npy`` and, for HNSW, ``graph.usearch``.
@@ -56,8 +57,14 @@ class VectorIndex(Protocol):
         """Add `(N, D)` float vectors with `(N,)` int64 ids (unique, >= 0)."""
         ...
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(Q, D)` queries -> scores `(Q, k)` float32 and ids `(Q, k)` int64, best first."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`(Q, D)` queries -> scores `(Q, k)` float32 and ids `(Q, k)` int64, best first.
+
+        ``allowed_ids`` (M,) int64: return only these ids (a species filter, pushed down to
+        the backend, which applies it where it is cheapest); None returns any.
+        """
         ...
 
     def save(self, path: str | Path) -> None: ...

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from songsight.errors import InputFileError, SongsightError
 from songsight.serve.openapi import search_openapi
+from songsight.serve.photos import photo_response
 from songsight.serve.public import header_number, header_text, model_summary, web_records
 from songsight.serve.spectrogram import spectrogram_png
 from songsight.serve.upload import (
@@ -40,6 +41,7 @@ from songsight.serve.upload import (
     _missing_extra,
     _receive_upload,
     decode_upload,
+    search_options,
 )
 from songsight.serve.upload import sniff_audio as sniff_audio  # re-exported
 
@@ -64,7 +66,6 @@ DEFAULT_MAX_DURATION_S = 600.0
 MAX_K = 100
 RETRY_AFTER_S = 5
 SPECTROGRAMS_KEPT = 64
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp"}  # fmt: skip
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
     "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
@@ -252,6 +253,7 @@ def create_app(
             k = _form_number(upload.fields, "k", int, 1, MAX_K) or 10
             window_s = _form_number(upload.fields, "window_s", float, 0.1, max_duration_s)
             hop_s = _form_number(upload.fields, "hop_s", float, 0.1, max_duration_s)
+            options = search_options(searcher, upload.fields)
             if not slots.try_acquire():
                 raise busy
         except BaseException:
@@ -261,8 +263,9 @@ def create_app(
         def work():
             audio = decode_upload(upload.path, max_duration_s)
             results = searcher.search(
-                [(audio.waveform, audio.sample_rate_hz)], k=k, window_s=window_s, hop_s=hop_s
-            )
+                [(audio.waveform, audio.sample_rate_hz)], k=k, window_s=window_s, hop_s=hop_s,
+                **options,
+            )  # fmt: skip
             png, top_hz = spectrogram_png(audio.waveform, audio.sample_rate_hz)
             return audio, results, png, top_hz
 
@@ -322,6 +325,9 @@ def create_app(
         answered_by = getattr(searcher, "answered_by", None)
         if answered_by is not None:
             headers["X-Answered-By"] = header_text(answered_by)
+        chosen = options.get("species") or getattr(searcher, "species", None)
+        if chosen is not None and getattr(chosen, "unknown", None):
+            headers["X-Species-Unknown"] = header_text(", ".join(chosen.unknown))
         return JSONResponse(jsonable_encoder(records), headers=headers)
 
     @app.get("/api/images/{image_id}", tags=["api"], response_class=FileResponse)
@@ -335,10 +341,13 @@ def create_app(
             raise ApiError(404, "not_found", "no image with this id") from None
         if not path.is_file():
             log.warning("gallery image %d is missing on disk: %s", image_id, path)
-            raise ApiError(404, "not_found", "no image with this id")
-        media_type = IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
-        headers = {"Cache-Control": "public, max-age=86400"}
-        return FileResponse(path, media_type=media_type, headers=headers)
+            raise ApiError(
+                404,
+                "image_missing",
+                f"photo {image_id} is in the gallery but its file is gone from the server "
+                "(moved or deleted?); `songsight index check` lists such photos",
+            )
+        return photo_response(path)
 
     @app.get("/api/spectrogram/{result_id}", tags=["api"], response_class=Response)
     def spectrogram(result_id: str):
@@ -360,6 +369,25 @@ def _version() -> str:
     return package_version()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port another program holds, before minutes of model loading are spent."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise SongsightError(
+                    f"port {port} on {host} is already in use (another songsight serve?); "
+                    "choose another with --port"
+                ) from None
+            raise SongsightError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 def serve(
     gallery: str | Path,
     host: str = "127.0.0.1",
@@ -373,14 +401,23 @@ def serve(
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
+    species_list: str | Path | None = None,
 ) -> None:
-    """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted."""
+    """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted.
+
+    ``species_list``: the species every search is restricted to (a request may send its own).
+    """
     import uvicorn
 
     from songsight.retrieval import Searcher
 
-    options = {"audio_model": audio_model, "image_model": image_model, "device": device}
+    _check_port(host, port)
+    options = {"audio_model": audio_model, "image_model": image_model, "device": device,
+               "species_list": species_list}  # fmt: skip
     searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})
+    chosen = getattr(searcher, "species", None)
+    if chosen is not None and chosen.warning():
+        print(f"songsight: {chosen.warning()}")
     app = create_app(
         searcher,
         max_upload_mb=max_upload_mb,

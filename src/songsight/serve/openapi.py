@@ -29,10 +29,15 @@ _RECORD_SCHEMA = {
         "end_s": {"type": "number"},
         "window": {"type": ["integer", "null"], "description": "null: the whole recording"},
         "answered_by": {"type": "string"},
+        "flags": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["silent", "too_short"]},
+            "description": "no usable signal (then no hits and no species); empty otherwise",
+        },
         "hits": {"type": "array", "items": _HIT_SCHEMA},
         "species": {
             "type": "array",
-            "description": "the roll-up: each taxon's share of the top photos",
+            "description": "the roll-up: each taxon's probability (calibrated when the gallery records a temperature for this model)",
             "items": {
                 "type": "object",
                 "properties": {
@@ -73,6 +78,10 @@ _SEARCH_HEADERS = {
         "description": "which model answered: `distilled` or `cascade: ...`",
         "schema": {"type": "string"},
     },
+    "X-Species-Unknown": {
+        "description": "entries of the species list that are not species of the gallery",
+        "schema": {"type": "string"},
+    },
     "X-K": {
         "description": "photos asked for per window (the `k` used)",
         "schema": {"type": "integer"},
@@ -95,6 +104,8 @@ def search_openapi(max_k: int) -> dict:
                             "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10},
                             "window_s": {"type": "number", "description": "analysis window (default: the model's)"},
                             "hop_s": {"type": "number", "description": "hop between windows"},
+                            "min_score": {"type": "number", "minimum": 0, "maximum": 1, "description": "keep species of at least this probability, and the windows that detect one"},
+                            "species_list": {"type": "string", "description": "answer only with these species: names or codes, one a line or comma-separated"},
                         },
                     }
                 }

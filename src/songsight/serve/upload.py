@@ -36,10 +36,11 @@ except ImportError as exc:
 if TYPE_CHECKING:
     from fastapi import Request
 
-__all__ = ["ApiError", "decode_upload", "sniff_audio"]
+__all__ = ["ApiError", "decode_upload", "search_options", "sniff_audio"]
 
-FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, headers and the small fields
+FORM_OVERHEAD_BYTES = 96 * 1024  # multipart boundaries, headers, the fields, a species list
 MAX_FIELD_BYTES = 256
+MAX_LIST_BYTES = 32 * 1024  # a species list: hundreds of names
 MAX_PARTS = 8
 
 
@@ -138,7 +139,8 @@ class _Upload:
         chunk = data[start:end]
         if self._value is not None:
             self._value += chunk
-            if len(self._value) > MAX_FIELD_BYTES:
+            limit = MAX_LIST_BYTES if self._name == "species_list" else MAX_FIELD_BYTES
+            if len(self._value) > limit:
                 raise ApiError(400, "bad_request", f"form field {self._name!r} is too long")
             return
         if self._file is None:
@@ -261,3 +263,21 @@ def decode_upload(path: str | Path, max_duration_s: float):
         return prepare_waveform(data, int(rate), int(rate), name="upload")
     except InputFileError as exc:
         raise ApiError(422, "invalid_audio", exc.reason) from None
+
+
+def search_options(searcher, fields: dict[str, str]) -> dict:
+    """The optional ``min_score`` and ``species_list`` form fields as `Searcher.search`
+    arguments (absent fields are not passed). ``species_list``: names or codes, one a line
+    or comma-separated. Raises `ApiError` 422."""
+    options: dict = {}
+    min_score = _form_number(fields, "min_score", float, 0.0, 1.0)
+    if min_score:
+        options["min_score"] = min_score
+    text = fields.get("species_list", "").strip()
+    if text:
+        entries = [e.strip() for e in text.replace(",", "\n").splitlines() if e.strip()]
+        try:
+            options["species"] = searcher.species_filter(entries, "species_list")
+        except SongsightError as exc:
+            raise ApiError(422, "invalid_request", str(exc)[:300]) from None
+    return options

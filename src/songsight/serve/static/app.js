@@ -171,6 +171,7 @@ function render(data, file) {
   $("rec-name").textContent = data.filename;
   const meta = [fmtTime(Math.round(data.duration_s * 10) / 10), `${(data.sample_rate_hz / 1000).toFixed(1)} kHz`];
   if (data.silent) meta.push("nearly silent: check the microphone");
+  else if ((data.results[0].flags || []).includes("too_short")) meta.push("too short to name a bird: record a few seconds");
   $("rec-meta").textContent = meta.join(" · ");
 
   if (state.audioUrl) URL.revokeObjectURL(state.audioUrl);

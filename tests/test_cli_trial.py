@@ -1,0 +1,163 @@
+"""The command line as a new user meets it: Ctrl-C advice that works, --quiet that is quiet,
+and a download failure that does not tell the user to run the download."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from songsight.cli import _COMMANDS, build_parser, main
+
+# (argv, the flags the continuing command must hold, those it must not)
+INTERRUPTED = [
+    (["embed", "images", "p/", "--out", "e.parquet", "--overwrite"], ["--resume"], ["--overwrite"]),
+    (["embed", "audio", "r/", "--out", "e.parquet", "--resume"], ["--resume"], []),
+    (["index", "build", "p/", "--gallery", "g", "--overwrite"], [], ["--resume", "--overwrite"]),
+    (["index", "add", "p/", "--gallery", "g"], [], ["--resume"]),
+    (
+        ["search", "a b.wav", "--gallery", "g", "--out", "partial.csv", "--format", "csv"],
+        [],
+        ["--resume"],
+    ),  # fmt: skip
+    (["distill", "--train", "t.csv", "--species", "s.csv", "--out", "run"], ["--resume"], []),
+    (["data", "ssw60", "d"], [], []),
+    (["demo", "--quick"], [], []),
+]
+
+
+@pytest.mark.parametrize(("argv", "must", "must_not"), INTERRUPTED, ids=lambda v: str(v)[:30])
+def test_interruption_names_what_is_kept_and_a_command_that_parses(
+    argv, must, must_not, monkeypatch, capsys
+):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    add, _ = _COMMANDS[argv[0]]
+    monkeypatch.setitem(_COMMANDS, argv[0], (add, interrupted))
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert "interrupted" in err and "kept" in err or "nothing was written" in err
+    command = re.search(r"(?:continue with(?: \([^)]*\))?|run it again): (songsight .*)$", err)
+    assert command, err
+    tokens = shlex.split(command[1])
+    assert tokens[0] == "songsight"
+    build_parser().parse_args(tokens[1:])  # the advice is a command songsight accepts
+    for flag in must:
+        assert flag in tokens
+    for flag in must_not:
+        assert flag not in tokens
+    assert [t for t in tokens[1:] if not t.startswith("--")][:2] == [
+        t for t in argv if not t.startswith("--")
+    ][:2]
+    if argv[0] == "search":
+        assert "nothing was written" in err and "a b.wav" in tokens
+
+
+def _photos(folder, n: int):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _interrupt_after(monkeypatch, n: int) -> None:
+    from songsight.encoders.bioclip import BioCLIPEncoder
+
+    original = BioCLIPEncoder.iter_images
+
+    def interrupted(self, sources):
+        for i, item in enumerate(original(self, sources)):
+            if i == n:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(BioCLIPEncoder, "iter_images", interrupted)
+
+
+def _advice(err: str) -> list[str]:
+    command = re.search(
+        r"(?:continue with(?: \([^)]*\))?|run it again): songsight (.*)$", err.strip()
+    )
+    assert command, err
+    return shlex.split(command[1])
+
+
+@pytest.mark.parametrize("kind", ["index", "embed"])
+def test_the_advised_command_really_continues(kind, tiny_models, tmp_path, monkeypatch, capsys):
+    """Interrupt a real run, then run exactly what the message says: the job completes."""
+    from songsight.index.store import load_embeddings
+
+    _photos(tmp_path / "p", 5)
+    common = [
+        "--image-model",
+        str(tiny_models[1]),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--batch-size",
+        "1",
+    ]
+    if kind == "index":
+        argv = ["index", "build", str(tmp_path / "p"), "--gallery", str(tmp_path / "g"), "--overwrite", *common]  # fmt: skip
+        store = tmp_path / "g" / "gallery.parquet"
+    else:
+        argv = ["embed", "images", str(tmp_path / "p"), "--out", str(tmp_path / "e.parquet"), *common]  # fmt: skip
+        store = tmp_path / "e.parquet"
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_after(mp, 2)
+        assert main(argv) == 130
+    advice = _advice(capsys.readouterr().err)
+    assert main(advice) == 0, capsys.readouterr().err
+    meta, _, _ = load_embeddings(store)
+    assert sorted(meta["path"]) == sorted(str(p) for p in (tmp_path / "p").iterdir())
+
+
+def test_quiet_means_no_cpu_notice(tiny_models, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the notice is about machines without CUDA")
+    _photos(tmp_path / "p", 1)
+    base = ["embed", "images", str(tmp_path / "p"), "--image-model", str(tiny_models[1])]
+    assert main([*base, "--out", str(tmp_path / "a.parquet"), "--quiet"]) == 0
+    assert "no CUDA" not in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b.parquet")]) == 0
+    assert "no CUDA device found" in capsys.readouterr().err  # still said without --quiet
+
+
+def test_download_failure_does_not_advise_running_download(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from songsight.encoders.loading import download_models
+    from songsight.errors import ModelNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(ModelNotFoundError) as err:
+        download_models()
+    message = str(err.value)
+    assert "songsight download" not in message
+    assert "not reachable" in message and "connection" in message and "--audio-model" in message
+
+
+def test_search_refuses_distilled_model_with_cascade_models(tmp_path, capsys):
+    """--model with --audio-model is refused before anything loads (it used to be ignored)."""
+    from songsight.index.gallery_format import FORMAT, FORMAT_VERSION, _write_json
+
+    g = tmp_path / "g"
+    g.mkdir()
+    (g / "gallery.parquet").write_bytes(b"")
+    _write_json(g / "gallery.json", {"format": FORMAT, "format_version": FORMAT_VERSION})
+    code = main(["search", "x.wav", "--gallery", str(g), "--model", "m", "--audio-model", "a"])
+    assert code == 2
+    assert "cascade" in capsys.readouterr().err
