@@ -56,7 +56,9 @@ def run_point(out: Path, seed: int, pretrain_calls: int, clips: int, species: in
 
 def cell(vals) -> str:
     vals = np.asarray(vals, float) * 100
-    return f"{np.nanmean(vals):.1f}" + (f" ± {np.nanstd(vals, ddof=1):.1f}" if len(vals) > 1 else "")
+    return f"{np.nanmean(vals):.1f}" + (
+        f" ± {np.nanstd(vals, ddof=1):.1f}" if len(vals) > 1 else ""
+    )
 
 
 def main(argv=None) -> int:

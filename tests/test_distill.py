@@ -102,13 +102,22 @@ def test_distill_end_to_end_and_loads(world, tiny_models, tmp_path):
 
 
 def test_frozen_parts_do_not_change(world, tiny_models, tmp_path):
+    """Head-only training leaves the tower bit-identical; the manifest names its species
+    (common name, scientific name, code) instead of giving integer labels."""
+    import pandas as pd
     from safetensors.torch import load_file
 
     from songsight.distill.train import distill
+    from songsight.encoders.distilled import read_meta
+    from tests.ssw60_fixture import FAKE_TAXA
 
     audio, image = tiny_models
+    named = pd.read_csv(world / "audio.csv")
+    forms = [lambda t: t[4], lambda t: t[5], lambda t: t[0]]
+    named["label"] = [forms[i % 3](FAKE_TAXA[lab]) for i, lab in enumerate(named["label"])]
+    named.to_csv(tmp_path / "named.csv", index=False)
     distill(
-        world / "audio.csv",
+        tmp_path / "named.csv",
         world / "taxa.csv",
         audio,
         image,
@@ -121,6 +130,7 @@ def test_frozen_parts_do_not_change(world, tiny_models, tmp_path):
     before = load_file(str(Path(audio) / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "last" / "clap" / "model.safetensors"))
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+    assert read_meta(tmp_path / "run")["train_labels"] == [0, 1, 2]
 
 
 def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):
@@ -171,7 +181,7 @@ def test_resume_with_other_settings_is_refused(world, tiny_models, tmp_path):
     distill(
         world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "r", _cfg(epochs=1), **kw
     )
-    with pytest.raises(ProvenanceMismatchError):
+    with pytest.raises(ProvenanceMismatchError, match=r"lr: 0\.001 then, 0\.0005 now"):
         distill(
             world / "audio.csv",
             world / "taxa.csv",
@@ -192,6 +202,21 @@ def test_resume_with_other_settings_is_refused(world, tiny_models, tmp_path):
             _cfg(epochs=1),
             **kw,
         )
+
+
+def test_fewer_clips_than_a_batch_train_and_say_so(world, tiny_models, tmp_path, capsys):
+    from songsight.distill.train import distill
+
+    audio, image = tiny_models
+    summary = distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "run",
+        DistillConfig(epochs=1, batch_size=32), device="cpu", progress=False,
+        cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    clips = summary["clips"]
+    assert clips < 32 and summary["plan"]["batch_size"] == clips and summary["steps"] == 1
+    err = capsys.readouterr().err
+    assert f"{clips} training clips are fewer than a batch of 32" in err and "--batch-size" in err
 
 
 def _free_port() -> int:

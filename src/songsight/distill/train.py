@@ -81,8 +81,8 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _load_split(manifest, split: str | None):
-    df = load_manifest(manifest)
+def _load_split(manifest, split: str | None, species=None):
+    df = load_manifest(manifest, species=species)
     if split and "split" in df.columns and (df["split"] == split).any():
         df = df[df["split"] == split].reset_index(drop=True)
     if df.empty:
@@ -96,16 +96,18 @@ def _say(msg: str) -> None:
     print(f"songsight distill: {msg}", file=sys.stderr, flush=True)
 
 
-def _training_data(train_manifest, val_manifest, species_csv, by_label, cfg: DistillConfig):
+def _training_data(train_manifest, val_manifest, species, species_csv, cfg: DistillConfig):
     """(train rows, validation rows or None, split info): a given --val manifest, else the
-    manifest's own ``val`` rows, else a split carved from the training rows."""
-    full = load_manifest(train_manifest)
-    train_df = _load_split(train_manifest, "train")
+    manifest's own ``val`` rows, else a split carved from the training rows. Labels may be
+    integers or species names and codes of ``species``."""
+    by_label = {s.label: i for i, s in enumerate(species)}
+    full = load_manifest(train_manifest, species=species)
+    train_df = _load_split(train_manifest, "train", species)
     unknown = sorted(set(train_df["label"]) - set(by_label))
     if unknown:
         raise DataNotFoundError(f"{train_manifest}: labels {unknown[:5]} are not in {species_csv}")
     if val_manifest is not None:
-        return train_df, _load_split(val_manifest, None), {"source": str(val_manifest)}
+        return train_df, _load_split(val_manifest, None, species), {"source": str(val_manifest)}
     if "split" in full.columns and (full["split"] == "val").any():
         val_df = full[full["split"] == "val"].reset_index(drop=True)
         return train_df, val_df, {"source": "the manifest's val rows"}
@@ -176,7 +178,7 @@ def distill(
     species = load_species_csv(species_csv)
     by_label = {s.label: i for i, s in enumerate(species)}
     train_df, val_df, split_info = _training_data(
-        train_manifest, val_manifest, species_csv, by_label, cfg
+        train_manifest, val_manifest, species, species_csv, cfg
     )
     train_labels = sorted(set(int(x) for x in train_df["label"]))
     train_index = {lab: i for i, lab in enumerate(train_labels)}
@@ -199,7 +201,7 @@ def distill(
     teacher_prov = teacher.provenance()
     gallery = None
     if val_gallery is not None:
-        gdf = load_manifest(val_gallery)
+        gdf = load_manifest(val_gallery, species=species)
         gallery = (teacher.embed_images(list(gdf["path"])), gdf["label"].to_numpy())
     del teacher  # the teacher never runs in the loop
     train_targets = torch.from_numpy(all_targets[[by_label[lab] for lab in train_labels]]).to(
