@@ -22,8 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from songsight.encoders.base import autocast_dtype, choose_device, l2_normalize
-from songsight.encoders.loading import BIOCLIP2_ID, ResolvedModel, resolve_model
-from songsight.errors import InputFileError
+from songsight.encoders.loading import (
+    BIOCLIP2_ID,
+    ResolvedModel,
+    check_model_folder,
+    resolve_model,
+)
+from songsight.errors import InputFileError, ModelNotFoundError, one_line
 from songsight.images import load_image, to_rgb
 from songsight.taxonomy import TEMPLATE_SETS, Species
 
@@ -40,9 +45,17 @@ def load_open_clip(
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, not {preprocess!r}")
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model), "image")
+    # open_clip builds a random-init model when the folder has no weights (a logged warning
+    # only): the check refuses that, and load errors become one line.
+    check_model_folder(resolved.path, "image")
     spec = f"local-dir:{resolved.path}"
-    net = open_clip.create_model(spec, device=device)
-    tokenizer = open_clip.get_tokenizer(spec)
+    try:
+        net = open_clip.create_model(spec, device=device)
+        tokenizer = open_clip.get_tokenizer(spec)
+    except Exception as exc:  # safetensors, json, torch each raise their own types
+        raise ModelNotFoundError(
+            f"{resolved.path}: open_clip could not load it: {one_line(exc)}"
+        ) from None
     overlay = dict(open_clip.get_model_preprocess_cfg(net))
     if preprocess == "squash":
         overlay["resize_mode"] = "squash"

@@ -1,7 +1,8 @@
 """BioLingual (transformers ``ClapModel``): audio and text into its 512-d space.
 
-The model's own ``preprocessor_config.json`` decides sampling rate, window length, padding
-mode and mel filter bank; nothing is assumed from library defaults (``ClapFeatureExtractor()``
+The model's own feature-extractor config (``preprocessor_config.json``, or the
+``feature_extractor`` inside ``processor_config.json`` as newer transformers save it) decides
+sampling rate, window length, padding mode and mel filter bank; nothing is assumed from library defaults (``ClapFeatureExtractor()``
 defaults to fusion truncation, while BioLingual is an unfused HTSAT). Log-mel features are
 computed in torch (batched, float64 STFT) and tested equal to what transformers' own
 ``ClapProcessor`` produces for the same audio.
@@ -19,8 +20,8 @@ import numpy as np
 
 from songsight.audio import Audio, load_audio, prepare_waveform, window_bounds
 from songsight.encoders.base import ClipEmbedding, autocast_dtype, choose_device, l2_normalize
-from songsight.encoders.loading import ResolvedModel, resolve_model
-from songsight.errors import InputFileError
+from songsight.encoders.loading import ResolvedModel, check_model_folder, resolve_model
+from songsight.errors import InputFileError, ModelNotFoundError, one_line
 
 DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
 
@@ -131,9 +132,19 @@ def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
     hf_logging.disable_progress_bar()
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model), "audio")
-    clap = ClapModel.from_pretrained(resolved.path).eval().to(device)
-    extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    # Resolved models skip resolve_model's check when built by hand (the distilled checkpoint's
+    # clap/ folder): check here, so every caller gets the same one-line refusal.
+    check_model_folder(resolved.path, "audio")
+    try:
+        clap = ClapModel.from_pretrained(resolved.path).eval().to(device)
+        # Reads preprocessor_config.json or, failing that, processor_config.json's nested
+        # feature_extractor: both layouts transformers writes.
+        extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    except Exception as exc:  # safetensors, json, torch each raise their own types
+        raise ModelNotFoundError(
+            f"{resolved.path}: transformers could not load it as a CLAP model: {one_line(exc)}"
+        ) from None
     feats = ClapFeatures(extractor, bool(clap.config.audio_config.enable_fusion))
     return clap, feats, tokenizer, resolved
 
