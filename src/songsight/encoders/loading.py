@@ -2,10 +2,9 @@
 
 This is the only module that talks to the Hugging Face Hub. Encoder classes receive the
 resolved directory and never download. ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``)
-restricts resolution to the local cache. A model that cannot be found, or a folder that is not a
-usable model (`check_model_folder`: both layouts transformers writes for CLAP, open_clip
-folders with weights), raises
-`ModelNotFoundError` with what is missing and the command that fixes it.
+restricts resolution to the local cache. A model that cannot be found, or a folder that is not
+a usable model (`check_model_folder`: either layout transformers writes for CLAP, open_clip
+folders with weights), raises `ModelNotFoundError` with what is missing and what fixes it.
 """
 
 from __future__ import annotations
