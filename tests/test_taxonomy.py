@@ -149,3 +149,30 @@ def test_templates_expand_every_species(taxa_csv):
     assert custom == [[f"{name} sings", f"hear {name}"]]
     with pytest.raises(KeyError):
         build_prompts(species, "sci", "no-such-set")
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([["x", "cangoo", "", "", "", "Canada Goose", "Branta canadensis", "Anatidae", "Anseriformes"]],
+         "line 2: label 'x' is not an integer"),
+        ([SSW60_ROWS[0], ["1", "wooduc"]], "line 3: fewer fields"),
+    ],
+)  # fmt: skip
+def test_bad_rows_are_one_clear_error(tmp_path, rows, expected):
+    path = write_csv(tmp_path / "taxa.csv", HEADER, rows)
+    with pytest.raises(DataNotFoundError, match=expected):
+        load_species_csv(path)
+
+
+def test_names_in_any_script_and_empty_ones_load_and_prompt(tmp_path):
+    rows = [
+        ["0", "", "", "", "", "Grünling Élégant", "Chloris chloris", "Fringillidae", "Passeriformes"],
+        ["1", "", "", "", "", "ヒヨドリ 🐦", "Hypsipetes amaurotis", "", ""],
+        ["2", "", "", "", "", "", "", "", ""],
+    ]  # fmt: skip
+    species = load_species_csv(write_csv(tmp_path / "taxa.csv", HEADER, rows))
+    assert [s.common_name for s in species] == ["Grünling Élégant", "ヒヨドリ 🐦", ""]
+    assert species[0].prompt("sci_com") == "Chloris chloris with common name Grünling Élégant"
+    # No scientific name: no genus, and the taxon forms keep only the ranks that are known.
+    assert species[2].genus == "" and species[2].prompt("taxon") == "Animalia Chordata Aves"

@@ -132,7 +132,7 @@ class Species:
 
     def taxon_ranks(self) -> list[str]:
         """Kingdom..genus plus epithet, skipping unknown ranks."""
-        genus = self.genus or self.scientific_name.split()[0]
+        genus = self.genus or (self.scientific_name.split() or [""])[0]
         ranks = [
             self.kingdom,
             self.phylum,
@@ -204,10 +204,23 @@ def species_from_row(row: dict) -> Species:
         class_=_clean_rank(row.get("class") or "Aves"),
         order=_clean_rank(row.get("order", "")),
         family=_clean_rank(row.get("family", "")),
-        genus=_clean_rank(row.get("genus") or sci.split()[0]),
+        genus=_clean_rank(row.get("genus") or (sci.split() or [""])[0]),
         code=(row.get("species_code") or "").strip(),
         extra={k: v for k, v in row.items() if k not in known},
     )
+
+
+def _checked_row(path: Path, line: int, row: dict) -> Species:
+    """`species_from_row`, or one clear `DataNotFoundError` naming the file and line."""
+    if None in row.values():
+        raise DataNotFoundError(f"{path}, line {line}: fewer fields than the header names")
+    try:
+        int(row["label"])
+    except ValueError:
+        raise DataNotFoundError(
+            f"{path}, line {line}: label {row['label']!r} is not an integer"
+        ) from None
+    return species_from_row(row)
 
 
 def load_species_csv(path: str | Path) -> list[Species]:
@@ -224,7 +237,10 @@ def load_species_csv(path: str | Path) -> list[Species]:
             raise DataNotFoundError(
                 f"{path}: missing column(s) {', '.join(missing)}; a species table needs {', '.join(TAXA_COLUMNS)}"
             )
-        species = [species_from_row(r) for r in reader]
+        try:
+            species = [_checked_row(path, line, r) for line, r in enumerate(reader, start=2)]
+        except UnicodeDecodeError:
+            raise DataNotFoundError(f"{path}: not a UTF-8 text file") from None
     labels = [s.label for s in species]
     if len(set(labels)) != len(labels):
         raise DataNotFoundError(f"{path}: duplicate labels in species table")

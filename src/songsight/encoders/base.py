@@ -46,6 +46,26 @@ def choose_device(device: str | None = None, quiet: bool = False) -> str:
     return "cpu"
 
 
+def warn_truncated(encoder, cut: Sequence[str], limit_tokens: int) -> None:
+    """Warn, once per encoder, that prompts longer than its text tower takes were cut.
+
+    ``cut``: the texts of the current call that were cut to ``limit_tokens`` tokens. Later
+    calls stay quiet, so a species list of long names warns once, not once per name.
+    """
+    if not cut or getattr(encoder, "_warned_truncation", False):
+        return
+    import warnings
+
+    encoder._warned_truncation = True
+    example = cut[0] if len(cut[0]) <= 60 else cut[0][:57] + "..."
+    warnings.warn(
+        f"{len(cut)} text(s) longer than the {getattr(encoder, 'name', 'text')} text tower's "
+        f"{limit_tokens} tokens were cut to fit (e.g. {example!r}); only their start is embedded. "
+        "Later cuts by this model are not reported.",
+        stacklevel=3,
+    )
+
+
 def autocast_dtype(precision: str, device: str):
     """The reduced precision to run in (bf16), or None for full fp32.
 

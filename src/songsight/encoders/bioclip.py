@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.encoders.base import autocast_dtype, choose_device, l2_normalize
+from songsight.encoders.base import autocast_dtype, choose_device, l2_normalize, warn_truncated
 from songsight.encoders.loading import (
     BIOCLIP2_ID,
     ResolvedModel,
@@ -97,6 +97,13 @@ class BioCLIPEncoder:
             self._model = self._model.to(self.dtype)
         self.batch_size = batch_size
         self.decode_threads = decode_threads
+        # The tokenizer pads and cuts to its context length; the model's own (its positional
+        # table) bounds it when both are known.
+        lengths = [
+            getattr(self.tokenizer, "context_length", None),
+            getattr(self._model, "context_length", None),
+        ]
+        self.context_length = min(int(n) for n in lengths if n) if any(lengths) else None
         self.dim = int(
             self._model.text_projection.shape[1]
             if hasattr(self._model, "text_projection") and self._model.text_projection is not None
@@ -175,17 +182,31 @@ class BioCLIPEncoder:
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """(N, 768) float32 unit norm."""
+        """(N, 768) float32 unit norm. Texts past the context length (77 tokens for BioCLIP-2)
+        are cut to fit, as open_clip's tokenizer does, with one warning per encoder."""
         import torch
 
-        texts = list(texts)
+        texts = [str(t) for t in texts]
         model = self._frozen()
         out = []
+        if self.context_length:
+            cut = [t for t in texts if (self._n_tokens(t) or 0) > self.context_length]
+            warn_truncated(self, cut, self.context_length)
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                tok = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+                tok = self.tokenizer(texts[i : i + batch_size], self.context_length).to(self.device)
                 out.append(l2_normalize(model.encode_text(tok).float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _n_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` needs with its start and end tokens, before the tokenizer cuts it;
+        None for a tokenizer that cannot say."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if isinstance(self.tokenizer, SimpleTokenizer):  # BioCLIP-2's: CLIP BPE, sot + eot
+            return len(self.tokenizer.encode(text)) + 2
+        inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wrapper
+        return len(inner(text)["input_ids"]) if callable(inner) else None
 
     def embed_species(
         self,

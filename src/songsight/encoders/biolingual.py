@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from songsight.audio import Audio, load_audio, prepare_waveform, window_bounds
-from songsight.encoders.base import ClipEmbedding, autocast_dtype, choose_device, l2_normalize
+from songsight.encoders.base import (
+    ClipEmbedding,
+    autocast_dtype,
+    choose_device,
+    l2_normalize,
+    warn_truncated,
+)
 from songsight.encoders.loading import ResolvedModel, check_model_folder, resolve_model
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
 
@@ -124,6 +130,23 @@ class ClapFeatures:
         return feats
 
 
+# transformers' placeholder for "no limit" (VERY_LARGE_INTEGER is int(1e30)); Hub tokenizers
+# without a model_max_length carry it.
+_NO_LIMIT = 10**12
+
+
+def text_token_limit(tokenizer, text_config) -> int:
+    """Tokens the CLAP text tower takes: its position table less RoBERTa's padding offset
+    (positions start at ``pad_token_id + 1``), or the tokenizer's ``model_max_length`` when it
+    declares a smaller real one. BioLingual: min(512, 514 - 2) = 512."""
+    pad = text_config.pad_token_id if text_config.pad_token_id is not None else 1
+    limit = int(text_config.max_position_embeddings) - (int(pad) + 1)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < _NO_LIMIT:
+        limit = min(limit, declared)
+    return max(2, limit)
+
+
 def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
     """Load (ClapModel in eval mode, ClapFeatures, tokenizer, ResolvedModel) from local files."""
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
@@ -193,6 +216,7 @@ class BioLingualEncoder:
         self.autocast = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast is not None else "fp32"
         self.dim = self._output_dim()
+        self.max_text_tokens = text_token_limit(self.tokenizer, self.model.config.text_config)
         if decode_threads is None:
             cores = os.cpu_count() or 2
             decode_threads = 1 if self.device == "cpu" else min(8, max(1, cores // 2))
@@ -339,15 +363,28 @@ class BioLingualEncoder:
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(N, 512) float32 unit norm text embeddings in BioLingual's space."""
+        """(N, 512) float32 unit norm text embeddings in BioLingual's space.
+
+        Texts longer than the text tower takes (`max_text_tokens`) are cut to fit, with one
+        warning per encoder; any string embeds (empty, any script, any length).
+        """
         import torch
 
-        texts = list(texts)
+        texts = [str(t) for t in texts]
+        limit = self.max_text_tokens
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
+                batch = texts[i : i + batch_size]
+                # One token over the limit marks a text that the real call below cuts.
+                probe = self.tokenizer(batch, truncation=True, max_length=limit + 1)["input_ids"]
+                warn_truncated(
+                    self,
+                    [t for t, ids in zip(batch, probe, strict=True) if len(ids) > limit],
+                    limit,
+                )
                 tok = self.tokenizer(
-                    texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt"
+                    batch, padding=True, truncation=True, max_length=limit, return_tensors="pt"
                 ).to(self.device)
                 pooled = self.model.text_model(
                     input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
