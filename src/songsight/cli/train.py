@@ -63,10 +63,26 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)"
     )
     p.add_argument("--gallery", choices=("all", "nabirds", "inat"), default="all")
+    sets = ", ".join(TEMPLATE_SETS)
     p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None)
-    p.add_argument("--templates", choices=list(TEMPLATE_SETS), default=None)
+    p.add_argument(
+        "--templates",
+        default=None,
+        metavar="SET|TEMPLATE|FILE",
+        help=f"image-model species prompts: a set ({sets}), a template with fields such as "
+        "'a photo of {common}' or '{scientific} with common name {common}', or a file of "
+        "templates, one a line (default: the distilled checkpoint's, else none)",
+    )
     p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default="com")
-    p.add_argument("--audio-templates", choices=list(TEMPLATE_SETS), default="sound")
+    p.add_argument(
+        "--audio-templates",
+        nargs="+",
+        default=["sound"],
+        metavar="SET|TEMPLATE|FILE",
+        help="BioLingual species prompts, as --templates (e.g. 'the sound of {article} "
+        "{common_lower}'); several candidates: each one's zero-shot top-1 on the train split "
+        "is printed and the best is used (default sound)",
+    )
     p.add_argument("--cascade-temperature", type=positive(float), default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

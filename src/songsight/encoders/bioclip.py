@@ -21,7 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.encoders.base import autocast_dtype, choose_device, l2_normalize, warn_truncated
+from songsight.encoders.base import (
+    autocast_dtype,
+    choose_device,
+    embed_prompt_average,
+    l2_normalize,
+    warn_truncated,
+)
 from songsight.encoders.loading import (
     BIOCLIP2_ID,
     ResolvedModel,
@@ -30,7 +36,7 @@ from songsight.encoders.loading import (
 )
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
 from songsight.images import load_image, to_rgb
-from songsight.taxonomy import TEMPLATE_SETS, Species
+from songsight.taxonomy import Species, Templates, build_prompts
 
 PREPROCESS_MODES = ("model", "squash")
 
@@ -212,14 +218,11 @@ class BioCLIPEncoder:
         self,
         species: Sequence[Species],
         prompt_format: str = "taxon_com",
-        templates: str | Sequence[str] = "none",
+        templates: str | Sequence[str] | Templates = "none",
     ) -> np.ndarray:
         """(S, 768): each species' prompt through every template, averaged, re-normalised.
 
         This is BioCLIP's zero-shot classifier construction (templates "openai" = the 80
-        ImageNet templates).
+        ImageNet templates); ``templates`` is anything `resolve_templates` takes.
         """
-        tmpl = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
-        prompts = [t.format(sp.prompt(prompt_format)) for sp in species for t in tmpl]
-        emb = self.embed_texts(prompts).reshape(len(species), len(tmpl), -1)
-        return l2_normalize(emb.mean(axis=1))
+        return embed_prompt_average(self, build_prompts(species, prompt_format, templates))
