@@ -205,19 +205,25 @@ def run_distill(args: argparse.Namespace) -> int:
 
     from songsight.config import DistillConfig, config_from_flags
     from songsight.distill.train import distill
+    from songsight.errors import SongsightError
 
-    base = (
-        DistillConfig.from_dict(json.loads(open(args.config).read()))
-        if args.config
-        else DistillConfig()
-    )
+    try:  # a bad --config file or flag value is the user's to fix: one line, exit 2
+        base = (
+            DistillConfig.from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
+            if args.config
+            else DistillConfig()
+        )
+        config = config_from_flags(base, args)
+    except (ValueError, TypeError, AttributeError) as exc:
+        where = f"--config {args.config}" if args.config else "the distillation flags"
+        raise SongsightError(f"{where}: {exc}") from None
     summary = distill(
         args.train,
         args.species,
         args.audio_model,
         args.image_model,
         args.out,
-        config_from_flags(base, args),
+        config,
         val_manifest=args.val,
         val_gallery=args.val_gallery,
         resume=args.resume,

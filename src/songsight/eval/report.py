@@ -342,9 +342,14 @@ def merge_reports(paths: Sequence[str | Path], names: Sequence[str] | None = Non
         if not p.is_file():
             raise DataNotFoundError(f"results file not found: {p}")
         try:
-            runs.append(json.loads(p.read_text()))
-        except json.JSONDecodeError as exc:
+            res = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataNotFoundError(f"{p} is not a RESULTS.json ({exc})") from None
+        if not isinstance(res, dict) or "format_version" not in res:
+            raise DataNotFoundError(
+                f"{p} is not a RESULTS.json (no format_version; write one with songsight evaluate)"
+            )
+        runs.append(res)
     names = list(names) if names else _run_names(paths)
     if len(names) != len(paths):
         raise ValueError(f"{len(names)} names for {len(paths)} results files")
