@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -203,13 +204,36 @@ def next_steps(root: Path, world_dir: Path) -> str:
     soundscape = sorted((world_dir / "soundscapes").glob("*.wav"))
     query = soundscape[0] if soundscape else ds.audio("test")["path"].iloc[0]
     models, gallery = root / "models", root / "gallery"
-    return (
-        "\nTry the product on this world with the demo's models:\n"
-        f"  songsight index build --gallery {gallery} --manifest {manifest} "
-        f"--species {world_dir / 'taxa.csv'} --image-model {models / 'teacher'}\n"
-        f"  songsight search {query} --gallery {gallery} --model {models / 'distilled' / 'best'}\n"
-        f"  songsight serve --gallery {gallery} --model {models / 'distilled' / 'best'}"
+    distilled = models / "distilled" / "best"
+    commands = [
+        ["index", "build", "--gallery", gallery, "--manifest", manifest,
+         "--species", world_dir / "taxa.csv", "--image-model", models / "teacher"],
+        ["search", query, "--gallery", gallery, "--model", distilled],
+        ["serve", "--gallery", gallery, "--model", distilled],
+    ]  # fmt: skip
+    exe = " ".join(shlex.quote(part) for part in songsight_command())
+    lines = [f"  {exe} {' '.join(shlex.quote(str(a)) for a in cmd)}" for cmd in commands]
+    note = (
+        f" (or activate its environment first, `source {shlex.quote(sys.prefix)}/bin/activate`, "
+        "and type `songsight ...`)"
+        if sys.prefix != sys.base_prefix
+        else ""
     )
+    return (
+        "\nTry the product on this world with the demo's models; these commands run as printed, "
+        f"from any shell{note}:\n" + "\n".join(lines)
+    )
+
+
+def songsight_command() -> list[str]:
+    """This environment's ``songsight``, runnable from any shell: the console script beside
+    the running interpreter (not resolved: a venv's python is a link out of the venv), else
+    the interpreter itself with ``-m songsight.cli``."""
+    here = Path(sys.executable).parent
+    for name in ("songsight", "songsight.exe"):
+        if (here / name).is_file():
+            return [str((here / name).absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "songsight.cli"]
 
 
 # --- the HTML report ---------------------------------------------------------------------------
