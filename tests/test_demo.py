@@ -38,6 +38,9 @@ def test_quick_demo_writes_the_contract(demo):
     assert len(SSW60(demo / "world").audio("test")) > 0
     page = (demo / "report.html").read_text()
     assert "<audio" in page and page.count('class="ok"') + page.count('class="no"') >= 5
+    # The results as HTML tables, not Markdown in <pre>; both figures embedded in the page.
+    assert "<pre" not in page and page.count("<table>") >= 4 and "| Method |" not in page
+    assert page.count('<figure><img src="data:image/png;base64,') == 2
 
 
 def test_every_method_clears_chance_and_none_beats_the_oracle(demo):

@@ -298,9 +298,60 @@ def test_markdown_has_every_row_and_figures_exist(full):
     assert "Distilled" in summary and "1 unreadable file(s) skipped" in summary
     for title in ("Audio discriminability", "focal recordings", "soundscapes", "Seen vs held-out"):
         assert title in md
-    for name in ("per_species_ap.png", "example_queries.png"):
+    for name in ("map_by_method.png", "per_species_ap.png", "example_queries.png"):
         with Image.open(full.out.with_name("RESULTS_figures") / name) as img:
             assert img.format == "PNG" and img.width > 100
+
+
+def test_html_report_has_the_tables_and_every_figure_inside(full):
+    """RESULTS.html: every Markdown table as an HTML table with the same cells, and the three
+    figures embedded byte for byte (parsed with the standard library's HTML parser)."""
+    import base64
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.images, self.cell, self.pre = [], [], None, 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+            elif tag == "img":
+                self.images.append(dict(attrs)["src"])
+            self.pre += tag == "pre"
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append(self.cell.strip())
+                self.cell = None
+
+    page = Page()
+    page.feed(full.out.with_suffix(".html").read_text(encoding="utf-8"))
+    md = full.out.with_suffix(".md").read_text()
+    md_tables, current = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                md_tables.append(current)
+            if not set(line) <= set("|-: "):
+                current.append([c.strip() for c in line.strip("|").split("|")])
+        else:
+            current = None
+    assert page.pre == 0 and page.tables == md_tables and len(md_tables) >= 5
+    folder = full.out.with_name("RESULTS_figures")
+    embedded = [base64.b64decode(src.split(",", 1)[1]) for src in page.images]
+    wanted = ("map_by_method.png", "per_species_ap.png", "example_queries.png")
+    assert embedded == [(folder / name).read_bytes() for name in wanted]
 
 
 def test_metrics_recomputed_from_saved_embeddings(full):

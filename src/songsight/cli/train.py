@@ -121,16 +121,20 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="merge several RESULTS.json into one Markdown table")
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("--names", help="comma list of run names")
-    p.add_argument("--out", help="write the Markdown here instead of printing it")
+    p.add_argument(
+        "--out", help="write the Markdown here instead of printing it (HTML tables: FILE.html)"
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
     from songsight.eval.report import merge_reports
+    from songsight.eval.report_html import merge_reports_html
 
     names = [x.strip() for x in args.names.split(",")] if args.names else None
-    text = merge_reports(args.results, names)
+    html = bool(args.out) and Path(args.out).suffix.lower() in (".html", ".htm")
+    text = (merge_reports_html if html else merge_reports)(args.results, names)
     if args.out:
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(text, encoding="utf-8")
     else:
         print(text)
     return 0
