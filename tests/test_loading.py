@@ -321,18 +321,6 @@ AUDIO_BREAKAGES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(AUDIO_BREAKAGES))
-def test_unusable_audio_folders_are_one_clear_error(case, tiny_models, tmp_path):
-    from songsight.encoders.biolingual import BioLingualEncoder
-
-    change, expected = AUDIO_BREAKAGES[case]
-    folder = _broken_copy(tiny_models[0], tmp_path / "clap", **change)
-    with pytest.raises(ModelNotFoundError) as info:
-        BioLingualEncoder(folder, device="cpu")
-    message = str(info.value)
-    assert expected in message and str(folder) in message and "\n" not in message
-
-
 def _open_clip_saved_by_open_clip(src: Path, dst: Path) -> Path:
     """``src``'s weights written by open_clip's own ``save_for_hf`` with pickled weights
     (``open_clip_pytorch_model.bin``), the other layout open_clip publishes with."""
@@ -374,14 +362,19 @@ IMAGE_BREAKAGES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", list(IMAGE_BREAKAGES))
-def test_unusable_image_folders_are_one_clear_error(case, tiny_models, tmp_path):
+@pytest.mark.parametrize(
+    ("kind", "case"),
+    [("audio", c) for c in AUDIO_BREAKAGES] + [("image", c) for c in IMAGE_BREAKAGES],
+)
+def test_unusable_model_folders_are_one_clear_error(kind, case, tiny_models, tmp_path):
     from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.biolingual import BioLingualEncoder
 
-    change, expected = IMAGE_BREAKAGES[case]
-    folder = _broken_copy(tiny_models[1], tmp_path / "oc", **change)
+    audio = kind == "audio"
+    change, expected = (AUDIO_BREAKAGES if audio else IMAGE_BREAKAGES)[case]
+    folder = _broken_copy(tiny_models[0 if audio else 1], tmp_path / kind, **change)
     with pytest.raises(ModelNotFoundError) as info:
-        BioCLIPEncoder(folder, device="cpu")
+        (BioLingualEncoder if audio else BioCLIPEncoder)(folder, device="cpu")
     message = str(info.value)
     assert expected in message and str(folder) in message and "\n" not in message
 

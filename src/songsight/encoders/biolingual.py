@@ -2,8 +2,9 @@
 
 The model's own feature-extractor config (``preprocessor_config.json``, or the
 ``feature_extractor`` inside ``processor_config.json`` as newer transformers save it) decides
-sampling rate, window length, padding mode and mel filter bank; nothing is assumed from library defaults (``ClapFeatureExtractor()``
-defaults to fusion truncation, while BioLingual is an unfused HTSAT). Log-mel features are
+sampling rate, window length, padding mode and mel filter bank; nothing is assumed from
+library defaults (``ClapFeatureExtractor()`` defaults to fusion truncation, while BioLingual
+is an unfused HTSAT). Log-mel features are
 computed in torch (batched, float64 STFT) and tested equal to what transformers' own
 ``ClapProcessor`` produces for the same audio.
 """
@@ -159,7 +160,7 @@ def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
     # clap/ folder): check here, so every caller gets the same one-line refusal.
     check_model_folder(resolved.path, "audio")
     try:
-        clap = ClapModel.from_pretrained(resolved.path).eval().to(device)
+        clap = ClapModel.from_pretrained(resolved.path)
         # Reads preprocessor_config.json or, failing that, processor_config.json's nested
         # feature_extractor: both layouts transformers writes.
         extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
@@ -168,6 +169,7 @@ def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
         raise ModelNotFoundError(
             f"{resolved.path}: transformers could not load it as a CLAP model: {one_line(exc)}"
         ) from None
+    clap = clap.eval().to(device)
     feats = ClapFeatures(extractor, bool(clap.config.audio_config.enable_fusion))
     return clap, feats, tokenizer, resolved
 
