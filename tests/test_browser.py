@@ -386,7 +386,8 @@ def demo_report(tmp_path_factory):
     for i in range(n_species):
         for j in range(photos):
             path = root / "world" / "images" / f"{i}-{j}.jpg"
-            Image.fromarray(render_photo(world, i, item_rng(1, "report", i, j), "nabirds")).save(path)
+            photo = render_photo(world, i, item_rng(1, "report", i, j), "nabirds")
+            Image.fromarray(photo).save(path)
             gallery.append((str(path), i))
         for j in range(calls):
             path = root / "world" / "audio" / f"{i}-{j}.wav"
@@ -462,7 +463,8 @@ def test_report_page_shows_tables_figures_and_calls(browser, demo_report, tmp_pa
     # The figures are in the page itself (data URIs) and decode.
     figures = page.locator("#figures figure img")
     assert figures.count() == 2
-    assert all(s.startswith("data:image/png;base64,") for s in figures.evaluate_all("i => i.map(x => x.src)"))
+    sources = figures.evaluate_all("i => i.map(x => x.src)")
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
     eventually(page, lambda: images_loaded(page, "#figures figure img"), "the figures to decode")
     assert "95% bootstrap" in page.inner_text("#figures")
 
