@@ -353,3 +353,135 @@ def test_recording_is_converted_to_wav_and_searched(page, world_files):
     assert page.inner_text("#rec-name") == "recording.wav"
     meta = page.inner_text("#rec-meta")
     assert " s ·" in meta and "kHz" in meta
+
+
+# ---- the demo's report page: HTML tables, embedded figures, example calls ---------------------
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    """The demo's report.html over a small rendered world: real photos and calls on disk,
+    embeddings that cluster by species, and the real evaluation scoring and figures."""
+    import pandas as pd
+    from PIL import Image
+
+    from songsight.eval.figures import write_figures
+    from songsight.eval.outputs import save_store
+    from songsight.eval.retrieval import chance_queries, score_retrieval
+    from songsight.sim.demo import write_html_report
+    from songsight.taxonomy import Species, write_species_csv
+
+    root = tmp_path_factory.mktemp("report")
+    world = build_world(WorldConfig.quick(image_size=96, distractors_per_10s=0.0))
+    n_species, photos, calls = 4, 3, 2
+    species = [
+        Species(i, world.species[i].scientific_name, world.species[i].common_name)
+        for i in range(n_species)
+    ]
+    (root / "world" / "images").mkdir(parents=True)
+    (root / "world" / "audio").mkdir()
+    write_species_csv(species, root / "world" / "taxa.csv")
+    rate = world.config.sample_rate_hz
+    gallery, queries = [], []
+    for i in range(n_species):
+        for j in range(photos):
+            path = root / "world" / "images" / f"{i}-{j}.jpg"
+            photo = render_photo(world, i, item_rng(1, "report", i, j), "nabirds")
+            Image.fromarray(photo).save(path)
+            gallery.append((str(path), i))
+        for j in range(calls):
+            path = root / "world" / "audio" / f"{i}-{j}.wav"
+            sf.write(path, render_call(world, i, item_rng(1, "report-call", i, j), 3.0), rate)
+            queries.append((str(path), i))
+    g_df = pd.DataFrame(gallery, columns=["path", "label"]).assign(source="nabirds")
+    q_df = pd.DataFrame(queries, columns=["path", "label"])
+    rng = np.random.default_rng(0)
+    centres = chance_queries(n_species, 16, 1)
+    g_emb = centres[g_df["label"]] + 0.3 * rng.standard_normal((len(g_df), 16))
+    q_labels = q_df["label"].to_numpy()
+    methods = {
+        "chance": chance_queries(len(q_df), 16, 2),
+        "cascade_top1": centres[(q_labels + (np.arange(len(q_df)) % 3 == 0)) % n_species],
+        "distilled": centres[q_labels] + 0.5 * rng.standard_normal((len(q_df), 16)),
+        "oracle": centres[q_labels],
+    }
+    g_emb = g_emb / np.linalg.norm(g_emb, axis=1, keepdims=True)
+    methods = {m: q / np.linalg.norm(q, axis=1, keepdims=True) for m, q in methods.items()}
+    scored = score_retrieval(methods, q_labels, g_emb, g_df["label"].to_numpy(), n_boot=50)
+    sims = scored.pop("_similarity")
+    results = {
+        "format_version": 1,
+        "retrieval": {"gallery": "all", "methods": list(methods), **scored},
+        "species": [{"label": s.label, "common_name": s.common_name,
+                     "scientific_name": s.scientific_name} for s in species],
+        "data": {"counts": {"species": n_species, "queries": len(q_df),
+                            "gallery": {"all": len(g_df), "nabirds": len(g_df), "inat": 0}}},
+        "template_selection": {"prompt_format": "com", "n": 8, "chosen": "{common} singing",
+                               "candidates": [{"spec": "sound", "templates": ["{}"] * 4, "top1": 0.25},
+                                              {"spec": "{common} singing", "templates": ["{common} singing"], "top1": 0.5}]},
+    }  # fmt: skip
+    save_store(root / "embeddings" / "gallery.parquet", g_df, g_emb.astype(np.float32), {})
+    save_store(root / "embeddings" / "queries_distilled.parquet", q_df,
+               methods["distilled"].astype(np.float32), {})  # fmt: skip
+    write_figures(results, sims, q_df, g_df, root / "results_figures", n_examples=2)
+    page = write_html_report(root, root / "world", results, {"teacher_zero_shot": 0.9, "student_zero_shot": 0.4})  # fmt: skip
+    return page, results
+
+
+def test_report_page_shows_tables_figures_and_calls(browser, demo_report, tmp_path):
+    from songsight.eval.report import LABELS, RETRIEVAL_ROWS
+
+    report, results = demo_report
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(report.as_uri())
+    assert page.locator("pre").count() == 0  # no Markdown shown raw any more
+
+    # The audio-to-image table: one row per method, values as RESULTS.json has them.
+    ret = results["retrieval"]
+    table = page.locator("#results table").first
+    rows = [[c.strip() for c in r] for r in table.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.cells, c => c.innerText))")]  # fmt: skip
+    expected = [m for m in RETRIEVAL_ROWS if m in ret["audio_to_image"] or m == "original"]
+    assert [r[0] for r in rows] == [LABELS[m] for m in expected]
+    for method, row in zip(expected, rows, strict=True):
+        if method == "original":
+            assert row[1] == "n/a"
+            continue
+        ci = ret["audio_to_image_ci"][method]["map"]
+        pct = [f"{100 * ci[k]:.1f}" for k in ("mean", "ci_low", "ci_high")]
+        assert row[1] == f"{pct[0]} [{pct[1]}, {pct[2]}]"
+        assert row[2] == f"{100 * ret['audio_to_image'][method]['recall@1']:.1f}"
+    assert table.locator("td.num").first.evaluate("c => getComputedStyle(c).textAlign") == "right"
+    # The template choice, the chosen one marked.
+    choice = page.locator("#results table").last.locator("tbody tr")
+    assert choice.count() == 2 and "✔" in choice.nth(1).inner_text()
+
+    # The figures are in the page itself (data URIs) and decode.
+    figures = page.locator("#figures figure img")
+    assert figures.count() == 2
+    sources = figures.evaluate_all("i => i.map(x => x.src)")
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    eventually(page, lambda: images_loaded(page, "#figures figure img"), "the figures to decode")
+    assert "95% bootstrap" in page.inner_text("#figures")
+
+    # Example calls as before: spectrogram, player, five photos framed by correctness.
+    cards = page.locator("#examples .card")
+    assert cards.count() == 6
+    assert page.locator("#examples audio").count() == 6
+    eventually(page, lambda: images_loaded(page, "#examples img"), "the example photos to load")
+    card = cards.first
+    species = card.locator("h3").inner_text()
+    for hit in card.locator(".hits figure").all():
+        assert (hit.get_attribute("class") == "ok") == hit.inner_text().startswith(species)
+
+    shot = tmp_path / "songsight-report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("SONGSIGHT_REPORT_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["SONGSIGHT_REPORT_SCREENSHOT"])
+    context.close()
+    assert errors == [], errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,9 @@ def test_quick_demo_writes_the_contract(demo):
     assert len(SSW60(demo / "world").audio("test")) > 0
     page = (demo / "report.html").read_text()
     assert "<audio" in page and page.count('class="ok"') + page.count('class="no"') >= 5
+    # The results as HTML tables, not Markdown in <pre>; both figures embedded in the page.
+    assert "<pre" not in page and page.count("<table>") >= 4 and "| Method |" not in page
+    assert page.count('<figure><img src="data:image/png;base64,') == 2
 
 
 def test_every_method_clears_chance_and_none_beats_the_oracle(demo):
@@ -85,19 +89,41 @@ def test_cached_rerun_is_fast_and_evaluation_is_deterministic(demo):
 
 
 def test_printed_next_steps_run_the_product_on_the_demo_world(demo, tmp_path):
-    """The commands the demo prints (gallery, search) work as printed, with the demo's models."""
+    """The commands the demo prints (gallery, search) run as printed, pasted into a shell of a
+    fresh clone: no virtual environment active, no songsight on PATH, another working folder."""
+    import os
     import shlex
+    import subprocess
+    import sys
 
-    from songsight.cli import main
+    from songsight.cli import build_parser
     from songsight.sim.demo import next_steps
 
     text = next_steps(demo, demo / "world")
-    commands = [shlex.split(line) for line in text.splitlines() if line.startswith("  songsight")]
-    assert [c[1] for c in commands] == ["index", "search", "serve"]
-    index, search, _ = commands
-    assert main([*index[1:], "--quiet"]) == 0
+    lines = [line.strip() for line in text.splitlines() if line.startswith("  ")]
+    commands = [shlex.split(line) for line in lines]
+    subcommand = 1 if Path(commands[0][0]).name.startswith("songsight") else 3  # or python -m
+    assert [c[subcommand] for c in commands] == ["index", "search", "serve"]
+    assert all(Path(c[0]).is_absolute() and os.access(c[0], os.X_OK) for c in commands)
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path}
+    which = subprocess.run(["sh", "-c", "command -v songsight"], env=env, capture_output=True)
+    assert which.returncode != 0  # the premise: a plain `songsight` would not be found
+
+    def run(line: str):
+        return subprocess.run(["sh", "-c", line], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+
+    index, search, serve = lines
+    proc = run(f"{index} --quiet")
+    assert proc.returncode == 0, proc.stderr
     out = tmp_path / "hits.json"
-    assert main([*search[1:], "--format", "json", "--out", str(out), "--quiet"]) == 0
+    proc = run(f"{search} --format json --out {shlex.quote(str(out))} --quiet")
+    assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results and all(r["hits"] and r["species"] for r in results if not r.get("error"))
     assert all(r["answered_by"] == "distilled" for r in results)
+    # serve would block: its arguments parse as the CLI's.
+    args = build_parser().parse_args(commands[2][subcommand:])
+    assert args.command == "serve" and Path(args.model).is_dir()

@@ -340,3 +340,35 @@ def test_validation_metrics_match_the_saved_model_scored_independently(
         for lab, s in zip(truth, scores, strict=True)
     ]
     assert logged["val_map"] == pytest.approx(np.mean(ap), abs=1e-4)
+
+
+def test_targets_from_a_templates_file_record_the_strings(world, tiny_image_encoder, tmp_path):
+    """The distillation targets take the user's templates; the checkpoint's prompt record keeps
+    the strings, so evaluation rebuilds the same targets after the file is gone."""
+    from songsight.distill.targets import teacher_targets
+    from songsight.eval.config import checkpoint_prompts
+    from songsight.taxonomy import load_species_csv
+
+    species = load_species_csv(world / "taxa.csv")
+    path = tmp_path / "teacher.txt"
+    path.write_text(
+        "a photo of {article} {common_lower}\n{scientific}, {family}\n", encoding="utf-8"
+    )
+    emb, info = teacher_targets(tiny_image_encoder, species, "com", str(path), tmp_path / "cache")
+    assert info["templates"] == str(path)
+    assert info["template_strings"] == [
+        "a photo of {article} {common_lower}",
+        "{scientific}, {family}",
+    ]
+    # Independently: the filled strings written out by hand, embedded, averaged, renormalised.
+    for sp, row in zip(species, emb, strict=True):
+        texts = [f"a photo of a {sp.common_name.lower()}", f"{sp.scientific_name}, {sp.family}"]
+        if sp.common_name.lower()[0] in "aeiou":
+            texts[0] = f"a photo of an {sp.common_name.lower()}"
+        mean = tiny_image_encoder.embed_texts(texts).astype(np.float64).mean(axis=0)
+        np.testing.assert_allclose(row, mean / np.linalg.norm(mean), atol=1e-5)
+    path.unlink()
+    assert checkpoint_prompts({"prompts": info}) == ("com", info["template_strings"])
+    # A built-in set comes back by name.
+    _, named = teacher_targets(tiny_image_encoder, species, "taxon_com", "none", tmp_path / "cache")
+    assert checkpoint_prompts({"prompts": named}) == ("taxon_com", "none")

@@ -158,6 +158,101 @@ def small(world):
     return SimpleNamespace(res=res, out=out, n_focal=min(4, len(train)))
 
 
+def _with_prompts(ckpt: Path, prompts: dict) -> Path:
+    """``ckpt`` with a prompt record in its meta, as the trainer writes one."""
+    from songsight.encoders.loading import DISTILLED_MARKER
+
+    meta_path = ckpt / DISTILLED_MARKER
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "prompts": prompts}))
+    return ckpt
+
+
+CANDIDATES = ("sound", "the sound of {article} {common_lower}")
+
+
+@pytest.fixture(scope="module")
+def chosen(world, tiny_models):
+    """``songsight evaluate --audio-templates`` with three candidates (a set, a template string,
+    a file) and a checkpoint distilled on templates from a file that is gone since."""
+    from songsight.cli import main
+
+    captions = world.root / "captions.txt"
+    captions.write_text("# my model's caption style\n{common} singing\nbirdsong of {scientific}\n")
+    ckpt = _with_prompts(
+        _fake_checkpoint(world.root / "ckpt-templates", tiny_models, TRAIN_LABELS),
+        {"prompt_format": "com", "templates": str(world.root / "gone.txt"),
+         "template_strings": ["a photo of {article} {common_lower}"]},
+    )  # fmt: skip
+    out = world.root / "chosen" / "RESULTS.json"
+    args = ["evaluate", "--ssw60", str(world.ssw), "--audio-model", world.audio, "--image-model",
+            world.image, "--distilled", str(ckpt), "--tasks", "alignment", "--methods", "distilled",
+            "--audio-templates", *CANDIDATES, str(captions), "--out", str(out), "--bootstrap", "0",
+            "--no-figures", "--quiet", "--device", "cpu"]  # fmt: skip
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(printed):
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    return SimpleNamespace(res=json.loads(out.read_text()), printed=printed.getvalue(),
+                           candidates=[*CANDIDATES, str(captions)])  # fmt: skip
+
+
+def test_audio_template_candidates_are_scored_on_the_train_split(chosen, world):
+    """Each candidate's zero-shot top-1, recomputed from BioLingual's own embeddings of the
+    train clips and of the prompts written out by hand; the best is used and recorded."""
+    from songsight.data.ssw60 import SSW60
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    sel = chosen.res["template_selection"]
+    assert [c["spec"] for c in sel["candidates"]] == chosen.candidates
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = SSW60(world.ssw)
+    train = data.audio("train")
+    enc = BioLingualEncoder(world.audio, device="cpu")
+    audio = enc.embed_audio(train["path"].tolist())
+    hand = {
+        "sound": lambda s: [s.common_name, f"the sound of {s.common_name}",
+                            f"a recording of {s.common_name} singing", f"{s.common_name} calling"],
+        CANDIDATES[1]: lambda s: [
+            f"the sound of {'an' if s.common_name.lower()[0] in 'aeiou' else 'a'} {s.common_name.lower()}"
+        ],
+        chosen.candidates[2]: lambda s: [f"{s.common_name} singing", f"birdsong of {s.scientific_name}"],
+    }  # fmt: skip
+    labels = [s.label for s in data.species]
+    truth = np.array([labels.index(lab) for lab in train["label"]])
+    expected = []
+    for spec in chosen.candidates:
+        text = np.stack([enc.embed_texts(hand[spec](s)).mean(axis=0) for s in data.species])
+        text /= np.linalg.norm(text, axis=1, keepdims=True)
+        expected.append(float(np.mean(np.argmax(audio @ text.T, axis=1) == truth)))
+    assert [c["top1"] for c in sel["candidates"]] == pytest.approx(expected, abs=1e-6)
+    assert sel["n"] == len(train)
+    best = chosen.candidates[int(np.argmax(expected))]
+    assert sel["chosen"] == best and chosen.res["provenance"]["config"]["audio_templates"] == best
+    # The user sees every candidate's score, the chosen one starred.
+    for spec, top1 in zip(chosen.candidates, expected, strict=True):
+        line = next(
+            ln
+            for ln in chosen.printed.splitlines()
+            if ln.rstrip().endswith(f"{spec}  ({len(hand[spec](data.species[0]))} template(s))")
+        )
+        assert f"{100 * top1:.1f}" in line and line.lstrip().startswith("*") == (spec == best)
+
+
+def test_checkpoint_templates_are_used_when_their_file_is_gone(chosen):
+    prompts = chosen.res["provenance"]["prompts"]
+    assert prompts["image_model"] == {
+        "prompt_format": "com",
+        "spec": "1 template(s)",
+        "templates": ["a photo of {article} {common_lower}"],
+    }
+    assert prompts["audio_model"]["spec"] == chosen.res["template_selection"]["chosen"]
+
+
 # --- end to end ------------------------------------------------------------------------------
 
 
@@ -205,7 +300,7 @@ def test_markdown_has_every_row_and_figures_exist(full):
     assert "Distilled" in summary and "1 unreadable file(s) skipped" in summary
     for title in ("Audio discriminability", "focal recordings", "soundscapes", "Seen vs held-out"):
         assert title in md
-    for name in ("per_species_ap.png", "example_queries.png"):
+    for name in ("map_by_method.png", "per_species_ap.png", "example_queries.png"):
         with Image.open(full.out.with_name("RESULTS_figures") / name) as img:
             assert img.format == "PNG" and img.width > 100
 
@@ -227,6 +322,57 @@ def test_readouts_answer_as_their_definitions_say(full):
     unseen = ~np.isin(answered, TRAIN_LABELS)
     np.testing.assert_allclose(fused[unseen], cascade[unseen], atol=1e-6)  # may be no row here
     assert np.isin(labels[(fused[~unseen] @ species.T).argmax(1)], TRAIN_LABELS).all()
+
+
+def test_html_report_has_the_tables_and_every_figure_inside(full):
+    """RESULTS.html: every Markdown table as an HTML table with the same cells, and the three
+    figures embedded byte for byte (parsed with the standard library's HTML parser)."""
+    import base64
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.images, self.cell, self.pre = [], [], None, 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+            elif tag == "img":
+                self.images.append(dict(attrs)["src"])
+            self.pre += tag == "pre"
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append(self.cell.strip())
+                self.cell = None
+
+    page = Page()
+    page.feed(full.out.with_suffix(".html").read_text(encoding="utf-8"))
+    md = full.out.with_suffix(".md").read_text()
+    md_tables, current = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                md_tables.append(current)
+            if not set(line) <= set("|-: "):
+                current.append([c.strip() for c in line.strip("|").split("|")])
+        else:
+            current = None
+    assert page.pre == 0 and page.tables == md_tables and len(md_tables) >= 5
+    folder = full.out.with_name("RESULTS_figures")
+    embedded = [base64.b64decode(src.split(",", 1)[1]) for src in page.images]
+    wanted = ("map_by_method.png", "per_species_ap.png", "example_queries.png")
+    assert embedded == [(folder / name).read_bytes() for name in wanted]
 
 
 def test_metrics_recomputed_from_saved_embeddings(full):

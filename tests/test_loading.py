@@ -198,3 +198,196 @@ def test_cli_help_is_fast_and_torch_free():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"imported at parse time: {proc.stdout.strip()}"
+
+
+# ---- every layout the pinned libraries write, and the folders that are really unusable --------
+
+
+@pytest.fixture(scope="module")
+def processor_layout_clap(tmp_path_factory, tiny_models):
+    """The fixture CLAP's weights and tokenizer re-saved by the pinned transformers'
+    ``ClapModel.save_pretrained`` + ``ClapProcessor.save_pretrained``."""
+    from transformers import AutoTokenizer, ClapModel
+
+    from songsight.testing import TinyClapSpec, build_tiny_clap
+
+    model = ClapModel.from_pretrained(tiny_models[0])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[0])
+    out = tmp_path_factory.mktemp("processor-layout") / "clap"
+    return build_tiny_clap(
+        out, TinyClapSpec(), model=model, tokenizer=tokenizer, layout="processor"
+    )
+
+
+def test_processor_layout_is_what_the_pinned_transformers_writes(processor_layout_clap):
+    """The premise: no preprocessor_config.json, the feature extractor nested in
+    processor_config.json, and transformers itself loads it."""
+    import json
+
+    from transformers import ClapFeatureExtractor
+
+    names = {f.name for f in processor_layout_clap.iterdir()}
+    assert "preprocessor_config.json" not in names and "processor_config.json" in names
+    nested = json.loads((processor_layout_clap / "processor_config.json").read_text())
+    assert nested["feature_extractor"]["feature_extractor_type"] == "ClapFeatureExtractor"
+    assert ClapFeatureExtractor.from_pretrained(processor_layout_clap).sampling_rate == 16_000
+
+
+def test_processor_layout_embeds_as_the_hub_layout(processor_layout_clap, tiny_audio_encoder):
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    enc = BioLingualEncoder(processor_layout_clap, device="cpu", batch_size=4)
+    assert enc.features.describe() == tiny_audio_encoder.features.describe()
+    wave = np.random.default_rng(3).standard_normal(40_000).astype(np.float32) * 0.1
+    np.testing.assert_allclose(enc.embed_audio([wave], sample_rate_hz=16_000),
+                               tiny_audio_encoder.embed_audio([wave], sample_rate_hz=16_000), atol=1e-6)  # fmt: skip
+    texts = ["Canada Goose calling", "the sound of a wood duck"]
+    np.testing.assert_allclose(
+        enc.embed_texts(texts), tiny_audio_encoder.embed_texts(texts), atol=1e-6
+    )
+
+
+def test_processor_layout_from_the_hub_cache(tmp_path, processor_layout_clap, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    home = tmp_path / "hf-home"
+    fake_hub_cache(home, "someone/finetuned-biolingual", processor_layout_clap)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+    resolved = resolve_model("someone/finetuned-biolingual", "audio")
+    assert resolved.source == "hub-cache" and resolved.revision == COMMIT
+
+
+def test_cli_embeds_with_a_processor_layout_folder(processor_layout_clap, tmp_path, capsys):
+    import soundfile as sf
+
+    from songsight.cli import main
+    from songsight.index.store import load_embeddings
+
+    clip = tmp_path / "clip.wav"
+    sf.write(
+        clip, np.random.default_rng(0).standard_normal(24_000).astype(np.float32) * 0.1, 16_000
+    )
+    out = tmp_path / "a.parquet"
+    args = ["embed", "audio", str(clip), "--out", str(out), "--audio-model", str(processor_layout_clap),
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    meta, emb, _ = load_embeddings(out)
+    assert len(meta) == 1 and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_distilled_checkpoint_with_a_processor_layout_clap(
+    processor_layout_clap, tiny_models, tmp_path
+):
+    """A checkpoint's own clap/ folder re-saved as the pinned ClapProcessor writes it loads and
+    embeds as the original checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
+
+    from songsight.encoders.distilled import DistilledEncoder, build_head, save_checkpoint
+
+    torch.manual_seed(0)
+    meta = {"head": {"in_dim": 32, "out_dim": 48, "kind": "linear"}}
+    ckpt = save_checkpoint(tmp_path / "ckpt", ClapModel.from_pretrained(tiny_models[0]),
+                           ClapFeatureExtractor.from_pretrained(tiny_models[0]),
+                           AutoTokenizer.from_pretrained(tiny_models[0]), build_head(32, 48), meta)  # fmt: skip
+    wave = np.random.default_rng(4).standard_normal(30_000).astype(np.float32) * 0.1
+    before = DistilledEncoder(ckpt, device="cpu").embed_audio([wave], sample_rate_hz=16_000)
+    shutil.rmtree(ckpt / "clap")
+    shutil.copytree(processor_layout_clap, ckpt / "clap")
+    after = DistilledEncoder(ckpt, device="cpu").embed_audio([wave], sample_rate_hz=16_000)
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+def _broken_copy(src: Path, dst: Path, remove=(), write=None) -> Path:
+    shutil.copytree(src, dst)
+    for name in remove:
+        (dst / name).unlink()
+    for name, text in (write or {}).items():
+        (dst / name).write_text(text)
+    return dst
+
+
+AUDIO_BREAKAGES = {
+    "no weights": ({"remove": ["model.safetensors"]}, "no weights"),
+    "no tokenizer": ({"remove": ["tokenizer.json"]}, "no tokenizer"),
+    "no preprocessing": ({"remove": ["preprocessor_config.json"]}, "preprocessor_config.json"),
+    "processor without extractor": (
+        {"remove": ["preprocessor_config.json"], "write": {"processor_config.json": '{"processor_class": "ClapProcessor"}'}},
+        "processor_config.json holding a feature_extractor",
+    ),
+    "not json": ({"write": {"config.json": "{not json"}}, "config.json"),
+    "another architecture": ({"write": {"config.json": '{"model_type": "roberta"}'}}, "'roberta'"),
+    "bad weights": ({"write": {"model.safetensors": "not a safetensors file"}}, "could not load"),
+}  # fmt: skip
+
+
+def _open_clip_saved_by_open_clip(src: Path, dst: Path) -> Path:
+    """``src``'s weights written by open_clip's own ``save_for_hf`` with pickled weights
+    (``open_clip_pytorch_model.bin``), the other layout open_clip publishes with."""
+    import json
+    from types import SimpleNamespace
+
+    import open_clip
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    model = open_clip.create_model(f"local-dir:{src}")
+    model_cfg = json.loads((src / "open_clip_config.json").read_text())["model_cfg"]
+    # BioCLIP-2's CLIP tokenizer has nothing to save; save_for_hf insists on calling it.
+    no_files = SimpleNamespace(save_pretrained=lambda _dir: None)
+    save_for_hf(model, no_files, model_cfg, str(dst), safe_serialization=False)
+    return dst
+
+
+def test_open_clip_folder_with_pickled_weights_loads(tiny_models, tiny_image_encoder, tmp_path):
+    from songsight.encoders.bioclip import BioCLIPEncoder
+
+    folder = _open_clip_saved_by_open_clip(tiny_models[1], tmp_path / "oc")
+    assert {f.name for f in folder.iterdir()} == {
+        "open_clip_config.json",
+        "open_clip_pytorch_model.bin",
+    }
+    enc = BioCLIPEncoder(folder, device="cpu")
+    texts = ["Branta canadensis", "a photo of a wood duck"]
+    np.testing.assert_allclose(
+        enc.embed_texts(texts), tiny_image_encoder.embed_texts(texts), atol=1e-6
+    )
+
+
+IMAGE_BREAKAGES = {
+    # open_clip itself would build a random-init model here and only log a warning.
+    "no weights": ({"remove": ["open_clip_model.safetensors"]}, "no weights open_clip reads"),
+    "a training checkpoint": ({"write": {"epoch_3.pt": "x"}, "remove": ["open_clip_model.safetensors"]}, "epoch_3.pt"),
+    "no model_cfg": ({"write": {"open_clip_config.json": '{"preprocess_cfg": {}}'}}, "model_cfg"),
+    "bad weights": ({"write": {"open_clip_model.safetensors": "garbage"}}, "could not load"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "case"),
+    [("audio", c) for c in AUDIO_BREAKAGES] + [("image", c) for c in IMAGE_BREAKAGES],
+)
+def test_unusable_model_folders_are_one_clear_error(kind, case, tiny_models, tmp_path):
+    from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    audio = kind == "audio"
+    change, expected = (AUDIO_BREAKAGES if audio else IMAGE_BREAKAGES)[case]
+    folder = _broken_copy(tiny_models[0 if audio else 1], tmp_path / kind, **change)
+    with pytest.raises(ModelNotFoundError) as info:
+        (BioLingualEncoder if audio else BioCLIPEncoder)(folder, device="cpu")
+    message = str(info.value)
+    assert expected in message and str(folder) in message and "\n" not in message
+
+
+def test_cli_unusable_model_folder_is_exit_2_one_line(tiny_models, tmp_path):
+    folder = _broken_copy(tiny_models[0], tmp_path / "clap", remove=["model.safetensors"])
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")
+    proc = subprocess.run(
+        [*songsight_cmd(), "embed", "audio", str(clip), "--out", str(tmp_path / "o.parquet"),
+         "--audio-model", str(folder)],  # fmt: skip
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no weights" in lines[0], lines

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from songsight.errors import DataNotFoundError
+from songsight.errors import DataNotFoundError, SongsightError
 from songsight.taxonomy import (
     PROMPT_FORMATS,
     TAXA_COLUMNS,
@@ -147,5 +147,124 @@ def test_templates_expand_every_species(taxa_csv):
     custom = build_prompts(species[:1], "taxon_com", ("{} sings", "hear {}"))
     name = EXPECTED["cangoo"]["taxon_com"]
     assert custom == [[f"{name} sings", f"hear {name}"]]
-    with pytest.raises(KeyError):
+    with pytest.raises(SongsightError, match="unknown template set 'no-such-set'"):
         build_prompts(species, "sci", "no-such-set")
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([["x", "cangoo", "", "", "", "Canada Goose", "Branta canadensis", "Anatidae", "Anseriformes"]],
+         "line 2: label 'x' is not an integer"),
+        ([SSW60_ROWS[0], ["1", "wooduc"]], "line 3: fewer fields"),
+    ],
+)  # fmt: skip
+def test_bad_rows_are_one_clear_error(tmp_path, rows, expected):
+    path = write_csv(tmp_path / "taxa.csv", HEADER, rows)
+    with pytest.raises(DataNotFoundError, match=expected):
+        load_species_csv(path)
+
+
+def test_names_in_any_script_and_empty_ones_load_and_prompt(tmp_path):
+    rows = [
+        ["0", "", "", "", "", "Grünling Élégant", "Chloris chloris", "Fringillidae", "Passeriformes"],
+        ["1", "", "", "", "", "ヒヨドリ 🐦", "Hypsipetes amaurotis", "", ""],
+        ["2", "", "", "", "", "", "", "", ""],
+    ]  # fmt: skip
+    species = load_species_csv(write_csv(tmp_path / "taxa.csv", HEADER, rows))
+    assert [s.common_name for s in species] == ["Grünling Élégant", "ヒヨドリ 🐦", ""]
+    assert species[0].prompt("sci_com") == "Chloris chloris with common name Grünling Élégant"
+    # No scientific name: no genus, and the taxon forms keep only the ranks that are known.
+    assert species[2].genus == "" and species[2].prompt("taxon") == "Animalia Chordata Aves"
+
+
+# --- templates the user owns -----------------------------------------------------------------
+
+
+def test_named_fields_fill_from_the_species(taxa_csv):
+    from songsight.taxonomy import resolve_templates
+
+    goose, duck, _ = load_species_csv(taxa_csv)
+    owl = Species(
+        9, "Bubo virginianus", "Great Horned Owl", order="Strigiformes", family="Strigidae"
+    )
+    egret = Species(8, "Ardea alba", "Eastern Great Egret")
+    assert build_prompts([goose, egret], "com", "the sound of {article} {common_lower}") == [
+        ["the sound of a canada goose"],
+        ["the sound of an eastern great egret"],
+    ]
+    rich = (
+        "{scientific} ({genus} {epithet}; {family}, {order}, {class}) aka {common} #{label} {code}"
+    )
+    assert build_prompts([duck], "com", rich) == [
+        ["Aix sponsa (Aix sponsa; Anatidae, Anseriformes, Aves) aka Wood Duck #1 wooduc"]
+    ]
+    # {} (and {prompt}) is the species in the chosen prompt format; formats are fields too.
+    mixed = ("{} calling", "{prompt}!", "{sci_com}", "{taxon} / {kingdom} {phylum}")
+    assert build_prompts([owl], "com", mixed) == [
+        [
+            "Great Horned Owl calling",
+            "Great Horned Owl!",
+            "Bubo virginianus with common name Great Horned Owl",
+            "Animalia Chordata Aves Strigiformes Strigidae Bubo virginianus / Animalia Chordata",
+        ]
+    ]
+    tmpl = resolve_templates("a {common_lower} sings")
+    assert tmpl.provenance() == {
+        "spec": "a {common_lower} sings",
+        "templates": ["a {common_lower} sings"],
+    }
+    # A set name resolves to the set itself.
+    assert resolve_templates("sound").templates == TEMPLATE_SETS["sound"]
+
+
+def test_templates_file(tmp_path, taxa_csv):
+    from songsight.taxonomy import resolve_templates
+
+    path = tmp_path / "captions.txt"
+    path.write_text(
+        "# how my model was taught\n\nthe sound of {article} {common_lower}\n  {common} singing  \n",
+        encoding="utf-8",
+    )
+    tmpl = resolve_templates(str(path))
+    assert tmpl.spec == str(path)
+    assert tmpl.templates == ("the sound of {article} {common_lower}", "{common} singing")
+    goose = load_species_csv(taxa_csv)[0]
+    assert build_prompts([goose], "com", str(path)) == [
+        ["the sound of a canada goose", "Canada Goose singing"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("the sound of {commmon}", r"unknown field\(s\) \{commmon\}"),
+        ("{common.upper}", "unknown field"),
+        ("the sound of {common", "not a valid template"),
+        ("{} and {0}", "not a valid template"),
+        ("birdsong", "unknown template set 'birdsong'"),
+    ],
+)
+def test_bad_template_strings_are_one_clear_error(text, message):
+    from songsight.taxonomy import resolve_templates
+
+    with pytest.raises(SongsightError, match=message) as info:
+        resolve_templates(text)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_templates_files_name_the_line(tmp_path):
+    from songsight.taxonomy import resolve_templates
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("{common} calling\nthe sound of birds\n", encoding="utf-8")
+    with pytest.raises(SongsightError, match=r"bad.txt, line 2: .*has no field"):
+        resolve_templates(str(bad))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n\n", encoding="utf-8")
+    with pytest.raises(SongsightError, match="holds no template"):
+        resolve_templates(str(empty))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("{common} chante à l'aube\n".encode("latin-1"))
+    with pytest.raises(SongsightError, match="cannot read templates file"):
+        resolve_templates(str(latin1))

@@ -128,6 +128,13 @@ def distill_flags(parser, defaults: DistillConfig) -> None:
             kw["choices"] = TRAIN_CHOICES
         elif f.name == "head_init":
             kw["choices"] = HEAD_INITS
+        elif f.name == "templates":
+            kw["metavar"] = "SET|TEMPLATE|FILE"
+            kw["help"] = (
+                "teacher prompt templates: a set (none, photo, openai, sound), a template with "
+                "fields such as '{scientific} with common name {common}', or a file of them, one "
+                f"a line (default {value})"
+            )
         if isinstance(value, bool):
             kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
             kw["metavar"] = "BOOL"

@@ -41,6 +41,13 @@ class InputFileError(SongsightError):
         super().__init__(f"{path}: {reason}")
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed, cut at ``limit`` characters),
+    or its type name when it has none: for the one-line errors the CLI prints."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def require_file(path: str | Path) -> str:
     """``str(path)`` of an input file; `InputFileError` when it is missing or empty (0 bytes).
 

@@ -118,7 +118,8 @@ def build_cascade_query_encoder(
     embeds the names as BioCLIP-2 text. ``cascade_temperature`` defaults to BioLingual's own
     zero-shot posterior; ``prompt_format`` / ``templates`` build the BioCLIP-2 species text
     (default ``taxon_com`` / ``none``), ``audio_prompt_format`` / ``audio_templates`` the
-    BioLingual one."""
+    BioLingual one (templates: a set name, a template string with fields or a file, as
+    `songsight.taxonomy.resolve_templates` takes)."""
     if cascade_mode not in ("top1", "weighted"):
         raise SongsightError(f"cascade mode must be top1 or weighted, not {cascade_mode!r}")
     if not gallery.has_species:
@@ -128,12 +129,12 @@ def build_cascade_query_encoder(
             "it with --manifest (a species or label column, with --species TAXA_CSV), "
             "or search with a distilled model (--model DIR)"
         )
-    from songsight.encoders.base import l2_normalize
+    from songsight.encoders.base import embed_prompt_average
     from songsight.encoders.bioclip import BioCLIPEncoder
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
     from songsight.index.gallery import check_image_model
-    from songsight.taxonomy import TEMPLATE_SETS
+    from songsight.taxonomy import build_prompts, resolve_templates
 
     stored = gallery.image_model
     if image_model is not None:
@@ -151,13 +152,15 @@ def build_cascade_query_encoder(
     )
     check_image_model(stored, text_model.provenance(), "the image model given")
     species = gallery.species_list()
-    prompt_format, templates = prompt_format or "taxon_com", templates or "none"
-    image_text = text_model.embed_species(species, prompt_format, templates)
+    prompt_format = prompt_format or "taxon_com"
+    image_tmpl, audio_tmpl = (
+        resolve_templates(templates or "none"),
+        resolve_templates(audio_templates),
+    )
+    image_text = text_model.embed_species(species, prompt_format, image_tmpl)
     del text_model  # only the species' text embeddings are needed from here on
-    tmpl = TEMPLATE_SETS[audio_templates]
-    prompts = [t.format(s.prompt(audio_prompt_format)) for s in species for t in tmpl]
-    audio_text = l2_normalize(
-        encoder.embed_texts(prompts).reshape(len(species), len(tmpl), -1).mean(1)
+    audio_text = embed_prompt_average(
+        encoder, build_prompts(species, audio_prompt_format, audio_tmpl)
     )
     if cascade_temperature is None:
         # BioLingual's own zero-shot posterior: softmax(exp(logit_scale_a) * cosine).
@@ -166,9 +169,9 @@ def build_cascade_query_encoder(
     info = {
         "cascade_temperature": float(cascade_temperature),
         "prompt_format": prompt_format,
-        "templates": templates,
+        "templates": image_tmpl.provenance(),
         "audio_prompt_format": audio_prompt_format,
-        "audio_templates": audio_templates,
+        "audio_templates": audio_tmpl.provenance(),
         "n_species": len(species),
     }
     return QueryEncoder(

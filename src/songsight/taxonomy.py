@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import re
+import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from songsight.errors import DataNotFoundError
+from songsight.errors import DataNotFoundError, SongsightError
 
 PROMPT_FORMATS = ("taxon_com", "taxon", "sci", "com", "sci_com")
 
@@ -130,16 +132,20 @@ class Species:
         parts = self.scientific_name.split()
         return parts[1] if len(parts) > 1 else ""
 
+    @property
+    def genus_name(self) -> str:
+        """The genus column, else the scientific name's first word ("" without either)."""
+        return self.genus or (self.scientific_name.split() or [""])[0]
+
     def taxon_ranks(self) -> list[str]:
         """Kingdom..genus plus epithet, skipping unknown ranks."""
-        genus = self.genus or self.scientific_name.split()[0]
         ranks = [
             self.kingdom,
             self.phylum,
             self.class_,
             self.order,
             self.family,
-            genus,
+            self.genus_name,
             self.epithet,
         ]
         return [r for r in ranks if r]
@@ -164,12 +170,130 @@ class Species:
         return asdict(self)
 
 
+# --- templates the user owns: a set name, a template string with named fields, or a file ----
+
+TEMPLATE_FIELDS = {
+    "common": "common name (Canada Goose)",
+    "common_lower": "common name in lower case (canada goose)",
+    "article": "'a' or 'an', to go before the lower-case common name",
+    "scientific": "scientific name (Branta canadensis)",
+    "genus": "genus (Branta)",
+    "epithet": "species epithet (canadensis)",
+    "family": "family (Anatidae)",
+    "order": "order (Anseriformes)",
+    "class": "class (Aves)",
+    "phylum": "phylum (Chordata)",
+    "kingdom": "kingdom (Animalia)",
+    "code": "species code (cangoo)",
+    "label": "integer label",
+    "prompt": "the species in the chosen --prompt-format; also written {}",
+    **{fmt: f"the {fmt} prompt format" for fmt in PROMPT_FORMATS},
+}
+
+
+def template_fields(sp: Species, fmt: str) -> dict[str, str]:
+    """The named fields a template can use for ``sp`` (`TEMPLATE_FIELDS`)."""
+    lower = sp.common_name.lower()
+    values = {
+        "common": sp.common_name, "common_lower": lower,
+        "article": "an" if lower[:1] in tuple("aeiou") else "a",
+        "scientific": sp.scientific_name, "genus": sp.genus_name,
+        "epithet": sp.epithet, "family": sp.family, "order": sp.order, "class": sp.class_,
+        "phylum": sp.phylum, "kingdom": sp.kingdom, "code": sp.code, "label": str(sp.label),
+        "prompt": sp.prompt(fmt),
+    }  # fmt: skip
+    return values | {f: sp.prompt(f) for f in PROMPT_FORMATS}
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Resolved templates: ``spec`` as the user gave it, ``templates`` the strings it names."""
+
+    spec: str
+    templates: tuple[str, ...]
+
+    def provenance(self) -> dict:
+        return {"spec": self.spec, "templates": list(self.templates)}
+
+    def fill(self, sp: Species, fmt: str) -> list[str]:
+        """``sp``'s prompt through every template."""
+        fields = template_fields(sp, fmt)
+        return [t.format(*[fields["prompt"]] * _positional(t), **fields) for t in self.templates]
+
+
+def _positional(template: str) -> int:
+    return sum(1 for _, name, _, _ in string.Formatter().parse(template) if name in ("", "0"))
+
+
+def _check_template(template: str, where: str) -> str:
+    """``template`` when it formats with the known fields and uses at least one."""
+    try:
+        names = [n for _, n, _, _ in string.Formatter().parse(template) if n is not None]
+        unknown = sorted(set(names) - {"", "0", *TEMPLATE_FIELDS})
+        if not unknown and names:
+            template.format(*["x"] * _positional(template), **dict.fromkeys(TEMPLATE_FIELDS, "x"))
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise SongsightError(f"{where}: {template!r} is not a valid template ({exc})") from None
+    if unknown:
+        raise SongsightError(
+            f"{where}: unknown field(s) {', '.join('{' + n + '}' for n in unknown)} in {template!r}; "
+            f"fields: {', '.join('{' + n + '}' for n in TEMPLATE_FIELDS)}"
+        )
+    if not names:
+        raise SongsightError(
+            f"{where}: {template!r} has no field such as {{common}}, so every species would get "
+            "the same text"
+        )
+    return template
+
+
+def resolve_templates(spec: str | Sequence[str] | Templates) -> Templates:
+    """A template set name (`TEMPLATE_SETS`), one template string with fields (`TEMPLATE_FIELDS`,
+    e.g. ``"the sound of {article} {common_lower}"``), a UTF-8 file of templates (one a line;
+    blank lines and ``#`` comments skipped), or a sequence of template strings.
+    `SongsightError` (one line) for anything else."""
+    if isinstance(spec, Templates):
+        return spec
+    if not isinstance(spec, str):
+        items = tuple(_check_template(t, "template") for t in spec)
+        if not items:
+            raise SongsightError("an empty list of templates")
+        return Templates(f"{len(items)} template(s)", items)
+    if spec in TEMPLATE_SETS:
+        return Templates(spec, TEMPLATE_SETS[spec])
+    path = Path(spec).expanduser()
+    if "{" not in spec and path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SongsightError(f"cannot read templates file {path}: {exc}") from None
+        items = tuple(
+            _check_template(text.strip(), f"{path}, line {n}")
+            for n, text in enumerate(lines, start=1)
+            if text.strip() and not text.lstrip().startswith("#")
+        )
+        if not items:
+            raise SongsightError(f"templates file {path} holds no template")
+        return Templates(spec, items)
+    if "{" in spec:
+        return Templates(spec, (_check_template(spec, "template"),))
+    raise SongsightError(
+        f"unknown template set {spec!r}: not one of {', '.join(TEMPLATE_SETS)}, nor a template "
+        "string with a field such as {common}, nor a file of templates"
+    )
+
+
 def build_prompts(
-    species: list[Species], fmt: str = "taxon_com", templates: str | tuple[str, ...] = "none"
+    species: Sequence[Species],
+    fmt: str = "taxon_com",
+    templates: str | Sequence[str] | Templates = "none",
 ) -> list[list[str]]:
-    """For each species, its prompt string through every template: (S, T) nested list."""
-    tmpl = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
-    return [[t.format(sp.prompt(fmt)) for t in tmpl] for sp in species]
+    """For each species, its prompt through every template: (S, T) nested list.
+
+    ``templates``: anything `resolve_templates` takes; ``{}`` stands for the species in ``fmt``.
+    """
+    tmpl = resolve_templates(templates)
+    return [tmpl.fill(sp, fmt) for sp in species]
 
 
 _PAREN = re.compile(r"\s*\(.*?\)\s*")
@@ -204,10 +328,23 @@ def species_from_row(row: dict) -> Species:
         class_=_clean_rank(row.get("class") or "Aves"),
         order=_clean_rank(row.get("order", "")),
         family=_clean_rank(row.get("family", "")),
-        genus=_clean_rank(row.get("genus") or sci.split()[0]),
+        genus=_clean_rank(row.get("genus") or (sci.split() or [""])[0]),
         code=(row.get("species_code") or "").strip(),
         extra={k: v for k, v in row.items() if k not in known},
     )
+
+
+def _checked_row(path: Path, line: int, row: dict) -> Species:
+    """`species_from_row`, or one clear `DataNotFoundError` naming the file and line."""
+    if None in row.values():
+        raise DataNotFoundError(f"{path}, line {line}: fewer fields than the header names")
+    try:
+        int(row["label"])
+    except ValueError:
+        raise DataNotFoundError(
+            f"{path}, line {line}: label {row['label']!r} is not an integer"
+        ) from None
+    return species_from_row(row)
 
 
 def load_species_csv(path: str | Path) -> list[Species]:
@@ -224,7 +361,10 @@ def load_species_csv(path: str | Path) -> list[Species]:
             raise DataNotFoundError(
                 f"{path}: missing column(s) {', '.join(missing)}; a species table needs {', '.join(TAXA_COLUMNS)}"
             )
-        species = [species_from_row(r) for r in reader]
+        try:
+            species = [_checked_row(path, line, r) for line, r in enumerate(reader, start=2)]
+        except UnicodeDecodeError:
+            raise DataNotFoundError(f"{path}: not a UTF-8 text file") from None
     labels = [s.label for s in species]
     if len(set(labels)) != len(labels):
         raise DataNotFoundError(f"{path}: duplicate labels in species table")

@@ -2,7 +2,8 @@
 
 ``build_tiny_clap`` writes a transformers ``ClapModel`` folder (config, safetensors weights,
 ``preprocessor_config.json`` of an unfused HTSAT, and a byte-level BPE tokenizer trained
-offline) exactly as ``save_pretrained`` lays out BioLingual. ``build_tiny_open_clip`` writes an
+offline) exactly as ``save_pretrained`` lays out BioLingual, or (``layout="processor"``) as
+the installed transformers' ``ClapProcessor.save_pretrained`` does. ``build_tiny_open_clip`` writes an
 open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``) as the
 BioCLIP-2 Hub repository does. Both load through `songsight.encoders.loading` like the real
 models. Nothing is downloaded.
@@ -161,19 +162,30 @@ def tiny_feature_extractor(spec: TinyClapSpec):
     )
 
 
+CLAP_LAYOUTS = ("hub", "processor")
+
+
 def build_tiny_clap(
     out_dir: str | Path,
     spec: TinyClapSpec | None = None,
     seed: int = 0,
     model=None,
     tokenizer=None,
+    layout: str = "hub",
 ) -> Path:
     """Write a tiny random-init (or the given) ClapModel with processor and tokenizer to ``out_dir``.
 
     ``tokenizer`` (a transformers fast tokenizer) replaces the one built from ``spec.corpus``.
+    ``layout``: ``"hub"`` saves the feature extractor and tokenizer separately, as BioLingual's
+    Hub repository holds them (``preprocessor_config.json``); ``"processor"`` saves them through
+    the installed transformers' ``ClapProcessor.save_pretrained`` (recent versions nest the
+    feature extractor in ``processor_config.json`` and write no ``preprocessor_config.json``).
     """
     import torch
-    from transformers import ClapModel
+    from transformers import ClapModel, ClapProcessor
+
+    if layout not in CLAP_LAYOUTS:
+        raise ValueError(f"layout must be one of {CLAP_LAYOUTS}, not {layout!r}")
 
     spec = spec or TinyClapSpec()
     out = Path(out_dir)
@@ -184,9 +196,14 @@ def build_tiny_clap(
         torch.manual_seed(seed)
         model = ClapModel(tiny_clap_config(spec, len(tokenizer), tokenizer.pad_token_id)).eval()
     model.save_pretrained(out)
-    # Saved separately, as the BioLingual Hub repo has them: preprocessor_config.json + tokenizer files.
-    tiny_feature_extractor(spec).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if layout == "processor":
+        ClapProcessor(
+            feature_extractor=tiny_feature_extractor(spec), tokenizer=tokenizer
+        ).save_pretrained(out)
+    else:
+        # Saved separately, as the BioLingual Hub repo has them: preprocessor_config.json + tokenizer files.
+        tiny_feature_extractor(spec).save_pretrained(out)
+        tokenizer.save_pretrained(out)
     (out / "songsight_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=1))
     return out
 

@@ -63,10 +63,26 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)"
     )
     p.add_argument("--gallery", choices=("all", "nabirds", "inat"), default="all")
+    sets = ", ".join(TEMPLATE_SETS)
     p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None)
-    p.add_argument("--templates", choices=list(TEMPLATE_SETS), default=None)
+    p.add_argument(
+        "--templates",
+        default=None,
+        metavar="SET|TEMPLATE|FILE",
+        help=f"image-model species prompts: a set ({sets}), a template with fields such as "
+        "'a photo of {common}' or '{scientific} with common name {common}', or a file of "
+        "templates, one a line (default: the distilled checkpoint's, else none)",
+    )
     p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default="com")
-    p.add_argument("--audio-templates", choices=list(TEMPLATE_SETS), default="sound")
+    p.add_argument(
+        "--audio-templates",
+        nargs="+",
+        default=["sound"],
+        metavar="SET|TEMPLATE|FILE",
+        help="BioLingual species prompts, as --templates (e.g. 'the sound of {article} "
+        "{common_lower}'); several candidates: each one's zero-shot top-1 on the train split "
+        "is printed and the best is used (default sound)",
+    )
     p.add_argument("--cascade-temperature", type=positive(float), default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -105,16 +121,20 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="merge several RESULTS.json into one Markdown table")
     p.add_argument("results", nargs="+", metavar="RESULTS.json")
     p.add_argument("--names", help="comma list of run names")
-    p.add_argument("--out", help="write the Markdown here instead of printing it")
+    p.add_argument(
+        "--out", help="write the Markdown here instead of printing it (HTML tables: FILE.html)"
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
     from songsight.eval.report import merge_reports
+    from songsight.eval.report_html import merge_reports_html
 
     names = [x.strip() for x in args.names.split(",")] if args.names else None
-    text = merge_reports(args.results, names)
+    html = bool(args.out) and Path(args.out).suffix.lower() in (".html", ".htm")
+    text = (merge_reports_html if html else merge_reports)(args.results, names)
     if args.out:
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(text, encoding="utf-8")
     else:
         print(text)
     return 0
@@ -189,19 +209,25 @@ def run_distill(args: argparse.Namespace) -> int:
 
     from songsight.config import DistillConfig, config_from_flags
     from songsight.distill.train import distill
+    from songsight.errors import SongsightError
 
-    base = (
-        DistillConfig.from_dict(json.loads(open(args.config).read()))
-        if args.config
-        else DistillConfig()
-    )
+    try:  # a bad --config file or flag value is the user's to fix: one line, exit 2
+        base = (
+            DistillConfig.from_dict(json.loads(Path(args.config).read_text(encoding="utf-8")))
+            if args.config
+            else DistillConfig()
+        )
+        config = config_from_flags(base, args)
+    except (ValueError, TypeError, AttributeError) as exc:
+        where = f"--config {args.config}" if args.config else "the distillation flags"
+        raise SongsightError(f"{where}: {exc}") from None
     summary = distill(
         args.train,
         args.species,
         args.audio_model,
         args.image_model,
         args.out,
-        config_from_flags(base, args),
+        config,
         val_manifest=args.val,
         val_gallery=args.val_gallery,
         resume=args.resume,

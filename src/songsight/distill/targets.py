@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.provenance import stable_hash
-from songsight.taxonomy import TEMPLATE_SETS, Species
+from songsight.taxonomy import Species, build_prompts, resolve_templates
 
 
 def default_cache_dir() -> Path:
@@ -24,8 +24,8 @@ def default_cache_dir() -> Path:
 
 
 def species_prompts(species: list[Species], prompt_format: str, templates: str) -> list[list[str]]:
-    tmpl = TEMPLATE_SETS[templates]
-    return [[t.format(sp.prompt(prompt_format)) for t in tmpl] for sp in species]
+    """``templates``: a set name, a template string with fields or a templates file."""
+    return build_prompts(species, prompt_format, templates)
 
 
 def teacher_targets(
@@ -40,12 +40,15 @@ def teacher_targets(
     ``teacher`` is a `BioCLIPEncoder` (anything with ``embed_species`` and ``provenance``).
     """
     prov = teacher.provenance()
-    prompts = species_prompts(species, prompt_format, templates)
+    resolved = resolve_templates(templates)  # a file is read once, here
+    prompts = species_prompts(species, prompt_format, resolved)
     key = {"model_id": prov["model_id"], "revision": prov["revision"], "prompts": prompts}
     info = {
         "teacher": {k: prov[k] for k in ("model_id", "revision", "dim")},
         "prompt_format": prompt_format,
         "templates": templates,
+        # The strings themselves: a templates file may be gone when the checkpoint is used.
+        "template_strings": list(resolved.templates),
         "prompts_sha256": stable_hash(prompts),
         "cache_key": stable_hash(key),
     }
@@ -55,7 +58,7 @@ def teacher_targets(
         emb = np.load(path)
         if emb.shape == (len(species), prov["dim"]):
             return emb.astype(np.float32), {**info, "cached": True}
-    emb = teacher.embed_species(species, prompt_format, templates)
+    emb = teacher.embed_species(species, prompt_format, resolved)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
     np.save(tmp, emb)

@@ -24,6 +24,15 @@ def l2_normalize(x, eps: float = 1e-12):
     return torch.nn.functional.normalize(x, dim=-1, eps=eps)
 
 
+def embed_prompt_average(encoder, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+    """(S, D) unit norm: each row's prompts embedded by ``encoder.embed_texts``, averaged and
+    re-normalised (CLIP's zero-shot classifier). ``prompts``: (S, T), T the same for every row."""
+    n_rows = len(prompts)
+    n_each = len(prompts[0]) if n_rows else 1
+    emb = encoder.embed_texts([p for row in prompts for p in row])
+    return l2_normalize(emb.reshape(n_rows, n_each, emb.shape[1]).mean(axis=1))
+
+
 def choose_device(device: str | None = None, quiet: bool = False) -> str:
     """``cuda`` when present (or what was asked); a loud notice on stderr when it falls back to CPU."""
     import torch
@@ -44,6 +53,26 @@ def choose_device(device: str | None = None, quiet: bool = False) -> str:
             file=sys.stderr,
         )
     return "cpu"
+
+
+def warn_truncated(encoder, cut: Sequence[str], limit_tokens: int) -> None:
+    """Warn, once per encoder, that prompts longer than its text tower takes were cut.
+
+    ``cut``: the texts of the current call that were cut to ``limit_tokens`` tokens. Later
+    calls stay quiet, so a species list of long names warns once, not once per name.
+    """
+    if not cut or getattr(encoder, "_warned_truncation", False):
+        return
+    import warnings
+
+    encoder._warned_truncation = True
+    example = cut[0] if len(cut[0]) <= 60 else cut[0][:57] + "..."
+    warnings.warn(
+        f"{len(cut)} text(s) longer than the {getattr(encoder, 'name', 'text')} text tower's "
+        f"{limit_tokens} tokens were cut to fit (e.g. {example!r}); only their start is embedded. "
+        "Later cuts by this model are not reported.",
+        stacklevel=3,
+    )
 
 
 def autocast_dtype(precision: str, device: str):

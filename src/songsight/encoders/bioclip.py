@@ -21,11 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.encoders.base import autocast_dtype, choose_device, l2_normalize
-from songsight.encoders.loading import BIOCLIP2_ID, ResolvedModel, resolve_model
-from songsight.errors import InputFileError
+from songsight.encoders.base import (
+    autocast_dtype,
+    choose_device,
+    embed_prompt_average,
+    l2_normalize,
+    warn_truncated,
+)
+from songsight.encoders.loading import (
+    BIOCLIP2_ID,
+    ResolvedModel,
+    check_model_folder,
+    resolve_model,
+)
+from songsight.errors import InputFileError, ModelNotFoundError, one_line
 from songsight.images import load_image, to_rgb
-from songsight.taxonomy import TEMPLATE_SETS, Species
+from songsight.taxonomy import Species, Templates, build_prompts
 
 PREPROCESS_MODES = ("model", "squash")
 
@@ -40,9 +51,17 @@ def load_open_clip(
     if preprocess not in PREPROCESS_MODES:
         raise ValueError(f"preprocess must be one of {PREPROCESS_MODES}, not {preprocess!r}")
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model), "image")
+    # open_clip builds a random-init model when the folder has no weights (a logged warning
+    # only): the check refuses that, and load errors become one line.
+    check_model_folder(resolved.path, "image")
     spec = f"local-dir:{resolved.path}"
-    net = open_clip.create_model(spec, device=device)
-    tokenizer = open_clip.get_tokenizer(spec)
+    try:
+        net = open_clip.create_model(spec, device=device)
+        tokenizer = open_clip.get_tokenizer(spec)
+    except Exception as exc:  # safetensors, json, torch each raise their own types
+        raise ModelNotFoundError(
+            f"{resolved.path}: open_clip could not load it: {one_line(exc)}"
+        ) from None
     overlay = dict(open_clip.get_model_preprocess_cfg(net))
     if preprocess == "squash":
         overlay["resize_mode"] = "squash"
@@ -84,6 +103,13 @@ class BioCLIPEncoder:
             self._model = self._model.to(self.dtype)
         self.batch_size = batch_size
         self.decode_threads = decode_threads
+        # The tokenizer pads and cuts to its context length; the model's own (its positional
+        # table) bounds it when both are known.
+        lengths = [
+            getattr(self.tokenizer, "context_length", None),
+            getattr(self._model, "context_length", None),
+        ]
+        self.context_length = min(int(n) for n in lengths if n) if any(lengths) else None
         self.dim = int(
             self._model.text_projection.shape[1]
             if hasattr(self._model, "text_projection") and self._model.text_projection is not None
@@ -162,30 +188,41 @@ class BioCLIPEncoder:
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """(N, 768) float32 unit norm."""
+        """(N, 768) float32 unit norm. Texts past the context length (77 tokens for BioCLIP-2)
+        are cut to fit, as open_clip's tokenizer does, with one warning per encoder."""
         import torch
 
-        texts = list(texts)
+        texts = [str(t) for t in texts]
         model = self._frozen()
         out = []
+        if self.context_length:
+            cut = [t for t in texts if (self._n_tokens(t) or 0) > self.context_length]
+            warn_truncated(self, cut, self.context_length)
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                tok = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+                tok = self.tokenizer(texts[i : i + batch_size], self.context_length).to(self.device)
                 out.append(l2_normalize(model.encode_text(tok).float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _n_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` needs with its start and end tokens, before the tokenizer cuts it;
+        None for a tokenizer that cannot say."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if isinstance(self.tokenizer, SimpleTokenizer):  # BioCLIP-2's: CLIP BPE, sot + eot
+            return len(self.tokenizer.encode(text)) + 2
+        inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wrapper
+        return len(inner(text)["input_ids"]) if callable(inner) else None
 
     def embed_species(
         self,
         species: Sequence[Species],
         prompt_format: str = "taxon_com",
-        templates: str | Sequence[str] = "none",
+        templates: str | Sequence[str] | Templates = "none",
     ) -> np.ndarray:
         """(S, 768): each species' prompt through every template, averaged, re-normalised.
 
         This is BioCLIP's zero-shot classifier construction (templates "openai" = the 80
-        ImageNet templates).
+        ImageNet templates); ``templates`` is anything `resolve_templates` takes.
         """
-        tmpl = TEMPLATE_SETS[templates] if isinstance(templates, str) else tuple(templates)
-        prompts = [t.format(sp.prompt(prompt_format)) for sp in species for t in tmpl]
-        emb = self.embed_texts(prompts).reshape(len(species), len(tmpl), -1)
-        return l2_normalize(emb.mean(axis=1))
+        return embed_prompt_average(self, build_prompts(species, prompt_format, templates))

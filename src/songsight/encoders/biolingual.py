@@ -1,8 +1,10 @@
 """BioLingual (transformers ``ClapModel``): audio and text into its 512-d space.
 
-The model's own ``preprocessor_config.json`` decides sampling rate, window length, padding
-mode and mel filter bank; nothing is assumed from library defaults (``ClapFeatureExtractor()``
-defaults to fusion truncation, while BioLingual is an unfused HTSAT). Log-mel features are
+The model's own feature-extractor config (``preprocessor_config.json``, or the
+``feature_extractor`` inside ``processor_config.json`` as newer transformers save it) decides
+sampling rate, window length, padding mode and mel filter bank; nothing is assumed from
+library defaults (``ClapFeatureExtractor()`` defaults to fusion truncation, while BioLingual
+is an unfused HTSAT). Log-mel features are
 computed in torch (batched, float64 STFT) and tested equal to what transformers' own
 ``ClapProcessor`` produces for the same audio.
 """
@@ -18,9 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from songsight.audio import Audio, load_audio, prepare_waveform, window_bounds
-from songsight.encoders.base import ClipEmbedding, autocast_dtype, choose_device, l2_normalize
-from songsight.encoders.loading import ResolvedModel, resolve_model
-from songsight.errors import InputFileError
+from songsight.encoders.base import (
+    ClipEmbedding,
+    autocast_dtype,
+    choose_device,
+    l2_normalize,
+    warn_truncated,
+)
+from songsight.encoders.loading import ResolvedModel, check_model_folder, resolve_model
+from songsight.errors import InputFileError, ModelNotFoundError, one_line
 
 DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
 
@@ -123,6 +131,23 @@ class ClapFeatures:
         return feats
 
 
+# transformers' placeholder for "no limit" (VERY_LARGE_INTEGER is int(1e30)); Hub tokenizers
+# without a model_max_length carry it.
+_NO_LIMIT = 10**12
+
+
+def text_token_limit(tokenizer, text_config) -> int:
+    """Tokens the CLAP text tower takes: its position table less RoBERTa's padding offset
+    (positions start at ``pad_token_id + 1``), or the tokenizer's ``model_max_length`` when it
+    declares a smaller real one. BioLingual: min(512, 514 - 2) = 512."""
+    pad = text_config.pad_token_id if text_config.pad_token_id is not None else 1
+    limit = int(text_config.max_position_embeddings) - (int(pad) + 1)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < _NO_LIMIT:
+        limit = min(limit, declared)
+    return max(2, limit)
+
+
 def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
     """Load (ClapModel in eval mode, ClapFeatures, tokenizer, ResolvedModel) from local files."""
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
@@ -131,9 +156,20 @@ def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
     hf_logging.disable_progress_bar()
 
     resolved = model if isinstance(model, ResolvedModel) else resolve_model(str(model), "audio")
-    clap = ClapModel.from_pretrained(resolved.path).eval().to(device)
-    extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    # Resolved models skip resolve_model's check when built by hand (the distilled checkpoint's
+    # clap/ folder): check here, so every caller gets the same one-line refusal.
+    check_model_folder(resolved.path, "audio")
+    try:
+        clap = ClapModel.from_pretrained(resolved.path)
+        # Reads preprocessor_config.json or, failing that, processor_config.json's nested
+        # feature_extractor: both layouts transformers writes.
+        extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    except Exception as exc:  # safetensors, json, torch each raise their own types
+        raise ModelNotFoundError(
+            f"{resolved.path}: transformers could not load it as a CLAP model: {one_line(exc)}"
+        ) from None
+    clap = clap.eval().to(device)
     feats = ClapFeatures(extractor, bool(clap.config.audio_config.enable_fusion))
     return clap, feats, tokenizer, resolved
 
@@ -182,6 +218,7 @@ class BioLingualEncoder:
         self.autocast = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast is not None else "fp32"
         self.dim = self._output_dim()
+        self.max_text_tokens = text_token_limit(self.tokenizer, self.model.config.text_config)
         if decode_threads is None:
             cores = os.cpu_count() or 2
             decode_threads = 1 if self.device == "cpu" else min(8, max(1, cores // 2))
@@ -328,15 +365,28 @@ class BioLingualEncoder:
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(N, 512) float32 unit norm text embeddings in BioLingual's space."""
+        """(N, 512) float32 unit norm text embeddings in BioLingual's space.
+
+        Texts longer than the text tower takes (`max_text_tokens`) are cut to fit, with one
+        warning per encoder; any string embeds (empty, any script, any length).
+        """
         import torch
 
-        texts = list(texts)
+        texts = [str(t) for t in texts]
+        limit = self.max_text_tokens
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
+                batch = texts[i : i + batch_size]
+                # One token over the limit marks a text that the real call below cuts.
+                probe = self.tokenizer(batch, truncation=True, max_length=limit + 1)["input_ids"]
+                warn_truncated(
+                    self,
+                    [t for t, ids in zip(batch, probe, strict=True) if len(ids) > limit],
+                    limit,
+                )
                 tok = self.tokenizer(
-                    texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt"
+                    batch, padding=True, truncation=True, max_length=limit, return_tensors="pt"
                 ).to(self.device)
                 pooled = self.model.text_model(
                     input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]

@@ -2,13 +2,15 @@
 
 This is the only module that talks to the Hugging Face Hub. Encoder classes receive the
 resolved directory and never download. ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``)
-restricts resolution to the local cache. A model that cannot be found raises
-`ModelNotFoundError` with what is missing and the command that fixes it.
+restricts resolution to the local cache. A model that cannot be found, or a folder that is not
+a usable model (`check_model_folder`: either layout transformers writes for CLAP, open_clip
+folders with weights), raises `ModelNotFoundError` with what is missing and what fixes it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ BIOCLIP2_ID = "hf-hub:imageomics/bioclip-2"
 AUDIO_FILES = [
     "config.json",
     "*.safetensors",
-    "pytorch_model.bin",
+    "*.index.json",
+    "pytorch_model*.bin",
     "preprocessor_config.json",
     "tokenizer*",
     "vocab.json",
@@ -46,6 +49,18 @@ IMAGE_FILES = [
 AUDIO_MARKER = "preprocessor_config.json"
 IMAGE_MARKER = "open_clip_config.json"
 DISTILLED_MARKER = "songsight_distilled.json"
+# transformers >= 4.5x's ClapProcessor.save_pretrained nests the feature extractor in here
+# instead of writing AUDIO_MARKER.
+PROCESSOR_CONFIG = "processor_config.json"
+AUDIO_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# What open_clip's local-dir loader looks for; without one it builds a random-init model and
+# only logs a warning, so songsight refuses such a folder instead.
+IMAGE_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,102 @@ def _dir_revision(path: Path) -> str:
     return "local-" + h.hexdigest()[:12]
 
 
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def has_feature_extractor_config(path: Path) -> bool:
+    """True when ``path`` holds CLAP audio preprocessing as either transformers layout writes it:
+    ``preprocessor_config.json`` (BioLingual's Hub repo, ``ClapFeatureExtractor.save_pretrained``)
+    or ``processor_config.json`` with a nested ``feature_extractor`` (``ClapProcessor.save_pretrained``
+    of the pinned transformers)."""
+    if (path / AUDIO_MARKER).is_file():
+        return True
+    processor = _read_json(path / PROCESSOR_CONFIG)
+    return isinstance((processor or {}).get("feature_extractor"), dict)
+
+
+def _audio_folder_problem(path: Path) -> str | None:
+    if not has_feature_extractor_config(path):
+        hint = (
+            " (it holds an open_clip model: pass it as the image model)"
+            if (path / IMAGE_MARKER).is_file()
+            else ""
+        )
+        return (
+            f"it has no {AUDIO_MARKER}, nor a {PROCESSOR_CONFIG} holding a feature_extractor "
+            f"(the model's audio preprocessing){hint}"
+        )
+    config = _read_json(path / "config.json")
+    if config is None:
+        return "it has no readable config.json (the transformers model config)"
+    if config.get("model_type", "clap") != "clap":
+        return f"its config.json describes a {config['model_type']!r} model, not a CLAP (ClapModel)"
+    if not any((path / name).is_file() for name in AUDIO_WEIGHTS):
+        return f"it has no weights ({' or '.join(AUDIO_WEIGHTS[::2])})"
+    if not (path / "tokenizer.json").is_file() and not (
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    ):
+        return "it has no tokenizer (tokenizer.json, or vocab.json and merges.txt)"
+    return None
+
+
+def _image_folder_problem(path: Path) -> str | None:
+    if not (path / IMAGE_MARKER).is_file():
+        hint = (
+            " (it holds a transformers model: pass it as the audio model if it is a CLAP)"
+            if (path / "config.json").is_file()
+            else ""
+        )
+        return f"it has no {IMAGE_MARKER}{hint}"
+    if "model_cfg" not in (_read_json(path / IMAGE_MARKER) or {}):
+        return f"its {IMAGE_MARKER} is not an open_clip config (no model_cfg object)"
+    files = [f for f in path.iterdir() if f.is_file()]
+    if not any(f.suffix in IMAGE_WEIGHT_SUFFIXES for f in files):
+        others = [f.name for f in files if f.suffix in (".pt", ".ckpt")]
+        found = (
+            f"; found {', '.join(sorted(others))}: if it is this model's state dict, rename it "
+            "open_clip_pytorch_model.bin"
+            if others
+            else ""
+        )
+        return (
+            "it has no weights open_clip reads (open_clip_model.safetensors or "
+            f"open_clip_pytorch_model.bin; any *.safetensors, *.bin or *.pth){found}"
+        )
+    return None
+
+
+def _folder_problem(path: Path, kind: str) -> str | None:
+    """Why ``path`` cannot be loaded as a ``kind`` model, or None when it can."""
+    return _audio_folder_problem(path) if kind == "audio" else _image_folder_problem(path)
+
+
+def _what(kind: str) -> str:
+    return (
+        "audio-text (BioLingual-style CLAP)"
+        if kind == "audio"
+        else "image-text (BioCLIP-2-style open_clip)"
+    )
+
+
+def check_model_folder(path: str | Path, kind: str) -> None:
+    """Raise `ModelNotFoundError` (one line: what is missing) unless ``path`` holds a usable
+    ``kind`` model: ``audio`` a transformers CLAP folder in either processor layout, ``image``
+    an open_clip folder (``open_clip_config.json`` and weights)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"model folder not found: {path}")
+    problem = _folder_problem(path, kind)
+    if problem:
+        raise ModelNotFoundError(f"{path} is not a usable {_what(kind)} model folder: {problem}.")
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -128,15 +239,10 @@ def resolve_model(
     if kind not in ("audio", "image"):
         raise ValueError(f"kind must be 'audio' or 'image', not {kind!r}")
     marker = AUDIO_MARKER if kind == "audio" else IMAGE_MARKER
-    what = (
-        "audio-text (BioLingual-style CLAP)"
-        if kind == "audio"
-        else "image-text (BioCLIP-2-style open_clip)"
-    )
+    what = _what(kind)
     local = Path(spec).expanduser()
     if local.is_dir():
-        if not (local / marker).is_file():
-            raise ModelNotFoundError(f"{local} is not an {what} model folder: it has no {marker}.")
+        check_model_folder(local, kind)
         return ResolvedModel(local.resolve(), str(local.resolve()), _dir_revision(local), "local")
     if not spec.startswith("hf-hub:") and not _HUB_ID.match(spec):
         example = BIOLINGUAL_ID if kind == "audio" else BIOCLIP2_ID
@@ -183,9 +289,10 @@ def resolve_model(
         raise ModelNotFoundError(
             f"could not fetch {repo_id}: {str(exc).splitlines()[0][:200]}. {_fix_command(kind, spec, download)}."
         ) from None
-    if not (path / marker).is_file():
+    problem = _folder_problem(path, kind)
+    if problem:
         raise ModelNotFoundError(
-            f"{repo_id} has no {marker}: it is not an {what} model. {_fix_command(kind, spec, download)}."
+            f"{repo_id} is not a usable {what} model: {problem}. {_fix_command(kind, spec, download)}."
         )
     return ResolvedModel(path, spec, path.name, "hub" if download else "hub-cache")
 

@@ -14,7 +14,7 @@ import numpy as np
 from songsight.encoders.loading import BIOCLIP2_ID, BIOLINGUAL_ID
 from songsight.errors import ProvenanceMismatchError, SongsightError
 from songsight.eval.retrieval import ALWAYS, DISTILLED_METHODS, RETRIEVAL_METHODS
-from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species
+from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species, resolve_templates
 
 FORMAT_VERSION = 1
 TASKS = ("retrieval", "discriminability", "alignment")
@@ -29,7 +29,10 @@ class EvalConfig:
     mappings' targets, oracle, distilled zero-shot); None takes the distilled checkpoint's
     own (``meta["prompts"]``), else ``taxon_com`` / ``none``. ``audio_prompt_format`` /
     ``audio_templates`` build BioLingual's species embeddings (``com`` through the ``sound``
-    templates, the AnimalSpeak caption style). Mappings are fitted on every species' prompt in
+    templates, the AnimalSpeak caption style). Templates are anything
+    `songsight.taxonomy.resolve_templates` takes (a set name, a template string with fields,
+    a file); ``audio_templates`` may list several candidates, and the one with the best
+    zero-shot top-1 on the train split is used. Mappings are fitted on every species' prompt in
     each of ``mapping_formats`` through ``audio_templates``, each paired with its image-model
     species embedding. ``cascade_temperature`` None uses BioLingual's learned logit scale.
     """
@@ -46,9 +49,9 @@ class EvalConfig:
     focal: str | None = None
     gallery: str = "all"
     prompt_format: str | None = None
-    templates: str | None = None
+    templates: str | list[str] | None = None
     audio_prompt_format: str = "com"
-    audio_templates: str = "sound"
+    audio_templates: str | list[str] = "sound"
     mapping_formats: list[str] = field(default_factory=lambda: list(PROMPT_FORMATS))
     cascade_temperature: float | None = None
     ridge_alpha: float = 1.0
@@ -83,11 +86,15 @@ class EvalConfig:
                 raise SongsightError(
                     f"unknown prompt format {fmt!r}; choose from {', '.join(PROMPT_FORMATS)}"
                 )
-        for tmpl in (self.templates, self.audio_templates):
-            if tmpl is not None and tmpl not in TEMPLATE_SETS:
-                raise SongsightError(
-                    f"unknown template set {tmpl!r}; choose from {', '.join(TEMPLATE_SETS)}"
-                )
+        if isinstance(self.audio_templates, (list, tuple)):
+            if not self.audio_templates:
+                raise SongsightError("audio_templates needs at least one candidate")
+            # One candidate is simply the templates to use.
+            tmpl = list(self.audio_templates)
+            self.audio_templates = tmpl if len(tmpl) > 1 else tmpl[0]
+        for spec in [self.templates, *self.audio_candidates]:
+            if spec is not None:
+                resolve_templates(spec)  # a clear one-line error now, not after the embedding
         unknown = [m for m in self.methods or [] if m not in RETRIEVAL_METHODS and m != "original"]
         if unknown:
             raise SongsightError(
@@ -109,6 +116,26 @@ class EvalConfig:
         if self.cascade_temperature is not None and not self.cascade_temperature > 0:
             raise SongsightError(f"cascade_temperature must be > 0, got {self.cascade_temperature}")
 
+    @property
+    def audio_candidates(self) -> list[str]:
+        """``audio_templates`` as a list: several are candidates chosen between on the train
+        split (`songsight.eval.inputs.choose_templates`), one is used as it is."""
+        tmpl = self.audio_templates
+        return list(tmpl) if isinstance(tmpl, list) else [tmpl]
+
+    def prompts_provenance(self) -> dict:
+        """Each model's prompt format and the template strings its species text came from."""
+        return {
+            "image_model": {
+                "prompt_format": self.prompt_format,
+                **resolve_templates(self.templates or "none").provenance(),
+            },
+            "audio_model": {
+                "prompt_format": self.audio_prompt_format,
+                **resolve_templates(self.audio_templates).provenance(),
+            },
+        }
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -121,16 +148,27 @@ class EvalConfig:
 # --- a distilled checkpoint against the run --------------------------------------------------
 
 
-def checkpoint_prompts(meta: dict | None) -> tuple[str | None, str | None]:
-    """(prompt format, template set) a distilled checkpoint records, where it records them."""
+def checkpoint_prompts(meta: dict | None) -> tuple[str | None, str | list[str] | None]:
+    """(prompt format, templates) a distilled checkpoint records, where it records them.
+
+    Templates come back as the set's name when they are a built-in set, else as the template
+    strings the targets were built from (a templates file need not exist any more)."""
     prompts = (meta or {}).get("prompts")
     if not isinstance(prompts, dict):
         return None, None
     fmt = prompts.get("prompt_format", prompts.get("format"))
-    tmpl = prompts.get("templates")
-    return (fmt if fmt in PROMPT_FORMATS else None), (
-        tmpl if isinstance(tmpl, str) and tmpl in TEMPLATE_SETS else None
-    )
+    name, strings = prompts.get("templates"), prompts.get("template_strings")
+    if not (isinstance(strings, list) and strings and all(isinstance(t, str) for t in strings)):
+        strings = None
+    if (
+        isinstance(name, str)
+        and name in TEMPLATE_SETS
+        and strings in (None, list(TEMPLATE_SETS[name]))
+    ):
+        templates = name
+    else:
+        templates = strings
+    return (fmt if fmt in PROMPT_FORMATS else None), templates
 
 
 def _same_kind(a: str, b: str) -> bool:

@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation: per-species AP bars and a grid of example queries.
+"""PNG figures of an evaluation: mAP per method with CI bars, per-species AP bars and a grid
+of example queries.
 
 Drawn on matplotlib's Agg canvas through `matplotlib.figure.Figure` directly, never pyplot,
 so nothing global (backend, open figures) changes in the caller's process.
@@ -30,6 +31,41 @@ def featured_methods(retrieval: Mapping) -> list[str]:
     scored = [(a2i[m].get("map") or 0.0, m) for m in BASELINES if m in a2i]
     chosen = [max(scored)[1]] if scored else []
     return chosen + [m for m in ("distilled", "distilled_proto", "fused", "oracle") if m in a2i]
+
+
+def plot_map_by_method(
+    retrieval: Mapping,
+    labels: Mapping[str, str],
+    path: str | Path,
+    title: str = "Audio-to-image mAP per method (95% bootstrap CI)",
+) -> Path:
+    """Horizontal bars of each method's audio-to-image mAP in ``retrieval``, in its order, with
+    the bootstrap interval as error bars where there is one; chance and oracle greyed."""
+    a2i = retrieval.get("audio_to_image", {})
+    ci = retrieval.get("audio_to_image_ci", {})
+    methods = [m for m in a2i if a2i[m].get("map") is not None]
+    values = np.array([float(a2i[m]["map"]) for m in methods])
+    low, high = [], []
+    for m, v in zip(methods, values, strict=True):
+        band = ci.get(m, {}).get("map") or {}
+        lo, hi = band.get("ci_low"), band.get("ci_high")
+        low.append(v - lo if lo is not None else 0.0)
+        high.append(hi - v if hi is not None else 0.0)
+    fig = _figure(7.0, 1.0 + 0.42 * max(1, len(methods)))
+    ax = fig.add_subplot()
+    ys = np.arange(len(methods))
+    colours = ["#9e9e9e" if m in ("chance", "oracle") else "#2b6cb0" for m in methods]
+    ax.barh(ys, values, xerr=np.array([low, high]), color=colours, capsize=3, ecolor="#222")
+    for y, v in zip(ys, values, strict=True):
+        ax.text(min(v + 0.01, 0.92), y, f"{100 * v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(ys, [labels.get(m, m) for m in methods], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("mean average precision")
+    ax.set_title(title, fontsize=10)
+    path = Path(path)
+    fig.savefig(path)
+    return path
 
 
 def plot_per_species_ap(
@@ -140,7 +176,10 @@ def write_figures(
     n_examples: int = 4,
     seed: int = 0,
 ) -> list[Path]:
-    """``per_species_ap.png`` and ``example_queries.png`` in ``folder``; returns the paths written."""
+    """``map_by_method.png``, ``per_species_ap.png`` and ``example_queries.png`` in ``folder``;
+    returns the paths written."""
+    from songsight.eval.report import LABELS
+
     retrieval = results.get("retrieval") or {}
     featured = featured_methods(retrieval)
     if not featured:
@@ -150,11 +189,12 @@ def write_figures(
     names = {str(s["label"]): s["common_name"] for s in results.get("species", [])}
     per_species = retrieval.get("audio_to_image_per_species", {})
     paths = [
+        plot_map_by_method(retrieval, LABELS, folder / "map_by_method.png"),
         plot_per_species_ap(
             {m: per_species[m] for m in featured if m in per_species},
             names,
             folder / "per_species_ap.png",
-        )
+        ),
     ]
     shown: Sequence[str] = [m for m in featured if m != "oracle"] or featured
     method = "distilled" if "distilled" in shown else shown[0]

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from songsight.encoders.base import l2_normalize
+from songsight.encoders.base import embed_prompt_average
 from songsight.errors import InputFileError
-from songsight.taxonomy import TEMPLATE_SETS, Species
+from songsight.taxonomy import Species, build_prompts, resolve_templates
 
 # Columns that identify an SSW60 row wherever the dataset lives (paths do not).
 ID_COLUMNS = ("asset_id", "label", "split", "source")
@@ -103,20 +103,49 @@ def embed_with_models(
     return df.loc[ok].reset_index(drop=True), {k: v[ok] for k, v in embs.items()}
 
 
-def species_text(encoder, species: Sequence[Species], fmt: str, templates: str) -> np.ndarray:
-    """(S, D): each species' prompt through every template, averaged, re-normalised."""
-    tmpl = TEMPLATE_SETS[templates]
-    prompts = [t.format(sp.prompt(fmt)) for sp in species for t in tmpl]
-    emb = encoder.embed_texts(prompts).reshape(len(species), len(tmpl), -1)
-    return l2_normalize(emb.mean(axis=1))
+def species_text(encoder, species: Sequence[Species], fmt: str, templates) -> np.ndarray:
+    """(S, D): each species' prompt through every template, averaged, re-normalised.
+
+    ``templates``: anything `songsight.taxonomy.resolve_templates` takes."""
+    return embed_prompt_average(encoder, build_prompts(species, fmt, templates))
 
 
 def prompt_variants(
-    encoder, species: Sequence[Species], formats: Sequence[str], templates: str
+    encoder, species: Sequence[Species], formats: Sequence[str], templates
 ) -> np.ndarray:
     """(S, F*T, D): every species' prompt in each form through each template (mapping inputs)."""
-    prompts = [
-        t.format(sp.prompt(f)) for sp in species for f in formats for t in TEMPLATE_SETS[templates]
-    ]
+    tmpl = resolve_templates(templates)
+    prompts = [p for sp in species for f in formats for p in tmpl.fill(sp, f)]
     emb = encoder.embed_texts(prompts)
     return emb.reshape(len(species), -1, emb.shape[1])
+
+
+def choose_templates(
+    encoder,
+    species: Sequence[Species],
+    fmt: str,
+    candidates: Sequence,
+    rows: pd.DataFrame,
+    skipped: list[dict],
+    what: str = "audio train",
+) -> dict:
+    """Zero-shot top-1 of ``encoder``'s audio of ``rows`` (``path``, ``label``) against the
+    species text built by each candidate template set; the best (first on ties) is ``chosen``.
+
+    Returns ``{"prompt_format", "n", "candidates": [{"spec", "templates", "top1"}], "chosen"}``
+    (``chosen`` is the winning candidate's spec as given).
+    """
+    from songsight.eval.alignment import zero_shot
+
+    paths, labels = rows["path"].tolist(), rows["label"].to_numpy(np.int64)
+    emb, ok = embed_audio_set(encoder, paths, f"{what} (template choice)", skipped)
+    species_labels = [s.label for s in species]
+    scored = []
+    for cand in candidates:
+        tmpl = resolve_templates(cand)
+        text = species_text(encoder, species, fmt, tmpl)
+        top1 = zero_shot(emb[ok], labels[ok], text, species_labels)["top1"]
+        scored.append({"spec": cand, "templates": list(tmpl.templates), "top1": top1})
+    best = max(range(len(scored)), key=lambda i: (np.nan_to_num(scored[i]["top1"], nan=-1.0), -i))
+    chosen = candidates[best]
+    return {"prompt_format": fmt, "n": int(ok.sum()), "candidates": scored, "chosen": chosen}

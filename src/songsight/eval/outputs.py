@@ -1,4 +1,5 @@
-"""What an evaluation run writes: RESULTS.json, RESULTS.md, figures and embedding stores.
+"""What an evaluation run writes: RESULTS.json, RESULTS.md, figures, RESULTS.html and embedding
+stores.
 
 ``--save-embeddings DIR`` stores every vector a number was computed from, as Parquet files of
 ``path``, ``label`` and ``embedding`` (`songsight.index.store` format, with provenance):
@@ -66,12 +67,16 @@ def save_store(
 
 
 def write_outputs(run, out: Path, results: dict, kept: dict) -> None:
+    """RESULTS.json, RESULTS.md, the figures in RESULTS_figures/, RESULTS.html (tables and
+    figures in one file), and the embeddings when asked."""
     from songsight.eval.report import render_markdown
+    from songsight.eval.report_html import render_results_html
 
     cfg = run.cfg
     write_json(out, results)
-    out.with_suffix(".md").write_text(render_markdown(results))
+    out.with_suffix(".md").write_text(render_markdown(results), encoding="utf-8")
     run.log(f"wrote {out} and {out.with_suffix('.md')}")
+    written = []
     if cfg.figures and "sims" in kept:
         from songsight.eval.figures import write_figures
 
@@ -86,6 +91,7 @@ def write_outputs(run, out: Path, results: dict, kept: dict) -> None:
             seed=cfg.seed,
         )
         run.log(f"wrote {len(written)} figure(s) to {folder}")
+    out.with_suffix(".html").write_text(render_results_html(results, written), encoding="utf-8")
     if cfg.save_embeddings:
         save_embeddings(run, Path(cfg.save_embeddings), kept)
 

@@ -346,9 +346,14 @@ def merge_reports(paths: Sequence[str | Path], names: Sequence[str] | None = Non
         if not p.is_file():
             raise DataNotFoundError(f"results file not found: {p}")
         try:
-            runs.append(json.loads(p.read_text()))
-        except json.JSONDecodeError as exc:
+            res = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataNotFoundError(f"{p} is not a RESULTS.json ({exc})") from None
+        if not isinstance(res, dict) or "format_version" not in res:
+            raise DataNotFoundError(
+                f"{p} is not a RESULTS.json (no format_version; write one with songsight evaluate)"
+            )
+        runs.append(res)
     names = list(names) if names else _run_names(paths)
     if len(names) != len(paths):
         raise ValueError(f"{len(names)} names for {len(paths)} results files")
@@ -357,10 +362,29 @@ def merge_reports(paths: Sequence[str | Path], names: Sequence[str] | None = Non
     )
 
 
+def format_selection(selection: dict) -> str:
+    """The audio template candidates and their zero-shot top-1, the chosen one starred."""
+    lines = [
+        f"audio templates: zero-shot top-1 of BioLingual on {selection['n']} train recordings "
+        f"(prompt format {selection['prompt_format']}), * = chosen"
+    ]
+    for cand in selection["candidates"]:
+        mark = "*" if cand["spec"] == selection["chosen"] else " "
+        count = len(cand["templates"])
+        lines.append(f"  {mark} {_pct(cand['top1']):>5}  {cand['spec']}  ({count} template(s))")
+    return "\n".join(lines)
+
+
 def format_summary(results: dict) -> str:
-    """A few lines for the terminal: audio-to-image mAP and R@1 of each method, skipped files."""
+    """A few lines for the terminal: the audio template choice (when there was one),
+    audio-to-image mAP and R@1 of each method, skipped files."""
     ret = results.get("retrieval") or {}
-    lines = [f"audio-to-image retrieval (gallery: {ret.get('gallery', 'all')}):"] if ret else []
+    lines = (
+        [format_selection(results["template_selection"])]
+        if results.get("template_selection")
+        else []
+    )
+    lines += [f"audio-to-image retrieval (gallery: {ret.get('gallery', 'all')}):"] if ret else []
     for method, scores in (ret.get("audio_to_image") or {}).items():
         lines.append(
             f"  {LABELS.get(method, method):<22} mAP {_pct(scores.get('map')):>5}  "

@@ -42,6 +42,7 @@ from songsight.eval.config import (
     train_labels_of,
 )
 from songsight.eval.inputs import (
+    choose_templates,
     embed_image_set,
     embed_with_models,
     file_sha256,
@@ -52,6 +53,7 @@ from songsight.eval.inputs import (
     warn_skipped,
 )
 from songsight.eval.outputs import jsonable, write_outputs
+from songsight.eval.report import format_selection
 from songsight.eval.retrieval import (
     MAPPING_METHODS,
     build_queries,
@@ -154,6 +156,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     ck_fmt, ck_tmpl = checkpoint_prompts(meta)
     cfg.prompt_format = cfg.prompt_format or ck_fmt or "taxon_com"
     cfg.templates = cfg.templates or ck_tmpl or "none"
+    selection, choice_skipped = None, []
+    if len(cfg.audio_candidates) > 1:  # chosen on the train split, never on the test queries
+        val = limit_rows(data.audio("train"), cfg.limit_train, cfg.seed)
+        selection = choose_templates(bl, species, cfg.audio_prompt_format, cfg.audio_candidates, val, choice_skipped)  # fmt: skip
+        if cfg.progress:
+            print(format_selection(selection), file=sys.stderr, flush=True)
+        cfg.audio_templates = selection["chosen"]
     if cfg.cascade_temperature is None:
         # BioLingual's own zero-shot posterior: softmax(logit_scale_a.exp() * cosine).
         cfg.cascade_temperature = float(1.0 / bl.model.logit_scale_a.detach().float().exp().cpu())
@@ -187,6 +196,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         audio_text,
         maps,
         train_labels,
+        skipped=choice_skipped,
     )
 
     test = limit_rows(data.audio("test"), cfg.limit_queries, cfg.seed)
@@ -195,6 +205,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     run.hashes["audio_test"] = table_sha256(test)
     run.counts.update(species=len(species), queries=len(test))
     results: dict = {"format_version": FORMAT_VERSION}
+    if selection:
+        results["template_selection"] = selection
     kept: dict = {"test": test, "q_audio": q_audio}
     if "retrieval" in tasks:
         results["retrieval"] = _retrieval(run, data, methods, test, q_audio, kept)
@@ -231,6 +243,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         ),
         "dataset": {"root": str(data.root), "manifest_sha256": run.hashes},
         "train_labels": train_labels,
+        "prompts": cfg.prompts_provenance(),
         "config": cfg.to_dict(),
     }
     results = jsonable(results)

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -198,13 +199,36 @@ def next_steps(root: Path, world_dir: Path) -> str:
     soundscape = sorted((world_dir / "soundscapes").glob("*.wav"))
     query = soundscape[0] if soundscape else ds.audio("test")["path"].iloc[0]
     models, gallery = root / "models", root / "gallery"
-    return (
-        "\nTry the product on this world with the demo's models:\n"
-        f"  songsight index build --gallery {gallery} --manifest {manifest} "
-        f"--species {world_dir / 'taxa.csv'} --image-model {models / 'teacher'}\n"
-        f"  songsight search {query} --gallery {gallery} --model {models / 'distilled' / 'best'}\n"
-        f"  songsight serve --gallery {gallery} --model {models / 'distilled' / 'best'}"
+    distilled = models / "distilled" / "best"
+    commands = [
+        ["index", "build", "--gallery", gallery, "--manifest", manifest,
+         "--species", world_dir / "taxa.csv", "--image-model", models / "teacher"],
+        ["search", query, "--gallery", gallery, "--model", distilled],
+        ["serve", "--gallery", gallery, "--model", distilled],
+    ]  # fmt: skip
+    exe = " ".join(shlex.quote(part) for part in songsight_command())
+    lines = [f"  {exe} {' '.join(shlex.quote(str(a)) for a in cmd)}" for cmd in commands]
+    note = (
+        f" (or activate its environment first, `source {shlex.quote(sys.prefix)}/bin/activate`, "
+        "and type `songsight ...`)"
+        if sys.prefix != sys.base_prefix
+        else ""
     )
+    return (
+        "\nTry the product on this world with the demo's models; these commands run as printed, "
+        f"from any shell{note}:\n" + "\n".join(lines)
+    )
+
+
+def songsight_command() -> list[str]:
+    """This environment's ``songsight``, runnable from any shell: the console script beside
+    the running interpreter (not resolved: a venv's python is a link out of the venv), else
+    the interpreter itself with ``-m songsight.cli``."""
+    here = Path(sys.executable).parent
+    for name in ("songsight", "songsight.exe"):
+        if (here / name).is_file():
+            return [str((here / name).absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "songsight.cli"]
 
 
 # --- the HTML report ---------------------------------------------------------------------------
@@ -232,7 +256,15 @@ def _spectrogram_png(path: str) -> str:
 def write_html_report(
     root: Path, world_dir: Path, results: dict, pretrain: dict, n_examples: int = 6
 ) -> Path:
-    """report.html: the results table, then example test calls with their top-5 photos."""
+    """report.html: the results as HTML tables, the evaluation's figures embedded, then example
+    test calls with their top-5 photos."""
+    from songsight.eval.report import render_markdown
+    from songsight.eval.report_html import (
+        figures_html,
+        markdown_to_html,
+        render_page,
+        selection_html,
+    )
     from songsight.index.store import load_embeddings
     from songsight.taxonomy import load_species_csv
 
@@ -260,20 +292,19 @@ def write_html_report(
             f'<audio controls src="{html.escape(Path(path).relative_to(root).as_posix())}"></audio>'
             f'<div class="hits">{photos}</div></section>'
         )
-    table = (root / "results.md").read_text() if (root / "results.md").is_file() else ""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>songsight demo</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}}
-pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}
-.card{{border:1px solid #ddd;border-radius:8px;padding:1em;margin:1em 0}}
-.hits{{display:flex;gap:.6em}} figure{{margin:0;text-align:center;font-size:12px}}
-figure img{{width:96px;height:96px;image-rendering:pixelated;border:4px solid #ccc;border-radius:4px}}
-figure.ok img{{border-color:#2a9d3a}} figure.no img{{border-color:#d33}} .spec{{display:block}}</style></head>
-<body><h1>songsight demo: hear a bird, see it</h1>
+    # The tables from the results themselves (as results.md has them), the figures embedded.
+    tables = markdown_to_html(render_markdown(results), heading_offset=1)
+    figures = figures_html(
+        [root / "results_figures" / n for n in ("map_by_method.png", "per_species_ap.png")]
+    )
+    body = f"""<h1>songsight demo: hear a bird, see it</h1>
 <p>Simulated world in SSW60's layout; tiny stand-ins for BioCLIP-2 (teacher zero-shot
 {pretrain.get("teacher_zero_shot", float("nan")):.0%}) and BioLingual (student zero-shot
 {pretrain.get("student_zero_shot", float("nan")):.0%}). Green frames: photos of the calling species.</p>
-<h2>Results</h2><pre>{html.escape(table)}</pre><h2>Example test calls (distilled encoder)</h2>{"".join(cards)}
-</body></html>"""
+<section id="results">{tables}{selection_html(results)}</section>
+<section id="figures"><h2>Figures</h2>{figures}</section>
+<section id="examples"><h2>Example test calls (distilled encoder)</h2>{"".join(cards)}</section>"""
+    page = render_page("songsight demo", body)
     path = root / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

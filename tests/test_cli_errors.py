@@ -1,0 +1,105 @@
+"""The CLI's error policy: expected errors are one line and exit 2; anything else is one line
+naming the log file that holds the traceback, exit 3, or the traceback itself with --debug."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from songsight import cli
+
+
+@pytest.fixture
+def log_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "logs"
+    monkeypatch.setenv("SONGSIGHT_LOG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def results_file(tmp_path):
+    path = tmp_path / "RESULTS.json"
+    path.write_text(json.dumps({"format_version": 1}))
+    return path
+
+
+@pytest.fixture
+def buggy_report(monkeypatch):
+    """``songsight report`` whose library call hits a bug."""
+
+    def merge_reports(paths, names=None):
+        return {}["a key that is not there"]
+
+    monkeypatch.setattr("songsight.eval.report.merge_reports", merge_reports)
+
+
+def lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def test_a_bug_is_one_line_naming_the_log_exit_3(buggy_report, results_file, log_dir, capsys):
+    assert cli.main(["report", str(results_file)]) == 3
+    err = lines(capsys.readouterr().err)
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    logs = list(log_dir.glob("*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err[0]
+    assert "internal error (KeyError" in err[0] and "--debug" in err[0]
+    log = logs[0].read_text()
+    assert "Traceback (most recent call last)" in log and "KeyError" in log
+    assert f"command: songsight report {results_file}" in log
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_prints_the_traceback_instead(where, buggy_report, results_file, log_dir, capsys):
+    argv = ["report", str(results_file)]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    assert cli.main(argv) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "merge_reports" in err
+    assert not log_dir.exists() or not list(log_dir.glob("*.log"))
+
+
+def test_an_unwritable_log_folder_falls_back_to_tmp(
+    buggy_report, results_file, tmp_path, monkeypatch, capsys
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SONGSIGHT_LOG_DIR", str(blocker / "logs"))  # cannot be created
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert cli.main(["report", str(results_file)]) == 3
+    err = lines(capsys.readouterr().err)
+    logs = list((tmp_path / "tmp").glob("crash-*.log"))
+    assert len(err) == 1 and len(logs) == 1 and str(logs[0]) in err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # Files the system refuses: the path and the reason, not a traceback.
+        (["data", "ssw60", "{blocked}/ssw60"], "{blocked}/ssw60: Not a directory"),
+        (["report", "{tmp}/list.json"], "is not a RESULTS.json"),
+        (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--loss", "foo"],
+         "loss must be 'class' or 'batch'"),
+        (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--config", "{tmp}/bad.json"],
+         "--config"),
+        (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--config", "{tmp}/none.json"],
+         "none.json: No such file or directory"),
+        (["evaluate", "--ssw60", "x", "--audio-templates", "{{commonname}} calling"], "unknown field"),
+    ],
+)  # fmt: skip
+def test_expected_errors_stay_one_line_exit_2(argv, expected, tmp_path, log_dir, capsys):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "bad.json").write_text("{not json")
+    fill = {"tmp": str(tmp_path), "blocked": str(blocked)}
+    argv = [a.format(**fill) for a in argv]
+    assert cli.main(argv) == 2
+    err = lines(capsys.readouterr().err)
+    assert len(err) == 1 and expected.format(**fill) in err[0], err
+    assert not log_dir.exists()
