@@ -92,7 +92,7 @@ def checkpoint(world, tiny_models, tiny_image_encoder):
     return _checkpoint(world["root"] / "distilled", tiny_models[0], tiny_image_encoder.provenance())
 
 
-def _checkpoint(out: Path, audio_dir: Path, teacher: dict) -> Path:
+def _checkpoint(out: Path, audio_dir: Path, teacher: dict, extra: dict | None = None) -> Path:
     import torch
     from transformers import ClapFeatureExtractor
 
@@ -108,6 +108,7 @@ def _checkpoint(out: Path, audio_dir: Path, teacher: dict) -> Path:
         "image_model": {k: teacher[k] for k in ("model_id", "revision", "dim", "source")},
         "head": {"in_dim": 32, "out_dim": int(teacher["dim"]), "kind": "linear", "hidden": None},
         "prompts": {"prompt_format": "taxon_com", "templates": "none"},
+        **(extra or {}),
     }
     extractor = ClapFeatureExtractor.from_pretrained(resolved.path)
     return save_checkpoint(out, clap, extractor, tokenizer, head, meta)
@@ -165,6 +166,62 @@ def test_distilled_search_equals_brute_force(world, checkpoint):
     record = world["gallery"].record(hit.image_id)
     assert hit.image == record["path"] and hit.label == record["label"]
     assert hit.species == record["species"]
+
+
+def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_image_encoder):
+    """--method: the checkpoint's recorded readout by default; distilled_proto and fused query
+    with the teacher text their posteriors pick (recomputed here from the public encoders);
+    fused names species outside the distillation set through BioLingual's own answer."""
+    from songsight.baselines.cascade import species_probabilities
+    from songsight.distill.readout import readout_queries
+    from songsight.encoders.base import embed_prompt_average
+    from songsight.encoders.biolingual import BioLingualEncoder
+    from songsight.encoders.distilled import DistilledEncoder
+    from songsight.taxonomy import build_prompts
+
+    trained = [t.scientific_name for t in TAXA[:2]]
+    extra = {
+        "logit_scale": 20.0,
+        "readout": {"method": "fused", "fusion_weight": 0.5},
+        "train_species": trained,
+        "cascade": {"audio_prompt_format": "com", "audio_templates": "sound", "temperature": 0.1},
+    }
+    ckpt = _checkpoint(
+        world["root"] / "readout", tiny_models[0], tiny_image_encoder.provenance(), extra
+    )
+    gallery = world["gallery"]
+    paths = [world["rec"] / "short.wav", world["rec"] / "calls.ogg"]
+    species = gallery.species_list()
+    image_text = tiny_image_encoder.embed_species(species, "taxon_com", "none")
+    base = BioLingualEncoder(tiny_models[0], device="cpu")
+    audio_text = embed_prompt_average(base, build_prompts(species, "com", "sound"))
+    seen = np.array([s.scientific_name in trained for s in species])
+    distilled = DistilledEncoder(ckpt, device="cpu").embed_clips(paths)
+    original = base.embed_clips(paths)
+    _, vectors, _ = load_embeddings(gallery.directory / "gallery.parquet")
+    assert Searcher(gallery, model=ckpt, device="cpu").answered_by == "fused"
+    for method in ("distilled_proto", "fused"):
+        searcher = Searcher(gallery, model=ckpt, device="cpu", method=method)
+        assert searcher.answered_by == method
+        results = searcher.search(paths, k=4)
+        assert {r.answered_by for r in results} == {method}
+        for path, d, o in zip(paths, distilled, original, strict=True):
+            (clip,) = [r for r in results if r.path == str(path) and r.window is None]
+            p_c = species_probabilities(o.clip[None], audio_text, 0.1)
+            query = readout_queries(
+                method, d.clip[None], image_text, logit_scale=20.0, p_cascade=p_c, seen=seen,
+                weight=0.5,
+            )[0]  # fmt: skip
+            ids, _ = _brute_force(vectors, query, 4)
+            assert [h.image_id for h in clip.hits] == ids
+            if method == "fused" and not seen[p_c[0].argmax()]:  # the cascade's own answer
+                np.testing.assert_allclose(query, image_text[p_c[0].argmax()], atol=1e-6)
+    cascade = Searcher(gallery, model=ckpt, device="cpu", method="cascade")
+    assert cascade.answered_by == "cascade: top1"
+    with pytest.raises(SongsightError, match="needs a distilled model"):
+        Searcher(gallery, device="cpu", method="fused")
+    with pytest.raises(SongsightError, match="no logit scale"):
+        Searcher(gallery, model=checkpoint, device="cpu", method="fused")
 
 
 def test_species_rollup_is_softmax_mass_per_taxon(world, checkpoint):

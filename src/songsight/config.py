@@ -41,7 +41,8 @@ class DistillConfig:
     audio_prompt_format: str = "com"
     audio_templates: str = "sound"
     # loss
-    loss: str = "class"  # class: all training species are candidates; batch: symmetric in-batch
+    loss: str = "class"  # class: cross-entropy over the candidates; batch: symmetric in-batch
+    candidates: str = "all"  # class loss: every species of the table (all) or the trained ones
     positives: str = "exclusive"  # batch loss: same-species columns excluded from negatives
     init_temperature: float = 0.07
     learn_temperature: bool = True
@@ -85,6 +86,8 @@ class DistillConfig:
             raise ValueError(f"train must be one of {TRAIN_CHOICES}, not {self.train!r}")
         if self.loss not in ("class", "batch"):
             raise ValueError(f"loss must be 'class' or 'batch', not {self.loss!r}")
+        if self.candidates not in ("all", "train"):
+            raise ValueError(f"candidates must be 'all' or 'train', not {self.candidates!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, not {self.head_init!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -3,7 +3,11 @@
 Two ways, each checked against the gallery's image model:
 
 - `load_distilled_query_encoder`: the distilled audio encoder (`songsight.encoders.distilled`),
-  whose outputs live in its BioCLIP-2 teacher's space, so they query the photos as they are.
+  whose outputs live in its BioCLIP-2 teacher's space, read out by one of its methods
+  (`songsight.distill.readout`): ``distilled`` (the embedding queries the photos as it is),
+  ``distilled_proto`` (the teacher text of its most probable gallery species) or ``fused``
+  (with BioLingual's own posterior, so that species never distilled are named by the cascade);
+  the default is the method the checkpoint's validation chose;
 - `build_cascade_query_encoder`: zero-shot, no training. BioLingual scores the recording
   against the gallery's species names (its own text space), and BioCLIP-2's text embedding of
   the answer (or the probability-weighted mix) queries the photos
@@ -27,7 +31,14 @@ if TYPE_CHECKING:
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.index.gallery import Gallery
 
-__all__ = ["QueryEncoder", "build_cascade_query_encoder", "load_distilled_query_encoder"]
+__all__ = [
+    "SEARCH_METHODS",
+    "QueryEncoder",
+    "build_cascade_query_encoder",
+    "load_distilled_query_encoder",
+]
+
+SEARCH_METHODS = ("distilled", "distilled_proto", "fused", "cascade")
 
 
 @dataclass
@@ -39,14 +50,18 @@ class QueryEncoder:
     and (S, D_gallery) in BioCLIP-2's, unit norm, same species rows, and the softmax temperature.
     ``info``: what else the results' provenance records about it. ``species_names``: the
     cascade's species, one per row of its text embeddings (the gallery's names).
+    ``readout``: for ``distilled_proto`` / ``fused``, ``{"method", "logit_scale", "weight",
+    "seen" (S,) bool, "dim"}``; the fused encoder's embeddings are ``[distilled | BioLingual]``,
+    split at ``dim``, and ``cascade`` then holds the species text of both spaces.
     """
 
     encoder: BioLingualEncoder  # or its `DistilledEncoder` subclass
     answered_by: str
-    cascade: tuple[np.ndarray, np.ndarray, float] | None = None
+    cascade: tuple[np.ndarray | None, np.ndarray, float] | None = None
     cascade_mode: str = "top1"
     info: dict[str, Any] = field(default_factory=dict)
     species_names: list[str] | None = None
+    readout: dict[str, Any] | None = None
 
     def queries(
         self, audio_emb: np.ndarray, allowed_species: Collection[str] | None = None
@@ -58,14 +73,29 @@ class QueryEncoder:
         """
         if self.cascade is None:
             return audio_emb
-        from songsight.baselines.cascade import cascade_queries
+        from songsight.baselines.cascade import cascade_queries, species_probabilities
+        from songsight.distill.readout import readout_queries
 
         audio_text, image_text, temperature = self.cascade
+        rows = slice(None)
         if allowed_species is not None and self.species_names is not None:
-            rows = [i for i, n in enumerate(self.species_names) if n in allowed_species]
-            if rows:
-                audio_text, image_text = audio_text[rows], image_text[rows]
-        return cascade_queries(audio_emb, audio_text, image_text, temperature, self.cascade_mode)
+            kept = [i for i, n in enumerate(self.species_names) if n in allowed_species]
+            rows = kept or rows
+        image_text = image_text[rows]
+        if self.readout is None:
+            return cascade_queries(
+                audio_emb, audio_text[rows], image_text, temperature, self.cascade_mode
+            )
+        r = self.readout
+        dim = r["dim"]
+        p_cascade = None
+        if r["method"] == "fused":
+            base = audio_emb[:, dim:]
+            p_cascade = species_probabilities(base, audio_text[rows], temperature)
+        return readout_queries(
+            r["method"], audio_emb[:, :dim], image_text, logit_scale=r["logit_scale"],
+            p_cascade=p_cascade, seen=r["seen"][rows], weight=r["weight"],
+        )  # fmt: skip
 
 
 def load_distilled_query_encoder(
@@ -73,12 +103,20 @@ def load_distilled_query_encoder(
     model: str | Path,
     device: str | None = None,
     *,
+    method: str | None = None,
+    audio_model: str | Path | None = None,
     batch_size: int = 16,
     precision: str = "auto",
 ) -> QueryEncoder:
     """The distilled checkpoint ``model``, once its teacher is checked to be ``gallery``'s
-    image model (a mismatch is refused; a Hub commit against a local folder only warns)."""
-    from songsight.encoders.distilled import DistilledEncoder, read_meta
+    image model (a mismatch is refused; a Hub commit against a local folder only warns).
+
+    ``method``: ``distilled``, ``distilled_proto``, ``fused`` or ``cascade`` (the zero-shot
+    cascade through the checkpoint's own base model); default the checkpoint's recorded
+    ``readout`` (``distilled`` for checkpoints that record none). ``fused`` and ``cascade``
+    load the BioLingual the checkpoint was distilled from (``audio_model`` overrides where it
+    is, e.g. a moved folder)."""
+    from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
     from songsight.index.gallery import check_image_model
     from songsight.index.gallery_format import _revision_kind
 
@@ -94,8 +132,107 @@ def load_distilled_query_encoder(
             "one is a Hub commit, the other a local folder",
             stacklevel=3,  # at whoever built the Searcher that called this
         )
-    encoder = DistilledEncoder(model, device=device, batch_size=batch_size, precision=precision)
-    return QueryEncoder(encoder, "distilled")
+    method = method or (meta.get("readout") or {}).get("method") or "distilled"
+    if method not in SEARCH_METHODS:
+        raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
+    base_model = audio_model or (meta.get("audio_model") or {}).get("model_id") or BIOLINGUAL_ID
+    prompts = meta.get("prompts") or {}
+    cascade = meta.get("cascade") or {}
+    if method == "cascade":
+        query = build_cascade_query_encoder(
+            gallery, base_model, None, device, batch_size=batch_size, precision=precision,
+            prompt_format=prompts.get("prompt_format"),
+            templates=prompts.get("template_strings") or prompts.get("templates"),
+            audio_prompt_format=cascade.get("audio_prompt_format", "com"),
+            audio_templates=cascade.get("audio_templates", "sound"),
+            cascade_temperature=cascade.get("temperature"),
+        )  # fmt: skip
+        query.info["distilled_checkpoint"] = str(model)
+        return query
+    if method == "distilled":
+        encoder = DistilledEncoder(model, device=device, batch_size=batch_size, precision=precision)
+        return QueryEncoder(encoder, "distilled")
+    if "logit_scale" not in meta:
+        raise SongsightError(
+            f"the distilled checkpoint {model} records no logit scale (it predates readouts), "
+            f"so it cannot answer with {method!r}; use --method distilled or retrain it"
+        )
+    _need_species(gallery, method)
+    dist = DistilledEncoder(model, device=device, batch_size=batch_size, precision=precision)
+    encoder = dist if method == "distilled_proto" else FusedAudioEncoder(dist, base_model)
+    species, image_text, audio_text = _species_text(
+        gallery, encoder if method == "fused" else None, None, precision,
+        prompts.get("prompt_format") or "taxon_com",
+        prompts.get("template_strings") or prompts.get("templates") or "none",
+        cascade.get("audio_prompt_format", "com"), cascade.get("audio_templates", "sound"),
+    )  # fmt: skip
+    trained = {str(n).lower() for n in meta.get("train_species") or []}
+    seen = np.array([s.scientific_name.lower() in trained for s in species], bool)
+    weight = float((meta.get("readout") or {}).get("fusion_weight", 0.5))
+    temperature = float(cascade.get("temperature") or 1.0)
+    readout = {
+        "method": method,
+        "logit_scale": float(meta["logit_scale"]),
+        "weight": weight,
+        "seen": seen,
+        "dim": dist.dim,
+    }
+    info = {
+        "method": method,
+        "fusion_weight": weight if method == "fused" else None,
+        "distilled_species_in_gallery": int(seen.sum()),
+        "n_species": len(species),
+    }
+    return QueryEncoder(
+        encoder, method, (audio_text, image_text, temperature), "top1", info,
+        [s.scientific_name for s in species], readout,
+    )  # fmt: skip
+
+
+def _need_species(gallery: Gallery, what: str) -> None:
+    if not gallery.has_species:
+        raise SongsightError(
+            f"the gallery {gallery.directory} has no species names, so {what} (audio -> "
+            "species -> photos) has nothing to name; rebuild it with --manifest (a species or "
+            "label column, with --species TAXA_CSV), or search with --method distilled"
+        )
+
+
+def _species_text(
+    gallery: Gallery,
+    audio_encoder,
+    image_model: str | Path | None,
+    precision: str,
+    prompt_format: str,
+    templates,
+    audio_prompt_format: str,
+    audio_templates,
+) -> tuple[list, np.ndarray, np.ndarray | None]:
+    """The gallery's species, their text in its image model's space (S, D) and, given a
+    BioLingual ``audio_encoder``, in BioLingual's space (S, d); the text tower is dropped after."""
+    from songsight.encoders.base import embed_prompt_average
+    from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.index.gallery import check_image_model
+    from songsight.taxonomy import build_prompts, resolve_templates
+
+    stored = gallery.image_model
+    text_model = BioCLIPEncoder(
+        str(image_model or stored["model_id"]),
+        device=audio_encoder.device if audio_encoder is not None else None,
+        preprocess=stored["preprocessing"].get("choice", "model"),
+        precision=precision,
+    )
+    check_image_model(stored, text_model.provenance(), "the image model given")
+    species = gallery.species_list()
+    image_text = text_model.embed_species(species, prompt_format, resolve_templates(templates))
+    del text_model  # only the species' text embeddings are needed from here on
+    audio_text = None
+    if audio_encoder is not None:
+        base = getattr(audio_encoder, "base", audio_encoder)
+        audio_text = embed_prompt_average(
+            base, build_prompts(species, audio_prompt_format, resolve_templates(audio_templates))
+        )
+    return species, image_text, audio_text
 
 
 def build_cascade_query_encoder(
@@ -122,19 +259,11 @@ def build_cascade_query_encoder(
     `songsight.taxonomy.resolve_templates` takes)."""
     if cascade_mode not in ("top1", "weighted"):
         raise SongsightError(f"cascade mode must be top1 or weighted, not {cascade_mode!r}")
-    if not gallery.has_species:
-        raise SongsightError(
-            f"the gallery {gallery.directory} has no species names, so the "
-            "zero-shot cascade (audio -> species -> photos) has nothing to name; rebuild "
-            "it with --manifest (a species or label column, with --species TAXA_CSV), "
-            "or search with a distilled model (--model DIR)"
-        )
-    from songsight.encoders.base import embed_prompt_average
-    from songsight.encoders.bioclip import BioCLIPEncoder
+    _need_species(gallery, "the zero-shot cascade")
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
     from songsight.index.gallery import check_image_model
-    from songsight.taxonomy import build_prompts, resolve_templates
+    from songsight.taxonomy import resolve_templates
 
     stored = gallery.image_model
     if image_model is not None:
@@ -144,24 +273,15 @@ def build_cascade_query_encoder(
     encoder = BioLingualEncoder(
         audio_model, device=device, batch_size=batch_size, precision=precision
     )
-    text_model = BioCLIPEncoder(
-        str(image_model or stored["model_id"]),
-        device=encoder.device,
-        preprocess=stored["preprocessing"].get("choice", "model"),
-        precision=precision,
-    )
-    check_image_model(stored, text_model.provenance(), "the image model given")
-    species = gallery.species_list()
     prompt_format = prompt_format or "taxon_com"
     image_tmpl, audio_tmpl = (
         resolve_templates(templates or "none"),
         resolve_templates(audio_templates),
     )
-    image_text = text_model.embed_species(species, prompt_format, image_tmpl)
-    del text_model  # only the species' text embeddings are needed from here on
-    audio_text = embed_prompt_average(
-        encoder, build_prompts(species, audio_prompt_format, audio_tmpl)
-    )
+    species, image_text, audio_text = _species_text(
+        gallery, encoder, image_model, precision, prompt_format, image_tmpl,
+        audio_prompt_format, audio_tmpl,
+    )  # fmt: skip
     if cascade_temperature is None:
         # BioLingual's own zero-shot posterior: softmax(exp(logit_scale_a) * cosine).
         scale = encoder.model.logit_scale_a.detach().float().exp().cpu()

@@ -33,7 +33,11 @@ from songsight.audio_stream import _embed_recordings, _Embedded
 from songsight.audio_stream import iter_windows as iter_windows
 from songsight.encoders.loading import BIOLINGUAL_ID
 from songsight.errors import InputFileError, SongsightError
-from songsight.query_encoders import build_cascade_query_encoder, load_distilled_query_encoder
+from songsight.query_encoders import (
+    SEARCH_METHODS,
+    build_cascade_query_encoder,
+    load_distilled_query_encoder,
+)
 from songsight.results import Hit as Hit
 from songsight.results import SpeciesScore as SpeciesScore
 from songsight.results import WindowResult, keep_detections
@@ -74,7 +78,9 @@ class Searcher:
     it the zero-shot cascade answers, using ``audio_model`` (BioLingual by default) and the
     gallery's own image model (or ``image_model``, which must be the same weights) for species
     text; a distilled model brings its own, so those two are refused with it.
-    ``answered_by`` says which: ``"distilled"`` or ``"cascade: top1"`` / ``"cascade: weighted"``.
+    ``method`` (with ``model``): ``distilled``, ``distilled_proto``, ``fused`` or ``cascade``,
+    default the checkpoint's validated readout (`songsight.query_encoders`). ``answered_by``
+    says which: the method's name, or ``"cascade: top1"`` / ``"cascade: weighted"``.
 
     Species scores are probabilities whose temperature is the gallery's recorded calibration
     for this model (``songsight index calibrate``), else the default (see `songsight.rollup`);
@@ -104,15 +110,27 @@ class Searcher:
         audio_templates: str = "sound",
         species_list: str | Path | Sequence[str] | None = None,
         min_duration_s: float = MIN_DURATION_S,
+        method: str | None = None,
     ):
         from songsight.calibration import model_key, recorded_calibration
         from songsight.index.gallery import Gallery
 
-        if model is not None and (audio_model is not None or image_model is not None):
+        if method is not None and method not in SEARCH_METHODS:
+            raise SongsightError(
+                f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}"
+            )
+        if model is None and method not in (None, "cascade"):
+            raise SongsightError(f"method {method!r} needs a distilled model: pass --model DIR")
+        base_override = method in ("fused", "cascade")
+        if model is not None and (
+            image_model is not None or (audio_model is not None and not base_override)
+        ):
             raise SongsightError(
                 "--audio-model / --image-model choose the zero-shot cascade's models; a "
                 "distilled model (--model) brings its own audio encoder and its teacher is "
-                "checked against the gallery's image model: drop them, or drop --model"
+                "checked against the gallery's image model: drop them, or drop --model "
+                "(with --method fused or cascade, --audio-model says where the BioLingual it "
+                "was distilled from is)"
             )
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
         if len(self.gallery) == 0:
@@ -135,8 +153,9 @@ class Searcher:
         self._taxa = GalleryTaxa(self.gallery.metadata)
         if model is not None:
             self._query = load_distilled_query_encoder(
-                self.gallery, model, device, batch_size=batch_size, precision=precision
-            )
+                self.gallery, model, device, method=method, audio_model=audio_model,
+                batch_size=batch_size, precision=precision,
+            )  # fmt: skip
         else:
             self._query = build_cascade_query_encoder(
                 self.gallery,

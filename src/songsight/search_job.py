@@ -57,6 +57,7 @@ def run_search(
     batch_size: int = 16,
     precision: str = "auto",
     progress: bool = True,
+    method: str | None = None,
 ) -> int:
     """`songsight search`: folders are walked for audio files; writes the results; returns
     the exit code (1 when some recording could not be used, else 0)."""
@@ -80,7 +81,7 @@ def run_search(
     searcher = Searcher(
         gallery, model, audio_model=audio_model, image_model=image_model, device=device,
         cascade_mode=cascade_mode, batch_size=batch_size, precision=precision,
-        species_list=species_list,
+        species_list=species_list, method=method,
     )  # fmt: skip
     if searcher.species is not None and searcher.species.warning():
         print(f"songsight: {searcher.species.warning()}", file=sys.stderr)

@@ -36,6 +36,16 @@ def _add_query_models(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_method(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--method",
+        choices=("distilled", "distilled_proto", "fused", "cascade"),
+        default=None,
+        help="with --model: how it answers (default: the method its validation chose; "
+        "fused names species it was not distilled on through the cascade)",
+    )
+
+
 def _add_species_list(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--species-list",
@@ -63,6 +73,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     p.add_argument("--port", type=positive(int), default=8000)
     _add_query_models(p)
+    _add_method(p)
     _add_species_list(p)
     add_device(p)
     p.add_argument(
@@ -88,7 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
     serve(args.gallery, args.host, args.port, model=args.model, audio_model=args.audio_model,
           image_model=args.image_model, device=args.device, max_upload_mb=args.max_upload_mb,
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
-          max_duration_s=args.max_duration_s, species_list=args.species_list)  # fmt: skip
+          max_duration_s=args.max_duration_s, species_list=args.species_list,
+          method=args.method)  # fmt: skip
     return 0
 
 
@@ -216,6 +228,7 @@ def add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recordings", nargs="+", metavar="RECORDINGS", help="audio files or folders")
     p.add_argument("--gallery", required=True, metavar="DIR")
     _add_query_models(p)
+    _add_method(p)
     p.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
     p.add_argument("--k", type=positive(int), default=10, help="photos per result (default 10)")
     p.add_argument("--window-s", type=positive(float), default=None)
@@ -252,4 +265,4 @@ def run_search(args: argparse.Namespace) -> int:
                                 min_score=args.min_score, species_list=args.species_list,
                                 device=quiet_device(args), cascade_mode=args.cascade,
                                 batch_size=args.batch_size, precision=args.precision,
-                                progress=not args.quiet)  # fmt: skip
+                                progress=not args.quiet, method=args.method)  # fmt: skip

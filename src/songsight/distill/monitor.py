@@ -25,9 +25,9 @@ class Validator:
 
     Each readout (`songsight.distill.readout`) is scored by audio-to-image mAP over the
     gallery when one is given, else by mAP against the teacher's species text embeddings
-    (one "photo" per species: how close a query lands to its own species' target, the vector
-    whose neighbours are that species' photos). ``val_score`` is the best readout's score: the
-    trainer keeps the checkpoint with the highest one.
+    (one "photo" per species), and then only the posterior readouts (``distilled_proto``,
+    ``fused``) are candidates. ``val_score`` is the best candidate's score: the trainer keeps
+    the checkpoint with the highest one.
     """
 
     def __init__(
@@ -118,7 +118,13 @@ class Validator:
             readouts["fused"], res["val_fusion_weight"] = fused[best_w], best_w
         for name, value in readouts.items():
             res[f"val_{name}"] = value
-        best = max(readouts, key=readouts.get)
+        # Without photos, the raw embedding cannot be judged as an image query: its rank of
+        # the species' text credits near misses that land between photos of several species.
+        # The posterior readouts query with a species' text, which the text score does judge.
+        candidates = readouts if self.gallery is not None else {
+            k: v for k, v in readouts.items() if k != "distilled"
+        }  # fmt: skip
+        best = max(candidates, key=candidates.get)
         res["val_readout"], res["val_score"] = best, readouts[best]
         if self.gallery is not None:
             res["val_map"] = readouts["distilled"]

@@ -186,3 +186,36 @@ class DistilledEncoder(BioLingualEncoder):
             return None
         z = np.load(f)
         return z["labels"].tolist(), z["embeddings"].astype(np.float32)
+
+
+class FusedAudioEncoder(DistilledEncoder):
+    """A distilled encoder and the BioLingual it was distilled from, over the same windows
+    (decoded once): embeddings ``[distilled (D) | BioLingual (d)]``, each part unit norm.
+
+    For the ``fused`` readout (`songsight.distill.readout`), which needs both the distilled
+    posterior and BioLingual's own zero-shot one; `distilled_dim` says where to split.
+    """
+
+    name = "fused"
+
+    def __init__(self, distilled: DistilledEncoder, base_model):
+        self.__dict__.update(distilled.__dict__)
+        self.base = BioLingualEncoder(
+            base_model,
+            device=distilled.device,
+            batch_size=distilled.batch_size,
+            precision=distilled.precision,
+        )
+        if self.base.sample_rate_hz != self.sample_rate_hz:
+            raise ModelNotFoundError(
+                f"the base model {base_model} reads {self.base.sample_rate_hz} Hz audio and the "
+                f"distilled one {self.sample_rate_hz} Hz: it is not the model it was distilled from"
+            )
+        self.distilled_dim = distilled.dim
+        self.dim = distilled.dim + self.base.dim
+
+    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([super()._forward(windows), self.base._forward(windows)], axis=1)
+
+    def provenance(self) -> dict:
+        return {**super().provenance(), "encoder": self.name, "base": self.base.provenance()}

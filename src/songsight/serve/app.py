@@ -402,6 +402,7 @@ def serve(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
     species_list: str | Path | None = None,
+    method: str | None = None,
 ) -> None:
     """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted.
 
@@ -413,7 +414,7 @@ def serve(
 
     _check_port(host, port)
     options = {"audio_model": audio_model, "image_model": image_model, "device": device,
-               "species_list": species_list}  # fmt: skip
+               "species_list": species_list, "method": method}  # fmt: skip
     searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})
     chosen = getattr(searcher, "species", None)
     if chosen is not None and chosen.warning():

@@ -103,6 +103,11 @@ def distill_cached(plan: DemoPlan, world_dir: Path, world: dict, models: dict, r
         import shutil
 
         shutil.rmtree(out)
+    # Validation photos: the world's iNat validation split (never the test photos), so that
+    # the readout is chosen by audio-to-image mAP, as a user with SSW60 would do.
+    photos = SSW60(world_dir, warn_missing=False).images("inat", "val")[["path", "label"]]
+    gallery = root / "models" / "distill_val_photos.csv"
+    save_manifest(pd.DataFrame(photos), gallery)
     distill(
         manifest,
         world_dir / "taxa.csv",
@@ -110,6 +115,7 @@ def distill_cached(plan: DemoPlan, world_dir: Path, world: dict, models: dict, r
         models["teacher"],
         out,
         cfg,
+        val_gallery=gallery,
         device="cpu",
         progress=True,
         cache_dir=root / "cache",
