@@ -123,7 +123,10 @@ def test_printed_next_steps_run_the_product_on_the_demo_world(demo, tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())
     assert results and all(r["hits"] and r["species"] for r in results if not r.get("error"))
-    assert all(r["answered_by"] == "distilled" for r in results)
+    from songsight.encoders.distilled import read_meta
+
+    chosen = read_meta(demo / "models" / "distilled")["readout"]["method"]
+    assert all(r["answered_by"] == chosen for r in results)  # the validated readout
     # serve would block: its arguments parse as the CLI's.
     args = build_parser().parse_args(commands[2][subcommand:])
     assert args.command == "serve" and Path(args.model).is_dir()

@@ -97,6 +97,22 @@ def test_distill_end_to_end_and_loads(world, tiny_models, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     log = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,total") and any(",0." in line for line in log[1:])
+    # The starting point is validated (step 0), and the kept checkpoint says which readout won
+    # there, with the figures it was chosen on (here with photos: every readout a candidate).
+    import pandas as pd
+
+    from songsight.distill.readout import READOUTS
+
+    rows = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["val_score"])
+    assert rows["step"].iloc[0] == 0 and len(rows) == 2
+    best = meta["readout"]
+    scores = {m: best["validation"][f"val_{m}"] for m in READOUTS}
+    assert best["method"] == max(scores, key=scores.get) and best["chosen_on"]
+    assert best["validation"]["val_score"] == pytest.approx(rows["val_score"].max())
+    assert (
+        meta["logit_scale"] > 0
+        and meta["head"]["init"] == "random (the probe initialisation needs the linear head)"
+    )
     # targets were cached once: a second computation reads the cache
     assert list((tmp_path / "cache").glob("*.npy"))
 

@@ -79,36 +79,20 @@ def fuse_posteriors(
 
 
 def readout_queries(
-    readout: str,
-    distilled_emb: np.ndarray,
-    species_text_emb: np.ndarray,
-    *,
-    logit_scale: float,
-    p_cascade: np.ndarray | None = None,
-    seen: Sequence[bool] | None = None,
-    weight: float = 0.5,
+    readout: str, distilled_emb: np.ndarray, species_text_emb: np.ndarray, **posterior_args
 ) -> np.ndarray:
     """(N, D) float32 unit-norm image queries for ``readout`` (one of `READOUTS`).
 
     ``species_text_emb`` (S, D): the teacher's text embedding of every candidate species;
-    ``p_cascade`` (N, S) and ``seen`` (S,) are needed by ``fused`` only.
+    ``posterior_args`` (``logit_scale``, and for ``fused`` ``p_cascade``, ``seen``,
+    ``weight``) as `readout_posterior` takes them. The posterior readouts query with the text
+    of their most probable species.
     """
     if readout == "distilled":
         x = np.asarray(distilled_emb, dtype=np.float32)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-    return queries_from_probabilities(
-        readout_posterior(
-            readout,
-            distilled_emb,
-            species_text_emb,
-            logit_scale=logit_scale,
-            p_cascade=p_cascade,
-            seen=seen,
-            weight=weight,
-        ),
-        species_text_emb,
-        "top1",
-    )
+    posterior = readout_posterior(readout, distilled_emb, species_text_emb, **posterior_args)
+    return queries_from_probabilities(posterior, species_text_emb, "top1")
 
 
 def readout_posterior(
@@ -121,7 +105,12 @@ def readout_posterior(
     seen: Sequence[bool] | None = None,
     weight: float = 0.5,
 ) -> np.ndarray:
-    """(N, S) species posterior of ``distilled_proto`` or ``fused`` (arguments as above)."""
+    """(N, S) species posterior of ``distilled_proto`` or ``fused``.
+
+    ``logit_scale``: the distillation's learned multiplier; ``p_cascade`` (N, S) and ``seen``
+    (S,) bool: the cascade's posterior and the distilled species, for ``fused`` only;
+    ``weight``: the fusion weight (see `fuse_posteriors`).
+    """
     p_dist = prototype_posterior(distilled_emb, species_text_emb, logit_scale)
     if readout == "distilled_proto":
         return p_dist

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,108 +23,31 @@ import numpy as np
 
 from songsight.config import DistillConfig
 from songsight.data.manifest import load_manifest, manifest_sha256
+from songsight.distill.checkpoint import (
+    STATE_FILE,
+    check_resumable,
+    default_readout,
+    readout_record,
+)
 from songsight.distill.data import AudioCrops, epoch_order, spec_mask
 from songsight.distill.monitor import METRICS_FILE, MetricsLog, Validator
-from songsight.distill.plan import plan_run, split_train_val
+from songsight.distill.plan import plan_run
 from songsight.distill.probe_init import fit_probe_head, probe_rows
+from songsight.distill.setup import (
+    dist_env,
+    embed_base,
+    freeze_batchnorm,
+    say,
+    select_trainable,
+    training_data,
+    warmup_cosine,
+)
 from songsight.distill.targets import teacher_targets
 from songsight.encoders.base import autocast_dtype, l2_normalize
 from songsight.encoders.distilled import build_head, make_student, save_checkpoint
-from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
+from songsight.errors import DataNotFoundError, SongsightError
 from songsight.provenance import environment
 from songsight.taxonomy import load_species_csv
-
-STATE_FILE = "trainer_state.pt"
-
-
-def _dist_env() -> tuple[int, int, int]:
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def _select_trainable(student, clap, cfg: DistillConfig) -> None:
-    """Freeze everything, then unfreeze what ``cfg.train`` names (the head always learns)."""
-    student.requires_grad_(False)
-    student.head.requires_grad_(True)
-    if cfg.train in ("projection", "top-k-blocks", "all"):
-        student.audio_projection.requires_grad_(True)
-    if cfg.train == "all":
-        student.audio_model.requires_grad_(True)
-    elif cfg.train == "top-k-blocks":
-        enc = student.audio_model.audio_encoder
-        for layer in list(enc.layers)[-cfg.top_k_blocks :]:
-            layer.requires_grad_(True)
-        enc.norm.requires_grad_(True)
-
-
-def _freeze_batchnorm(module) -> None:
-    """HTSAT's input BatchNorm stays in eval mode: small per-device batches would otherwise
-    replace its statistics, and DDP ranks would normalise differently from one process."""
-    from torch import nn
-
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-
-
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
-def _load_split(manifest, split: str | None, species=None):
-    df = load_manifest(manifest, species=species)
-    if split and "split" in df.columns and (df["split"] == split).any():
-        df = df[df["split"] == split].reset_index(drop=True)
-    if df.empty:
-        raise DataNotFoundError(
-            f"{manifest}: no rows to use" + (f" in split {split!r}" if split else "")
-        )
-    return df
-
-
-def _say(msg: str) -> None:
-    print(f"songsight distill: {msg}", file=sys.stderr, flush=True)
-
-
-def _training_data(train_manifest, val_manifest, species, species_csv, cfg: DistillConfig):
-    """(train rows, validation rows or None, split info): a given --val manifest, else the
-    manifest's own ``val`` rows, else a split carved from the training rows. Labels may be
-    integers or species names and codes of ``species``."""
-    by_label = {s.label: i for i, s in enumerate(species)}
-    full = load_manifest(train_manifest, species=species)
-    train_df = _load_split(train_manifest, "train", species)
-    unknown = sorted(set(train_df["label"]) - set(by_label))
-    if unknown:
-        raise DataNotFoundError(f"{train_manifest}: labels {unknown[:5]} are not in {species_csv}")
-    if val_manifest is not None:
-        return train_df, _load_split(val_manifest, None, species), {"source": str(val_manifest)}
-    if "split" in full.columns and (full["split"] == "val").any():
-        val_df = full[full["split"] == "val"].reset_index(drop=True)
-        return train_df, val_df, {"source": "the manifest's val rows"}
-    train_df, val_df, info = split_train_val(train_df, cfg.val_fraction, cfg.seed, cfg.group_column)
-    return train_df, (val_df if len(val_df) else None), {"source": "carved", **info}
-
-
-def _embed_base(student, data: AudioCrops, rows: np.ndarray, features, device: str, batch: int):
-    """(len(rows), d) unnormalised base audio embeddings of clips (their first window, no
-    augmentation), as the head receives them."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch):
-            waves = [data.waveform(int(j))[: data.window] for j in rows[i : i + batch]]
-            out.append(student(features(waves, device))[1].float().cpu().numpy())
-    return np.concatenate(out)
 
 
 def distill(
@@ -163,21 +85,21 @@ def distill(
     from songsight.eval.inputs import species_text
 
     cfg = config or DistillConfig()
-    rank, world, local_rank = _dist_env()
+    rank, world, local_rank = dist_env()
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
         dist.init_process_group(backend)
     if device in (None, "auto"):
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if device == "cpu" and rank == 0 and progress:
-            _say("no CUDA device found, training on CPU")
+            say("no CUDA device found, training on CPU")
     is_main = rank == 0
     out = Path(out_dir)
 
     # --- data and species --------------------------------------------------------------------
     species = load_species_csv(species_csv)
     by_label = {s.label: i for i, s in enumerate(species)}
-    train_df, val_df, split_info = _training_data(
+    train_df, val_df, split_info = training_data(
         train_manifest, val_manifest, species, species_csv, cfg
     )
     train_labels = sorted(set(int(x) for x in train_df["label"]))
@@ -185,9 +107,9 @@ def distill(
     plan = plan_run(len(train_df), cfg, world)
     if is_main:
         for note in plan.notes:
-            _say(note)
+            say(note)
         if val_df is None:
-            _say(
+            say(
                 "no validation clips (too few recordings per species to carve a split, or "
                 "--val-fraction 0): the last checkpoint is kept and the readout is the default"
             )
@@ -270,7 +192,7 @@ def distill(
     head_note: dict | str = cfg.head_init
     if cfg.head_init == "probe" and cfg.head == "linear" and not resume:
         rows = probe_rows(data.labels, cfg.seed)
-        base = _embed_base(student, data, rows, features, device, plan.batch_size)
+        base = embed_base(student, data, rows, features, device, plan.batch_size)
         head_note = fit_probe_head(
             head, logit_scale, DistillationLoss("class", target_weight=cfg.target_weight,
             target_kind=cfg.target_kind), base, data.labels[rows], train_targets, cfg.seed,
@@ -278,7 +200,7 @@ def distill(
         head_note["kind"] = "probe"
     elif cfg.head_init == "probe" and cfg.head != "linear":
         head_note = "random (the probe initialisation needs the linear head)"
-    _select_trainable(student, clap, cfg)
+    select_trainable(student, clap, cfg)
     original = None
     if cfg.preserve_weight > 0 and cfg.train != "head":
         original = (
@@ -309,7 +231,7 @@ def distill(
         groups.append({"params": backbone, "lr": cfg.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(plan.warmup_steps, plan.total_steps)
+        optimizer, warmup_cosine(plan.warmup_steps, plan.total_steps)
     )
     autocast = autocast_dtype(cfg.precision, device)
 
@@ -347,7 +269,7 @@ def distill(
     state_path = out / "last" / STATE_FILE
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        _check_resumable(out, state["meta"], meta)
+        check_resumable(out, state["meta"], meta)
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -392,7 +314,7 @@ def distill(
                 "epoch": epoch,
                 "best": best,
                 "logit_scale": float(module.logit_scale().detach().cpu()),
-                "readout": best["readout"] or _default_readout(),
+                "readout": best["readout"] or default_readout(),
             },
             extra={STATE_FILE: state} if name == "last" else None,
             targets=(np.array([s.label for s in species]), all_targets),
@@ -404,7 +326,7 @@ def distill(
         module.eval()
         res = validator(module.student, float(module.logit_scale().detach().cpu()))
         module.train()
-        _freeze_batchnorm(module)
+        freeze_batchnorm(module)
         return res
 
     # --- loop ---------------------------------------------------------------------------------
@@ -439,7 +361,7 @@ def distill(
                 "epoch": epoch,
                 "step": step,
                 "stale": 0,
-                "readout": _readout_record(val, len(validator.labels)),
+                "readout": readout_record(val, len(validator.labels)),
             }
             save("best", epoch + 1, 0)
         else:
@@ -450,7 +372,7 @@ def distill(
         # makes validation worse is never kept.
         consider(validate(), -1)
     module.train()
-    _freeze_batchnorm(module)
+    freeze_batchnorm(module)
     t0, seen_items, stopped, early, comps = time.time(), 0, False, False, {"total": math.inf}
     for epoch in range(start_epoch, plan.epochs):
         order = epoch_order(len(data), cfg.seed, epoch)
@@ -513,7 +435,7 @@ def distill(
                 save("best", epoch + 1, 0)
             save("last", epoch + 1, 0)
             if early and is_main and progress:
-                _say(f"no better validation for {cfg.patience} epochs: stopping at step {step}")
+                say(f"no better validation for {cfg.patience} epochs: stopping at step {step}")
             break
         save("last", epoch + 1, 0)
     bar.close()
@@ -529,41 +451,3 @@ def distill(
         "val_clips": 0 if val_df is None else len(val_df),
         "plan": plan.to_dict(),
     }
-
-
-def _default_readout() -> dict:
-    """The readout of a run with nothing to validate on: the fused one, which answers species
-    outside the distillation set through the cascade, at the middle fusion weight."""
-    return {"method": "fused", "fusion_weight": 0.5, "chosen_on": None, "validation": {}}
-
-
-def _readout_record(val: dict, n_clips: int) -> dict:
-    return {
-        "method": val["val_readout"],
-        "fusion_weight": val.get("val_fusion_weight", 0.5),
-        "chosen_on": f"validation split ({n_clips} clips)",
-        "validation": {k: v for k, v in val.items() if k not in ("val_readout",)},
-    }
-
-
-def _check_resumable(out: Path, saved: dict, now: dict) -> None:
-    """Refuse to resume a run whose settings differ, naming each differing setting."""
-    for key in ("config", "train_manifest_sha256", "audio_model", "image_model"):
-        if saved.get(key) == now.get(key):
-            continue
-        if key == "config":
-            diff = [
-                f"{k}: {saved[key].get(k)!r} then, {now[key].get(k)!r} now"
-                for k in sorted(set(saved[key]) | set(now[key]))
-                if saved[key].get(k) != now[key].get(k)
-            ]
-            what = "settings differ (" + "; ".join(diff) + ")"
-        elif key == "train_manifest_sha256":
-            what = "training manifest's content differs"
-        else:
-            what = f"{key.replace('_', ' ')} differs ({saved[key].get('model_id')} then, " + (
-                f"{now[key].get('model_id')} now)"
-            )
-        raise ProvenanceMismatchError(
-            f"cannot resume {out}: its {what}. Use the same settings, or a new --out."
-        )

@@ -277,7 +277,12 @@ def write_html_report(
     names = {s.label: s.common_name for s in load_species_csv(world_dir / "taxa.csv")}
     emb_dir = root / "embeddings"
     g_meta, g_vec, _ = load_embeddings(emb_dir / "gallery.parquet")
-    q_meta, q_vec, _ = load_embeddings(emb_dir / "queries_distilled.parquet")
+    # The examples answer as the product does: with the readout the checkpoint's validation chose.
+    meta = results.get("provenance", {}).get("distilled", {}).get("meta") or {}
+    method = (meta.get("readout") or {}).get("method", "distilled")
+    if not (emb_dir / f"queries_{method}.parquet").is_file():
+        method = "distilled"
+    q_meta, q_vec, _ = load_embeddings(emb_dir / f"queries_{method}.parquet")
     rng = np.random.default_rng(0)
     picks = rng.choice(len(q_meta), size=min(n_examples, len(q_meta)), replace=False)
     cards = []
@@ -309,7 +314,7 @@ def write_html_report(
 {pretrain.get("student_zero_shot", float("nan")):.0%}). Green frames: photos of the calling species.</p>
 <section id="results">{tables}{selection_html(results)}</section>
 <section id="figures"><h2>Figures</h2>{figures}</section>
-<section id="examples"><h2>Example test calls (distilled encoder)</h2>{"".join(cards)}</section>"""
+<section id="examples"><h2>Example test calls (distilled encoder, read out as {html.escape(method)})</h2>{"".join(cards)}</section>"""
     page = render_page("songsight demo", body)
     path = root / "report.html"
     path.write_text(page, encoding="utf-8")
