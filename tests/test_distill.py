@@ -233,6 +233,15 @@ def test_fewer_clips_than_a_batch_train_and_say_so(world, tiny_models, tmp_path,
     assert clips < 32 and summary["plan"]["batch_size"] == clips and summary["steps"] == 1
     err = capsys.readouterr().err
     assert f"{clips} training clips are fewer than a batch of 32" in err and "--batch-size" in err
+    # Validation carved from the manifest (1 of 4 recordings per species) and, with no photos,
+    # only the posterior readouts are candidates: the raw embedding cannot be judged.
+    from songsight.encoders.distilled import read_meta
+
+    meta = read_meta(tmp_path / "run")
+    assert summary["val_clips"] == 3 and meta["validation"]["source"] == "carved"
+    figures = meta["readout"]["validation"]
+    posterior = {m: figures[f"val_{m}"] for m in ("distilled_proto", "fused")}
+    assert meta["readout"]["method"] == max(posterior, key=posterior.get)
 
 
 def _free_port() -> int:

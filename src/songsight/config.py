@@ -11,6 +11,14 @@ from dataclasses import asdict, dataclass, fields
 
 TRAIN_CHOICES = ("head", "projection", "top-k-blocks", "all")
 HEAD_INITS = ("probe", "random")
+# What a None default means, for --help.
+NONE_DEFAULTS = {
+    "epochs": "(default: from the data size, at least --min-steps steps, at most --max-epochs)",
+    "warmup_steps": "(default: --warmup-fraction of the run)",
+    "group_column": "(default: a recording_id, recording or group column, else the file)",
+    "window_s": "(default: the model's window)",
+    "head_hidden": "(default: the wider of the two sides)",
+}
 
 
 @dataclass
@@ -124,7 +132,9 @@ def distill_flags(parser, defaults: DistillConfig) -> None:
         kw: dict = {
             "default": None,
             "dest": f"cfg_{f.name}",
-            "help": f"(default {value})",
+            "help": NONE_DEFAULTS.get(f.name, f"(default {value})")
+            if value is None
+            else f"(default {value})",
             "metavar": f.name.upper(),
         }
         if f.name == "train":
