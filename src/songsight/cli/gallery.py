@@ -72,8 +72,20 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--timeout-s", type=positive(float), default=120.0, help="per search (default 120)"
     )
     p.add_argument(
-        "--workers", type=positive(int), default=1, help="searches at once; more get 503"
+        "--workers", type=positive(int), default=1, help="batches searched at once (default 1)"
     )
+    p.add_argument(
+        "--queue", type=positive(int), default=64,
+        help="searches admitted at once, waiting or running; one more gets 503 (default 64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch", type=positive(int), default=8,
+        help="most searches sharing one forward pass (default 8; 1: one at a time)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-wait-ms", type=positive(float), default=5.0,
+        help="how long a short batch waits for more searches (default 5)",
+    )  # fmt: skip
     p.add_argument(
         "--max-duration-s",
         type=positive(float),
@@ -88,7 +100,8 @@ def run_serve(args: argparse.Namespace) -> int:
     serve(args.gallery, args.host, args.port, model=args.model, audio_model=args.audio_model,
           image_model=args.image_model, device=args.device, max_upload_mb=args.max_upload_mb,
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
-          max_duration_s=args.max_duration_s, species_list=args.species_list)  # fmt: skip
+          max_duration_s=args.max_duration_s, species_list=args.species_list,
+          max_queue=args.queue, max_batch=args.batch, batch_wait_ms=args.batch_wait_ms)  # fmt: skip
     return 0
 
 
