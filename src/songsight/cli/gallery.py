@@ -71,6 +71,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout-s", type=positive(float), default=120.0, help="per search (default 120)"
     )
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     p.add_argument(
         "--workers", type=positive(int), default=1, help="batches searched at once (default 1)"
     )
@@ -101,7 +102,8 @@ def run_serve(args: argparse.Namespace) -> int:
           image_model=args.image_model, device=args.device, max_upload_mb=args.max_upload_mb,
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
           max_duration_s=args.max_duration_s, species_list=args.species_list,
-          max_queue=args.queue, max_batch=args.batch, batch_wait_ms=args.batch_wait_ms)  # fmt: skip
+          max_queue=args.queue, max_batch=args.batch, batch_wait_ms=args.batch_wait_ms,
+          precision=args.precision)  # fmt: skip
     return 0
 
 
@@ -151,7 +153,7 @@ def add_index(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--overwrite", action="store_true", help="start the gallery again")
         add_engine(q)
         q.add_argument("--batch-size", type=positive(int), default=32)
-        q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+        q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
 
@@ -186,7 +188,7 @@ def _add_calibrate(isub) -> None:
     _add_query_models(q)
     q.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
     q.add_argument("--batch-size", type=positive(int), default=16)
-    q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     q.add_argument("--quiet", action="store_true")
     add_device(q)
 
@@ -251,7 +253,7 @@ def add_search(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing --out (and Raven tables)"
     )
     p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     p.add_argument("--quiet", action="store_true")
     add_device(p)
 

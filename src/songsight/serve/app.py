@@ -405,6 +405,7 @@ def serve(
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    precision: str = "auto",
 ) -> None:
     """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted.
 
@@ -417,6 +418,8 @@ def serve(
     _check_port(host, port)
     options = {"audio_model": audio_model, "image_model": image_model, "device": device,
                "species_list": species_list}  # fmt: skip
+    if precision != "auto":
+        options["precision"] = precision
     searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})
     chosen = getattr(searcher, "species", None)
     if chosen is not None and chosen.warning():
