@@ -116,35 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, engine "
           f"{torch.backends.quantized.supported_engines}; work in {work}  ({load()})", flush=True)  # fmt: skip
+    towers = {
+        "audio": ("BioLingual audio (HTSAT-tiny)", songsight_audio, build_biolingual_shape,
+                  "biolingual", write_clips, args.clips),
+        "images": ("BioCLIP-2 images (ViT-L/14)", songsight_images, build_bioclip2_shape,
+                   "bioclip2", write_photos, args.images),
+    }  # fmt: skip
     results = []
-    if args.skip != "audio":
-        model = build_biolingual_shape(work / "biolingual")
-        clips = write_clips(work / "clips", args.clips)
-        results.append(
-            tower(
-                "BioLingual audio (HTSAT-tiny)",
-                songsight_audio,
-                clips,
-                model,
-                work,
-                args.batch_size,
-                args.rounds,
-            )  # fmt: skip
-        )
-    if args.skip != "images":
-        model = build_bioclip2_shape(work / "bioclip2")
-        photos = write_photos(work / "photos", args.images)
-        results.append(
-            tower(
-                "BioCLIP-2 images (ViT-L/14)",
-                songsight_images,
-                photos,
-                model,
-                work,
-                min(args.batch_size, args.images),
-                args.rounds,
-            )  # fmt: skip
-        )
+    for key, (name, runner, build, folder, write, n) in towers.items():
+        if args.skip == key:
+            continue
+        model = build(work / folder)
+        files = write(work / key, n)
+        batch_size = min(args.batch_size, n)
+        results.append(tower(name, runner, files, model, work, batch_size, args.rounds))
     print("\nThe machine is shared: rerun on a quiet one before quoting these figures.")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
