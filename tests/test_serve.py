@@ -233,6 +233,7 @@ def test_health(client, gallery):
     }
     assert "/srv/" not in client.get("/api/health").text
     assert body["limits"]["max_upload_mb"] == 20 and body["busy"] is False
+    assert body["queue"]["depth"] == body["queue"]["admitted"] == 0
 
 
 def test_page_static_and_openapi(client):
@@ -470,9 +471,10 @@ def test_sniff_audio(head, kind):
 # ---- busy and timeout ------------------------------------------------------------------------
 
 
-def test_busy_is_503_with_retry_after(client, searcher):
-    slots = client.app.state.slots
-    assert slots.try_acquire()  # another search holds the only slot
+def test_busy_is_503_with_retry_after(searcher, uploads):
+    client = make_client(searcher, uploads, max_queue=1)
+    queue = client.app.state.queue
+    assert queue.try_admit()  # another search holds the only place in the queue
     data = encode(tone([1000.0]), "WAV", "PCM_16")
     try:
         response = client.post("/api/search", files={"audio": ("a.wav", data)})
@@ -480,12 +482,12 @@ def test_busy_is_503_with_retry_after(client, searcher):
         assert int(response.headers["retry-after"]) > 0
         assert client.get("/api/health").json()["busy"] is True
     finally:
-        slots.release()
+        queue.release()
     assert client.post("/api/search", files={"audio": ("a.wav", data)}).status_code == 200
     assert len(searcher.calls) == 1
 
 
-def test_timeout_is_504_and_the_slot_comes_back(searcher, uploads):
+def test_timeout_is_504_and_the_place_comes_back(searcher, uploads):
     searcher.gate = threading.Event()
     client = make_client(searcher, uploads, request_timeout_s=0.3)
     data = encode(tone([1000.0]), "WAV", "PCM_16")
@@ -493,14 +495,14 @@ def test_timeout_is_504_and_the_slot_comes_back(searcher, uploads):
     response = client.post("/api/search", files={"audio": ("a.wav", data)})
     assert assert_clean_error(response, 504)["error"] == "timeout"
     assert time.monotonic() - started < 5
-    slots = client.app.state.slots
-    assert slots.free == 0  # the thread still runs: its slot and temp file are still held
+    queue = client.app.state.queue
+    assert queue.admitted == 1  # the search still runs: its place and temp file are still held
     assert len(list(uploads.iterdir())) == 1
     searcher.gate.set()
     deadline = time.monotonic() + 5
-    while slots.free == 0 and time.monotonic() < deadline:
+    while queue.admitted and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert slots.free == 1  # the `uploads` fixture checks the temp file went too
+    assert queue.admitted == 0  # the `uploads` fixture checks the temp file went too
 
 
 # ---- failures stay generic -------------------------------------------------------------------

@@ -51,9 +51,9 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         add_engine(q)
         q.add_argument(
             "--precision",
-            choices=("auto", "fp32", "bf16"),
+            choices=("auto", "fp32", "bf16", "int8"),
             default="auto",
-            help="auto: bf16 on CUDA, fp32 on CPU; bf16 also speeds up CPUs with AMX",
+            help="auto: bf16 on CUDA, fp32 on CPU; int8: CPU only, quantised Linear layers",
         )
         if name == "audio":
             add_audio_model(q)

@@ -82,9 +82,22 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout-s", type=positive(float), default=120.0, help="per search (default 120)"
     )
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     p.add_argument(
-        "--workers", type=positive(int), default=1, help="searches at once; more get 503"
+        "--workers", type=positive(int), default=1, help="batches searched at once (default 1)"
     )
+    p.add_argument(
+        "--queue", type=positive(int), default=64,
+        help="searches admitted at once, waiting or running; one more gets 503 (default 64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch", type=positive(int), default=8,
+        help="most searches sharing one forward pass (default 8; 1: one at a time)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-wait-ms", type=positive(float), default=5.0,
+        help="how long a short batch waits for more searches (default 5)",
+    )  # fmt: skip
     p.add_argument(
         "--max-duration-s",
         type=positive(float),
@@ -100,7 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
           image_model=args.image_model, device=args.device, max_upload_mb=args.max_upload_mb,
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
           max_duration_s=args.max_duration_s, species_list=args.species_list,
-          method=args.method)  # fmt: skip
+          method=args.method, max_queue=args.queue, max_batch=args.batch,
+          batch_wait_ms=args.batch_wait_ms, precision=args.precision)  # fmt: skip
     return 0
 
 
@@ -150,7 +164,7 @@ def add_index(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--overwrite", action="store_true", help="start the gallery again")
         add_engine(q)
         q.add_argument("--batch-size", type=positive(int), default=32)
-        q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+        q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
 
@@ -185,7 +199,7 @@ def _add_calibrate(isub) -> None:
     _add_query_models(q)
     q.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
     q.add_argument("--batch-size", type=positive(int), default=16)
-    q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     q.add_argument("--quiet", action="store_true")
     add_device(q)
 
@@ -251,7 +265,7 @@ def add_search(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing --out (and Raven tables)"
     )
     p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     p.add_argument("--quiet", action="store_true")
     add_device(p)
 

@@ -88,7 +88,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     p.add_argument("--limit-queries", type=positive(int))
     p.add_argument("--limit-train", type=positive(int))
     p.add_argument("--no-figures", action="store_true")

@@ -101,6 +101,13 @@ class BioCLIPEncoder:
         self.precision = "bf16" if self.dtype is not None else "fp32"
         if self.dtype is not None:
             self._model = self._model.to(self.dtype)
+        self.quantization = None
+        if precision == "int8":
+            from songsight.encoders.int8 import check_int8_device, quantize_int8
+
+            check_int8_device(self.device)
+            self._model, self.quantization = quantize_int8(self._model)
+            self.precision = "int8"
         self.batch_size = batch_size
         self.decode_threads = decode_threads
         # The tokenizer pads and cuts to its context length; the model's own (its positional
@@ -125,6 +132,7 @@ class BioCLIPEncoder:
             **self.resolved.provenance(),
             "dim": self.dim,
             "precision": self.precision,
+            **({"quantization": self.quantization} if self.quantization else {}),
             "preprocessing": {**asdict(self.preprocess_cfg), "choice": self.preprocess},
         }
 

@@ -217,6 +217,13 @@ class BioLingualEncoder:
         self.batch_size = batch_size
         self.autocast = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast is not None else "fp32"
+        self.quantization = None
+        if precision == "int8":
+            from songsight.encoders.int8 import check_int8_device, quantize_int8
+
+            check_int8_device(self.device)
+            self.model, self.quantization = quantize_int8(self.model)
+            self.precision = "int8"
         self.dim = self._output_dim()
         self.max_text_tokens = text_token_limit(self.tokenizer, self.model.config.text_config)
         if decode_threads is None:
@@ -240,6 +247,7 @@ class BioLingualEncoder:
             **self.resolved.provenance(),
             "dim": self.dim,
             "precision": self.precision,
+            **({"quantization": self.quantization} if self.quantization else {}),
             "preprocessing": {
                 **self.features.describe(),
                 "window_s": self.window_s,

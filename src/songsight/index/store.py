@@ -24,7 +24,11 @@ from songsight.provenance import check_same
 
 META_KEY = b"songsight"
 # Provenance keys that must agree for rows to share one store.
-IDENTITY_KEYS = ("encoder", "kind", "model_id", "revision", "dim", "preprocessing", "vector_dtype")
+# "quantization" is absent for fp32 and bf16 (close enough to share a store), set for int8.
+IDENTITY_KEYS = (
+    "encoder", "kind", "model_id", "revision", "dim", "preprocessing", "vector_dtype",
+    "quantization",
+)  # fmt: skip
 
 
 def _parts_dir(path: Path) -> Path:

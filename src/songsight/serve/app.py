@@ -8,10 +8,11 @@ text ever reaches the filesystem), ``GET /api/spectrogram/{result_id}``, and Fas
 
 Uploads are streamed to a temporary file and cut off at the size limit (413); the type is
 judged by content, magic bytes then libsndfile, never by name or Content-Type (415); see
-`songsight.serve.upload` (and `songsight.serve.spectrogram` for the picture). Decoding,
-search and the spectrogram run in a thread pool with one slot per worker: a full pool answers
-503 with Retry-After at once rather than queueing, and a request past its deadline answers 504
-while its thread finishes and frees its slot and temp file. Errors reach the client as
+`songsight.serve.upload` (and `songsight.serve.spectrogram` for the picture). Admitted searches
+wait in a bounded queue as their files on disk and run in micro-batches that share the model's
+forward passes (`songsight.serve.batching`); only a full queue answers 503 with Retry-After,
+before the body is read. A request past its deadline answers 504; if its search had not started
+it is dropped, else it finishes and frees its place and temp file. Errors reach the client as
 ``{"error", "message", "request_id"}``; tracebacks go to the server log only.
 """
 
@@ -26,11 +27,17 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from songsight.errors import InputFileError, SongsightError
+from songsight.serve.batching import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    SearchJob,
+    SearchQueue,
+)
 from songsight.serve.openapi import search_openapi
 from songsight.serve.photos import photo_response
 from songsight.serve.public import header_number, header_text, model_summary, web_records
@@ -64,35 +71,12 @@ DEFAULT_REQUEST_TIMEOUT_S = 120.0
 DEFAULT_MAX_CONCURRENCY = 1  # one model forward at a time: CPU threads would only compete
 DEFAULT_MAX_DURATION_S = 600.0
 MAX_K = 100
-RETRY_AFTER_S = 5
 SPECTROGRAMS_KEPT = 64
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
     "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-class _Slots:
-    """A non-blocking counting semaphore: busy means answer 503 now, not queue."""
-
-    def __init__(self, n: int):
-        self.capacity, self._free, self._lock = n, n, threading.Lock()
-
-    @property
-    def free(self) -> int:
-        return self._free
-
-    def try_acquire(self) -> bool:
-        with self._lock:
-            if self._free == 0:
-                return False
-            self._free -= 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self._free = min(self._free + 1, self.capacity)
 
 
 def _error(status: int, code: str, message: str, request_id: str, headers=None) -> JSONResponse:
@@ -145,29 +129,50 @@ def create_app(
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
     temp_dir: str | Path | None = None,
     to_records: Callable[[list], list[dict]] | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
 ) -> FastAPI:
     """The FastAPI app over ``searcher`` (a `songsight.retrieval.Searcher` or the same shape).
 
     ``to_records`` turns search results into the CLI's JSON records; by default
-    `songsight.retrieval.results_to_records`. ``app.state.slots`` is the concurrency gate.
+    `songsight.retrieval.results_to_records`. ``max_concurrency`` batch workers; ``max_queue``
+    searches admitted at once (one more answers 503); ``max_batch`` searches share a forward
+    pass, gathered over ``batch_wait_ms``. ``app.state.queue`` is the `SearchQueue`.
     """
     if to_records is None:
         from songsight.retrieval import results_to_records as to_records
-    if max_concurrency < 1 or max_upload_mb <= 0 or request_timeout_s <= 0 or max_duration_s <= 0:
+    if (
+        min(max_concurrency, max_queue, max_batch) < 1
+        or min(max_upload_mb, request_timeout_s, max_duration_s) <= 0
+        or batch_wait_ms < 0
+    ):
         raise SongsightError(
-            "serve limits must be positive (upload, timeout, concurrency, duration)"
+            "serve limits must be positive (upload, timeout, workers, queue, batch, duration)"
         )
     max_bytes = int(max_upload_mb * 1e6)
     directory = str(temp_dir) if temp_dir is not None else tempfile.gettempdir()
-    slots = _Slots(max_concurrency)
-    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="songsight-search")
     spectrograms: OrderedDict[str, bytes] = OrderedDict()
     spectrogram_lock = threading.Lock()
+
+    def finish(audio, results):  # in the worker, once per search of a batch
+        png, top_hz = spectrogram_png(audio.waveform, audio.sample_rate_hz)
+        return audio, results, png, top_hz
+
+    queue = SearchQueue(
+        searcher,
+        lambda path: decode_upload(path, max_duration_s),
+        finish,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_ms / 1000,
+        workers=max_concurrency,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        queue.close()
 
     app = FastAPI(
         title="songsight",
@@ -175,7 +180,7 @@ def create_app(
         description="Hear a bird, see it: photos of the species singing in a recording.",
         lifespan=lifespan,
     )
-    app.state.slots = slots
+    app.state.queue = queue
     app.state.searcher = searcher
     app.add_middleware(_Guard)
 
@@ -215,12 +220,23 @@ def create_app(
             "gallery_size": len(searcher.gallery),
             "answered_by": getattr(searcher, "answered_by", None),
             "models": model_summary(searcher),
-            "busy": slots.free == 0,
+            "busy": queue.full,
+            "queue": {
+                "depth": queue.depth,
+                "running": queue.running,
+                "admitted": queue.admitted,
+                "batches": queue.stats.batches,
+                "searches": queue.stats.searches,
+                "largest_batch": queue.stats.largest_batch,
+            },
             "limits": {
                 "max_upload_mb": max_upload_mb,
                 "max_duration_s": max_duration_s,
                 "request_timeout_s": request_timeout_s,
                 "max_concurrency": max_concurrency,
+                "max_queue": max_queue,
+                "max_batch": max_batch,
+                "batch_wait_ms": batch_wait_ms,
                 "max_k": MAX_K,
             },
         }
@@ -237,48 +253,31 @@ def create_app(
         """
         deadline = time.monotonic() + request_timeout_s
         rid = _request_id(request)
-        busy = ApiError(
-            503, "busy", "the server is busy with other searches; try again shortly",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )  # fmt: skip
-        if slots.free == 0:  # refuse before reading a body that would wait anyway
-            raise busy
-        try:
-            upload = await asyncio.wait_for(
-                _receive_upload(request, directory, max_bytes), request_timeout_s
-            )
-        except asyncio.TimeoutError:
-            raise ApiError(408, "upload_timeout", "the upload took too long") from None
-        try:
-            k = _form_number(upload.fields, "k", int, 1, MAX_K) or 10
-            window_s = _form_number(upload.fields, "window_s", float, 0.1, max_duration_s)
-            hop_s = _form_number(upload.fields, "hop_s", float, 0.1, max_duration_s)
-            options = search_options(searcher, upload.fields)
-            if not slots.try_acquire():
-                raise busy
-        except BaseException:
-            upload.discard()
-            raise
-
-        def work():
-            audio = decode_upload(upload.path, max_duration_s)
-            results = searcher.search(
-                [(audio.waveform, audio.sample_rate_hz)], k=k, window_s=window_s, hop_s=hop_s,
-                **options,
+        if not queue.try_admit():  # refuse before reading a body that could not wait anyway
+            raise ApiError(
+                503, "busy", "the server's queue of searches is full; try again shortly",
+                {"Retry-After": str(queue.retry_after_s())},
             )  # fmt: skip
-            png, top_hz = spectrogram_png(audio.waveform, audio.sample_rate_hz)
-            return audio, results, png, top_hz
-
-        def finished(_future) -> None:  # runs once the thread is done, even after a 504
-            slots.release()
-            upload.discard()
-
         try:
-            future = pool.submit(work)
+            try:
+                upload = await asyncio.wait_for(
+                    _receive_upload(request, directory, max_bytes), request_timeout_s
+                )
+            except asyncio.TimeoutError:
+                raise ApiError(408, "upload_timeout", "the upload took too long") from None
+            try:
+                k = _form_number(upload.fields, "k", int, 1, MAX_K) or 10
+                window_s = _form_number(upload.fields, "window_s", float, 0.1, max_duration_s)
+                hop_s = _form_number(upload.fields, "hop_s", float, 0.1, max_duration_s)
+                options = search_options(searcher, upload.fields)
+            except BaseException:
+                upload.discard()
+                raise
         except BaseException:
-            finished(None)
+            queue.release()
             raise
-        future.add_done_callback(finished)
+        # From here the queue owns the place and the temp file, and frees both when done.
+        future = queue.submit(SearchJob(upload.path, k, window_s, hop_s, options))
         started = time.monotonic()
         try:
             remaining = max(deadline - started, 0.001)
@@ -286,6 +285,7 @@ def create_app(
                 asyncio.wrap_future(future), remaining
             )
         except asyncio.TimeoutError:
+            future.cancel()  # a search still waiting is dropped; a running one finishes
             log.warning("request %s: search passed the %g s limit", rid, request_timeout_s)
             raise ApiError(
                 504, "timeout", f"the search took longer than {request_timeout_s:g} s"
@@ -403,6 +403,10 @@ def serve(
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
     species_list: str | Path | None = None,
     method: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+    precision: str = "auto",
 ) -> None:
     """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted.
 
@@ -415,6 +419,8 @@ def serve(
     _check_port(host, port)
     options = {"audio_model": audio_model, "image_model": image_model, "device": device,
                "species_list": species_list, "method": method}  # fmt: skip
+    if precision != "auto":
+        options["precision"] = precision
     searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})
     chosen = getattr(searcher, "species", None)
     if chosen is not None and chosen.warning():
@@ -425,11 +431,15 @@ def serve(
         request_timeout_s=request_timeout_s,
         max_concurrency=max_concurrency,
         max_duration_s=max_duration_s,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this port can upload", host)
     print(f"songsight: {len(searcher.gallery)} photos, answered by {searcher.answered_by}")
     print(f"songsight: open http://{host}:{port}/ (Ctrl+C to stop)")
-    # uvicorn answers 503 itself past this many open connections, before any body is read.
-    uvicorn.run(app, host=host, port=port, limit_concurrency=max(16, 8 * max_concurrency))
+    # uvicorn answers 503 itself (no Retry-After) past this many open connections: leave room
+    # for a full queue plus health checks and photos, so the queue decides who waits.
+    uvicorn.run(app, host=host, port=port, limit_concurrency=max_queue + 32)

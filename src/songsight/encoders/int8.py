@@ -1,0 +1,58 @@
+"""int8 on CPU: dynamic quantisation of a tower's ``nn.Linear`` layers (torch, fbgemm/x86).
+
+Weights are stored int8 per output channel; activations are quantised per batch on the fly,
+so no calibration data is needed and the result depends only on the weights. Chosen by
+measurement over ONNX Runtime and OpenVINO (benchmarks/int8_quality.py, benchmarks/README.md):
+it needs no new dependency and no export step. Only ``nn.Linear`` modules are quantised:
+convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's attention
+in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from songsight.errors import SongsightError
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+def check_int8_device(device: str) -> None:
+    if not device.startswith("cpu"):
+        raise SongsightError(
+            f"--precision int8 runs on the CPU only (its kernels are fbgemm/x86); got device "
+            f"{device!r}: use --device cpu, or bf16 on a GPU"
+        )
+
+
+def quantize_int8(module):
+    """``module`` with every ``nn.Linear`` replaced by a dynamically quantised int8 one
+    (in place, also returned). Returns ``(module, info)``; ``info`` goes into provenance."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engines = torch.backends.quantized.supported_engines
+    engine = "x86" if "x86" in engines else "fbgemm" if "fbgemm" in engines else None
+    if engine is None:
+        raise SongsightError(
+            f"--precision int8 needs torch's x86/fbgemm int8 kernels; this build has {engines}"
+        )
+    torch.backends.quantized.engine = engine
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
+    with warnings.catch_warnings():
+        # torch >= 2.10 marks its quantised tensor types deprecated (pytorch#184982); they
+        # still run, and the benchmark says when they stop being worth it.
+        warnings.filterwarnings("ignore", message=".*quantize_per_channel.*", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*torch.ao.quantization.*", category=DeprecationWarning
+        )
+        quantize_dynamic(
+            module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
+    info = {
+        "scheme": "dynamic int8, nn.Linear weights per output channel",
+        "engine": engine,
+        "linear_layers": n_linear,
+        "torch": torch.__version__.split("+")[0],
+    }
+    return module, info
