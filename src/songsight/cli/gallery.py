@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from songsight.cli.common import IMAGE_DEFAULT, add_audio_model, add_device, add_engine, positive
+from songsight.cli.milvus import add_index_edits, add_milvus, milvus_target, run_index_edit
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build or extend a photo gallery to search with recordings")
-    isub = p.add_subparsers(dest="index_command", metavar="{build,add}", required=True)
+    isub = p.add_subparsers(dest="index_command", metavar="{build,add,remove,move}", required=True)
     for name in ("build", "add"):
         build = name == "build"
         q = isub.add_parser(
@@ -86,15 +87,19 @@ def add_index(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
+        add_milvus(q)
+    add_index_edits(isub)
 
 
 def run_index(args: argparse.Namespace) -> int:
     from songsight.index.gallery import add_to_gallery, build_gallery
 
+    if args.index_command in ("remove", "move"):
+        return run_index_edit(args)
     common = dict(manifest=args.manifest, species_csv=args.species, image_model=args.image_model,
                   ann=args.ann or None, device=args.device, batch_size=args.batch_size,
                   precision=args.precision, engine=args.engine, workers=args.workers,
-                  progress=not args.quiet)  # fmt: skip
+                  progress=not args.quiet, milvus=milvus_target(args))  # fmt: skip
     if args.index_command == "build":
         report = build_gallery(args.paths, args.gallery, vector_dtype=args.vector_dtype,
                                preprocess=args.preprocess, overwrite=args.overwrite, **common)  # fmt: skip

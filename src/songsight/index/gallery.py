@@ -92,6 +92,7 @@ class Gallery:
         engine: str = "local",
         workers: int = 2,
         hnsw_options: dict | None = None,
+        milvus: dict | None = None,
         overwrite: bool = False,
         progress: bool = True,
     ) -> Gallery:
@@ -101,7 +102,8 @@ class Gallery:
         only); ``overwrite`` starts again. ``ann``: True builds an HNSW index now, None
         builds it once the gallery passes `search.ANN_THRESHOLD` photos. ``image_model``: Hub
         id, folder, or a `BioCLIPEncoder`. ``engine="ray"`` embeds with Ray Data actors
-        (``workers`` of them; see `songsight.scale`).
+        (``workers`` of them; see `songsight.scale`). ``milvus``: search through Milvus
+        instead, `gallery_milvus.milvus_config` (server URI or the embedded file, collection).
         """
         directory = Path(gallery_dir)
         if overwrite:
@@ -122,6 +124,7 @@ class Gallery:
             engine=engine,
             workers=workers,
             hnsw_options=hnsw_options,
+            milvus=milvus,
             progress=progress,
         )
         gallery = cls.open(directory)
@@ -157,6 +160,10 @@ class Gallery:
                 metadata[col] = None
         hashes = metadata["sha256"].tolist()
         index = None
+        if meta["index"].get("kind") == "milvus":
+            from songsight.index.gallery_milvus import open_milvus_index
+
+            index = open_milvus_index(directory, meta, hashes)
         if meta["index"].get("kind") == "hnsw":
             index = _load_valid_index(directory / INDEX_DIR, hashes)
             if index is not None and len(index) != len(hashes):

@@ -176,7 +176,7 @@ def _attach_metadata(directory: Path) -> list[str]:
     return out.column("sha256").to_pylist()
 
 
-def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options) -> dict:
+def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, milvus=None) -> dict:
     """A new gallery's ``gallery.json``, written before any photo (so an interrupted build can
     be resumed by `add` too); or the existing one, checked against the encoder's provenance."""
     from songsight.provenance import environment, package_version
@@ -198,8 +198,21 @@ def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options) ->
             "n_species": 0,
             "created_utc": _now(),
         }
+        if milvus is not None:
+            meta["index"] = {"requested": "milvus", "kind": "milvus", "milvus": milvus}
         _write_json(directory / META_FILE, meta)
         return meta
+    held = meta["index"].get("milvus")
+    if milvus is not None and {k: (held or {}).get(k) for k in milvus} != milvus:
+        where = f"Milvus collection {held['collection']!r}" if held else "songsight's own index"
+        raise SongsightError(
+            f"{directory} is searched through {where}; to change that, run "
+            f"`songsight index move --gallery {directory} ...`"
+        )
+    if ann and held:
+        raise SongsightError(
+            "--ann applies to songsight's own index; this gallery is searched through Milvus"
+        )
     check_image_model(meta["image_model"], prov, "the image model given")
     had, now = meta["image_model"]["preprocessing"].get("choice"), prov["preprocessing"].get("choice")  # fmt: skip
     if had != now:
@@ -245,6 +258,7 @@ def _update(
     workers: int,
     hnsw_options: dict | None,
     progress: bool,
+    milvus: dict | None = None,
 ) -> GalleryReport:
     """Embed new photos into the gallery at ``directory`` (created if ``creating``)."""
     from songsight.encoders.loading import resolve_model
@@ -294,7 +308,11 @@ def _update(
         prov = image_model_provenance(
             str(image_model), preprocess=preprocess, device=device, precision=precision
         )
-    meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options)
+    if milvus is not None:
+        from songsight.index.gallery_milvus import milvus_config
+
+        milvus = milvus_config(**milvus)
+    meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options, milvus)
     _store_pending(directory, pending)
     store = directory / STORE_FILE
     if engine == "ray":
@@ -320,7 +338,7 @@ def _update(
             files, store, encoder, resume=True, progress=progress, vector_dtype=meta["vector_dtype"]
         )
     hashes = _attach_metadata(directory)
-    kind = _update_index(directory, meta, hashes)
+    kind = _update_index(directory, meta, hashes, progress=progress)
 
     run_errors = _merge_errors(directory, files, missing_errors, report.errors_path)
     meta["index"]["kind"] = kind
@@ -362,9 +380,11 @@ def add_to_gallery(
     engine: str = "local",
     workers: int = 2,
     progress: bool = True,
+    milvus: dict | None = None,
 ) -> GalleryReport:
     """`songsight index add`: embed new photos into an existing gallery (or finish an
-    interrupted build), without loading the gallery's index first."""
+    interrupted build), without loading the gallery's index first. ``milvus``, if given,
+    must name the gallery's own collection."""
     return _update(
         Path(gallery_dir),
         paths,
@@ -382,4 +402,5 @@ def add_to_gallery(
         workers=workers,
         hnsw_options=None,
         progress=progress,
+        milvus=milvus,
     )

@@ -20,8 +20,11 @@ IVF_SQ8, not DISKANN. pymilvus is imported on first use (the ``milvus`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,7 +173,11 @@ def _connect(uri: str):
     if is_embedded(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return pymilvus.MilvusClient(uri=str(uri))
+        client = pymilvus.MilvusClient(uri=str(uri))
+        if is_embedded(uri):
+            key = str(Path(uri).absolute())
+            _OPEN_EMBEDDED[key] = _OPEN_EMBEDDED.get(key, 0) + 1
+        return client
     except Exception as err:  # pymilvus raises its own types for every connection failure
         if is_embedded(uri):
             raise SongsightError(
@@ -183,10 +190,28 @@ def _connect(uri: str):
         ) from None
 
 
+# MilvusIndex objects open on each embedded file in this process: the file's in-process
+# server (and its lock) is released when the last one closes.
+_OPEN_EMBEDDED: dict[str, int] = {}
+
+
+def _disconnect(client, uri: str) -> None:
+    try:
+        client.close()
+    except Exception:  # pymilvus may already be torn down at interpreter exit
+        pass
+    if is_embedded(uri):
+        key = str(Path(uri).absolute())
+        _OPEN_EMBEDDED[key] = _OPEN_EMBEDDED.get(key, 1) - 1
+        if _OPEN_EMBEDDED[key] <= 0:
+            release_embedded(uri)
+
+
 def release_embedded(uri: str) -> None:
     """Stop this process's Milvus Lite server for ``uri`` (releases the file's lock)."""
     if not is_embedded(uri):
         return
+    _OPEN_EMBEDDED.pop(str(Path(uri).absolute()), None)
     try:
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:
@@ -235,10 +260,14 @@ class MilvusIndex:
         )
         self.key_to_id = key_to_id or _decimal_id
         self._client = _connect(self.uri)
+        # A dropped index (e.g. a `Gallery` that went out of scope) frees the embedded file too.
+        self._finalizer = weakref.finalize(self, _disconnect, self._client, self.uri)
         self._index_type: str | None = None
         if self._client.has_collection(self.collection):
             self._check_schema()
             self._index_type = self._current_index_type()
+            # A collection is searchable only once loaded (after a restart, or a reopened file).
+            self._client.load_collection(self.collection)
 
     # --- the collection -------------------------------------------------------------------
     @property
@@ -276,12 +305,13 @@ class MilvusIndex:
         index_type = choose_index_type(0, self.settings, self.embedded)
         # Strong consistency: a search right after an add sees it (the contract of the
         # in-process backends); a server would otherwise answer from a slightly stale view.
-        self._client.create_collection(
-            self.collection,
-            schema=schema,
-            index_params=self._index_params(index_type, 0),
-            consistency_level="Strong",
-        )
+        with _quiet_embedded(self.embedded):
+            self._client.create_collection(
+                self.collection,
+                schema=schema,
+                index_params=self._index_params(index_type, 0),
+                consistency_level="Strong",
+            )
         self._index_type = index_type
 
     def _index_params(self, index_type: str, n_rows: int):
@@ -327,23 +357,30 @@ class MilvusIndex:
             return
         self._client.release_collection(self.collection)
         self._client.drop_index(self.collection, VECTOR_FIELD)
-        self._client.create_index(self.collection, self._index_params(want, len(self)))
+        with _quiet_embedded(self.embedded):
+            self._client.create_index(self.collection, self._index_params(want, len(self)))
         self._client.load_collection(self.collection)
         self._index_type = want
 
     # --- writing ----------------------------------------------------------------------------
-    def existing_keys(self, keys: Sequence[str]) -> set[str]:
-        """The subset of ``keys`` the collection holds."""
+    def fetch(self, keys: Sequence[str], output_fields: Sequence[str] = ()) -> dict[str, dict]:
+        """key -> ``output_fields`` of the rows of ``keys`` the collection holds."""
+        found: dict[str, dict] = {}
         if self._index_type is None or not len(keys):
-            return set()
-        found: set[str] = set()
+            return found
         keys = list(keys)
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             chunk = keys[start : start + _KEYS_PER_QUERY]
             expr = f"{KEY_FIELD} in [{', '.join(_literal(k) for k in chunk)}]"
-            rows = self._client.query(self.collection, filter=expr, output_fields=[KEY_FIELD])
-            found.update(str(r[KEY_FIELD]) for r in rows)
+            rows = self._client.query(
+                self.collection, filter=expr, output_fields=[KEY_FIELD, *output_fields]
+            )
+            found.update({str(r[KEY_FIELD]): {f: r[f] for f in output_fields} for r in rows})
         return found
+
+    def existing_keys(self, keys: Sequence[str]) -> set[str]:
+        """The subset of ``keys`` the collection holds."""
+        return set(self.fetch(keys))
 
     def add(
         self,
@@ -352,11 +389,13 @@ class MilvusIndex:
         *,
         keys: Sequence[str] | None = None,
         fields: Mapping[str, Sequence[Any]] | None = None,
+        replace: bool = False,
     ) -> None:
         """Add `(N, D)` vectors under unique ``keys`` (default: the int64 ``ids`` as text).
 
         Keys the collection already holds are refused (``ids``) or, with explicit ``keys``,
-        skipped: re-adding a photo is a no-op. ``fields``: column name -> N values.
+        skipped: re-adding a photo is a no-op; ``replace`` overwrites them instead (new
+        metadata). ``fields``: column name -> N values.
         """
         arr = _as_matrix(vectors, self.dim, "vectors")
         n = len(arr)
@@ -373,7 +412,7 @@ class MilvusIndex:
                 raise SongsightError(f"keys must be {n} unique strings, one per vector")
         arr = _round_to_storage(arr, self._dtype)
         columns = self._columns(fields or {}, n)
-        done = self.existing_keys(keys) if ids is None else set()
+        done = self.existing_keys(keys) if ids is None and not replace else set()
         todo = [i for i, key in enumerate(keys) if key not in done]
         if not todo:
             return
@@ -416,14 +455,15 @@ class MilvusIndex:
         """Every row's key and ``output_fields``, in batches of dicts (any order)."""
         if self._index_type is None:
             return
-        it = self._client.query_iterator(
-            self.collection, batch_size=batch_rows, output_fields=[KEY_FIELD, *output_fields]
-        )
-        try:
-            while batch := it.next():
-                yield batch
-        finally:
-            it.close()
+        with _quiet_embedded(self.embedded):
+            it = self._client.query_iterator(
+                self.collection, batch_size=batch_rows, output_fields=[KEY_FIELD, *output_fields]
+            )
+            try:
+                while batch := it.next():
+                    yield batch
+            finally:
+                it.close()
 
     def first_row(self, filter_expr: str, output_fields: Sequence[str]) -> dict | None:
         """One row matching ``filter_expr`` (None if none): a pushed-down existence check."""
@@ -535,8 +575,24 @@ class MilvusIndex:
 
     def close(self) -> None:
         """Drop the connection; an embedded file is released for other processes."""
-        self._client.close()
-        release_embedded(self.uri)
+        self._finalizer()  # runs once, here or when the index is garbage collected
+
+
+@contextlib.contextmanager
+def _quiet_embedded(embedded: bool):
+    """Milvus Lite lacks the timestamp call that pymilvus makes before waiting for an index
+    build and before a query iterator: its gRPC server logs a traceback and pymilvus a
+    warning, then pymilvus goes on without it (the client's clock, right for a file only this
+    process writes). Keep that noise off the user's screen."""
+    loggers = ["grpc._server", "pymilvus.client.iterator.query_iterator"] if embedded else []
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _decimal_id(key: str) -> int | None:

@@ -1,0 +1,311 @@
+"""Milvus backend: index types and the species filter against exact search, galleries searched
+through Milvus answering as the exact gallery does, remove / move, and a SIGKILLed add.
+
+The backend-agnostic contract (ordering, ties, padding, save/load, bad inputs) is tested for
+Milvus with every other backend in test_search.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import songsight
+from songsight.cli import main
+from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.index.gallery import Gallery, build_gallery
+from songsight.index.search import ExactIndex
+from songsight.index.store import load_embeddings
+from tests.test_gallery import TAXA, _manifest, _random_photos
+from tests.test_search import clustered, recall
+
+pytest.importorskip("pymilvus", reason="the 'milvus' extra: pip install 'songsight[milvus]'")
+pytest.importorskip("milvus_lite", reason="the 'milvus' extra: pip install 'songsight[milvus]'")
+
+from songsight.index.gallery_milvus import milvus_config, open_milvus_index  # noqa: E402
+from songsight.index.milvus import (  # noqa: E402
+    MilvusIndex,
+    MilvusSettings,
+    choose_index_type,
+    species_filter,
+)
+
+
+@pytest.fixture
+def milvus_file(tmp_path):
+    """A fresh embedded Milvus file; every index opened on it is closed afterwards."""
+    opened: list[MilvusIndex] = []
+
+    def make(dim, **kw):
+        opened.append(MilvusIndex(dim, tmp_path / "m.db", **kw))
+        return opened[-1]
+
+    yield make
+    for index in opened:
+        index.close()
+
+
+@pytest.mark.parametrize("index_type", ["FLAT", "HNSW", "IVF_FLAT"])
+def test_every_index_type_agrees_with_exact(milvus_file, index_type):
+    gallery = clustered(3000, 32, 40, seed=20)
+    queries = clustered(100, 32, 40, seed=21)
+    index = milvus_file(32, settings={"index_type": index_type, "ivf_nprobe": 16})
+    index.add(gallery, np.arange(3000))
+    assert index.index_type == index_type and len(index) == 3000
+    exact = ExactIndex(32)
+    exact.add(gallery, np.arange(3000))
+    want_scores, want = exact.search(queries, 10)
+    scores, found = index.search(queries, 10)
+    assert recall(found, want) >= 0.99
+    # Candidates are re-scored exactly: the scores of shared hits are exact search's.
+    same = found == want
+    np.testing.assert_allclose(scores[same], want_scores[same], atol=1e-5)
+
+
+def test_index_type_follows_the_size(milvus_file):
+    settings = {"flat_threshold": 500, "hnsw_m": 16, "hnsw_ef_construction": 64}
+    index = milvus_file(16, settings=settings)
+    data = clustered(800, 16, 8, seed=22)
+    index.add(data[:400], np.arange(400))
+    assert index.index_type == "FLAT"
+    index.add(data[400:], np.arange(400, 800))
+    assert index.index_type == "HNSW"  # rebuilt once the collection passed the threshold
+    _, top1 = index.search(data[::50], 1)
+    np.testing.assert_array_equal(top1[:, 0], np.arange(0, 800, 50))
+    s = MilvusSettings()
+    assert choose_index_type(s.flat_threshold, s, embedded=True) == "FLAT"
+    assert choose_index_type(s.flat_threshold + 1, s, embedded=True) == "HNSW"
+    # Milvus Lite has no DiskANN: only a server moves past the in-memory graph.
+    assert choose_index_type(s.diskann_threshold + 1, s, embedded=True) == "HNSW"
+    assert choose_index_type(s.diskann_threshold + 1, s, embedded=False) == "DISKANN"
+    assert choose_index_type(10, MilvusSettings(index_type="ivf_flat"), embedded=False) == "IVF_FLAT"  # fmt: skip
+
+
+def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):
+    rng = np.random.default_rng(23)
+    gallery = clustered(600, 24, 6, seed=24)
+    names = ["Aix sponsa", 'Branta "canadensis"', "Junco hyemalis", "Corvus\\corax"]
+    species = [names[i] for i in rng.integers(0, len(names), 600)]
+    index = milvus_file(24, scalar_fields={"species": "str"})
+    index.add(gallery, np.arange(600), fields={"species": species})
+    queries = clustered(20, 24, 6, seed=25)
+    for allowed in (names[1:3], names[3:], ["Nothing here"], []):
+        rows = np.flatnonzero(np.isin(species, allowed))
+        exact = ExactIndex(24)
+        exact.add(gallery[rows], rows)
+        want_scores, want = exact.search(queries, 10)
+        scores, found = index.search(queries, 10, allowed_species=allowed)
+        np.testing.assert_array_equal(found, want)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    # Quotes and backslashes in names are escaped, not read as expression syntax.
+    assert species_filter(['B "c"', "a\\b"]) == 'species in ["B \\"c\\"", "a\\\\b"]'
+
+
+def test_keys_make_re_adding_a_no_op(milvus_file):
+    index = milvus_file(8, scalar_fields={"species": "str", "label": "int"})
+    data = clustered(5, 8, 1, seed=26)
+    keys = [f"{i:064x}" for i in range(5)]
+    index.add(data, keys=keys, fields={"species": ["A"] * 5, "label": [None, 1, 2, 3, 4]})
+    index.add(data[:3], keys=keys[:3], fields={"species": ["B"] * 3})
+    assert len(index) == 5 and index.fetch(keys[:1], ["species", "label"]) == {keys[0]: {"species": "A", "label": -1}}  # fmt: skip
+    index.add(data[:1], keys=keys[:1], fields={"species": ["B"]}, replace=True)
+    assert len(index) == 5 and index.fetch(keys[:1], ["species"])[keys[0]]["species"] == "B"
+    assert index.remove([keys[0], "f" * 64]) == 1 and len(index) == 4
+    with pytest.raises(SongsightError, match="unique"):
+        index.add(data[:2], keys=["x", "x"])
+    with pytest.raises(SongsightError, match="unknown fields"):
+        index.add(data[:1], keys=["y"], fields={"genus": ["Aix"]})
+
+
+def test_bad_settings_and_missing_extra(milvus_file, monkeypatch, tmp_path):
+    with pytest.raises(SongsightError, match="index type must be one of"):
+        MilvusSettings(index_type="SCANN")
+    with pytest.raises(SongsightError, match="unknown Milvus settings"):
+        MilvusSettings.from_dict({"ef": 3})
+    with pytest.raises(SongsightError, match="collection names"):
+        milvus_config(collection="my-photos")
+    with pytest.raises(SongsightError, match="server"):
+        milvus_config(uri=str(tmp_path / "x.db"))
+    index = milvus_file(8)
+    index.add(clustered(3, 8, 1, seed=27), np.arange(3))
+    with pytest.raises(SongsightError, match="holds 8-d vectors"):
+        milvus_file(16)
+    monkeypatch.setitem(sys.modules, "pymilvus", None)
+    with pytest.raises(SongsightError, match=r"songsight\[milvus\]"):
+        MilvusIndex(8, tmp_path / "other.db")
+
+
+# --- galleries ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_galleries(tiny_image_encoder, tmp_path):
+    """The same 30 photos with species, built as an exact gallery and a Milvus one."""
+    from songsight.taxonomy import write_species_csv
+
+    photos = _random_photos(tmp_path / "photos", 30, 1)
+    taxa = tmp_path / "taxa.csv"
+    write_species_csv(TAXA, taxa)
+    manifest = _manifest(tmp_path, [{"path": str(p), "label": i % 3} for i, p in enumerate(photos)])
+    options = dict(manifest=manifest, species_csv=taxa, progress=False)
+    exact = Gallery.build([], tmp_path / "exact", tiny_image_encoder, **options)
+    milvus = Gallery.build([], tmp_path / "milvus", tiny_image_encoder, milvus=milvus_config(), **options)  # fmt: skip
+    yield exact, milvus
+    milvus.index.close()
+
+
+def _same_answers(a: Gallery, b: Gallery, queries: np.ndarray, k: int = 8) -> None:
+    """Photo by photo: the same paths, in the same order, with the same scores."""
+    sa, ia = a.search(queries, k)
+    sb, ib = b.search(queries, k)
+    path = {-1: None} | {i: a.record(i)["path"] for i in range(len(a))}
+    other = {-1: None} | {i: b.record(i)["path"] for i in range(len(b))}
+    assert [[path[i] for i in row] for row in ia] == [[other[i] for i in row] for row in ib]
+    np.testing.assert_allclose(sa, sb, atol=1e-5)
+
+
+def test_milvus_gallery_answers_as_the_exact_one(two_galleries, tiny_image_encoder, tmp_path):
+    exact, gallery = two_galleries
+    assert (
+        isinstance(gallery.index, MilvusIndex) and gallery.provenance["index"]["kind"] == "milvus"
+    )
+    assert (gallery.directory / "milvus.db").is_dir()
+    queries = clustered(12, 48, 3, seed=28)
+    _same_answers(exact, gallery, queries)
+    # The collection holds the photos' metadata and the model's provenance as fields.
+    row = gallery.record(4)
+    held = gallery.index.fetch([row["sha256"]], ["path", "species", "genus", "family", "label", "model_revision"])  # fmt: skip
+    assert held[row["sha256"]] == {
+        "path": row["path"], "species": row["species"], "genus": row["genus"],
+        "family": row["family"], "label": row["label"],
+        "model_revision": gallery.image_model["revision"],
+    }  # fmt: skip
+    # The species filter, pushed down to Milvus, is exact search over that species' photos.
+    allowed = ["Aix sponsa", "Junco hyemalis"]
+    rows = [i for i in range(len(exact)) if exact.record(i)["species"] in allowed]
+    _, vectors, _ = load_embeddings(exact.directory / "gallery.parquet")
+    ref = ExactIndex(48)
+    ref.add(vectors[rows], np.asarray(rows))
+    np.testing.assert_array_equal(
+        gallery.index.search(queries, 5, allowed)[1], ref.search(queries, 5)[1]
+    )
+    # Adding embeds and writes only new photos; adding them again changes nothing.
+    more = _random_photos(tmp_path / "more", 6, 2)
+    gallery.index.close()
+    report = gallery.add(more, image_model=tiny_image_encoder, progress=False)
+    assert (report.n_embedded, len(gallery), len(gallery.index)) == (6, 36, 36)
+    exact.add(more, image_model=tiny_image_encoder, progress=False)
+    _same_answers(exact, gallery, queries)
+    gallery.index.close()
+    report = gallery.add(more, image_model=tiny_image_encoder, progress=False)
+    assert (report.n_embedded, len(gallery.index)) == (0, 36)
+
+
+def test_remove_and_move(two_galleries, capsys):
+    exact, gallery = two_galleries
+    gallery.index.close()
+    first, second = gallery.record(0), gallery.record(7)
+    for g in (exact, gallery):
+        code = main(["index", "remove", first["path"], second["sha256"], "/no/such.png",
+                     "--gallery", str(g.directory), "--quiet"])  # fmt: skip
+        assert code == 1
+        assert "2 removed; 28 photos" in capsys.readouterr().out
+    exact, gallery = Gallery.open(exact.directory), Gallery.open(gallery.directory)
+    assert len(gallery.index) == 28 and not gallery.index.existing_keys([first["sha256"]])
+    queries = clustered(10, 48, 3, seed=29)
+    _same_answers(exact, gallery, queries)
+    gallery.index.close()
+    # Move the exact gallery into Milvus (a second collection) and the Milvus one back.
+    assert main(["index", "move", "--gallery", str(exact.directory), "--backend", "milvus",
+                 "--collection", "moved", "--quiet"]) == 0  # fmt: skip
+    assert main(["index", "move", "--gallery", str(gallery.directory), "--quiet"]) == 0
+    moved, back = Gallery.open(exact.directory), Gallery.open(gallery.directory)
+    assert isinstance(moved.index, MilvusIndex) and moved.index.collection == "moved"
+    assert isinstance(back.index, ExactIndex)
+    _same_answers(back, moved, queries)
+    moved.index.close()
+    with pytest.raises(SystemExit):
+        main(["index", "move", "--gallery", str(exact.directory), "--backend", "cloud"])
+    assert main(["index", "move", "--gallery", str(exact.directory), "--milvus-uri", "x"]) == 2
+
+
+def test_collection_of_another_model_is_refused(two_galleries, tmp_path):
+    import shutil
+
+    from songsight.testing import build_tiny_open_clip
+
+    _, gallery = two_galleries
+    gallery.index.close()
+    other = build_tiny_open_clip(tmp_path / "other-image", seed=1)
+    # A gallery of another model pointed at a collection holding the first model's photos.
+    target = tmp_path / "other-gallery"
+    target.mkdir()
+    shutil.copytree(gallery.directory / "milvus.db", target / "milvus.db")
+    with pytest.raises(ProvenanceMismatchError, match="not comparable"):
+        build_gallery(_random_photos(tmp_path / "x", 2, 3), target, image_model=other,
+                      milvus=milvus_config(), progress=False)  # fmt: skip
+    with pytest.raises(SongsightError, match="index move"):
+        Gallery.build([gallery.record(0)["path"]], gallery.directory, gallery.image_model["model_id"],
+                      milvus=milvus_config(collection="elsewhere"), progress=False)  # fmt: skip
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(songsight.__file__).parents[1]), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "songsight.cli", *args], env=env, **kw)
+
+
+def test_sigkill_during_add_then_rerun_loses_nothing(tiny_models, tmp_path):
+    """A real `songsight index add` killed while it writes to Milvus, then run again."""
+    image_model = str(tiny_models[1])
+    out = tmp_path / "g"
+    build_gallery(_random_photos(tmp_path / "a", 5, 4), out, image_model=image_model,
+                  milvus=milvus_config(), progress=False)  # fmt: skip
+    Gallery.open(out).index.close()  # the embedded file is free for the subprocess
+    _random_photos(tmp_path / "b", 1200, 5)
+    wal = out / "milvus.db" / "collections" / "songsight_gallery" / "wal"
+    before = {p.name for p in wal.glob("*")}
+    add = ("index", "add", str(tmp_path / "b"), "--gallery", str(out), "--quiet")
+    proc = _cli(*add, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    # Kill as soon as the first rows of the add reach Milvus's write-ahead log.
+    while proc.poll() is None and time.monotonic() < deadline:
+        if {p.name for p in wal.glob("wal_data_*")} - before:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    # What the kill left: every photo stored, only some written to Milvus.
+    g = Gallery.open(out)
+    stored = set(g.metadata["sha256"])
+    held_after_kill = len(g.index)
+    g.index.close()
+    assert len(stored) == 1205 and held_after_kill < 1205
+    assert _cli(*add, stderr=subprocess.DEVNULL).wait() == 0
+    g = Gallery.open(out)
+    keys = [r["key"] for batch in g.index.iter_rows() for r in batch]
+    assert len(keys) == len(set(keys)) == 1205 and set(keys) == stored  # no duplicate, no gap
+    queries = clustered(10, 48, 3, seed=30)
+    ref = ExactIndex(48)
+    ref.add(load_embeddings(out / "gallery.parquet")[1], np.arange(1205))
+    np.testing.assert_array_equal(g.search(queries, 10)[1], ref.search(queries, 10)[1])
+    g.index.close()
+
+
+def test_open_milvus_index_maps_keys_to_rows(two_galleries):
+    exact, gallery = two_galleries
+    gallery.index.close()
+    index = open_milvus_index(gallery.directory, gallery.provenance, list(gallery.metadata["sha256"][:10]))  # fmt: skip
+    try:
+        _, ids = index.search(clustered(3, 48, 1, seed=31), 30)
+        # Rows the reader does not know (past its 10) are left out, never mis-numbered.
+        assert set(ids[ids >= 0].tolist()) <= set(range(10)) and (ids == -1).any()
+    finally:
+        index.close()
