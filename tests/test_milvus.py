@@ -7,6 +7,7 @@ Milvus with every other backend in test_search.py.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import songsight
@@ -309,3 +311,34 @@ def test_open_milvus_index_maps_keys_to_rows(two_galleries):
         assert set(ids[ids >= 0].tolist()) <= set(range(10)) and (ids == -1).any()
     finally:
         index.close()
+
+
+def test_songsight_search_prints_the_same_through_either_backend(
+    two_galleries, tiny_models, tiny_image_encoder, tmp_path, capsys
+):
+    import soundfile as sf
+
+    from tests.test_retrieval import RATE, _checkpoint, tone
+
+    exact, gallery = two_galleries
+    gallery.index.close()
+    checkpoint = _checkpoint(tmp_path / "distilled", tiny_models[0], tiny_image_encoder.provenance())  # fmt: skip
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    sf.write(rec / "short.wav", tone(1.5, 700), RATE)
+    sf.write(rec / "long.wav", tone(5.3, 1200, seed=1), RATE)
+    printed = []
+    for g in (exact, gallery):
+        args = ["search", str(rec), "--gallery", str(g.directory), "--model", str(checkpoint),
+                "--k", "5", "--format", "csv", "--device", "cpu", "--quiet"]  # fmt: skip
+        assert main(args) == 0
+        printed.append(capsys.readouterr().out)
+    # Same photos and species, row by row; scores agree to float32 rounding (the exact
+    # index sums in torch, the re-rank in numpy).
+    a, b = (pd.read_csv(io.StringIO(text)) for text in printed)
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) >= 3
+    numbers = [c for c in a.columns if pd.api.types.is_float_dtype(a[c])]
+    pd.testing.assert_frame_equal(a.drop(columns=numbers), b.drop(columns=numbers))
+    np.testing.assert_allclose(a[numbers].to_numpy(float), b[numbers].to_numpy(float), atol=2e-6)
+    assert a.astype(str).apply(lambda col: col.str.contains(r"\.png")).to_numpy().sum() >= 5
+    assert a.astype(str).apply(lambda col: col.str.contains("Aix sponsa")).to_numpy().any()
