@@ -315,9 +315,15 @@ def _update(
     meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options, milvus)
     _store_pending(directory, pending)
     store = directory / STORE_FILE
+    holder = None
     if engine == "ray":
         from songsight.scale import embed_image_files_ray
 
+        sink = None
+        if meta["index"]["requested"] == "milvus":
+            from songsight.index.gallery_milvus import ray_sink
+
+            sink, holder = ray_sink(directory, meta, pending)
         report = embed_image_files_ray(
             files,
             store,
@@ -330,6 +336,7 @@ def _update(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            milvus=sink,
         )
     else:
         from songsight.embed import embed_image_files
@@ -339,6 +346,8 @@ def _update(
         )
     hashes = _attach_metadata(directory)
     kind = _update_index(directory, meta, hashes, progress=progress)
+    if holder is not None:
+        holder.close()  # after the sync: an embedded file served the workers through it
 
     run_errors = _merge_errors(directory, files, missing_errors, report.errors_path)
     meta["index"]["kind"] = kind

@@ -226,7 +226,9 @@ class MilvusIndex:
     as ``http://host:19530``. ``scalar_fields``: name -> ``"str"`` or ``"int"`` columns stored
     per row (strings default to "", ints to -1). ``key_to_id`` maps primary keys back to the
     int64 ids searches return (default: keys are decimal ids); keys it does not know are
-    dropped from results. The collection is created on first use with ``dim``.
+    dropped from results. The collection is created on first use with ``dim``, and its index
+    type follows its size; ``manage_index=False`` (many writers, e.g. Ray workers) only
+    writes rows into a collection that exists, leaving both to one owner.
     """
 
     kind = "milvus"
@@ -242,6 +244,7 @@ class MilvusIndex:
         scalar_fields: Mapping[str, str] | None = None,
         settings: MilvusSettings | Mapping[str, Any] | None = None,
         key_to_id: Callable[[str], int | None] | None = None,
+        manage_index: bool = True,
     ):
         if int(dim) < 1:
             raise SongsightError(f"dim must be >= 1, got {dim}")
@@ -259,6 +262,7 @@ class MilvusIndex:
             settings if isinstance(settings, MilvusSettings) else MilvusSettings.from_dict(settings)
         )
         self.key_to_id = key_to_id or _decimal_id
+        self.manage_index = manage_index
         self._client = _connect(self.uri)
         # A dropped index (e.g. a `Gallery` that went out of scope) frees the embedded file too.
         self._finalizer = weakref.finalize(self, _disconnect, self._client, self.uri)
@@ -416,8 +420,7 @@ class MilvusIndex:
         todo = [i for i, key in enumerate(keys) if key not in done]
         if not todo:
             return
-        if self._index_type is None:
-            self._create()
+        self.ensure_collection()
         for start in range(0, len(todo), _ROWS_PER_WRITE):
             rows = []
             for i in todo[start : start + _ROWS_PER_WRITE]:
@@ -427,7 +430,18 @@ class MilvusIndex:
             # Upsert, not insert: a Milvus server keeps duplicate primary keys on insert, and
             # two writers (Ray workers) may race on the same photo.
             self._client.upsert(self.collection, rows)
-        self._retune()
+        if self.manage_index:
+            self._retune()
+
+    def ensure_collection(self) -> None:
+        """Create the collection if it does not exist yet (only an index that manages it)."""
+        if self._index_type is not None:
+            return
+        if not self.manage_index:
+            raise SongsightError(
+                f"Milvus collection {self.collection!r} does not exist at {self.uri}"
+            )
+        self._create()
 
     def _columns(self, fields: Mapping[str, Sequence[Any]], n: int) -> dict[str, list]:
         unknown = sorted(set(fields) - set(self._schema.fields))
