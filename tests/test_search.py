@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -22,13 +23,7 @@ BACKENDS = {
     "exact": (lambda dim, **kw: ExactIndex(dim, **kw), 1.0),
     "hnsw": (lambda dim, **kw: HNSWIndex(dim, threads=1, **kw), 0.99),
 }
-try:
-    import milvus_lite  # noqa: F401
-    import pymilvus  # noqa: F401
-
-    HAVE_MILVUS = True
-except ImportError:
-    HAVE_MILVUS = False
+HAVE_MILVUS = all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite"))
 _NEEDS_MILVUS = pytest.mark.skipif(
     not HAVE_MILVUS, reason="the 'milvus' extra: pip install 'songsight[milvus]'"
 )

@@ -180,7 +180,7 @@ def _write_rows(
     wanted = np.asarray(rows, np.int64)
     bar = tqdm(
         total=len(rows), desc="writing to Milvus", unit="photo", disable=not progress,
-        file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+        file=sys.stderr, dynamic_ncols=True, mininterval=0.2,
     )  # fmt: skip
     model_fields = {"model_id": model["model_id"], "model_revision": model.get("revision") or ""}
     start = 0
@@ -338,4 +338,9 @@ def drop_embedded(directory: Path) -> None:
 
     path = Path(directory).absolute() / EMBEDDED_FILE
     release_embedded(str(path))
-    shutil.rmtree(path, ignore_errors=True)
+    # Milvus Lite 2.5 keeps a file and a lock beside it (3.x a folder).
+    for p in (path, path.with_name(f".{EMBEDDED_FILE}.lock")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -13,9 +13,11 @@ gaps. Scalar fields (species, path, model provenance ...) live beside the vector
 ``allowed_species`` filter is pushed down to Milvus as a filter expression.
 
 The index type follows the collection's size (`choose_index_type`): FLAT (exact) up to
-``flat_threshold`` rows, then HNSW; on a Milvus server, DISKANN past ``diskann_threshold``.
-Milvus Lite (3.x, a pure-Python engine on faiss) offers FLAT, HNSW, HNSW_SQ, IVF_FLAT and
-IVF_SQ8, not DISKANN. pymilvus is imported on first use (the ``milvus`` extra).
+``flat_threshold`` rows; past it IVF_FLAT in the embedded file, HNSW on a Milvus server and
+DISKANN past ``diskann_threshold``. The embedded engine is Milvus Lite 2.5 (Milvus's own C++
+engine in a child process; it builds only FLAT, IVF_FLAT and AUTOINDEX). Milvus Lite 3.x, a
+rewrite in Python, walks every row's key in Python on each search (0.4 s a query at 100k
+vectors, measured), so the ``milvus`` extra keeps 2.5. pymilvus is imported on first use.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import json
 import logging
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -71,9 +74,10 @@ class MilvusSettings:
     """Index and search knobs; ``index_type="auto"`` picks by size (`choose_index_type`).
 
     ``hnsw_m`` / ``hnsw_ef_construction`` build the graph and ``hnsw_ef`` searches it (raised
-    to the candidate count when lower); ``ivf_nlist`` (0: ~4 * sqrt(N)) and ``ivf_nprobe``
-    are IVF's; ``diskann_search_list`` is DiskANN's. The HNSW defaults are those of
-    `songsight.index.hnsw.HNSWIndex`, chosen by benchmarks/search.py.
+    to the candidate count when lower); ``ivf_nlist`` (0: ~4 * sqrt(N) at build time) and
+    ``ivf_nprobe`` (lists searched per query) are IVF's; ``diskann_search_list`` is
+    DiskANN's. The HNSW defaults are those of `songsight.index.hnsw.HNSWIndex`, chosen by
+    benchmarks/search.py.
     """
 
     index_type: str = "auto"
@@ -112,18 +116,28 @@ class MilvusSettings:
         return cls(**dict(options or {}))
 
 
+# What Milvus Lite 2.5 ("local mode") builds; a server offers every type in INDEX_TYPES.
+EMBEDDED_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+
+
 def choose_index_type(n_rows: int, settings: MilvusSettings, embedded: bool) -> str:
     """The Milvus index type for a collection of ``n_rows``: FLAT while exact search is still
-    interactive (same threshold as `search.ANN_THRESHOLD`), then HNSW; DISKANN past
-    ``diskann_threshold`` on a server, where an in-memory graph stops fitting one query node
-    (Milvus Lite has no DISKANN and stays on HNSW)."""
+    interactive (same threshold as `search.ANN_THRESHOLD`); past it IVF_FLAT in the embedded
+    file (the only ANN index Milvus Lite builds), HNSW on a server, and DISKANN past
+    ``diskann_threshold``, where an in-memory graph (~5 KB a 768-d vector) stops fitting
+    one query node."""
     if settings.index_type != "auto":
+        if embedded and settings.index_type not in EMBEDDED_INDEX_TYPES:
+            raise SongsightError(
+                f"the embedded Milvus file builds only {', '.join(EMBEDDED_INDEX_TYPES)} "
+                f"indexes, not {settings.index_type}; use a Milvus server (--milvus-uri) for it"
+            )
         return settings.index_type
     if n_rows <= settings.flat_threshold:
         return "FLAT"
-    if not embedded and n_rows > settings.diskann_threshold:
-        return "DISKANN"
-    return "HNSW"
+    if embedded:
+        return "IVF_FLAT"
+    return "DISKANN" if n_rows > settings.diskann_threshold else "HNSW"
 
 
 def _index_params(index_type: str, n_rows: int, settings: MilvusSettings) -> dict:
@@ -172,6 +186,10 @@ def _connect(uri: str):
     pymilvus = _import_pymilvus()
     if is_embedded(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # Milvus Lite 2.5 imports the deprecated pkg_resources: not the user's business.
+            warnings.simplefilter("ignore", UserWarning)
+            import milvus_lite  # noqa: F401
     try:
         client = pymilvus.MilvusClient(uri=str(uri))
         if is_embedded(uri):
@@ -222,7 +240,7 @@ def release_embedded(uri: str) -> None:
 class MilvusIndex:
     """A Milvus collection behind the `VectorIndex` protocol, re-ranked exactly.
 
-    ``uri``: a ``*.db`` path (Milvus Lite, embedded in this process) or a server address such
+    ``uri``: a ``*.db`` path (Milvus Lite, run by this process) or a server address such
     as ``http://host:19530``. ``scalar_fields``: name -> ``"str"`` or ``"int"`` columns stored
     per row (strings default to "", ints to -1). ``key_to_id`` maps primary keys back to the
     int64 ids searches return (default: keys are decimal ids); keys it does not know are
@@ -594,10 +612,10 @@ class MilvusIndex:
 
 @contextlib.contextmanager
 def _quiet_embedded(embedded: bool):
-    """Milvus Lite lacks the timestamp call that pymilvus makes before waiting for an index
-    build and before a query iterator: its gRPC server logs a traceback and pymilvus a
-    warning, then pymilvus goes on without it (the client's clock, right for a file only this
-    process writes). Keep that noise off the user's screen."""
+    """Some Milvus Lite releases lack the timestamp call that pymilvus makes before waiting
+    for an index build and before a query iterator: the gRPC server logs a traceback and
+    pymilvus a warning, then pymilvus goes on without it (the client's clock, right for a
+    file only this process writes). Keep that noise off the user's screen."""
     loggers = ["grpc._server", "pymilvus.client.iterator.query_iterator"] if embedded else []
     levels = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
