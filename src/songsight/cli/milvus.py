@@ -17,7 +17,8 @@ def add_milvus(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--milvus-uri",
         metavar="URI",
-        help="a Milvus server, e.g. http://host:19530 (default: embedded)",
+        help="a Milvus server, e.g. http://host:19530, its token (if any) in $MILVUS_TOKEN "
+        "(default: the embedded file)",
     )
     p.add_argument(
         "--collection", metavar="NAME", help="Milvus collection (default songsight_gallery)"

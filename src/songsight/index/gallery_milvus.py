@@ -180,7 +180,7 @@ def _write_rows(
     wanted = np.asarray(rows, np.int64)
     bar = tqdm(
         total=len(rows), desc="writing to Milvus", unit="photo", disable=not progress,
-        file=sys.stderr, dynamic_ncols=True, mininterval=0.2,
+        file=sys.stderr, dynamic_ncols=True, mininterval=0.1,
     )  # fmt: skip
     model_fields = {"model_id": model["model_id"], "model_revision": model.get("revision") or ""}
     start = 0
@@ -236,6 +236,7 @@ def sync_milvus(directory: Path, meta: dict, *, full: bool = False, progress: bo
         changed = [r for r in todo if held.get(hashes[r]) != want[r]]
         if changed:
             _write_rows(index, directory, hashes, fields, changed, model, progress)
+            index.flush()  # sealed segments are the ones Milvus indexes
         if not prefix_ok:
             # Rows the store no longer has (removed photos, or a collection reused).
             keep = set(hashes)
