@@ -133,6 +133,32 @@ def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):
     assert species_filter(['B "c"', "a\\b"]) == 'species in ["B \\"c\\"", "a\\\\b"]'
 
 
+def test_allowed_ids_are_exact_search_over_the_subset(milvus_file, monkeypatch):
+    from songsight.index import milvus as milvus_module
+
+    gallery = clustered(2000, 24, 20, seed=35)
+    ids = np.arange(2000) * 2 + 1
+    queries = clustered(15, 24, 20, seed=36)
+    index = milvus_file(24)
+    index.add(gallery, ids)
+    rng = np.random.default_rng(37)
+    # Many allowed ids are searched in chunks of keys whose answers are merged.
+    monkeypatch.setattr(milvus_module, "_KEYS_PER_FILTER", 150)
+    for share in (0.5, 0.02):
+        keep = np.sort(rng.choice(2000, int(share * 2000), replace=False))
+        allowed = np.concatenate([ids[keep], [10**6, 4]])  # ids the index lacks are ignored
+        exact = ExactIndex(24)
+        exact.add(gallery[keep], ids[keep])
+        want_scores, want = exact.search(queries, 10)
+        scores, found = index.search(queries, 10, allowed_ids=allowed)
+        np.testing.assert_array_equal(found, want)
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    scores, found = index.search(queries[:2], 5, allowed_ids=[])
+    assert (found == -1).all() and np.isneginf(scores).all()
+    with pytest.raises(SongsightError, match="allowed_ids"):
+        index.search(queries, 5, allowed_ids=[[1, 2]])
+
+
 def test_keys_make_re_adding_a_no_op(milvus_file):
     index = milvus_file(8, scalar_fields={"species": "str", "label": "int"})
     data = clustered(5, 8, 1, seed=26)
@@ -219,8 +245,25 @@ def test_milvus_gallery_answers_as_the_exact_one(two_galleries, tiny_image_encod
     ref = ExactIndex(48)
     ref.add(vectors[rows], np.asarray(rows))
     np.testing.assert_array_equal(
-        gallery.index.search(queries, 5, allowed)[1], ref.search(queries, 5)[1]
+        gallery.index.search(queries, 5, allowed_species=allowed)[1], ref.search(queries, 5)[1]
     )
+    # A species list arrives as photo ids: every photo of those species is pushed down as a
+    # species expression, any other set of ids as keys; both answer as exact search does.
+    filters: list[str] = []
+    search = gallery.index._client.search
+    gallery.index._client.search = lambda *a, **kw: filters.append(kw["filter"]) or search(*a, **kw)
+    np.testing.assert_array_equal(
+        gallery.index.search(queries, 5, allowed_ids=np.asarray(rows))[1], ref.search(queries, 5)[1]
+    )
+    assert filters == ['species in ["Aix sponsa", "Junco hyemalis"]']
+    some = np.asarray(rows[:3] + [10_000])  # parts of two species, and an id the gallery lacks
+    ref = ExactIndex(48)
+    ref.add(vectors[some[:-1]], some[:-1])
+    np.testing.assert_array_equal(
+        gallery.index.search(queries, 5, allowed_ids=some)[1], ref.search(queries, 5)[1]
+    )
+    assert filters[-1].startswith("key in [") and filters[-1].count(",") == len(some) - 2
+    gallery.index._client.search = search
     # Adding embeds and writes only new photos; adding them again changes nothing.
     more = _random_photos(tmp_path / "more", 6, 2)
     gallery.index.close()
@@ -295,6 +338,11 @@ def test_sigkill_during_add_then_rerun_loses_nothing(tiny_models, tmp_path):
     # Enough photos that writing them to Milvus outlasts a few progress-bar updates (~1 s).
     _random_photos(tmp_path / "b", 4000, 5)
     add = ("index", "add", str(tmp_path / "b"), "--gallery", str(out))
+    # While another process holds the embedded file, add stops at once with one clear line.
+    held = Gallery.open(out)
+    busy = _cli(*add, "--quiet", stderr=subprocess.PIPE)
+    assert busy.wait() == 2 and b"another process holds it" in busy.stderr.read()
+    held.index.close()
     proc = _cli(*add, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Kill as soon as its progress bar says some, not all, photos reached Milvus.
     progress = re.compile(rb"writing to Milvus:.*?\| *(\d+)/(\d+) ")
@@ -327,7 +375,7 @@ def test_sigkill_during_add_then_rerun_loses_nothing(tiny_models, tmp_path):
 def test_open_milvus_index_maps_keys_to_rows(two_galleries):
     exact, gallery = two_galleries
     gallery.index.close()
-    index = open_milvus_index(gallery.directory, gallery.provenance, list(gallery.metadata["sha256"][:10]))  # fmt: skip
+    index = open_milvus_index(gallery.directory, gallery.provenance, gallery.metadata[:10])
     try:
         _, ids = index.search(clustered(3, 48, 1, seed=31), 30)
         # Rows the reader does not know (past its 10) are left out, never mis-numbered.

@@ -163,7 +163,7 @@ class Gallery:
         if meta["index"].get("kind") == "milvus":
             from songsight.index.gallery_milvus import open_milvus_index
 
-            index = open_milvus_index(directory, meta, hashes)
+            index = open_milvus_index(directory, meta, metadata)
         if meta["index"].get("kind") == "hnsw":
             index = _load_valid_index(directory / INDEX_DIR, hashes)
             if index is not None and len(index) != len(hashes):

@@ -202,17 +202,10 @@ def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, mi
             meta["index"] = {"requested": "milvus", "kind": "milvus", "milvus": milvus}
         _write_json(directory / META_FILE, meta)
         return meta
-    held = meta["index"].get("milvus")
-    if milvus is not None and {k: (held or {}).get(k) for k in milvus} != milvus:
-        where = f"Milvus collection {held['collection']!r}" if held else "songsight's own index"
-        raise SongsightError(
-            f"{directory} is searched through {where}; to change that, run "
-            f"`songsight index move --gallery {directory} ...`"
-        )
-    if ann and held:
-        raise SongsightError(
-            "--ann applies to songsight's own index; this gallery is searched through Milvus"
-        )
+    if milvus is not None or meta["index"].get("milvus"):
+        from songsight.index.gallery_milvus import check_backend
+
+        check_backend(directory, meta, milvus, ann)
     check_image_model(meta["image_model"], prov, "the image model given")
     had, now = meta["image_model"]["preprocessing"].get("choice"), prov["preprocessing"].get("choice")  # fmt: skip
     if had != now:
@@ -313,6 +306,10 @@ def _update(
 
         milvus = milvus_config(**milvus)
     meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options, milvus)
+    if meta["index"]["requested"] == "milvus":
+        from songsight.index.gallery_milvus import probe
+
+        probe(directory, meta)  # a held file, a server out of reach: before any embedding
     _store_pending(directory, pending)
     store = directory / STORE_FILE
     holder = None

@@ -25,14 +25,10 @@ import numpy as np
 
 from songsight.errors import ProvenanceMismatchError, SongsightError
 from songsight.index.gallery_format import STORE_FILE
-from songsight.index.gallery_manifest import METADATA_COLUMNS
-from songsight.index.milvus import (
-    MilvusIndex,
-    MilvusSettings,
-    _import_pymilvus,
-    _literal,
-    release_embedded,
-)
+from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank
+from songsight.index.milvus import MilvusIndex
+from songsight.index.milvus_connect import _import_pymilvus, release_embedded
+from songsight.index.milvus_options import MilvusSettings, _literal, species_filter
 
 __all__ = [
     "DEFAULT_COLLECTION",
@@ -81,13 +77,36 @@ def milvus_config(
     return {"uri": uri, "collection": name, "settings": dict(settings or {})}
 
 
+def check_backend(directory: Path, meta: dict, milvus: dict | None, ann: bool | None) -> None:
+    """For an existing gallery: refuse a Milvus config naming another place than its own
+    (that is `index move`), and ``--ann`` (songsight's HNSW) on a Milvus gallery."""
+    held = meta["index"].get("milvus")
+    if milvus is not None and {k: (held or {}).get(k) for k in milvus} != milvus:
+        where = f"Milvus collection {held['collection']!r}" if held else "songsight's own index"
+        raise SongsightError(
+            f"{directory} is searched through {where}; to change that, run "
+            f"`songsight index move --gallery {directory} ...`"
+        )
+    if ann and held:
+        raise SongsightError(
+            "--ann applies to songsight's own index; this gallery is searched through Milvus"
+        )
+
+
 def _uri(directory: Path, config: dict) -> str:
     return config.get("uri") or str(Path(directory).absolute() / EMBEDDED_FILE)
 
 
-def _open(directory: Path, meta: dict, hashes: list[str] | None = None) -> MilvusIndex:
+def _open(
+    directory: Path, meta: dict, hashes: list[str] | None = None, species: list | None = None
+) -> MilvusIndex:
     config = meta["index"]["milvus"]
-    rows = {h: i for i, h in enumerate(hashes or [])}
+    hashes = list(hashes or [])
+    rows = {h: i for i, h in enumerate(hashes)}
+
+    def id_to_key(i: int) -> str | None:
+        return hashes[i] if 0 <= i < len(hashes) else None
+
     index = MilvusIndex(
         int(meta["image_model"]["dim"]),
         _uri(directory, config),
@@ -96,6 +115,8 @@ def _open(directory: Path, meta: dict, hashes: list[str] | None = None) -> Milvu
         scalar_fields=SCALAR_FIELDS,
         settings=config.get("settings"),
         key_to_id=rows.get,
+        id_to_key=id_to_key,
+        ids_filter=_species_shortcut(species) if species is not None else None,
     )
     _check_model(index, meta["image_model"])
     return index
@@ -117,9 +138,38 @@ def _check_model(index: MilvusIndex, model: dict) -> None:
         )
 
 
-def open_milvus_index(directory: Path, meta: dict, hashes: list[str]) -> MilvusIndex:
-    """The gallery's collection, searching by store row number (ids = rows of ``hashes``)."""
-    return _open(directory, meta, hashes)
+def _species_shortcut(species: list):
+    """allowed ids -> ``species in [...]`` when they are every photo of some species (how a
+    species list arrives), else None (the index then filters by key)."""
+    import pandas as pd
+
+    names = pd.Series(species, dtype=object)
+    sizes = names.value_counts(dropna=True)
+
+    def ids_filter(allowed: np.ndarray) -> str | None:
+        rows = allowed[(allowed >= 0) & (allowed < len(names))]
+        chosen = names.iloc[rows]
+        if not len(rows) or chosen.isna().any():
+            return None
+        wanted = set(chosen)
+        if int(sizes[list(wanted)].sum()) != len(rows):
+            return None
+        return species_filter(wanted)
+
+    return ids_filter
+
+
+def probe(directory: Path, meta: dict) -> None:
+    """Open and close the gallery's collection: raises what a sync would raise (file held by
+    another process, server out of reach, photos of another model) before work is done."""
+    _open(directory, meta).close()
+
+
+def open_milvus_index(directory: Path, meta: dict, metadata) -> MilvusIndex:
+    """The gallery's collection, searching by store row number: ``metadata`` is the gallery's
+    table (``sha256`` and ``species`` per row, row = id)."""
+    species = [None if _blank(v) else str(v) for v in metadata["species"]]
+    return _open(directory, meta, list(metadata["sha256"]), species)
 
 
 def _store_rows(directory: Path, table=None):

@@ -23,12 +23,7 @@ vectors, measured), so the ``milvus`` extra keeps 2.5. pymilvus is imported on f
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import math
-import os
-import warnings
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,8 +42,34 @@ from songsight.index.exact import (
     _resolve_dtype,
     _select_topk,
 )
+from songsight.index.milvus_connect import (
+    _import_pymilvus,
+    connect,
+    disconnect,
+    is_embedded,
+    quiet_embedded,
+    release_embedded,
+)
+from songsight.index.milvus_options import (
+    APPROXIMATE_SCORES,
+    MilvusSettings,
+    _index_params,
+    _literal,
+    _search_params,
+    choose_index_type,
+    species_filter,
+)
 
-__all__ = ["MilvusIndex", "MilvusSettings", "choose_index_type", "species_filter"]
+# MilvusSettings, choose_index_type, species_filter, is_embedded and release_embedded are
+# re-exported: callers need only this module.
+__all__ = [
+    "MilvusIndex",
+    "MilvusSettings",
+    "choose_index_type",
+    "is_embedded",
+    "release_embedded",
+    "species_filter",
+]
 
 KEY_FIELD = "key"
 VECTOR_FIELD = "embedding"
@@ -57,134 +78,10 @@ _TEXT_MAX_CHARS = 2048
 # Keys per `key in [...]` expression: keeps each request well under gRPC's message limit.
 _KEYS_PER_QUERY = 1000
 _ROWS_PER_WRITE = 2000
+# Keys in one search's `key in [...]` filter; larger allowed sets are searched in chunks.
+_KEYS_PER_FILTER = 10_000
 # Bytes of candidate vectors in one search reply (gRPC caps a message; 32 MiB is well under).
 _REPLY_BYTES = 32 << 20
-INDEX_TYPES = ("auto", "FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8", "DISKANN", "AUTOINDEX")
-
-
-def _import_pymilvus():
-    try:
-        import pymilvus
-    except ImportError as err:
-        raise SongsightError(
-            "the Milvus backend needs pymilvus and milvus-lite; install them with: "
-            "pip install 'songsight[milvus]'"
-        ) from err
-    return pymilvus
-
-
-@dataclass
-class MilvusSettings:
-    """Index and search knobs; ``index_type="auto"`` picks by size (`choose_index_type`).
-
-    ``hnsw_m`` / ``hnsw_ef_construction`` build the graph and ``hnsw_ef`` searches it (raised
-    to the candidate count when lower); ``ivf_nlist`` (0: ~4 * sqrt(N) at build time) and
-    ``ivf_nprobe`` (lists searched per query) are IVF's; ``diskann_search_list`` is
-    DiskANN's. The HNSW defaults are those of `songsight.index.hnsw.HNSWIndex`, chosen by
-    benchmarks/search.py.
-    """
-
-    index_type: str = "auto"
-    flat_threshold: int = 200_000
-    diskann_threshold: int = 20_000_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 256
-    hnsw_ef: int = 256
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 32
-    diskann_search_list: int = 200
-    rerank_factor: int = 4
-    min_candidates: int = 100
-
-    def __post_init__(self) -> None:
-        self.index_type = str(self.index_type)
-        if self.index_type.upper() in INDEX_TYPES:
-            self.index_type = self.index_type.upper() if self.index_type != "auto" else "auto"
-        if self.index_type not in INDEX_TYPES:
-            raise SongsightError(
-                f"Milvus index type must be one of {', '.join(INDEX_TYPES)}, "
-                f"got {self.index_type!r}"
-            )
-        for name, value in asdict(self).items():
-            if name != "index_type" and (not isinstance(value, int) or value < 0):
-                raise SongsightError(f"Milvus setting {name} must be an integer >= 0")
-        if self.rerank_factor < 1 or self.min_candidates < 1:
-            raise SongsightError("rerank_factor and min_candidates must be >= 1")
-
-    @classmethod
-    def from_dict(cls, options: Mapping[str, Any] | None) -> MilvusSettings:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(options or {}) - known)
-        if unknown:
-            raise SongsightError(f"unknown Milvus settings {unknown}; known: {sorted(known)}")
-        return cls(**dict(options or {}))
-
-
-# Index types whose distances are not exact inner products of the stored float32 vectors
-# (quantised codes; AUTOINDEX may be, on managed Milvus): their candidates are re-scored here
-# from the vectors Milvus returns with them. FLAT, IVF_FLAT, HNSW and DISKANN (which re-ranks
-# with full vectors itself) score exactly, and Milvus Lite fetches vectors very slowly (a
-# reply of 100 vectors: 0.29 s against 0.016 s without, measured at 5k rows), so those are
-# only re-ordered by (score, id).
-APPROXIMATE_SCORES = frozenset({"IVF_SQ8", "IVF_PQ", "HNSW_SQ", "HNSW_PQ", "AUTOINDEX"})
-# What Milvus Lite 2.5 ("local mode") builds; a server offers every type in INDEX_TYPES.
-EMBEDDED_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
-
-
-def choose_index_type(n_rows: int, settings: MilvusSettings, embedded: bool) -> str:
-    """The Milvus index type for a collection of ``n_rows``: FLAT while exact search is still
-    interactive (same threshold as `search.ANN_THRESHOLD`); past it IVF_FLAT in the embedded
-    file (the only ANN index Milvus Lite builds), HNSW on a server, and DISKANN past
-    ``diskann_threshold``, where an in-memory graph (~5 KB a 768-d vector) stops fitting
-    one query node."""
-    if settings.index_type != "auto":
-        if embedded and settings.index_type not in EMBEDDED_INDEX_TYPES:
-            raise SongsightError(
-                f"the embedded Milvus file builds only {', '.join(EMBEDDED_INDEX_TYPES)} "
-                f"indexes, not {settings.index_type}; use a Milvus server (--milvus-uri) for it"
-            )
-        return settings.index_type
-    if n_rows <= settings.flat_threshold:
-        return "FLAT"
-    if embedded:
-        return "IVF_FLAT"
-    return "DISKANN" if n_rows > settings.diskann_threshold else "HNSW"
-
-
-def _index_params(index_type: str, n_rows: int, settings: MilvusSettings) -> dict:
-    if index_type in ("HNSW", "HNSW_SQ"):
-        return {"M": settings.hnsw_m, "efConstruction": settings.hnsw_ef_construction}
-    if index_type in ("IVF_FLAT", "IVF_SQ8"):
-        nlist = settings.ivf_nlist or int(min(65_536, max(16, 4 * math.sqrt(max(n_rows, 1)))))
-        return {"nlist": nlist}
-    return {}
-
-
-def _search_params(index_type: str, n_candidates: int, settings: MilvusSettings) -> dict:
-    if index_type in ("HNSW", "HNSW_SQ"):
-        # ef below the candidate count would cap what the graph can return.
-        return {"ef": max(settings.hnsw_ef, n_candidates)}
-    if index_type in ("IVF_FLAT", "IVF_SQ8"):
-        return {"nprobe": settings.ivf_nprobe}
-    if index_type == "DISKANN":
-        return {"search_list": max(settings.diskann_search_list, n_candidates)}
-    return {}
-
-
-def _literal(value: str) -> str:
-    """A Milvus expression string literal (JSON's escaping: quotes and backslashes)."""
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def species_filter(allowed_species: Iterable[str], field_name: str = "species") -> str:
-    """``species in ["A", "B"]``: the allowed-species list as a Milvus filter expression."""
-    names = sorted({str(s) for s in allowed_species})
-    return f"{field_name} in [{', '.join(_literal(s) for s in names)}]"
-
-
-def is_embedded(uri: str) -> bool:
-    """Whether ``uri`` names a Milvus Lite file (``*.db``) rather than a server."""
-    return str(uri).endswith(".db")
 
 
 @dataclass
@@ -193,71 +90,16 @@ class _Schema:
     fields: dict[str, str] = field(default_factory=dict)  # name -> "str" | "int"
 
 
-def _connect(uri: str):
-    pymilvus = _import_pymilvus()
-    if is_embedded(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            # Milvus Lite 2.5 imports the deprecated pkg_resources: not the user's business.
-            warnings.simplefilter("ignore", UserWarning)
-            import milvus_lite  # noqa: F401
-    try:
-        # A server's credentials come from the environment, never from gallery.json.
-        token = "" if is_embedded(uri) else os.environ.get("MILVUS_TOKEN", "")
-        client = pymilvus.MilvusClient(uri=str(uri), token=token)
-        if is_embedded(uri):
-            key = str(Path(uri).absolute())
-            _OPEN_EMBEDDED[key] = _OPEN_EMBEDDED.get(key, 0) + 1
-        return client
-    except Exception as err:  # pymilvus raises its own types for every connection failure
-        if is_embedded(uri):
-            raise SongsightError(
-                f"cannot open the embedded Milvus file {uri}: another process holds it (a "
-                "running `songsight serve` or `index add`?) or it is damaged; stop that "
-                f"process and retry ({type(err).__name__}: {err})"
-            ) from None
-        raise SongsightError(
-            f"cannot reach the Milvus server at {uri}: {type(err).__name__}: {err}"
-        ) from None
-
-
-# MilvusIndex objects open on each embedded file in this process: the file's in-process
-# server (and its lock) is released when the last one closes.
-_OPEN_EMBEDDED: dict[str, int] = {}
-
-
-def _disconnect(client, uri: str) -> None:
-    try:
-        client.close()
-    except Exception:  # pymilvus may already be torn down at interpreter exit
-        pass
-    if is_embedded(uri):
-        key = str(Path(uri).absolute())
-        _OPEN_EMBEDDED[key] = _OPEN_EMBEDDED.get(key, 1) - 1
-        if _OPEN_EMBEDDED[key] <= 0:
-            release_embedded(uri)
-
-
-def release_embedded(uri: str) -> None:
-    """Stop this process's Milvus Lite server for ``uri`` (releases the file's lock)."""
-    if not is_embedded(uri):
-        return
-    _OPEN_EMBEDDED.pop(str(Path(uri).absolute()), None)
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-    except ImportError:
-        return
-    server_manager_instance.release_server(str(uri))
-
-
 class MilvusIndex:
     """A Milvus collection behind the `VectorIndex` protocol, re-ranked exactly.
 
     ``uri``: a ``*.db`` path (Milvus Lite, run by this process) or a server address such
     as ``http://host:19530``. ``scalar_fields``: name -> ``"str"`` or ``"int"`` columns stored
     per row (strings default to "", ints to -1). ``key_to_id`` maps primary keys back to the
-    int64 ids searches return (default: keys are decimal ids); keys it does not know are
-    dropped from results. The collection is created on first use with ``dim``, and its index
+    int64 ids searches return (default: keys are decimal ids), ``id_to_key`` the other way
+    (None: not in the index); keys it does not know are dropped from results.
+    ``ids_filter`` may turn a search's ``allowed_ids`` into one filter expression (a gallery
+    turns whole species into ``species in [...]``). The collection is created on first use with ``dim``, and its index
     type follows its size; ``manage_index=False`` (many writers, e.g. Ray workers) only
     writes rows into a collection that exists, leaving both to one owner.
     """
@@ -275,6 +117,8 @@ class MilvusIndex:
         scalar_fields: Mapping[str, str] | None = None,
         settings: MilvusSettings | Mapping[str, Any] | None = None,
         key_to_id: Callable[[str], int | None] | None = None,
+        id_to_key: Callable[[int], str | None] | None = None,
+        ids_filter: Callable[[np.ndarray], str | None] | None = None,
         manage_index: bool = True,
     ):
         if int(dim) < 1:
@@ -293,10 +137,12 @@ class MilvusIndex:
             settings if isinstance(settings, MilvusSettings) else MilvusSettings.from_dict(settings)
         )
         self.key_to_id = key_to_id or _decimal_id
+        self.id_to_key = id_to_key or str
+        self.ids_filter = ids_filter  # allowed ids -> one cheaper expression, or None
         self.manage_index = manage_index
-        self._client = _connect(self.uri)
+        self._client = connect(self.uri)
         # A dropped index (e.g. a `Gallery` that went out of scope) frees the embedded file too.
-        self._finalizer = weakref.finalize(self, _disconnect, self._client, self.uri)
+        self._finalizer = weakref.finalize(self, disconnect, self._client, self.uri)
         self._index_type: str | None = None
         if self._client.has_collection(self.collection):
             self._check_schema()
@@ -340,7 +186,7 @@ class MilvusIndex:
         index_type = choose_index_type(0, self.settings, self.embedded)
         # Strong consistency: a search right after an add sees it (the contract of the
         # in-process backends); a server would otherwise answer from a slightly stale view.
-        with _quiet_embedded(self.embedded):
+        with quiet_embedded(self.embedded):
             self._client.create_collection(
                 self.collection,
                 schema=schema,
@@ -392,7 +238,7 @@ class MilvusIndex:
             return
         self._client.release_collection(self.collection)
         self._client.drop_index(self.collection, VECTOR_FIELD)
-        with _quiet_embedded(self.embedded):
+        with quiet_embedded(self.embedded):
             self._client.create_index(self.collection, self._index_params(want, len(self)))
         self._client.load_collection(self.collection)
         self._index_type = want
@@ -511,7 +357,7 @@ class MilvusIndex:
         """Every row's key and ``output_fields``, in batches of dicts (any order)."""
         if self._index_type is None:
             return
-        with _quiet_embedded(self.embedded):
+        with quiet_embedded(self.embedded):
             it = self._client.query_iterator(
                 self.collection, batch_size=batch_rows, output_fields=[KEY_FIELD, *output_fields]
             )
@@ -535,14 +381,17 @@ class MilvusIndex:
         self,
         queries: np.ndarray,
         k: int,
-        allowed_species: Collection[str] | None = None,
+        allowed_ids: np.ndarray | Sequence[int] | None = None,
         *,
+        allowed_species: Collection[str] | None = None,
         filter_expr: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall.
 
-        ``allowed_species`` (names in the ``species`` field) and ``filter_expr`` (any Milvus
-        expression) restrict the rows searched, inside Milvus.
+        Filters run inside Milvus, as filter expressions: ``allowed_ids`` (only these ids;
+        ids the index does not hold are ignored) through ``ids_filter`` (by default ``key in
+        [...]``, in chunks whose answers are merged), ``allowed_species`` (names in the
+        ``species`` field) and ``filter_expr`` (any Milvus expression).
         """
         k = _check_k(k)
         queries = _as_matrix(queries, self.dim, "queries")
@@ -556,18 +405,52 @@ class MilvusIndex:
             if not len(allowed_species):
                 return out_scores, out_ids  # nothing allowed: nothing found
             exprs.append(species_filter(allowed_species))
+        id_exprs: list[str | None] = [None]
+        if allowed_ids is not None:
+            id_exprs = self._ids_filters(allowed_ids)
+            if not id_exprs:
+                return out_scores, out_ids
         if n_queries == 0 or self._index_type is None:
             return out_scores, out_ids
+        found: list[tuple[list, list]] = [([], []) for _ in range(n_queries)]
+        for id_expr in id_exprs:
+            self._candidates(queries, k, " and ".join([*exprs, *([id_expr] if id_expr else [])]), found)  # fmt: skip
+        for q, (ids, scores) in enumerate(found):
+            if ids:
+                # Ordered again by (score, id): the contract's tie-break, whatever Milvus did.
+                s, i = _select_topk(
+                    np.asarray(scores, np.float32)[None], np.asarray(ids, np.int64)[None], k
+                )
+                out_scores[q], out_ids[q] = s[0], i[0]
+        return out_scores, out_ids
+
+    def _ids_filters(self, allowed_ids) -> list[str]:
+        """Filter expressions that together allow exactly ``allowed_ids`` (none: empty)."""
+        arr = np.asarray(allowed_ids)
+        if arr.ndim != 1 or (len(arr) and not np.issubdtype(arr.dtype, np.integer)):
+            raise SongsightError(f"allowed_ids must be a 1-D array of ids, got {arr.dtype} {arr.shape}")  # fmt: skip
+        arr = np.unique(arr.astype(np.int64, copy=False))
+        if self.ids_filter is not None:
+            expr = self.ids_filter(arr)
+            if expr is not None:
+                return [expr]
+        keys = [key for key in map(self.id_to_key, arr.tolist()) if key is not None]
+        return [
+            f"{KEY_FIELD} in [{', '.join(_literal(k) for k in keys[i : i + _KEYS_PER_FILTER])}]"
+            for i in range(0, len(keys), _KEYS_PER_FILTER)
+        ]
+
+    def _candidates(self, queries: np.ndarray, k: int, expr: str, found: list) -> None:
+        """Append each query's candidates (ids, exact scores) under ``expr`` to ``found``."""
         n_candidates = max(k * self.settings.rerank_factor, self.settings.min_candidates)
         rescore = self._index_type in APPROXIMATE_SCORES
         # Answers that carry their candidates' vectors: bound one reply's size.
-        step = max(1, _REPLY_BYTES // (n_candidates * self.dim * 4)) if rescore else n_queries
-        hits = []
-        for q0 in range(0, n_queries, step):
-            hits += self._client.search(
+        step = max(1, _REPLY_BYTES // (n_candidates * self.dim * 4)) if rescore else len(queries)
+        for q0 in range(0, len(queries), step):
+            hits = self._client.search(
                 self.collection,
                 data=list(queries[q0 : q0 + step]),
-                filter=" and ".join(exprs),
+                filter=expr,
                 limit=n_candidates,
                 output_fields=[VECTOR_FIELD] if rescore else [],
                 anns_field=VECTOR_FIELD,
@@ -576,24 +459,18 @@ class MilvusIndex:
                     "params": _search_params(self._index_type, n_candidates, self.settings),
                 },
             )
-        for q, row_hits in enumerate(hits):
-            ids, found = [], []
-            for hit in row_hits:
-                image_id = self.key_to_id(str(hit.get("key", hit.get("id"))))
-                if image_id is None:
-                    continue  # a row this reader does not know (added after it opened)
-                ids.append(image_id)
-                found.append(hit["entity"][VECTOR_FIELD] if rescore else hit["distance"])
-            if not ids:
-                continue
-            if rescore:  # the exact re-rank: float32 inner products with the stored vectors
-                scores = np.asarray(found, np.float32) @ queries[q]
-            else:
-                scores = np.asarray(found, np.float32)
-            # Ordered again by (score, id): the contract's tie-break, whatever Milvus did.
-            s, i = _select_topk(scores[None], np.asarray(ids, np.int64)[None], k)
-            out_scores[q], out_ids[q] = s[0], i[0]
-        return out_scores, out_ids
+            for q, row_hits in enumerate(hits, start=q0):
+                ids, scores = found[q]
+                for hit in row_hits:
+                    image_id = self.key_to_id(str(hit.get("key", hit.get("id"))))
+                    if image_id is None:
+                        continue  # a row this reader does not know (added after it opened)
+                    ids.append(image_id)
+                    if rescore:  # the exact re-rank: float32 inner product, stored vector
+                        vector = np.asarray(hit["entity"][VECTOR_FIELD], np.float32)
+                        scores.append(float(vector @ queries[q]))
+                    else:
+                        scores.append(hit["distance"])
 
     # --- saving -----------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -640,23 +517,6 @@ class MilvusIndex:
     def close(self) -> None:
         """Drop the connection; an embedded file is released for other processes."""
         self._finalizer()  # runs once, here or when the index is garbage collected
-
-
-@contextlib.contextmanager
-def _quiet_embedded(embedded: bool):
-    """Some Milvus Lite releases lack the timestamp call that pymilvus makes before waiting
-    for an index build and before a query iterator: the gRPC server logs a traceback and
-    pymilvus a warning, then pymilvus goes on without it (the client's clock, right for a
-    file only this process writes). Keep that noise off the user's screen."""
-    loggers = ["grpc._server", "pymilvus.client.iterator.query_iterator"] if embedded else []
-    levels = {name: logging.getLogger(name).level for name in loggers}
-    for name in loggers:
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def _decimal_id(key: str) -> int | None:
