@@ -255,7 +255,6 @@ def _update(
 ) -> GalleryReport:
     """Embed new photos into the gallery at ``directory`` (created if ``creating``)."""
     from songsight.encoders.loading import resolve_model
-    from songsight.provenance import package_version
 
     paths = list(paths)
     if engine not in ("local", "ray"):
@@ -347,12 +346,7 @@ def _update(
         holder.close()  # after the sync: an embedded file served the workers through it
 
     run_errors = _merge_errors(directory, files, missing_errors, report.errors_path)
-    meta["index"]["kind"] = kind
-    meta["count"] = len(hashes)
-    meta["n_species"] = _count_species(directory)
-    meta["updated_utc"] = _now()
-    meta["songsight_version"] = package_version()
-    _write_json(directory / META_FILE, meta)
+    _record_update(directory, meta, kind, len(hashes))
     return GalleryReport(
         gallery=directory,
         n_files=len(files) + len(missing_errors),
@@ -362,6 +356,18 @@ def _update(
         n_images=len(hashes),
         index_kind=kind,
     )
+
+
+def _record_update(directory: Path, meta: dict, kind: str, n_images: int) -> None:
+    """Write ``gallery.json`` after the store and index changed."""
+    from songsight.provenance import package_version
+
+    meta["index"]["kind"] = kind
+    meta["count"] = n_images
+    meta["n_species"] = _count_species(directory)
+    meta["updated_utc"] = _now()
+    meta["songsight_version"] = package_version()
+    _write_json(directory / META_FILE, meta)
 
 
 def _count_species(directory: Path) -> int:

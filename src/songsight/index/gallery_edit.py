@@ -19,10 +19,8 @@ from songsight.errors import DataNotFoundError
 from songsight.index.gallery_format import (
     META_FILE,
     STORE_FILE,
-    _now,
     _read_json,
     _update_index,
-    _write_json,
 )
 
 __all__ = ["RemoveReport", "move_gallery", "remove_from_gallery"]
@@ -57,16 +55,10 @@ def _open_meta(directory: Path) -> dict:
 
 
 def _finish(directory: Path, meta: dict, hashes: list[str], progress: bool) -> str:
-    from songsight.index.gallery_build import _count_species
-    from songsight.provenance import package_version
+    from songsight.index.gallery_build import _record_update
 
     kind = _update_index(directory, meta, hashes, progress=progress)
-    meta["index"]["kind"] = kind
-    meta["count"] = len(hashes)
-    meta["n_species"] = _count_species(directory)
-    meta["updated_utc"] = _now()
-    meta["songsight_version"] = package_version()
-    _write_json(directory / META_FILE, meta)
+    _record_update(directory, meta, kind, len(hashes))
     return kind
 
 

@@ -34,13 +34,13 @@ import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
 from songsight.index.exact import (
-    _FORMAT,
-    _FORMAT_VERSION,
     _as_matrix,
     _check_k,
+    _index_meta,
     _read_meta,
     _resolve_dtype,
     _select_topk,
+    _validate_ids,
 )
 from songsight.index.milvus_connect import (
     _import_pymilvus,
@@ -283,7 +283,7 @@ class MilvusIndex:
         if keys is None:
             if ids is None:
                 raise SongsightError("give ids or keys for the vectors")
-            keys = [str(i) for i in _check_ids(ids, n)]
+            keys = [str(i) for i in _validate_ids(ids, n)]
             clash = self.existing_keys(keys)
             if clash:
                 raise SongsightError(f"ids already in the index: {sorted(clash, key=int)[:5]}")
@@ -475,13 +475,7 @@ class MilvusIndex:
     # --- saving -----------------------------------------------------------------------------
     def _meta(self) -> dict:
         return {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": len(self),
-            "storage_dtype": self.storage_dtype,
-            "metadata": self.metadata,
+            **_index_meta(self),
             "milvus": {
                 "uri": str(Path(self.uri).absolute()) if self.embedded else self.uri,
                 "collection": self.collection,
@@ -521,20 +515,6 @@ class MilvusIndex:
 
 def _decimal_id(key: str) -> int | None:
     return int(key) if key.isdigit() else None
-
-
-def _check_ids(ids: Any, n: int) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.shape != (n,):
-        raise SongsightError(f"ids must have shape ({n},) to match the vectors, got {arr.shape}")
-    if n and not np.issubdtype(arr.dtype, np.integer):
-        raise SongsightError(f"ids must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if n and arr.min() < 0:
-        raise SongsightError("ids must be >= 0 (-1 marks padding in search results)")
-    if len(np.unique(arr)) != n:
-        raise SongsightError("ids must be unique; this batch repeats some")
-    return arr
 
 
 def _round_to_storage(arr: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
