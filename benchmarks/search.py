@@ -1,13 +1,19 @@
-"""Exact search vs HNSW + exact re-rank, side by side on species-like clustered embeddings.
+"""Exact search vs HNSW + exact re-rank vs embedded Milvus, side by side on species-like
+clustered embeddings.
 
-For each gallery size this builds both indexes over the same unit vectors and prints build
-time, memory per vector, single-query latency (p50 / p99), batched throughput, recall@10 of
-HNSW against exact search, and the p50 speed-up. Queries are held-out draws from the same
-distribution as the gallery.
+For each gallery size this builds every index over the same unit vectors and prints build
+time, memory per vector, single-query latency (p50 / p99), batched throughput, recall@10
+against exact search, the p50 speed-up and the load average when the row was measured.
+Milvus rows (an embedded Milvus Lite file, `songsight.index.milvus.MilvusIndex`, re-ranked
+exactly) add the ingest rate, the time to reopen the file (what `songsight search` pays
+first) and the file's size; their memory is the Milvus Lite process's RSS (with its fixed
+start-up share, ~200 MB, so small N overstate it). Queries are
+held-out draws from the same distribution as the gallery.
 
     python benchmarks/search.py                     # 100k and 1M, 768-d
     python benchmarks/search.py --quick             # smoke run, seconds
     python benchmarks/search.py --sizes 100000 --expansion-search 128 256
+    python benchmarks/search.py --sizes 100000 --milvus-index FLAT IVF_FLAT --nprobe 16 64
 """
 
 from __future__ import annotations
@@ -68,6 +74,25 @@ def rss_bytes() -> int:
     return 0
 
 
+def child_rss_bytes() -> int:
+    """Resident set size of this process's children (the Milvus Lite server), from /proc."""
+    total, me = 0, str(os.getpid())
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == me and "VmRSS" in fields:
+            total += int(fields["VmRSS"].split()[0]) * 1024
+    return total
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def single_query_ms(index, queries: np.ndarray, k: int) -> np.ndarray:
     """Latency in ms of `search` called once per query, after one warm-up call."""
     index.search(queries[:1], k)
@@ -125,6 +150,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--graph-dtype", default=None, choices=["float16", "float32"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--milvus-index",
+        nargs="*",
+        default=["FLAT", "IVF_FLAT"],
+        help="embedded Milvus index types, one build each (none: skip Milvus)",
+    )
+    parser.add_argument(
+        "--nprobe", type=int, nargs="+", default=[16, 32, 64], help="IVF rows, one per value"
+    )
+    parser.add_argument("--work-dir", default=None, help="where the Milvus files go (default tmp)")
+    parser.add_argument(
+        "--milvus-uri",
+        default=None,
+        help="measure a Milvus server (e.g. http://host:19530) instead of the embedded file; "
+        "its collection 'songsight_bench' is dropped first",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -156,16 +197,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     del defaults
     header = (
-        f"{'N':>9} {'backend':<14} {'build_s':>8} {'B/vec rss':>9} {'B/vec held':>10} "
-        f"{'p50_ms':>8} {'p99_ms':>8} {'batch_qps':>9} {'recall@10':>9} {'p50 x':>7}"
+        f"{'N':>9} {'backend':<20} {'build_s':>8} {'B/vec rss':>9} {'B/vec held':>10} "
+        f"{'p50_ms':>8} {'p99_ms':>8} {'batch_qps':>9} {'recall@10':>9} {'p50 x':>7} {'load':>5}"
     )
     rows = [header, "-" * len(header)]
 
     def row(n: int, name: str, m: dict, build_s: float | None, recall: float, speedup: float):
         build = f"{build_s:8.1f}" if build_s is not None else f"{'':>8}"
         rows.append(
-            f"{n:>9} {name:<14} {build} {m['rss_b']:9.0f} {m['held_b']:10.0f} {m['p50']:8.2f} "
-            f"{m['p99']:8.2f} {m['qps']:9.0f} {recall:9.4f} {speedup:7.1f}"
+            f"{n:>9} {name:<20} {build} {m['rss_b']:9.0f} {m['held_b']:10.0f} {m['p50']:8.2f} "
+            f"{m['p99']:8.2f} {m['qps']:9.0f} {recall:9.4f} {speedup:7.1f} {load_average():5.1f}"
         )
         print(rows[-1], flush=True)
 
@@ -216,15 +257,78 @@ def main(argv: list[str] | None = None) -> None:
                 recall_at_k(found, truth),
                 exact["p50"] / hnsw["p50"],
             )
-        del index, data, gallery, queries, single
+        del index
+        for index_type in args.milvus_index:
+            bench_milvus(n, index_type, gallery, queries, single, truth, exact["p50"], args, row)
+        del data, gallery, queries, single
         gc.collect()
 
     rows.append(
         "B/vec rss: resident memory growth during the build / N. B/vec held: stored vectors + "
         "ids + usearch's memory_usage (which counts reserved capacity) / N. p50 x: exact p50 / "
-        "this p50. HNSW rows re-rank max(4k, 100) candidates exactly; ef is expansion_search."
+        "this p50. HNSW rows re-rank max(4k, 100) candidates exactly; ef is expansion_search. "
+        "Milvus rows: an embedded Milvus Lite file, max(4k, 100) candidates ordered by "
+        "(score, id) (FLAT and IVF_FLAT score exactly); np is nprobe; "
+        "build_s is ingest + flush; B/vec rss is the Milvus Lite process's RSS / N and B/vec "
+        "held the file's size on disk / N; searched after reopening the file. load: 1-min load "
+        "average when the row was printed."
     )
     print("\n".join(["", *rows]))
+
+
+def bench_milvus(n, index_type, gallery, queries, single, truth, exact_p50, args, row) -> None:
+    """Ingest ``gallery`` into a fresh embedded Milvus file, reopen it, time searches."""
+    import shutil
+    import tempfile
+
+    from songsight.index.milvus import MilvusIndex
+
+    work = Path(tempfile.mkdtemp(prefix="songsight-bench-", dir=args.work_dir))
+    uri = args.milvus_uri or str(work / "bench.db")
+    settings = {"index_type": index_type}
+    try:
+        index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
+        if args.milvus_uri:
+            index.drop()  # a run before this one's
+        t0 = time.perf_counter()
+        index.add(gallery, np.arange(n, dtype=np.int64))
+        ingest_s = time.perf_counter() - t0
+        index.flush()
+        build_s = time.perf_counter() - t0
+        index.close()
+        print(
+            f"# N={n}: Milvus {index_type}: ingest {n / ingest_s:.0f} vectors/s, "
+            f"ingest + flush {build_s:.1f} s; load average {load_average():.1f}",
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
+        index.search(single[:1], args.k)
+        open_s = time.perf_counter() - t0
+        # On a server neither the file nor the child process exist: those columns read 0.
+        size_b = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+        memory = {"rss_b": child_rss_bytes() / n, "held_b": size_b / n}
+        print(
+            f"# N={n}: Milvus {index_type}: reopened and first search in {open_s:.1f} s; "
+            f"file {size_b / 1e6:.0f} MB; load average {load_average():.1f}",
+            flush=True,
+        )
+        for i, nprobe in enumerate(args.nprobe if index_type.startswith("IVF") else [None]):
+            if nprobe is not None:
+                index.settings.ivf_nprobe = nprobe
+            found, timing = time_searches(index, queries, single, args.k)
+            name = f"milvus {index_type}" + (f" np={nprobe}" if nprobe else "")
+            row(
+                n,
+                name,
+                {**memory, **timing},
+                build_s if i == 0 else None,
+                recall_at_k(found, truth),
+                exact_p50 / timing["p50"],
+            )
+        index.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -110,12 +110,19 @@ def _worker_device(device: str | None) -> str | None:
 class _Embedder:
     """A Ray Data actor: one model per worker; a batch of paths in, one row per file out."""
 
-    def __init__(self, kind: str, model: str, options: dict, done: list, window_s, hop_s):
+    def __init__(
+        self, kind: str, model: str, options: dict, done: list, window_s, hop_s, milvus=None
+    ):
         import ray
 
         self.kind, self.window_s, self.hop_s = kind, window_s, hop_s
         self.done = ray.get(done[0]) if done else set()
         self.encoder = _make_encoder(kind, model, options)
+        self.milvus = None
+        if milvus:  # photos go straight into the gallery's Milvus collection from here
+            from songsight.index.gallery_milvus import RowWriter
+
+            self.milvus = RowWriter(ray.get(milvus[0]))
 
     def __call__(self, batch: dict) -> dict:
         from songsight.embed import sha256_file
@@ -156,6 +163,11 @@ class _Embedder:
                         res.silent,
                     )
                 )
+        if self.milvus is not None:
+            ok = [r for r in rows if r["status"] == "ok"]
+            if ok:
+                vectors = np.stack([np.frombuffer(r["embedding"], np.float32) for r in ok])
+                self.milvus.write([r["path"] for r in ok], [r["sha256"] for r in ok], vectors)
         columns = {key: [r[key] for r in rows] for key in _ROW_KEYS}
         out = {k: np.array(v, dtype=object) for k, v in columns.items()}
         out["n_windows"] = np.array(columns["n_windows"], np.int64)
@@ -205,6 +217,7 @@ def _embed_files_ray(
     concurrency: int,
     batch_size: int,
     device: str | None,
+    milvus: dict | None = None,
 ):
     from tqdm.auto import tqdm
 
@@ -258,6 +271,7 @@ def _embed_files_ray(
                     "done": done,
                     "window_s": window_s,
                     "hop_s": hop_s,
+                    "milvus": [ray.put(milvus)] if milvus else [],
                 },
                 batch_size=batch_size,
                 compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -342,16 +356,19 @@ def embed_image_files_ray(
     batch_size: int = 32,
     device: str | None = None,
     precision: str = "auto",
+    milvus: dict | None = None,
 ):
     """`embed.embed_image_files` on Ray: ``concurrency`` BioCLIP-2 actors, same store.
 
-    ``model`` is a Hub id or folder every worker can resolve. Returns an `EmbedReport`.
+    ``model`` is a Hub id or folder every worker can resolve. ``milvus``: a
+    `gallery_milvus.ray_sink`, to which each worker also writes its photos. Returns an
+    `EmbedReport`.
     """
     options = {"preprocess": preprocess, "precision": precision, "batch_size": batch_size}
     return _embed_files_ray(
         "image", paths, out, str(model), options, window_s=None, hop_s=None, resume=resume,
         overwrite=overwrite, progress=progress, vector_dtype=vector_dtype,
-        concurrency=concurrency, batch_size=batch_size, device=device,
+        concurrency=concurrency, batch_size=batch_size, device=device, milvus=milvus,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from songsight.cli.common import (
     positive,
     quiet_device,
 )
+from songsight.cli.milvus import add_index_edits, add_milvus, milvus_target, run_index_edit
 
 
 def _add_query_models(p: argparse.ArgumentParser) -> None:
@@ -121,7 +122,7 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build or extend a photo gallery to search with recordings")
     isub = p.add_subparsers(
-        dest="index_command", metavar="{build,add,check,calibrate}", required=True
+        dest="index_command", metavar="{build,add,check,calibrate,remove,move}", required=True
     )
     _add_check(isub)
     _add_calibrate(isub)
@@ -167,6 +168,8 @@ def add_index(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
+        add_milvus(q)
+    add_index_edits(isub)
 
 
 def _add_check(isub) -> None:
@@ -205,6 +208,8 @@ def _add_calibrate(isub) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
+    if args.index_command in ("remove", "move"):
+        return run_index_edit(args)
     if args.index_command == "check":
         from songsight.index.gallery_check import check_gallery
 
@@ -227,7 +232,7 @@ def run_index(args: argparse.Namespace) -> int:
                   ann=args.ann or None, batch_size=args.batch_size,
                   device=quiet_device(args) if args.engine == "local" else args.device,
                   precision=args.precision, engine=args.engine, workers=args.workers,
-                  progress=not args.quiet)  # fmt: skip
+                  progress=not args.quiet, milvus=milvus_target(args))  # fmt: skip
     if args.index_command == "build":
         report = build_gallery(args.paths, args.gallery, vector_dtype=args.vector_dtype,
                                preprocess=args.preprocess, overwrite=args.overwrite, **common)  # fmt: skip

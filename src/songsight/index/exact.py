@@ -72,6 +72,21 @@ def _read_meta(directory: Path) -> dict:
     return meta
 
 
+def _validate_ids(ids: Any, n: int) -> np.ndarray:
+    """`(n,)` unique non-negative integer ids as int64, or a clear error."""
+    arr = np.asarray(ids)
+    if arr.shape != (n,):
+        raise SongsightError(f"ids must have shape ({n},) to match the vectors, got {arr.shape}")
+    if n and not np.issubdtype(arr.dtype, np.integer):
+        raise SongsightError(f"ids must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if n and arr.min() < 0:
+        raise SongsightError("ids must be >= 0 (-1 marks padding in search results)")
+    if len(np.unique(arr)) != n:
+        raise SongsightError("ids must be unique; this batch repeats some")
+    return arr
+
+
 class _VectorStore:
     """Growable `(N, D)` array of stored vectors with their int64 ids (amortised appends)."""
 
@@ -91,18 +106,7 @@ class _VectorStore:
         return self._ids[: self.count]
 
     def check_ids(self, ids: Any, n: int) -> np.ndarray:
-        arr = np.asarray(ids)
-        if arr.shape != (n,):
-            raise SongsightError(
-                f"ids must have shape ({n},) to match the vectors, got {arr.shape}"
-            )
-        if n and not np.issubdtype(arr.dtype, np.integer):
-            raise SongsightError(f"ids must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64, copy=False)
-        if n and arr.min() < 0:
-            raise SongsightError("ids must be >= 0 (-1 marks padding in search results)")
-        if len(np.unique(arr)) != n:
-            raise SongsightError("ids must be unique; this batch repeats some")
+        arr = _validate_ids(ids, n)
         clash = arr[np.isin(arr, self.ids)]
         if len(clash):
             raise SongsightError(f"ids already in the index: {clash[:5].tolist()}")
@@ -223,6 +227,19 @@ def _check_k(k: int) -> int:
     return int(k)
 
 
+def _index_meta(index) -> dict:
+    """The ``meta.json`` fields every saved index has (any backend: kind, dim, len, dtype)."""
+    return {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "kind": index.kind,
+        "dim": index.dim,
+        "count": len(index),
+        "storage_dtype": index.storage_dtype,
+        "metadata": index.metadata,
+    }
+
+
 class _StoredIndex:
     """What both backends share: the stored vectors, ids, provenance metadata and files."""
 
@@ -251,15 +268,7 @@ class _StoredIndex:
         return self._store.count
 
     def _meta(self) -> dict:
-        return {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": len(self),
-            "storage_dtype": self.storage_dtype,
-            "metadata": self.metadata,
-        }
+        return _index_meta(self)
 
     def save(self, path: str | Path) -> None:
         """Write the index into directory `path` (created if needed)."""

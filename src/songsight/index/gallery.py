@@ -97,6 +97,7 @@ class Gallery:
         engine: str = "local",
         workers: int = 2,
         hnsw_options: dict | None = None,
+        milvus: dict | None = None,
         overwrite: bool = False,
         progress: bool = True,
     ) -> Gallery:
@@ -107,7 +108,8 @@ class Gallery:
         builds it once the gallery passes `search.ANN_THRESHOLD` photos. ``image_model``: Hub
         id, folder, or a `BioCLIPEncoder`; default the gallery's own when it exists, else
         BioCLIP-2 (`BIOCLIP2_ID`). ``engine="ray"`` embeds with Ray Data actors
-        (``workers`` of them; see `songsight.scale`).
+        (``workers`` of them; see `songsight.scale`). ``milvus``: search through Milvus
+        instead, `gallery_milvus.milvus_config` (server URI or the embedded file, collection).
         """
         directory = Path(gallery_dir)
         if overwrite:
@@ -128,6 +130,7 @@ class Gallery:
             engine=engine,
             workers=workers,
             hnsw_options=hnsw_options,
+            milvus=milvus,
             progress=progress,
         )
         gallery = cls.open(directory)
@@ -163,6 +166,10 @@ class Gallery:
                 metadata[col] = None
         hashes = metadata["sha256"].tolist()
         index = None
+        if meta["index"].get("kind") == "milvus":
+            from songsight.index.gallery_milvus import open_milvus_index
+
+            index = open_milvus_index(directory, meta, metadata)
         if meta["index"].get("kind") == "hnsw":
             index = _load_valid_index(directory / INDEX_DIR, hashes)
             if index is not None and len(index) != len(hashes):

@@ -199,7 +199,7 @@ def _attach_metadata(directory: Path) -> list[str]:
     return out.column("sha256").to_pylist()
 
 
-def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options) -> dict:
+def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, milvus=None) -> dict:
     """A new gallery's ``gallery.json``, written before any photo (so an interrupted build can
     be resumed by `add` too); or the existing one, checked against the encoder's provenance."""
     from songsight.provenance import environment, package_version
@@ -221,8 +221,14 @@ def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options) ->
             "n_species": 0,
             "created_utc": _now(),
         }
+        if milvus is not None:
+            meta["index"] = {"requested": "milvus", "kind": "milvus", "milvus": milvus}
         _write_json(directory / META_FILE, meta)
         return meta
+    if milvus is not None or meta["index"].get("milvus"):
+        from songsight.index.gallery_milvus import check_backend
+
+        check_backend(directory, meta, milvus, ann)
     check_image_model(meta["image_model"], prov, "the image model given")
     had, now = meta["image_model"]["preprocessing"].get("choice"), prov["preprocessing"].get("choice")  # fmt: skip
     if had != now:
@@ -268,10 +274,10 @@ def _update(
     workers: int,
     hnsw_options: dict | None,
     progress: bool,
+    milvus: dict | None = None,
 ) -> GalleryReport:
     """Embed new photos into the gallery at ``directory`` (created if ``creating``)."""
     from songsight.encoders.loading import resolve_model
-    from songsight.provenance import package_version
 
     paths = list(paths)
     if engine not in ("local", "ray"):
@@ -330,12 +336,26 @@ def _update(
         prov = image_model_provenance(
             str(image_model), preprocess=preprocess, device=device, precision=precision
         )
-    meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options)
+    if milvus is not None:
+        from songsight.index.gallery_milvus import milvus_config
+
+        milvus = milvus_config(**milvus)
+    meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options, milvus)
+    if meta["index"]["requested"] == "milvus":
+        from songsight.index.gallery_milvus import probe
+
+        probe(directory, meta)  # a held file, a server out of reach: before any embedding
     _store_pending(directory, pending)
     store = directory / STORE_FILE
+    holder = None
     if engine == "ray":
         from songsight.scale import embed_image_files_ray
 
+        sink = None
+        if meta["index"]["requested"] == "milvus":
+            from songsight.index.gallery_milvus import ray_sink
+
+            sink, holder = ray_sink(directory, meta, pending)
         report = embed_image_files_ray(
             sorted_.embed,
             store,
@@ -348,6 +368,7 @@ def _update(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            milvus=sink,
         )
     else:
         from songsight.embed import embed_image_files
@@ -357,15 +378,12 @@ def _update(
             vector_dtype=meta["vector_dtype"],
         )  # fmt: skip
     hashes = _attach_metadata(directory)
-    kind = _update_index(directory, meta, hashes)
+    kind = _update_index(directory, meta, hashes, progress=progress)
+    if holder is not None:
+        holder.close()  # after the sync: an embedded file served the workers through it
 
     run_errors = _merge_errors(directory, files, missing_errors, report.errors_path)
-    meta["index"]["kind"] = kind
-    meta["count"] = len(hashes)
-    meta["n_species"] = _count_species(directory)
-    meta["updated_utc"] = _now()
-    meta["songsight_version"] = package_version()
-    _write_json(directory / META_FILE, meta)
+    _record_update(directory, meta, kind, len(hashes))
     return GalleryReport(
         gallery=directory,
         n_files=len(files) + len(missing_errors),
@@ -378,6 +396,18 @@ def _update(
         n_copies=len(sorted_.copies),
         notes=notes,
     )
+
+
+def _record_update(directory: Path, meta: dict, kind: str, n_images: int) -> None:
+    """Write ``gallery.json`` after the store and index changed."""
+    from songsight.provenance import package_version
+
+    meta["index"]["kind"] = kind
+    meta["count"] = n_images
+    meta["n_species"] = _count_species(directory)
+    meta["updated_utc"] = _now()
+    meta["songsight_version"] = package_version()
+    _write_json(directory / META_FILE, meta)
 
 
 def _count_species(directory: Path) -> int:
@@ -402,9 +432,11 @@ def add_to_gallery(
     engine: str = "local",
     workers: int = 2,
     progress: bool = True,
+    milvus: dict | None = None,
 ) -> GalleryReport:
     """`songsight index add`: embed new photos into an existing gallery (or finish an
-    interrupted build), without loading the gallery's index first."""
+    interrupted build), without loading the gallery's index first. ``milvus``, if given,
+    must name the gallery's own collection."""
     return _update(
         Path(gallery_dir),
         paths,
@@ -422,4 +454,5 @@ def add_to_gallery(
         workers=workers,
         hnsw_options=None,
         progress=progress,
+        milvus=milvus,
     )

@@ -25,7 +25,7 @@ ERRORS_FILE = "errors.csv"
 PENDING_FILE = "pending-metadata.parquet"
 FORMAT = "songsight-gallery"
 FORMAT_VERSION = 1
-INDEX_KINDS = ("auto", "exact", "hnsw")
+INDEX_KINDS = ("auto", "exact", "hnsw", "milvus")
 VECTOR_DTYPES = ("float32", "float16")
 
 
@@ -128,12 +128,16 @@ def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
 # --- the index --------------------------------------------------------------------------------
 
 
-def _update_index(directory: Path, meta: dict, hashes: list[str]) -> str:
+def _update_index(directory: Path, meta: dict, hashes: list[str], progress: bool = False) -> str:
     """Bring ``index/`` in line with the store; returns the kind of search the gallery uses."""
     from songsight.index.search import ANN_THRESHOLD
 
     n = len(hashes)
     requested = meta["index"]["requested"]
+    if requested == "milvus":
+        from songsight.index.gallery_milvus import sync_milvus
+
+        return sync_milvus(directory, meta, progress=progress)
     kind = "hnsw" if requested == "hnsw" or (requested == "auto" and n > ANN_THRESHOLD) else "exact"
     index_dir = directory / INDEX_DIR
     if kind == "exact":
@@ -201,3 +205,7 @@ def _clear(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
     for name in (STORE_FILE + ".parts", INDEX_DIR, INDEX_DIR + ".tmp", INDEX_DIR + ".old"):
         shutil.rmtree(directory / name, ignore_errors=True)
+    if (directory / "milvus.db").exists():  # the embedded Milvus file of a --backend milvus gallery
+        from songsight.index.gallery_milvus import drop_embedded
+
+        drop_embedded(directory)

@@ -11,7 +11,9 @@ A saved index is a directory: ``meta.json``, ``vectors.npy`` (the stored embeddi
 ``ids.npy`` and, for HNSW, ``graph.usearch``.
 
 The backends live beside this module: `songsight.index.exact` (the stored vectors and
-`ExactIndex`) and `songsight.index.hnsw` (`HNSWIndex`). Import them from here.
+`ExactIndex`) and `songsight.index.hnsw` (`HNSWIndex`). Import them from here. A third,
+`songsight.index.milvus.MilvusIndex`, keeps its rows in a Milvus collection (embedded file or
+server) and is imported from its own module, as it needs the optional pymilvus.
 """
 
 from __future__ import annotations
@@ -106,7 +108,11 @@ def build_index(
     return index
 
 
-def load_index(path: str | Path) -> ExactIndex | HNSWIndex:
+def load_index(path: str | Path) -> VectorIndex:
     """Load a saved index as the kind it was saved as."""
     kind = _read_meta(Path(path)).get("kind")
+    if kind == "milvus":  # the rows live in Milvus; meta.json names the collection
+        from songsight.index.milvus import MilvusIndex
+
+        return MilvusIndex.load(path)
     return HNSWIndex.load(path) if kind == HNSWIndex.kind else ExactIndex.load(path)

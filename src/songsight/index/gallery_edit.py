@@ -1,0 +1,123 @@
+"""Changing a gallery without embedding: remove photos, or move its search to another backend.
+
+`remove_from_gallery` drops photos (by path or sha256) from the store and from the index
+(``songsight index remove``); the remaining photos are renumbered, since a gallery's ids are
+its store rows. `move_gallery` points the gallery's search at a Milvus collection (the
+embedded file or a server) or back to songsight's own index, and fills the new place from the
+store (``songsight index move``): nothing is embedded again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from songsight.errors import DataNotFoundError
+from songsight.index.gallery_format import (
+    META_FILE,
+    STORE_FILE,
+    _read_json,
+    _update_index,
+)
+
+__all__ = ["RemoveReport", "move_gallery", "remove_from_gallery"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class RemoveReport:
+    gallery: Path
+    n_removed: int
+    n_images: int
+    not_found: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.not_found else 0
+
+    def summary(self) -> str:
+        text = f"{self.n_removed} removed; {self.n_images} photos in {self.gallery}"
+        if self.not_found:
+            shown = ", ".join(self.not_found[:5]) + (" ..." if len(self.not_found) > 5 else "")
+            text += f"; not in the gallery: {shown}"
+        return text
+
+
+def _open_meta(directory: Path) -> dict:
+    meta = _read_json(directory)
+    if meta is None or not (directory / STORE_FILE).is_file():
+        raise DataNotFoundError(f"no gallery at {directory} (no {META_FILE} or {STORE_FILE})")
+    return meta
+
+
+def _finish(directory: Path, meta: dict, hashes: list[str], progress: bool) -> str:
+    from songsight.index.gallery_build import _record_update
+
+    kind = _update_index(directory, meta, hashes, progress=progress)
+    _record_update(directory, meta, kind, len(hashes))
+    return kind
+
+
+def remove_from_gallery(
+    items: Iterable[str | Path], gallery_dir: str | Path, progress: bool = True
+) -> RemoveReport:
+    """Remove photos given by path or sha256 (64 hex digits) from the store and the index."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    directory = Path(gallery_dir)
+    meta = _open_meta(directory)
+    items = [str(i) for i in items]
+    if not items:
+        raise DataNotFoundError("nothing to remove: give photo paths or sha256 hashes")
+    hashes = {i.lower() for i in items if _SHA256.match(i.lower())}
+    paths = {str(Path(i).absolute()) for i in items if not _SHA256.match(i.lower())}
+    store = directory / STORE_FILE
+    table = pq.read_table(store)
+    drop = pc.or_(
+        pc.is_in(table["sha256"], pa.array(sorted(hashes), pa.string())),
+        pc.is_in(table["path"], pa.array(sorted(paths), pa.string())),
+    )
+    dropped = table.filter(drop)
+    found = set(dropped["sha256"].to_pylist()) | set(dropped["path"].to_pylist())
+    not_found = [
+        i for i in items if i.lower() not in found and str(Path(i).absolute()) not in found
+    ]
+    if dropped.num_rows:
+        kept = table.filter(pc.invert(drop)).replace_schema_metadata(table.schema.metadata)
+        tmp = store.with_name(store.name + ".tmp")
+        pq.write_table(kept, tmp)
+        os.replace(tmp, store)
+        if meta["index"].get("requested") == "milvus":
+            from songsight.index.gallery_milvus import forget_rows
+
+            forget_rows(directory, meta, dropped["sha256"].to_pylist(), table)
+        remaining = kept["sha256"].to_pylist()
+        _finish(directory, meta, remaining, progress)
+    return RemoveReport(directory, dropped.num_rows, table.num_rows - dropped.num_rows, not_found)
+
+
+def move_gallery(gallery_dir: str | Path, milvus: dict | None = None, progress: bool = True) -> str:
+    """Search the gallery through the Milvus collection ``milvus`` describes
+    (`gallery_milvus.milvus_config` arguments: ``uri``, ``collection``, ``settings``), or with
+    ``milvus=None`` through songsight's own index; returns the gallery's search kind."""
+    import pyarrow.parquet as pq
+
+    directory = Path(gallery_dir)
+    meta = _open_meta(directory)
+    if milvus is None:
+        meta["index"] = {"requested": "auto", "kind": "exact", "hnsw_options": {}}
+    else:
+        from songsight.index.gallery_milvus import milvus_config
+
+        # No "synced" record: the first sync checks every row of the new collection.
+        meta["index"] = {
+            "requested": "milvus", "kind": "milvus", "milvus": milvus_config(**milvus),
+        }  # fmt: skip
+    hashes = pq.read_table(directory / STORE_FILE, columns=["sha256"])["sha256"].to_pylist()
+    return _finish(directory, meta, hashes, progress)
