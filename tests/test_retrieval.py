@@ -216,6 +216,23 @@ def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_i
             assert [h.image_id for h in clip.hits] == ids
             if method == "fused" and not seen[p_c[0].argmax()]:  # the cascade's own answer
                 np.testing.assert_allclose(query, image_text[p_c[0].argmax()], atol=1e-6)
+    # A recorded distilled_proto cannot name the gallery's other species: fused answers then.
+    for species_trained, expected in (
+        (trained, "fused"),
+        ([t.scientific_name for t in TAXA], "distilled_proto"),
+    ):
+        proto = {
+            **extra,
+            "readout": {"method": "distilled_proto"},
+            "train_species": species_trained,
+        }
+        path = _checkpoint(
+            world["root"] / f"proto-{expected}",
+            tiny_models[0],
+            tiny_image_encoder.provenance(),
+            proto,
+        )
+        assert Searcher(gallery, model=path, device="cpu").answered_by == expected
     cascade = Searcher(gallery, model=ckpt, device="cpu", method="cascade")
     assert cascade.answered_by == "cascade: top1"
     with pytest.raises(SongsightError, match="needs a distilled model"):

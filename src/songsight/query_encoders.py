@@ -113,7 +113,8 @@ def load_distilled_query_encoder(
 
     ``method``: ``distilled``, ``distilled_proto``, ``fused`` or ``cascade`` (the zero-shot
     cascade through the checkpoint's own base model); default the checkpoint's recorded
-    ``readout`` (``distilled`` for checkpoints that record none). ``fused`` and ``cascade``
+    ``readout`` (``distilled`` for checkpoints that record none; ``distilled_proto`` becomes
+    ``fused`` when the gallery holds species it was not distilled on). ``fused`` and ``cascade``
     load the BioLingual the checkpoint was distilled from (``audio_model`` overrides where it
     is, e.g. a moved folder)."""
     from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
@@ -132,7 +133,14 @@ def load_distilled_query_encoder(
             "one is a Hub commit, the other a local folder",
             stacklevel=3,  # at whoever built the Searcher that called this
         )
-    method = method or (meta.get("readout") or {}).get("method") or "distilled"
+    recorded = (meta.get("readout") or {}).get("method") or "distilled"
+    if method is None and recorded == "distilled_proto" and gallery.has_species:
+        # distilled_proto never names a species the model was not distilled on: a gallery
+        # holding such species is answered by fused, which names them through the cascade.
+        trained = {str(n).lower() for n in meta.get("train_species") or []}
+        if any(s.scientific_name.lower() not in trained for s in gallery.species_list()):
+            recorded = "fused"
+    method = method or recorded
     if method not in SEARCH_METHODS:
         raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
     base_model = audio_model or (meta.get("audio_model") or {}).get("model_id") or BIOLINGUAL_ID
