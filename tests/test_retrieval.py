@@ -521,3 +521,21 @@ def test_run_search_writes_and_reports(world, checkpoint, tmp_path, capsys):
     code = run_search([rec], world["root"] / "gallery", model=checkpoint, k=1, fmt="csv", device="cpu", progress=False)  # fmt: skip
     out = capsys.readouterr()
     assert code == 1 and "notes.wav" in out.err and "short.wav" in out.out  # folder walked
+
+
+def test_search_cli_takes_the_cascades_prompts(world, tmp_path):
+    """`search --audio-templates TEMPLATE --prompt-format sci`: the cascade asks each model with
+    them, and the results' provenance records the template strings."""
+    from songsight.cli import main
+
+    out = tmp_path / "r.parquet"
+    rc = main([
+        "search", str(world["rec"] / "short.wav"), "--gallery", str(world["gallery"].directory),
+        "--audio-model", str(world["models"][0]), "--audio-templates", "the sound of {common_lower}",
+        "--prompt-format", "sci", "--format", "parquet", "--out", str(out), "--quiet",
+        "--device", "cpu",
+    ])  # fmt: skip
+    assert rc == 0
+    prov = json.loads(pq.read_table(out).schema.metadata[b"songsight"])
+    assert prov["prompt_format"] == "sci"
+    assert "the sound of {common_lower}" in json.dumps(prov["audio_templates"])

@@ -58,9 +58,11 @@ def run_search(
     precision: str = "auto",
     progress: bool = True,
     method: str | None = None,
+    **prompts,
 ) -> int:
     """`songsight search`: folders are walked for audio files; writes the results; returns
-    the exit code (1 when some recording could not be used, else 0)."""
+    the exit code (1 when some recording could not be used, else 0). ``prompts``: the
+    cascade's ``prompt_format``, ``templates``, ``audio_prompt_format``, ``audio_templates``."""
     from songsight.audio import AUDIO_SUFFIXES
     from songsight.embed import collect_files
     from songsight.retrieval import Searcher
@@ -81,7 +83,7 @@ def run_search(
     searcher = Searcher(
         gallery, model, audio_model=audio_model, image_model=image_model, device=device,
         cascade_mode=cascade_mode, batch_size=batch_size, precision=precision,
-        species_list=species_list, method=method,
+        species_list=species_list, method=method, **prompts,
     )  # fmt: skip
     if searcher.species is not None and searcher.species.warning():
         print(f"songsight: {searcher.species.warning()}", file=sys.stderr)

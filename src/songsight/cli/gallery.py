@@ -47,6 +47,39 @@ def _add_method(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cascade_prompts(p: argparse.ArgumentParser) -> None:
+    """How the zero-shot cascade (no --model) asks each model for its species' text."""
+    from songsight.taxonomy import PROMPT_FORMATS
+
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None,
+                   help="cascade: the image model's species text (default taxon_com)")  # fmt: skip
+    p.add_argument(
+        "--templates",
+        default=None,
+        metavar="SET|TEMPLATE|FILE",
+        help="cascade: image-model prompt templates: a set name, a template with fields such "
+        "as '{scientific} with common name {common}', or a file of them (default none)",
+    )
+    p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default="com",
+                   help="cascade: BioLingual's species text (default com)")  # fmt: skip
+    p.add_argument(
+        "--audio-templates",
+        default="sound",
+        metavar="SET|TEMPLATE|FILE",
+        help="cascade: BioLingual prompt templates, as --templates, e.g. the caption style your "
+        "model was taught ('the sound of {article} {common_lower}') (default sound)",
+    )
+
+
+def _cascade_prompts(args: argparse.Namespace) -> dict:
+    return {
+        "prompt_format": args.prompt_format,
+        "templates": args.templates,
+        "audio_prompt_format": args.audio_prompt_format,
+        "audio_templates": args.audio_templates,
+    }
+
+
 def _add_species_list(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--species-list",
@@ -75,6 +108,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=positive(int), default=8000)
     _add_query_models(p)
     _add_method(p)
+    _add_cascade_prompts(p)
     _add_species_list(p)
     add_device(p)
     p.add_argument(
@@ -115,7 +149,8 @@ def run_serve(args: argparse.Namespace) -> int:
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
           max_duration_s=args.max_duration_s, species_list=args.species_list,
           method=args.method, max_queue=args.queue, max_batch=args.batch,
-          batch_wait_ms=args.batch_wait_ms, precision=args.precision)  # fmt: skip
+          batch_wait_ms=args.batch_wait_ms, precision=args.precision,
+          **_cascade_prompts(args))  # fmt: skip
     return 0
 
 
@@ -248,6 +283,7 @@ def add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", required=True, metavar="DIR")
     _add_query_models(p)
     _add_method(p)
+    _add_cascade_prompts(p)
     p.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
     p.add_argument("--k", type=positive(int), default=10, help="photos per result (default 10)")
     p.add_argument("--window-s", type=positive(float), default=None)
@@ -284,4 +320,5 @@ def run_search(args: argparse.Namespace) -> int:
                                 min_score=args.min_score, species_list=args.species_list,
                                 device=quiet_device(args), cascade_mode=args.cascade,
                                 batch_size=args.batch_size, precision=args.precision,
-                                progress=not args.quiet, method=args.method)  # fmt: skip
+                                progress=not args.quiet, method=args.method,
+                                **_cascade_prompts(args))  # fmt: skip

@@ -407,10 +407,12 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     precision: str = "auto",
+    **prompts,
 ) -> None:
     """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted.
 
     ``species_list``: the species every search is restricted to (a request may send its own).
+    ``prompts``: the cascade's prompt formats and templates (`Searcher`'s arguments).
     """
     import uvicorn
 
@@ -418,7 +420,7 @@ def serve(
 
     _check_port(host, port)
     options = {"audio_model": audio_model, "image_model": image_model, "device": device,
-               "species_list": species_list, "method": method}  # fmt: skip
+               "species_list": species_list, "method": method, **prompts}  # fmt: skip
     if precision != "auto":
         options["precision"] = precision
     searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})
