@@ -117,6 +117,24 @@ def test_validation_split_is_stratified_grouped_and_spares_small_species():
     again = split_train_val(df, 0.15, seed=0)[1]
     pd.testing.assert_frame_equal(val, again)
     assert split_train_val(df, 0.0, seed=0)[1].empty
+    # A cap gives the surplus back to training, whole recordings, species in turn.
+    capped_train, capped, _ = split_train_val(df, 0.5, seed=0, max_val_clips=6)
+    assert len(capped) == 6 and capped["label"].nunique() == 3  # one recording of 3 species
+    assert not set(capped_train["recording_id"]) & set(capped["recording_id"])
+    assert len(capped_train) + len(capped) == len(df)
+
+
+def test_audio_cache_only_when_it_fits(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from songsight.distill import plan
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16_000 * 10, np.float32), 16_000)  # 10 s
+    assert plan.cache_fits([str(wav)] * 100, 48_000, seed=0)  # 100 x 10 s x 48 kHz x 4 B
+    monkeypatch.setattr(plan, "CACHE_BUDGET_BYTES", 100 * 10 * 48_000 * 4 - 1)
+    assert not plan.cache_fits([str(wav)] * 100, 48_000, seed=0)
+    assert plan.cache_fits([str(wav)] * 99, 48_000, seed=0)
 
 
 def test_run_plan_follows_the_data_size():

@@ -18,6 +18,7 @@ NONE_DEFAULTS = {
     "group_column": "(default: a recording_id, recording or group column, else the file)",
     "window_s": "(default: the model's window)",
     "head_hidden": "(default: the wider of the two sides)",
+    "cache_audio": "(default: when the decoded clips fit in 4 GiB or a quarter of the memory)",
 }
 
 
@@ -76,6 +77,7 @@ class DistillConfig:
     seed: int = 0
     # validation
     val_fraction: float = 0.15  # of each species' clips (recordings), when no --val is given
+    val_max_clips: int = 2000  # a larger carved split gives its surplus back to training
     group_column: str | None = None  # clips sharing a value stay on one side of the split
     # data
     window_s: float | None = None  # crop length; default the model's window (10 s)
@@ -84,7 +86,9 @@ class DistillConfig:
     noise_snr_db: tuple[float, float] = (10.0, 30.0)
     mix_prob: float = 0.0  # chance of mixing in another clip of the same species
     spec_masks: int = 0  # SpecAugment: time and frequency masks per crop (each up to 10%)
-    cache_audio: bool = True  # keep decoded, resampled clips in memory (small data sets)
+    # keep decoded, resampled clips in memory; None: when they fit CACHE_BUDGET (estimated
+    # from a sample of file headers), so a million-clip manifest decodes on the fly instead
+    cache_audio: bool | None = None
     # bookkeeping
     save_every_steps: int = 0  # 0: at the end of each epoch only
     val_every_epochs: int = 1
@@ -155,6 +159,9 @@ def distill_flags(parser, defaults: DistillConfig) -> None:
             kw.update(nargs=2, type=float)
         elif isinstance(value, (int, float)):
             kw["type"] = type(value)
+        elif f.name == "cache_audio":
+            kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
+            kw["metavar"] = "BOOL"
         elif f.name in ("head_hidden", "epochs", "warmup_steps"):
             kw["type"] = int
         elif f.name == "window_s":

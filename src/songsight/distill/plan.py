@@ -11,6 +11,7 @@ Both follow the data, so that the same defaults serve a handful of clips and a m
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,12 +39,17 @@ def group_keys(df: pd.DataFrame, group_column: str | None = None) -> tuple[np.nd
 
 
 def split_train_val(
-    df: pd.DataFrame, val_fraction: float, seed: int, group_column: str | None = None
+    df: pd.DataFrame,
+    val_fraction: float,
+    seed: int,
+    group_column: str | None = None,
+    max_val_clips: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Split a training manifest into (train, val, info), stratified by ``label``.
 
     Each species with at least `MIN_GROUPS_FOR_VAL` groups sends ``round(val_fraction * groups)``
-    of them (at least one) to validation; species with fewer stay whole in training. ``info``
+    of them (at least one) to validation; species with fewer stay whole in training. Past
+    ``max_val_clips`` clips, groups go back to training (species in turn) until it fits. ``info``
     records the group column, the counts and the species with no validation clip.
     """
     keys, used = group_keys(df, group_column)
@@ -64,6 +70,17 @@ def split_train_val(
             continue
         chosen = set(rng.choice(groups, size=n_val, replace=False).tolist())
         val_rows[rows] = np.isin(keys[rows], list(chosen))
+    if max_val_clips is not None and val_rows.sum() > max_val_clips:
+        # Keep whole groups, species taken in turn, while they fit; the rest trains.
+        groups = pd.DataFrame({"key": keys[val_rows], "label": labels[val_rows]})
+        sizes = groups["key"].value_counts()
+        groups = groups.drop_duplicates("key").sample(frac=1.0, random_state=seed)
+        groups = groups.assign(turn=groups.groupby("label").cumcount()).sort_values(
+            "turn", kind="stable"
+        )
+        fits = sizes.loc[groups["key"]].cumsum().to_numpy() <= max_val_clips
+        kept = groups["key"].to_numpy()[fits] if fits.any() else groups["key"].to_numpy()[:1]
+        val_rows &= np.isin(keys, kept)
     train, val = df.loc[~val_rows].reset_index(drop=True), df.loc[val_rows].reset_index(drop=True)
     info = {
         "group_column": used,
@@ -124,3 +141,31 @@ def plan_run(n_clips: int, cfg: DistillConfig, world_size: int = 1) -> RunPlan:
         else max(1, int(round(cfg.warmup_fraction * total)))
     )
     return RunPlan(batch, epochs, steps_per_epoch, total, min(warmup, total), notes)
+
+
+# Decoded training audio kept in memory at most (float32 at the model's rate): 4 GiB, or a
+# quarter of the machine's memory when that is less.
+CACHE_BUDGET_BYTES = 4 * 2**30
+
+
+def cache_fits(paths: list[str], sample_rate_hz: int, seed: int, sample: int = 200) -> bool:
+    """Whether the decoded clips (float32 at ``sample_rate_hz``) fit the cache budget,
+    estimated from the headers of at most ``sample`` files (unreadable ones count as 10 s)."""
+    import soundfile as sf
+
+    try:
+        total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total_mem = 4 * CACHE_BUDGET_BYTES
+    budget = min(CACHE_BUDGET_BYTES, total_mem // 4)
+    if not paths:
+        return True
+    rng = np.random.default_rng([seed, 0xCAC4E])
+    picked = rng.choice(len(paths), size=min(sample, len(paths)), replace=False)
+    seconds = []
+    for i in picked:
+        try:
+            seconds.append(sf.info(paths[int(i)]).duration)
+        except Exception:  # an unreadable file is reported when it is decoded
+            seconds.append(10.0)
+    return float(np.mean(seconds)) * len(paths) * sample_rate_hz * 4 <= budget

@@ -91,7 +91,9 @@ def training_data(train_manifest, val_manifest, species, species_csv, cfg: Disti
     if "split" in full.columns and (full["split"] == "val").any():
         val_df = full[full["split"] == "val"].reset_index(drop=True)
         return train_df, val_df, {"source": "the manifest's val rows"}
-    train_df, val_df, info = split_train_val(train_df, cfg.val_fraction, cfg.seed, cfg.group_column)
+    train_df, val_df, info = split_train_val(
+        train_df, cfg.val_fraction, cfg.seed, cfg.group_column, cfg.val_max_clips
+    )
     return train_df, (val_df if len(val_df) else None), {"source": "carved", **info}
 
 

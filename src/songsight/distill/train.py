@@ -31,7 +31,7 @@ from songsight.distill.checkpoint import (
 )
 from songsight.distill.data import AudioCrops, epoch_order, spec_mask
 from songsight.distill.monitor import METRICS_FILE, MetricsLog, Validator
-from songsight.distill.plan import plan_run
+from songsight.distill.plan import cache_fits, plan_run
 from songsight.distill.probe_init import fit_probe_head, probe_rows
 from songsight.distill.setup import (
     dist_env,
@@ -153,18 +153,23 @@ def distill(
     ).to(device)
     student = make_student(clap, head).eval()
 
+    cache_audio = cfg.cache_audio
+    if cache_audio is None:
+        cache_audio = cache_fits(list(train_df["path"]), features.sample_rate_hz, cfg.seed)
+        if not cache_audio and is_main:
+            say("the training audio would not fit in memory: decoding it as it is used")
     data = AudioCrops(
         list(train_df["path"]),
         [rows_of[int(x)] for x in train_df["label"]],
         features.sample_rate_hz,
         window_s,
-        cfg.cache_audio,
+        cache_audio,
         cfg.gain_db,
         cfg.noise_prob,
         cfg.noise_snr_db,
         cfg.mix_prob,
     )
-    bad = data.check() if cfg.cache_audio else []
+    bad = data.check() if cache_audio else []
     if bad:
         raise DataNotFoundError(
             f"{len(bad)} training file(s) cannot be decoded, e.g. {bad[0][0]}: {bad[0][1]}. "
