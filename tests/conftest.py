@@ -9,6 +9,9 @@ import pytest
 # No test may reach the Hub: resolution falls back to the (empty) cache and fails cleanly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray's local cluster (the slow scale tests) waits 30 s for its GCS server to come up; on a
+# loaded 2-core machine that start took longer and the tests errored before running.
+os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
 
 
 @pytest.fixture(scope="session")
