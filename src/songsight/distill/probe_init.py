@@ -72,8 +72,8 @@ def fit_probe_head(
     """Initialise a linear ``head`` (and the learnable ``logit_scale``) as a probe, in place.
 
     ``base_emb`` (N, d) frozen base embeddings; ``labels`` (N,) rows of ``class_text_emb``
-    (C, D) (a tensor on the head's device); ``loss_fn`` the run's `DistillationLoss` (its
-    contrastive and target terms; no preservation term, the backbone is frozen here). Ridge
+    (C, D) (a tensor on the head's device); ``loss_fn`` a class-level `DistillationLoss` with
+    the run's target term (no preservation term: the backbone is frozen here). Ridge
     fit, then ``steps`` AdamW steps of ``PROBE_BATCH`` clips with a cosine schedule. Returns
     a summary for the checkpoint.
     """
