@@ -233,6 +233,11 @@ def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_i
             proto,
         )
         assert Searcher(gallery, model=path, device="cpu").answered_by == expected
+    # Photos without species names: the raw embedding is all that can search them.
+    bare = Gallery.open(world["root"] / "bare")
+    assert Searcher(bare, model=ckpt, device="cpu").answered_by == "distilled"
+    with pytest.raises(SongsightError, match="no species names"):
+        Searcher(bare, model=ckpt, device="cpu", method="fused")
     cascade = Searcher(gallery, model=ckpt, device="cpu", method="cascade")
     assert cascade.answered_by == "cascade: top1"
     with pytest.raises(SongsightError, match="needs a distilled model"):

@@ -114,7 +114,8 @@ def load_distilled_query_encoder(
     ``method``: ``distilled``, ``distilled_proto``, ``fused`` or ``cascade`` (the zero-shot
     cascade through the checkpoint's own base model); default the checkpoint's recorded
     ``readout`` (``distilled`` for checkpoints that record none; ``distilled_proto`` becomes
-    ``fused`` when the gallery holds species it was not distilled on). ``fused`` and ``cascade``
+    ``fused`` when the gallery holds species it was not distilled on, and a gallery without
+    species names is searched with ``distilled``). ``fused`` and ``cascade``
     load the BioLingual the checkpoint was distilled from (``audio_model`` overrides where it
     is, e.g. a moved folder)."""
     from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
@@ -134,6 +135,10 @@ def load_distilled_query_encoder(
             stacklevel=3,  # at whoever built the Searcher that called this
         )
     recorded = (meta.get("readout") or {}).get("method") or "distilled"
+    if method is None and not gallery.has_species and recorded != "distilled":
+        # The posterior readouts name a species; photos without names leave only the raw
+        # embedding to search with.
+        recorded = "distilled"
     if method is None and recorded == "distilled_proto" and gallery.has_species:
         # distilled_proto never names a species the model was not distilled on: a gallery
         # holding such species is answered by fused, which names them through the cascade.
