@@ -304,7 +304,9 @@ def test_upload_shows_photos_species_and_timeline(page, world_files, tmp_path):
     # click returns: wait for the condition, then assert it.
     eventually(
         page,
-        lambda: page.eval_on_selector("#player", "p => p.currentTime") == pytest.approx(8.4, abs=0.1),
+        lambda: (
+            page.eval_on_selector("#player", "p => p.currentTime") == pytest.approx(8.4, abs=0.1)
+        ),
         "the player to seek to 8.4 s",
     )
     spectro_box = spectro.bounding_box()
