@@ -174,6 +174,31 @@ def test_long_clip_windows_times_and_mean(tiny_audio_encoder):
         enc.embed_clips([(wave, RATE)], window_s=3.0)
 
 
+def test_one_window_rule_for_every_caller(tiny_audio_encoder, tmp_path):
+    """A window asked without a hop steps by half of it, whoever asks: the encoder, the embed
+    job (its store records it) and the searcher share `BioLingualEncoder.windowing`."""
+    import soundfile as sf
+
+    from songsight.embed import embed_audio_files
+    from songsight.index.store import load_embeddings
+
+    enc = tiny_audio_encoder
+    assert enc.windowing() == (enc.window_s, enc.hop_s) == (2.0, 1.0)
+    assert enc.windowing(1.0) == (1.0, 0.5) and enc.windowing(1.0, 0.25) == (1.0, 0.25)
+    wave = chirp(48_000)  # 3 s
+    (res,) = enc.embed_clips([(wave, RATE)], window_s=1.0)
+    np.testing.assert_allclose(res.starts_s, [0.0, 0.5, 1.0, 1.5, 2.0])
+    sf.write(tmp_path / "a.wav", wave, RATE)
+    embed_audio_files(
+        [tmp_path / "a.wav"], tmp_path / "a.parquet", enc, window_s=1.0, progress=False
+    )
+    meta, _, prov = load_embeddings(tmp_path / "a.parquet")
+    np.testing.assert_allclose(meta["start_s"], res.starts_s)
+    assert prov["preprocessing"]["hop_s"] == 0.5
+    with pytest.raises(ValueError, match="exceeds"):
+        enc.windowing(3.0)
+
+
 def test_batch_invariance(tiny_audio_encoder, tmp_path):
     paths = []
     for k, n in enumerate([50_000, 7_000, 32_000, 70_000, 3_000]):  # 9 windows over 3 batches of 4

@@ -189,8 +189,7 @@ def embed_audio_files(
     ``duration_s``, ``silent``, ``embedding``. The clip-level vector of a file is the
     re-normalised mean of its window rows.
     """
-    window_s = float(window_s or encoder.window_s)
-    hop_s = float(hop_s or encoder.hop_s)
+    window_s, hop_s = encoder.windowing(window_s, hop_s)
     prov = {**encoder.provenance()}
     prov["preprocessing"] = {**prov["preprocessing"], "window_s": window_s, "hop_s": hop_s}
     prepared = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)

@@ -27,6 +27,10 @@ class ProvenanceMismatchError(SongsightError):
     """An artefact was made by other models or settings than the ones asked to use it."""
 
 
+class WindowError(SongsightError, ValueError):
+    """An analysis window or hop the model cannot use (longer than its window, not positive)."""
+
+
 class InputFileError(SongsightError):
     """One input file cannot be used (corrupt, empty, NaN, not media...).
 

@@ -224,19 +224,7 @@ class Searcher:
         )
 
     def _windowing(self, window_s: float | None, hop_s: float | None) -> tuple[float, float]:
-        from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION
-
-        window_s = float(window_s or self.encoder.window_s)
-        if not hop_s:
-            same = window_s == self.encoder.window_s
-            hop_s = self.encoder.hop_s if same else window_s * DEFAULT_HOP_FRACTION
-        hop_s = float(hop_s)
-        if not (0 < window_s <= self.encoder.model_window_s + 1e-9) or not hop_s > 0:
-            raise SongsightError(
-                f"window_s must be in (0, {self.encoder.model_window_s:g}] s (the model's window) "
-                f"and hop_s > 0; got window_s={window_s:g}, hop_s={hop_s:g}"
-            )
-        return window_s, hop_s
+        return self.encoder.windowing(window_s, hop_s)
 
     def search(
         self,

@@ -58,11 +58,11 @@ def _make_encoder(kind: str, model: str, options: dict):
 
 
 def _provenance(kind: str, model: str, options: dict, window_s=None, hop_s=None) -> dict:
-    prov = _make_encoder(kind, model, options).provenance()
+    encoder = _make_encoder(kind, model, options)
+    prov = encoder.provenance()
     if kind == "audio":
         pre = prov["preprocessing"]
-        pre["window_s"] = float(window_s or pre["window_s"])
-        pre["hop_s"] = float(hop_s or pre["hop_s"])
+        pre["window_s"], pre["hop_s"] = encoder.windowing(window_s, hop_s)
     return prov
 
 

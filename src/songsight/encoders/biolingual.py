@@ -278,6 +278,31 @@ class BioLingualEncoder:
             return prepare_waveform(wave, rate, self.sample_rate_hz)
         return load_audio(source, self.sample_rate_hz)
 
+    def windowing(self, window_s: float | None = None, hop_s: float | None = None):
+        """The (window_s, hop_s) a request means, the one rule every caller uses.
+
+        ``window_s`` defaults to this encoder's window; ``hop_s`` to this encoder's hop when
+        the window is its own, else to half the window asked for (so a 5 s window steps by
+        2.5 s whoever asks). Raises `WindowError` for a window past the model's or a
+        window or hop that is not positive.
+        """
+        from songsight.errors import WindowError
+
+        window = float(window_s or self.window_s)
+        if hop_s:
+            hop = float(hop_s)
+        elif window == self.window_s:
+            hop = self.hop_s
+        else:
+            hop = window * DEFAULT_HOP_FRACTION
+        if window > self.model_window_s + 1e-9:
+            raise WindowError(
+                f"window_s={window:g} exceeds the model's {self.model_window_s:g} s window"
+            )
+        if not (window > 0 and hop > 0):
+            raise WindowError(f"window_s and hop_s must be > 0; got {window:g} and {hop:g}")
+        return window, hop
+
     def iter_clips(
         self,
         sources: Sequence,
@@ -290,12 +315,7 @@ class BioLingualEncoder:
         share a model batch; the next files decode in ``decode_threads`` threads while the
         model works (results stay in input order).
         """
-        window_s = float(window_s or self.window_s)
-        hop_s = float(hop_s or self.hop_s)
-        if window_s > self.model_window_s + 1e-9:
-            raise ValueError(
-                f"window_s={window_s} exceeds the model's {self.model_window_s} s window"
-            )
+        window_s, hop_s = self.windowing(window_s, hop_s)
         pending: list[tuple[int, Audio, list[tuple[int, int]]]] = []
         queued: list[np.ndarray] = []
 
