@@ -40,6 +40,7 @@ class Validator:
         self.labels = val_df["label"].to_numpy()
         self.features, self.window_s = features, window_s
         self.targets, self.by_label, self.train_labels = targets, by_label, train_labels
+        self.species_emb = targets.cpu().numpy()  # (S, D): scored against on the host
         self.gallery, self.device, self.autocast = gallery, device, autocast
         self.cascade = cascade
         self.p_cascade = None  # (N, S) the cascade's posterior, from the original model
@@ -79,7 +80,7 @@ class Validator:
 
         if self.gallery is not None:
             return mean_average_precision(queries @ self.gallery[0].T, self.labels, self.gallery[1])
-        species_emb = self.targets.cpu().numpy()
+        species_emb = self.species_emb
         return mean_average_precision(queries @ species_emb.T, idx, np.arange(len(species_emb)))
 
     def __call__(self, student, logit_scale: float) -> dict:
@@ -88,7 +89,7 @@ class Validator:
         from songsight.eval.metrics import topk_accuracy
 
         emb = self.embed(student)
-        species_emb = self.targets.cpu().numpy()
+        species_emb = self.species_emb
         labels = self.labels
         idx = np.array([self.by_label[int(x)] for x in labels])
         scores = emb @ species_emb.T
