@@ -168,8 +168,8 @@ def time_features(
     import torch
     from transformers import ClapFeatureExtractor
 
-    from songsight.audio import load_audio
     from songsight.encoders.biolingual import ClapFeatures
+    from songsight.inputs.audio import load_audio
 
     extractor = ClapFeatureExtractor.from_pretrained(audio_dir)
     features = ClapFeatures(extractor, fused_model=False)

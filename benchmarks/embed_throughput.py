@@ -295,9 +295,9 @@ def songsight_audio(
     files: list[Path], model_dir: Path, work: Path, precision: str, device: str, batch_size: int
 ) -> Runner:
     """``embed_audio_files`` into a Parquet store, read back for the equality check."""
-    from songsight.embed import embed_audio_files
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.index.store import load_embeddings
+    from songsight.jobs.embed import embed_audio_files
 
     enc = BioLingualEncoder(model_dir, device=device, precision=precision, batch_size=batch_size)
     # One full batch untimed: bf16 kernels are generated per shape on first use, and a long
@@ -351,9 +351,9 @@ def songsight_images(
     """``embed_image_files`` into a Parquet store, read back for the equality check."""
     import torch
 
-    from songsight.embed import embed_image_files
     from songsight.encoders.bioclip import BioCLIPEncoder
     from songsight.index.store import load_embeddings
+    from songsight.jobs.embed import embed_image_files
 
     enc = BioCLIPEncoder(model_dir, device=device, precision=precision, batch_size=batch_size)
     embed_image_files(files[:1], work / "warmup.parquet", enc, overwrite=True, progress=False)
@@ -452,7 +452,7 @@ def run_memory_child(
     high-water mark of the parent's memory image it was forked from (kept across exec), so
     every child would report the benchmark process's own multi-GB peak.
     """
-    from songsight.embed import embed_audio_files, embed_image_files
+    from songsight.jobs.embed import embed_audio_files, embed_image_files
 
     files = Path(list_file).read_text().split("\n")
     if kind == "audio":
@@ -556,8 +556,8 @@ def _profile_audio(
 ) -> dict[str, str]:
     import torch
 
-    from songsight.audio import load_audio
     from songsight.encoders.biolingual import BioLingualEncoder
+    from songsight.inputs.audio import load_audio
 
     tables = {}
     audio_enc = BioLingualEncoder(audio_dir, device=device, precision="fp32")

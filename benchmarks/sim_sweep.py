@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.eval.retrieval import RETRIEVAL_METHODS as METHODS
+from songsight.eval.audio_to_image import RETRIEVAL_METHODS as METHODS
 
 SETTINGS = [
     ("default", {}),

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from songsight.audio import (
+from songsight.errors import InputFileError
+from songsight.inputs.audio import (
     SILENCE_PEAK,
     load_audio,
     n_windows,
@@ -18,7 +19,6 @@ from songsight.audio import (
     to_mono,
     window_bounds,
 )
-from songsight.errors import InputFileError
 
 SR = 22_050
 

@@ -28,7 +28,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
 )
 
-from songsight.retrieval import Hit, SpeciesScore, WindowResult  # noqa: E402
+from songsight.retrieval.results import Hit, SpeciesScore, WindowResult  # noqa: E402
 from songsight.serve.app import create_app  # noqa: E402
 from songsight.sim.calls import render_call  # noqa: E402
 from songsight.sim.photos import render_photo  # noqa: E402
@@ -367,9 +367,9 @@ def demo_report(tmp_path_factory):
     import pandas as pd
     from PIL import Image
 
+    from songsight.eval.audio_to_image import chance_queries, score_retrieval
     from songsight.eval.figures import write_figures
     from songsight.eval.outputs import save_store
-    from songsight.eval.retrieval import chance_queries, score_retrieval
     from songsight.sim.demo import write_html_report
     from songsight.taxonomy import Species, write_species_csv
 

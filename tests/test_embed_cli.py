@@ -18,11 +18,11 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from songsight.audio import n_windows
 from songsight.cli import main
 from songsight.encoders.bioclip import BioCLIPEncoder
 from songsight.encoders.biolingual import BioLingualEncoder
 from songsight.index.store import load_embeddings, read_provenance
+from songsight.inputs.audio import n_windows
 from songsight.provenance import package_version
 
 RATE = 16_000

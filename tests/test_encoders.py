@@ -179,8 +179,8 @@ def test_one_window_rule_for_every_caller(tiny_audio_encoder, tmp_path):
     job (its store records it) and the searcher share `BioLingualEncoder.windowing`."""
     import soundfile as sf
 
-    from songsight.embed import embed_audio_files
     from songsight.index.store import load_embeddings
+    from songsight.jobs.embed import embed_audio_files
 
     enc = tiny_audio_encoder
     assert enc.windowing() == (enc.window_s, enc.hop_s) == (2.0, 1.0)

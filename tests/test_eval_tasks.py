@@ -22,10 +22,7 @@ from songsight.baselines.cascade import cascade_queries
 from songsight.baselines.text_mapping import fit_ridge
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
 from songsight.eval.alignment import window_targets, zero_shot
-from songsight.eval.config import EvalConfig, check_teacher, train_labels_of
-from songsight.eval.inputs import limit_rows
-from songsight.eval.report import LABELS, RETRIEVAL_ROWS, format_summary, merge_reports
-from songsight.eval.retrieval import (
+from songsight.eval.audio_to_image import (
     RETRIEVAL_METHODS,
     TABLE_METRICS,
     build_queries,
@@ -35,6 +32,9 @@ from songsight.eval.retrieval import (
     score_retrieval,
     unit_rows,
 )
+from songsight.eval.config import EvalConfig, check_teacher, train_labels_of
+from songsight.eval.inputs import limit_rows
+from songsight.eval.report import LABELS, RETRIEVAL_ROWS, format_summary, merge_reports
 from songsight.eval.tasks import run_evaluation
 from songsight.index.store import load_embeddings
 from songsight.taxonomy import Species

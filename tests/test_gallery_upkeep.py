@@ -11,9 +11,9 @@ from PIL import Image
 
 from songsight.cli import main
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery import Gallery, add_to_gallery, build_gallery
 from songsight.index.gallery_check import check_gallery
 from songsight.index.store import load_embeddings
+from songsight.retrieval.gallery import Gallery, add_to_gallery, build_gallery
 from songsight.taxonomy import Species, write_species_csv
 
 TAXA = [
@@ -111,7 +111,7 @@ def test_empty_folders_and_empty_galleries_say_so(tiny_image_encoder, tmp_path, 
     report = build_gallery([], tmp_path / "g", image_model=tiny_image_encoder, manifest=tmp_path / "m.csv", progress=False)  # fmt: skip
     assert report.exit_code == 1 and "holds no photos" in report.summary()
     from songsight.errors import SongsightError
-    from songsight.retrieval import Searcher
+    from songsight.retrieval.searcher import Searcher
 
     with pytest.raises(SongsightError, match="holds no photos"):
         Searcher(tmp_path / "g", device="cpu")
@@ -144,7 +144,7 @@ def test_handwritten_manifest_columns_are_read_or_refused(tiny_image_encoder, tm
         add_to_gallery([], tmp_path / "g", manifest=unknown, image_model=tiny_image_encoder, progress=False)  # fmt: skip
     # Names in the label column, without a species table: binomials are scientific names.
     named = _csv(tmp_path / "lists" / "named.csv", "path,label\n../photos/a.png,Anas platyrhynchos\n../photos/b.png,Mallard\n")  # fmt: skip
-    from songsight.index.gallery import read_gallery_manifest
+    from songsight.retrieval.gallery import read_gallery_manifest
 
     df = read_gallery_manifest(named)
     assert (

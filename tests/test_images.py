@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from songsight.errors import InputFileError
-from songsight.images import load_image, to_rgb
+from songsight.inputs.images import load_image, to_rgb
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 
@@ -155,7 +155,7 @@ def test_empty_text_and_missing(tmp_path):
 
 
 def test_decompression_bomb_guard(tmp_path, monkeypatch):
-    from songsight import images
+    from songsight.inputs import images
 
     path = tmp_path / "big.png"
     Image.new("RGB", (100, 100)).save(path)

@@ -23,9 +23,9 @@ import pytest
 import songsight
 from songsight.cli import main
 from songsight.errors import ProvenanceMismatchError, SongsightError
-from songsight.index.gallery import Gallery, add_to_gallery, build_gallery
 from songsight.index.search import ExactIndex
 from songsight.index.store import load_embeddings
+from songsight.retrieval.gallery import Gallery, add_to_gallery, build_gallery
 from tests.test_gallery import TAXA, _manifest, _random_photos
 from tests.test_search import clustered, recall
 

@@ -15,19 +15,19 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from songsight.audio import load_audio, window_bounds
 from songsight.encoders.base import l2_normalize
 from songsight.errors import ProvenanceMismatchError, SongsightError
-from songsight.index.gallery import Gallery
 from songsight.index.store import load_embeddings
-from songsight.retrieval import (
+from songsight.inputs.audio import load_audio, window_bounds
+from songsight.inputs.stream import iter_windows
+from songsight.retrieval.gallery import Gallery
+from songsight.retrieval.job import run_search
+from songsight.retrieval.results import WindowResult
+from songsight.retrieval.rollup import softmax_rollup
+from songsight.retrieval.searcher import Searcher
+from songsight.retrieval.writers import (
     RAVEN_COLUMNS,
-    Searcher,
-    WindowResult,
-    iter_windows,
     results_to_records,
-    run_search,
-    softmax_rollup,
     write_raven,
     write_results,
 )
@@ -430,7 +430,7 @@ def test_long_file_per_window_results(world, checkpoint, tmp_path):
 
 
 def _sample_results() -> list[WindowResult]:
-    from songsight.retrieval import Hit, SpeciesScore
+    from songsight.retrieval.results import Hit, SpeciesScore
 
     hits = [Hit(3, "/p/a.jpg", 0.31, "Aix sponsa", 2, "Wood Duck"), Hit(0, "/p/b.jpg", 0.2)]
     species = [SpeciesScore("Aix sponsa", 0.8, "species", 2, "Wood Duck"), SpeciesScore("Aix", 0.8, "genus")]  # fmt: skip

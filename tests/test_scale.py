@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from songsight.embed import embed_audio_files
 from songsight.index.store import IDENTITY_KEYS, load_embeddings
+from songsight.jobs.embed import embed_audio_files
 
 ray = pytest.importorskip("ray", reason="Ray is the optional 'scale' extra: pip install 'songsight[scale]'")  # fmt: skip
 pytest.importorskip("ray.data", reason="the Ray engine needs ray[data]")
@@ -47,7 +47,7 @@ def _same_store(a, b):
 
 
 def test_ray_gallery_equals_single_machine_and_resumes(local_ray, tiny_models, tiny_image_encoder, tmp_path):  # fmt: skip
-    from songsight.index.gallery import Gallery, add_to_gallery
+    from songsight.retrieval.gallery import Gallery, add_to_gallery
 
     photos = tmp_path / "photos"
     _photos(photos, range(6))
@@ -72,7 +72,7 @@ def test_ray_gallery_equals_single_machine_and_resumes(local_ray, tiny_models, t
 
 
 def test_ray_audio_store_equals_single_machine(local_ray, tiny_models, tiny_audio_encoder, tmp_path):  # fmt: skip
-    from songsight.scale import embed_audio_files_ray
+    from songsight.jobs.ray import embed_audio_files_ray
 
     audio = tmp_path / "audio"
     audio.mkdir()

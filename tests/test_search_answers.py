@@ -16,11 +16,13 @@ import pytest
 import soundfile as sf
 
 from songsight.errors import DataNotFoundError, SongsightError
-from songsight.index.gallery import Gallery
 from songsight.index.store import load_embeddings
-from songsight.results import keep_detections
-from songsight.retrieval import Searcher, format_table, run_search, search, write_raven
-from songsight.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
+from songsight.retrieval.gallery import Gallery
+from songsight.retrieval.job import run_search
+from songsight.retrieval.results import keep_detections
+from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
+from songsight.retrieval.searcher import Searcher, search
+from songsight.retrieval.writers import format_table, write_raven
 from tests import test_retrieval as _base
 from tests.test_retrieval import RATE, TAXA, _brute_force, tone
 
@@ -128,7 +130,7 @@ def test_fit_temperature_recovers_the_generating_temperature():
 def test_calibration_is_fitted_recorded_and_used(world, checkpoint, tmp_path):
     import shutil
 
-    from songsight.calibration import calibrate, model_key
+    from songsight.retrieval.calibration import calibrate, model_key
 
     gallery_dir = tmp_path / "gallery"
     shutil.copytree(world["root"] / "gallery", gallery_dir)

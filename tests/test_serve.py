@@ -3,7 +3,7 @@
 ``POST /api/search`` answers the list ``songsight search --format json`` writes (checked against
 the CLI itself on a tiny real gallery), with the request's facts in response headers.
 
-A fake searcher with the `songsight.retrieval.Searcher` interface stands in for the models: it
+A fake searcher with the `songsight.retrieval.searcher.Searcher` interface stands in for the models: it
 names the species whose tone frequency dominates each window, so the tests also check that the
 uploaded audio really was decoded and windowed before the search saw it.
 """
@@ -28,7 +28,8 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from songsight.retrieval import Hit, SpeciesScore, WindowResult, results_to_records  # noqa: E402
+from songsight.retrieval.results import Hit, SpeciesScore, WindowResult  # noqa: E402
+from songsight.retrieval.writers import results_to_records  # noqa: E402
 from songsight.serve.app import create_app, sniff_audio, spectrogram_png  # noqa: E402
 
 SPECIES = ("Cresus raefoticus", "Laniella azura", "Picoides barratus")
@@ -288,7 +289,7 @@ def test_search_formats(client, searcher, gallery, fmt, subtype, name, ctype):
     assert [r["window"] for r in results[:3]] == [None, 0, 1]
     assert [r["start_s"] for r in results[:3]] == [0.0, 0.0, 2.0]
     assert results[1]["end_s"] == pytest.approx(2.0)
-    # The CLI's records (songsight.retrieval.results_to_records) plus url on each hit.
+    # The CLI's records (songsight.retrieval.writers.results_to_records) plus url on each hit.
     cli = results_to_records(searcher.answers[-1])
     for web, plain in zip(results, cli, strict=True):
         assert web["path"] == name and plain["path"] == "<array 0>"
@@ -609,7 +610,7 @@ def test_spectrogram_pools_long_audio_and_keeps_short_calls():
 def test_serve_builds_the_searcher_and_runs_uvicorn(monkeypatch, gallery, capsys):
     import uvicorn
 
-    import songsight.retrieval
+    import songsight.retrieval.searcher
 
     made, ran = {}, {}
 
@@ -618,7 +619,7 @@ def test_serve_builds_the_searcher_and_runs_uvicorn(monkeypatch, gallery, capsys
             made.update(gallery_dir=gallery_dir, model=model, **options)
             super().__init__(gallery)
 
-    monkeypatch.setattr(songsight.retrieval, "Searcher", Searcher)
+    monkeypatch.setattr(songsight.retrieval.searcher, "Searcher", Searcher)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
     from songsight.serve import serve
 
@@ -635,7 +636,7 @@ def tiny_gallery(tmp_path, tiny_image_encoder):
     """A real `Gallery` of three random photos, one per species, under ``tmp_path/gallery``."""
     import csv
 
-    from songsight.index.gallery import Gallery
+    from songsight.retrieval.gallery import Gallery
     from songsight.taxonomy import Species, write_species_csv
 
     names = enumerate(zip(SPECIES, COMMON, strict=True))
@@ -660,7 +661,7 @@ def tiny_gallery(tmp_path, tiny_image_encoder):
 
 def test_real_searcher_on_a_tiny_gallery(tmp_path, uploads, tiny_models, tiny_gallery):
     """The app over the real `Searcher` (zero-shot cascade, tiny models, three photos)."""
-    from songsight.retrieval import Searcher
+    from songsight.retrieval.searcher import Searcher
 
     gallery = tiny_gallery
     searcher = Searcher(gallery, audio_model=tiny_models[0], device="cpu")
@@ -701,7 +702,7 @@ def test_search_body_is_what_the_cli_writes(tmp_path, uploads, tiny_models, tiny
     """``POST /api/search`` answers what ``songsight search --format json`` writes for the file:
     the reference is the CLI itself, run through `songsight.cli.main` on the same gallery."""
     from songsight.cli import main
-    from songsight.retrieval import Searcher
+    from songsight.retrieval.searcher import Searcher
 
     searcher = Searcher(tiny_gallery, audio_model=tiny_models[0], device="cpu")
     client = TestClient(create_app(searcher, temp_dir=uploads))

@@ -26,7 +26,7 @@ client, gallery, searcher, tiny_gallery, uploads = (
 
 @pytest.fixture()
 def real_client(tiny_gallery, tiny_models, uploads):
-    from songsight.retrieval import Searcher
+    from songsight.retrieval.searcher import Searcher
 
     s = Searcher(tiny_gallery, audio_model=tiny_models[0], device="cpu")
     return TestClient(create_app(s, temp_dir=uploads)), s
@@ -97,12 +97,12 @@ def test_tiff_is_sent_as_png_and_a_lost_file_says_so(searcher, gallery, uploads)
 
 
 def test_busy_port_is_refused_before_the_models_load(monkeypatch):
-    import songsight.retrieval
+    import songsight.retrieval.searcher
 
     def never(*args, **kwargs):
         raise AssertionError("the models were loaded before the port was checked")
 
-    monkeypatch.setattr(songsight.retrieval, "Searcher", never)
+    monkeypatch.setattr(songsight.retrieval.searcher, "Searcher", never)
     from songsight.serve import serve
 
     with socket.socket() as taken:

@@ -152,7 +152,7 @@ def test_a_waiting_search_whose_client_gave_up_is_dropped(searcher, uploads):
 def test_real_searcher_batches_forward_passes_across_requests(uploads, tiny_models, tiny_gallery):
     """Concurrent searches with the real `Searcher` (tiny models): the waiting ones share the
     encoder's forward passes, and each answer equals the same search run alone."""
-    from songsight.retrieval import Searcher
+    from songsight.retrieval.searcher import Searcher
 
     real = Searcher(tiny_gallery, audio_model=tiny_models[0], device="cpu", batch_size=16)
     rate_hz = real.sample_rate_hz

@@ -83,7 +83,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _run_embed_ray(args)
 
-    from songsight import embed
+    from songsight.jobs import embed
 
     if args.modality == "audio":
         from songsight.encoders.biolingual import BioLingualEncoder
@@ -134,7 +134,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def _run_embed_ray(args: argparse.Namespace) -> int:
-    from songsight import scale
+    from songsight.jobs import ray as scale
 
     common = dict(resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                   concurrency=args.workers, device=args.device, precision=args.precision)  # fmt: skip

@@ -252,7 +252,7 @@ def run_index(args: argparse.Namespace) -> int:
         print(report.summary())
         return report.exit_code
     if args.index_command == "calibrate":
-        from songsight.calibration import calibrate
+        from songsight.retrieval.calibration import calibrate
 
         result = calibrate(args.gallery, args.recordings, args.model, split=args.split or None,
                            progress=not args.quiet, audio_model=args.audio_model,
@@ -261,7 +261,7 @@ def run_index(args: argparse.Namespace) -> int:
                            precision=args.precision)  # fmt: skip
         print(result.summary())
         return 0
-    from songsight.index.gallery import add_to_gallery, build_gallery
+    from songsight.retrieval.gallery import add_to_gallery, build_gallery
 
     common = dict(manifest=args.manifest, species_csv=args.species, image_model=args.image_model,
                   ann=args.ann or None, batch_size=args.batch_size,
@@ -312,9 +312,9 @@ def add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from songsight import retrieval
+    from songsight.retrieval.job import run_search
 
-    return retrieval.run_search(args.recordings, args.gallery, model=args.model, audio_model=args.audio_model,
+    return run_search(args.recordings, args.gallery, model=args.model, audio_model=args.audio_model,
                                 image_model=args.image_model, k=args.k, window_s=args.window_s, hop_s=args.hop_s,
                                 fmt=args.format, out=args.out, raven=args.raven, overwrite=args.overwrite,
                                 min_score=args.min_score, species_list=args.species_list,

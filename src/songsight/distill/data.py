@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from songsight.audio import load_audio
 from songsight.errors import InputFileError
+from songsight.inputs.audio import load_audio
 
 
 class AudioCrops:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.audio import window_bounds
 from songsight.distill.data import AudioCrops
 from songsight.encoders.base import l2_normalize
+from songsight.inputs.audio import window_bounds
 
 METRICS_FILE = "metrics.csv"
 

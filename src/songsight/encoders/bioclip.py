@@ -35,7 +35,7 @@ from songsight.encoders.loading import (
     resolve_model,
 )
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
-from songsight.images import load_image, to_rgb
+from songsight.inputs.images import load_image, to_rgb
 from songsight.taxonomy import Species, Templates, build_prompts
 
 PREPROCESS_MODES = ("model", "squash")

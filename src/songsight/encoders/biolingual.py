@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.audio import Audio, load_audio, prepare_waveform, window_bounds
 from songsight.encoders.base import (
     ClipEmbedding,
     autocast_dtype,
@@ -29,6 +28,7 @@ from songsight.encoders.base import (
 )
 from songsight.encoders.loading import ResolvedModel, check_model_folder, resolve_model
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
+from songsight.inputs.audio import Audio, load_audio, prepare_waveform, window_bounds
 
 DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from songsight.eval.audio_to_image import label_rows
 from songsight.eval.metrics import classwise_auroc, classwise_map, topk_accuracy
 from songsight.eval.probe import knn_accuracy, linear_probe
-from songsight.eval.retrieval import label_rows
 
 ZERO_SHOT_KS = (1, 5)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from songsight.encoders.loading import BIOCLIP2_ID, BIOLINGUAL_ID
 from songsight.errors import ProvenanceMismatchError, SongsightError
-from songsight.eval.retrieval import ALWAYS, DISTILLED_METHODS, RETRIEVAL_METHODS
+from songsight.eval.audio_to_image import ALWAYS, DISTILLED_METHODS, RETRIEVAL_METHODS
 from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species, resolve_templates
 
 FORMAT_VERSION = 1

@@ -117,8 +117,8 @@ def plot_example_queries(
     ``similarity`` (Q, G) scores of ``queries`` (rows with path, label) against ``gallery``.
     Queries are drawn (seeded) from distinct species. Unreadable files show as blank panels.
     """
-    from songsight.audio import load_audio
-    from songsight.images import load_image
+    from songsight.inputs.audio import load_audio
+    from songsight.inputs.images import load_image
 
     rng = np.random.default_rng(seed)
     q_labels = queries["label"].to_numpy()

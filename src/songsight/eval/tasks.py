@@ -4,7 +4,7 @@
 each set of recordings once per model (BioLingual's audio embeddings serve the cascade, the
 mappings and the original model), embeds the test images once, and scores:
 
-- retrieval (`songsight.eval.retrieval`): audio -> image and image -> audio, every method,
+- retrieval (`songsight.eval.audio_to_image`): audio -> image and image -> audio, every method,
   per gallery (NABirds, iNat, both), with bootstrap CIs and per-species AP;
 - discriminability (`songsight.eval.alignment`): linear probe and k-NN, train -> test split;
 - alignment: zero-shot species classification on focal clips, and class-wise mAP / AUROC on
@@ -32,6 +32,14 @@ import pandas as pd
 
 from songsight.errors import InputFileError
 from songsight.eval import alignment as align
+from songsight.eval.audio_to_image import (
+    MAPPING_METHODS,
+    build_queries,
+    chance_queries,
+    fit_mappings,
+    mapping_pairs,
+    score_retrieval,
+)
 from songsight.eval.config import (
     FORMAT_VERSION,
     TASKS,
@@ -54,14 +62,6 @@ from songsight.eval.inputs import (
 )
 from songsight.eval.outputs import jsonable, write_outputs
 from songsight.eval.report import format_selection
-from songsight.eval.retrieval import (
-    MAPPING_METHODS,
-    build_queries,
-    chance_queries,
-    fit_mappings,
-    mapping_pairs,
-    score_retrieval,
-)
 from songsight.taxonomy import Species
 
 

@@ -80,7 +80,7 @@ def stored_photos(directory: Path) -> dict[str, str]:
 
 def hash_files(files: list[Path]) -> dict[Path, str]:
     """Content hash of each readable file (an unreadable one is left for embedding to report)."""
-    from songsight.embed import sha256_file
+    from songsight.inputs.files import sha256_file
 
     out = {}
     for f in files:

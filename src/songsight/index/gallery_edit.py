@@ -21,6 +21,7 @@ from songsight.index.gallery_format import (
     STORE_FILE,
     _read_json,
     _update_index,
+    record_update,
 )
 
 __all__ = ["RemoveReport", "move_gallery", "remove_from_gallery"]
@@ -55,10 +56,9 @@ def _open_meta(directory: Path) -> dict:
 
 
 def _finish(directory: Path, meta: dict, hashes: list[str], progress: bool) -> str:
-    from songsight.index.gallery_build import _record_update
 
     kind = _update_index(directory, meta, hashes, progress=progress)
-    _record_update(directory, meta, kind, len(hashes))
+    record_update(directory, meta, kind, len(hashes))
     return kind
 
 

@@ -1,13 +1,12 @@
 """The gallery folder on disk: file names, ``gallery.json``, ``errors.csv`` and the index.
 
-The layout is described in `songsight.index.gallery`. Here: reading and writing its files
+The layout is described in `songsight.retrieval.gallery`. Here: reading and writing its files
 atomically, the image-model provenance check, and keeping the HNSW index in step with the
 store (a saved graph is trusted only when it covers a prefix of the store's rows).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -106,25 +105,6 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_errors(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as fh:
-        return [(r["path"], r["error"]) for r in csv.DictReader(fh)]
-
-
-def _write_errors(path: Path, rows: list[tuple[str, str]]) -> None:
-    if not rows:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "error"])
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 # --- the index --------------------------------------------------------------------------------
 
 
@@ -209,3 +189,23 @@ def _clear(directory: Path) -> None:
         from songsight.index.gallery_milvus import drop_embedded
 
         drop_embedded(directory)
+
+
+def record_update(directory: Path, meta: dict, kind: str, n_images: int) -> None:
+    """Write ``gallery.json`` after the store and index changed."""
+    from songsight.provenance import package_version
+
+    meta["index"]["kind"] = kind
+    meta["count"] = n_images
+    meta["n_species"] = _count_species(directory)
+    meta["updated_utc"] = _now()
+    meta["songsight_version"] = package_version()
+    _write_json(directory / META_FILE, meta)
+
+
+def _count_species(directory: Path) -> int:
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(directory / STORE_FILE, columns=["species", "common_name"]).to_pandas()
+    names = col["species"].where(col["species"].notna(), col["common_name"])
+    return int(names.dropna().nunique())

@@ -1,6 +1,6 @@
 """A gallery searched through Milvus: the collection kept in step with the gallery's store.
 
-The gallery folder stays what `songsight.index.gallery` describes: ``gallery.parquet`` is the
+The gallery folder stays what `songsight.retrieval.gallery` describes: ``gallery.parquet`` is the
 record of every photo (path, sha256, species ..., vector) and what builds resume from. With
 ``--backend milvus`` the vectors are also rows of a Milvus collection, keyed by sha256, with
 ``path``, ``label``, ``species``, ``common_name``, ``genus``, ``family``, ``taxon_order`` and

@@ -1,4 +1,4 @@
-"""HTTP API and web page over a `songsight.retrieval.Searcher`.
+"""HTTP API and web page over a `songsight.retrieval.searcher.Searcher`.
 
 Routes: ``GET /`` (the page), ``GET /api/health``, ``POST /api/search`` (multipart field
 ``audio``; the body is the CLI's ``--format json`` list, the request's facts are headers),
@@ -133,15 +133,15 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
 ) -> FastAPI:
-    """The FastAPI app over ``searcher`` (a `songsight.retrieval.Searcher` or the same shape).
+    """The FastAPI app over ``searcher`` (a `songsight.retrieval.searcher.Searcher` or the same shape).
 
     ``to_records`` turns search results into the CLI's JSON records; by default
-    `songsight.retrieval.results_to_records`. ``max_concurrency`` batch workers; ``max_queue``
+    `songsight.retrieval.writers.results_to_records`. ``max_concurrency`` batch workers; ``max_queue``
     searches admitted at once (one more answers 503); ``max_batch`` searches share a forward
     pass, gathered over ``batch_wait_ms``. ``app.state.queue`` is the `SearchQueue`.
     """
     if to_records is None:
-        from songsight.retrieval import results_to_records as to_records
+        from songsight.retrieval.writers import results_to_records as to_records
     if (
         min(max_concurrency, max_queue, max_batch) < 1
         or min(max_upload_mb, request_timeout_s, max_duration_s) <= 0
@@ -416,7 +416,7 @@ def serve(
     """
     import uvicorn
 
-    from songsight.retrieval import Searcher
+    from songsight.retrieval.searcher import Searcher
 
     _check_port(host, port)
     options = {"audio_model": audio_model, "image_model": image_model, "device": device,

@@ -35,7 +35,7 @@ def photo_response(path: Path):
     suffix = path.suffix.lower()
     media_type = IMAGE_TYPES.get(suffix) or sniffed_type(path)
     if suffix in CONVERTED_SUFFIXES or media_type == "image/tiff":
-        from songsight.images import load_image
+        from songsight.inputs.images import load_image
 
         buf = io.BytesIO()
         load_image(path).save(buf, format="PNG")

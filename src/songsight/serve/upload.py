@@ -240,10 +240,10 @@ def _form_number(fields: dict[str, str], name: str, kind: type, lo: float, hi: f
 
 
 def decode_upload(path: str | Path, max_duration_s: float):
-    """Decode an upload to `songsight.audio.Audio` at its own rate, mono. Raises `ApiError`."""
+    """Decode an upload to `songsight.inputs.audio.Audio` at its own rate, mono. Raises `ApiError`."""
     import soundfile as sf
 
-    from songsight.audio import prepare_waveform
+    from songsight.inputs.audio import prepare_waveform
 
     try:
         info = sf.info(str(path))

@@ -34,7 +34,7 @@ def call_windows(paths: list[Path], features, window_s: float, hop_s: float):
     """
     import torch
 
-    from songsight.audio import load_audio, window_bounds
+    from songsight.inputs.audio import load_audio, window_bounds
 
     waves, owner = [], []
     for i, p in enumerate(paths):

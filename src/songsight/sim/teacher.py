@@ -56,7 +56,7 @@ def pretrain_teacher(
     from songsight.distill.loss import LogitScale, batch_level_infonce
     from songsight.encoders.base import l2_normalize
     from songsight.encoders.bioclip import load_open_clip
-    from songsight.images import load_image
+    from songsight.inputs.images import load_image
     from songsight.testing import build_tiny_open_clip
 
     t0, c0 = time.perf_counter(), time.process_time()

@@ -1,4 +1,4 @@
-"""Embedding on a Ray cluster: the same Parquet store as `songsight.embed`, many model workers.
+"""Embedding on a Ray cluster: the same Parquet store as `songsight.jobs.embed`, many model workers.
 
 ``songsight index build --engine ray`` and the Ray variants of ``songsight embed`` run here.
 Files are listed on the driver and handed to Ray Data (``ray.data.from_items``); each worker
@@ -17,7 +17,6 @@ readable by every worker (shared storage).
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -125,7 +124,7 @@ class _Embedder:
             self.milvus = RowWriter(ray.get(milvus[0]))
 
     def __call__(self, batch: dict) -> dict:
-        from songsight.embed import sha256_file
+        from songsight.inputs.files import sha256_file
 
         rows: list[dict] = []
         todo, hashes = [], []
@@ -221,10 +220,11 @@ def _embed_files_ray(
 ):
     from tqdm.auto import tqdm
 
-    from songsight.audio import AUDIO_SUFFIXES
-    from songsight.embed import EmbedReport, collect_files
-    from songsight.images import IMAGE_SUFFIXES
     from songsight.index.store import EmbeddingWriter
+    from songsight.inputs.audio import AUDIO_SUFFIXES
+    from songsight.inputs.files import collect_files, errors_path_for, write_errors
+    from songsight.inputs.images import IMAGE_SUFFIXES
+    from songsight.jobs.embed import EmbedReport
     from songsight.provenance import environment
 
     if concurrency < 1 or batch_size < 1:
@@ -245,7 +245,7 @@ def _embed_files_ray(
         overwrite=overwrite,
         vector_dtype=vector_dtype,
     )
-    errors_path = out.with_name(out.name.removesuffix(".parquet") + ".errors.csv")
+    errors_path = errors_path_for(out)
     dim = int(prov["dim"])
     n_ok = n_skipped = n_rows = n_silent = 0
     errors: list[tuple[str, str]] = []
@@ -324,22 +324,11 @@ def _embed_files_ray(
     finally:
         bar.close()
         writer.flush()
-        _write_errors(errors_path, errors)
+        write_errors(errors_path, errors)
     total_rows = writer.close()
     return EmbedReport(
         out, errors_path, len(files), n_ok, n_skipped, len(errors), total_rows, n_silent
     )
-
-
-def _write_errors(path: Path, errors: list[tuple[str, str]]) -> None:
-    """``FILE.errors.csv`` as `songsight.embed` writes it (absent when nothing failed)."""
-    if not errors:
-        path.unlink(missing_ok=True)
-        return
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "error"])
-        w.writerows(errors)
 
 
 def embed_image_files_ray(

@@ -96,7 +96,7 @@ def species_filter(
 
     ``metadata``: the gallery's table (``species``, ``common_name``, optional
     ``species_code``); ``species_codes`` (N,) each row's index into ``species_names`` (-1 for
-    none), as `songsight.rollup.GalleryTaxa` keeps them. Raises `DataNotFoundError` when no
+    none), as `songsight.retrieval.rollup.GalleryTaxa` keeps them. Raises `DataNotFoundError` when no
     entry names a species of the gallery.
     """
     entries = [str(e).strip() for e in entries if str(e).strip()]

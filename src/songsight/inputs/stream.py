@@ -3,7 +3,7 @@
 `iter_windows` decodes a file block by block with a streaming resampler, so an hour-long
 soundscape costs the memory of one block and one window, not of the hour. `_embed_recordings`
 batches windows across recordings for an encoder and yields each recording's embeddings once
-all its windows are in (what `songsight.retrieval.Searcher` searches with).
+all its windows are in (what `songsight.retrieval.searcher.Searcher` searches with).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.audio import _short
 from songsight.errors import InputFileError, require_file
+from songsight.inputs.audio import _short
 
 __all__ = ["BLOCK_S", "DecodeInfo", "iter_windows"]
 
@@ -79,7 +79,7 @@ def iter_windows(
     ``info`` is filled in as decoding goes (duration and silence are known at the end). Raises
     `InputFileError` (possibly after some windows) for unusable audio.
     """
-    from songsight.audio import SILENCE_PEAK, prepare_waveform, to_mono, window_bounds
+    from songsight.inputs.audio import SILENCE_PEAK, prepare_waveform, to_mono, window_bounds
 
     info = info if info is not None else DecodeInfo()
     info.sample_rate_hz = int(sample_rate_hz)
@@ -156,7 +156,7 @@ def _embed_recordings(
     encoder, sources: Sequence, window_s: float, hop_s: float, block_s: float = BLOCK_S
 ) -> Iterator[tuple[int, _Embedded | InputFileError]]:
     """Embed each source's windows, batching windows across sources; yields in source order."""
-    from songsight.audio import SILENCE_PEAK
+    from songsight.inputs.audio import SILENCE_PEAK
 
     batch: list[np.ndarray] = []
     owners: list[int] = []

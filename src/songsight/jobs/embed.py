@@ -7,17 +7,16 @@ file ``FILE.errors.csv``; a bad file never stops the batch.
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from songsight.audio import AUDIO_SUFFIXES
-from songsight.errors import DataNotFoundError, InputFileError
-from songsight.images import IMAGE_SUFFIXES
+from songsight.errors import InputFileError
 from songsight.index.store import EmbeddingWriter
+from songsight.inputs.audio import AUDIO_SUFFIXES
+from songsight.inputs.files import ErrorLog, collect_files, errors_path_for, sha256_file
+from songsight.inputs.images import IMAGE_SUFFIXES
 from songsight.provenance import environment
 
 
@@ -48,36 +47,6 @@ class EmbedReport:
         return text
 
 
-def collect_files(paths: Iterable[str | Path], suffixes: Sequence[str]) -> list[Path]:
-    """Files named directly (whatever their suffix) plus media files under folders, recursively.
-
-    Order is stable (sorted within each folder, duplicates dropped) so reruns line up.
-    """
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
-        elif p.exists():
-            found = [p]
-        else:
-            raise DataNotFoundError(f"no such file or folder: {p}")
-        for f in found:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                out.append(f)
-    return out
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -103,7 +72,7 @@ def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="
         overwrite=overwrite,
         vector_dtype=vector_dtype,
     )
-    errors_path = out.with_name(out.name.removesuffix(".parquet") + ".errors.csv")
+    errors_path = errors_path_for(out)
     todo, hashes, errors = [], {}, []
     for f in files:
         try:
@@ -118,29 +87,6 @@ def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="
     return files, writer, errors_path, todo, hashes, errors
 
 
-class _ErrorLog:
-    """``FILE.errors.csv`` (path, error), rewritten per run and flushed per line."""
-
-    def __init__(self, path: Path, initial: list[tuple[str, str]]):
-        self.path = path
-        self.count = 0
-        self._fh = path.open("w", newline="", encoding="utf-8")
-        self._w = csv.writer(self._fh)
-        self._w.writerow(["path", "error"])
-        for row in initial:
-            self.write(*row)
-
-    def write(self, path: str, error: str) -> None:
-        self._w.writerow([path, error])
-        self._fh.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        self._fh.close()
-        if self.count == 0:
-            self.path.unlink(missing_ok=True)
-
-
 def _run_job(prepared, results, rows_for, desc: str, progress: bool) -> EmbedReport:
     """Drain ``results`` ((index into todo, result or InputFileError)) into the store.
 
@@ -148,7 +94,7 @@ def _run_job(prepared, results, rows_for, desc: str, progress: bool) -> EmbedRep
     call, so a file is stored whole or not at all.
     """
     files, writer, errors_path, todo, hashes, errors = prepared
-    log = _ErrorLog(errors_path, errors)
+    log = ErrorLog(errors_path, errors)
     n_ok = n_silent = 0
     bar = _progress(len(todo), desc, progress)
     try:

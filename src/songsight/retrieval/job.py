@@ -1,7 +1,7 @@
 """``songsight search`` as a job: recordings (files and folders) in, result files out.
 
 `run_search` walks folders for audio, refuses to overwrite outputs unless asked, searches with a
-`songsight.retrieval.Searcher` and writes the chosen format (and Raven tables), reporting
+`songsight.retrieval.searcher.Searcher` and writes the chosen format (and Raven tables), reporting
 unusable recordings on stderr.
 """
 
@@ -12,8 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from songsight.errors import SongsightError
-from songsight.results import keep_detections
-from songsight.results_io import OUTPUT_FORMATS, raven_table_names, write_raven, write_results
+from songsight.retrieval.results import keep_detections
+from songsight.retrieval.writers import (
+    OUTPUT_FORMATS,
+    raven_table_names,
+    write_raven,
+    write_results,
+)
 
 __all__ = ["run_search"]
 
@@ -63,9 +68,9 @@ def run_search(
     """`songsight search`: folders are walked for audio files; writes the results; returns
     the exit code (1 when some recording could not be used, else 0). ``prompts``: the
     cascade's ``prompt_format``, ``templates``, ``audio_prompt_format``, ``audio_templates``."""
-    from songsight.audio import AUDIO_SUFFIXES
-    from songsight.embed import collect_files
-    from songsight.retrieval import Searcher
+    from songsight.inputs.audio import AUDIO_SUFFIXES
+    from songsight.inputs.files import collect_files
+    from songsight.retrieval.searcher import Searcher
 
     if fmt not in OUTPUT_FORMATS:
         raise SongsightError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")

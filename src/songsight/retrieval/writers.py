@@ -1,9 +1,9 @@
 """Search results written out: the JSON records, a terminal table, CSV / JSON / Parquet
-files and Raven selection tables, from `songsight.results.WindowResult` lists.
+files and Raven selection tables, from `songsight.retrieval.results.WindowResult` lists.
 
 Every format carries each result's ``flags`` (``silent``, ``too_short``: no usable signal, so
 no photos and no species) and honours ``--min-score`` the same way, since the filter is
-applied to the results before any of them is written (`songsight.results.keep_detections`).
+applied to the results before any of them is written (`songsight.retrieval.results.keep_detections`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from songsight.errors import SongsightError
 
 if TYPE_CHECKING:
-    from songsight.results import SpeciesScore, WindowResult
+    from songsight.retrieval.results import SpeciesScore, WindowResult
 
 __all__ = [
     "CSV_COLUMNS",
@@ -89,7 +89,7 @@ def _probability(p: float) -> str:
 
 
 def _flag_text(flags: Sequence[str]) -> str:
-    from songsight.results import FLAGS
+    from songsight.retrieval.results import FLAGS
 
     return "; ".join(f"{f.upper().replace('_', ' ')}: {FLAGS.get(f, f)}" for f in flags)
 

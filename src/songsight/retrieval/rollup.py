@@ -7,7 +7,7 @@ photos without a species keep their share, so species scores sum to at most 1.
 
 The temperature ``T`` makes these probabilities calibrated or not. `fit_temperature` chooses it
 by minimising the negative log-likelihood of the true species on labelled validation
-recordings (`songsight.calibration`, ``songsight index calibrate``), which records it in the
+recordings (`songsight.retrieval.calibration`, ``songsight index calibrate``), which records it in the
 gallery for that model. Without validation data the default is ``T = 0.01``: the logit scale
 (100) BioCLIP-2 was trained with, at which its image-text cosines are its own calibrated
 logits. Both query kinds live in that space (the distilled student is taught to land on the
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from songsight.results import Hit, SpeciesScore
+from songsight.retrieval.results import Hit, SpeciesScore
 
 __all__ = [
     "ROLLUP_K",

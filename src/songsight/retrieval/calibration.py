@@ -2,11 +2,11 @@
 
 ``songsight index calibrate --gallery G [--model M] --recordings val.csv`` searches the gallery
 with each validation recording (its whole-file answer), finds the temperature that minimises
-the negative log-likelihood of the true species (`songsight.rollup.fit_temperature`) and
+the negative log-likelihood of the true species (`songsight.retrieval.rollup.fit_temperature`) and
 records it in ``gallery.json`` under ``calibration``, keyed by what answers (`model_key`: the
-model's weights and settings and the roll-up's ``k``). A `songsight.retrieval.Searcher` built
+model's weights and settings and the roll-up's ``k``). A `songsight.retrieval.searcher.Searcher` built
 later with the same model finds it there and uses it; without one it uses the documented
-default (`songsight.rollup.ROLLUP_TEMPERATURE`) and says so in its provenance.
+default (`songsight.retrieval.rollup.ROLLUP_TEMPERATURE`) and says so in its provenance.
 
 The recordings manifest has ``path`` and the species, as an integer ``label`` (the gallery's
 labels) or a name (``label``, ``species`` or ``common_name``); rows of ``split == val`` are used
@@ -77,7 +77,7 @@ class CalibrationReport:
 def _true_species(manifest, split: str | None, searcher):
     """(paths, species codes) of the manifest's recordings whose species the gallery holds."""
     from songsight.data.manifest import name_key, normalise_columns, read_table, resolve_paths
-    from songsight.species_filter import name_lookup
+    from songsight.retrieval.species_filter import name_lookup
 
     path = Path(manifest).expanduser()
     df, _ = normalise_columns(
@@ -132,11 +132,11 @@ def calibrate(
 ) -> CalibrationReport:
     """Fit the roll-up temperature of ``model`` (or the cascade) on ``gallery`` and record it.
 
-    ``searcher_options`` go to `songsight.retrieval.Searcher` (audio model, device ...).
+    ``searcher_options`` go to `songsight.retrieval.searcher.Searcher` (audio model, device ...).
     """
     from songsight.index.gallery_format import META_FILE, _now, _read_json, _write_json
-    from songsight.retrieval import Searcher
-    from songsight.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
+    from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
+    from songsight.retrieval.searcher import Searcher
 
     searcher = Searcher(gallery, model, rollup_temperature=ROLLUP_TEMPERATURE, **searcher_options)
     codes, names = searcher._taxa.ranks["species"]
@@ -158,7 +158,7 @@ def calibrate(
         )
     s, g, t = np.stack(scores), np.stack(groups), true[keep]
     temperature = fit_temperature(s, g, t)
-    from songsight.rollup import softmax_rollup
+    from songsight.retrieval.rollup import softmax_rollup
 
     top1 = np.mean(
         [

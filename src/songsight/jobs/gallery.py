@@ -1,7 +1,7 @@
 """Building and extending a gallery: collect the photos, embed them (resumably), join their
 metadata, bring the index up to date, and record provenance and errors.
 
-`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.index.gallery`) run
+`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.retrieval.gallery`) run
 `_update`; `GalleryReport` says what one run did.
 """
 
@@ -14,7 +14,6 @@ from pathlib import Path
 
 from songsight.encoders.loading import BIOCLIP2_ID
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
-from songsight.images import IMAGE_SUFFIXES
 from songsight.index.gallery_dedupe import (
     contradictions,
     hash_files,
@@ -32,12 +31,11 @@ from songsight.index.gallery_format import (
     STORE_FILE,
     VECTOR_DTYPES,
     _now,
-    _read_errors,
     _read_json,
     _update_index,
-    _write_errors,
     _write_json,
     check_image_model,
+    record_update,
 )
 from songsight.index.gallery_manifest import (
     METADATA_COLUMNS,
@@ -45,6 +43,8 @@ from songsight.index.gallery_manifest import (
     _text,
     read_gallery_manifest,
 )
+from songsight.inputs.files import read_errors, write_errors
+from songsight.inputs.images import IMAGE_SUFFIXES
 
 __all__ = ["GalleryReport", "add_to_gallery"]
 
@@ -109,7 +109,7 @@ def _spec_of(image_model) -> str | None:
 def _collect_inputs(paths, manifest, species_csv):
     """(files to embed, metadata DataFrame or None, errors for manifest files that are absent)."""
     from songsight.data.manifest import check_files
-    from songsight.embed import collect_files
+    from songsight.inputs.files import collect_files
 
     files = [Path(os.path.abspath(f)) for f in collect_files(list(paths), IMAGE_SUFFIXES)]
     meta, missing = None, []
@@ -247,12 +247,12 @@ def _merge_errors(directory: Path, files, missing_errors, run_errors_path: Path)
     stored since. Returns this run's."""
     import pyarrow.parquet as pq
 
-    run_errors = missing_errors + _read_errors(run_errors_path)
+    run_errors = missing_errors + read_errors(run_errors_path)
     run_errors_path.unlink(missing_ok=True)
     tried = {str(f) for f in files} | {p for p, _ in missing_errors}
     stored = set(pq.read_table(directory / STORE_FILE, columns=["path"]).column("path").to_pylist())
-    earlier = [(p, e) for p, e in _read_errors(directory / ERRORS_FILE) if p not in tried | stored]
-    _write_errors(directory / ERRORS_FILE, earlier + run_errors)
+    earlier = [(p, e) for p, e in read_errors(directory / ERRORS_FILE) if p not in tried | stored]
+    write_errors(directory / ERRORS_FILE, earlier + run_errors)
     return run_errors
 
 
@@ -329,7 +329,7 @@ def _update(
         encoder = _make_encoder(image_model, preprocess, device, batch_size, precision)
         prov = encoder.provenance()
     else:
-        from songsight.scale import image_model_provenance
+        from songsight.jobs.ray import image_model_provenance
 
         if _spec_of(image_model) is None:
             raise SongsightError("engine='ray' needs a model id or folder, not an encoder object")
@@ -349,7 +349,7 @@ def _update(
     store = directory / STORE_FILE
     holder = None
     if engine == "ray":
-        from songsight.scale import embed_image_files_ray
+        from songsight.jobs.ray import embed_image_files_ray
 
         sink = None
         if meta["index"]["requested"] == "milvus":
@@ -371,7 +371,7 @@ def _update(
             milvus=sink,
         )
     else:
-        from songsight.embed import embed_image_files
+        from songsight.jobs.embed import embed_image_files
 
         report = embed_image_files(
             sorted_.embed, store, encoder, resume=True, progress=progress,
@@ -383,7 +383,7 @@ def _update(
         holder.close()  # after the sync: an embedded file served the workers through it
 
     run_errors = _merge_errors(directory, files, missing_errors, report.errors_path)
-    _record_update(directory, meta, kind, len(hashes))
+    record_update(directory, meta, kind, len(hashes))
     return GalleryReport(
         gallery=directory,
         n_files=len(files) + len(missing_errors),
@@ -396,26 +396,6 @@ def _update(
         n_copies=len(sorted_.copies),
         notes=notes,
     )
-
-
-def _record_update(directory: Path, meta: dict, kind: str, n_images: int) -> None:
-    """Write ``gallery.json`` after the store and index changed."""
-    from songsight.provenance import package_version
-
-    meta["index"]["kind"] = kind
-    meta["count"] = n_images
-    meta["n_species"] = _count_species(directory)
-    meta["updated_utc"] = _now()
-    meta["songsight_version"] = package_version()
-    _write_json(directory / META_FILE, meta)
-
-
-def _count_species(directory: Path) -> int:
-    import pyarrow.parquet as pq
-
-    col = pq.read_table(directory / STORE_FILE, columns=["species", "common_name"]).to_pandas()
-    names = col["species"].where(col["species"].notna(), col["common_name"])
-    return int(names.dropna().nunique())
 
 
 def add_to_gallery(

@@ -9,13 +9,13 @@ A `Searcher` turns recordings into queries in the gallery's image space, either
   answer (or the probability-weighted mix) queries the photos (`songsight.baselines.cascade`).
   This needs a gallery whose photos carry species names.
 
-(both built in `songsight.query_encoders`). Each recording gets a clip-level result (the
+(both built in `songsight.retrieval.queries`). Each recording gets a clip-level result (the
 re-normalised mean of its windows) and, when it is longer than one window, one result per
 window with its times. Files are decoded block by block with a streaming resampler
-(`songsight.audio_stream.iter_windows`), so an hour-long soundscape costs the memory of one
+(`songsight.inputs.stream.iter_windows`), so an hour-long soundscape costs the memory of one
 block and one batch of windows, not of the hour. The photos found are named and rolled up into
-species, genus and family scores by `songsight.rollup`; the results (`songsight.results`) are
-written out by `songsight.results_io` (JSON records, table, CSV, Parquet, Raven).
+species, genus and family scores by `songsight.retrieval.rollup`; the results (`songsight.retrieval.results`) are
+written out by `songsight.retrieval.writers` (JSON records, table, CSV, Parquet, Raven).
 """
 
 from __future__ import annotations
@@ -26,46 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-# `X as X`: names that moved out and are still imported from here (re-exports).
-from songsight.audio_stream import BLOCK_S as BLOCK_S
-from songsight.audio_stream import DecodeInfo as DecodeInfo
-from songsight.audio_stream import _embed_recordings, _Embedded
-from songsight.audio_stream import iter_windows as iter_windows
 from songsight.encoders.loading import BIOLINGUAL_ID
 from songsight.errors import InputFileError, SongsightError
-from songsight.query_encoders import (
+from songsight.inputs.stream import _embed_recordings, _Embedded
+from songsight.retrieval.queries import (
     SEARCH_METHODS,
     build_cascade_query_encoder,
     load_distilled_query_encoder,
 )
-from songsight.results import Hit as Hit
-from songsight.results import SpeciesScore as SpeciesScore
-from songsight.results import WindowResult, keep_detections
-from songsight.results_io import CSV_COLUMNS as CSV_COLUMNS
-from songsight.results_io import RAVEN_COLUMNS as RAVEN_COLUMNS
-from songsight.results_io import format_table as format_table
-from songsight.results_io import results_to_records as results_to_records
-from songsight.results_io import write_raven as write_raven
-from songsight.results_io import write_results as write_results
-from songsight.rollup import ROLLUP_K, ROLLUP_TEMPERATURE, TOP_SPECIES, GalleryTaxa
-from songsight.rollup import softmax_rollup as softmax_rollup
-from songsight.search_job import run_search as run_search
-from songsight.species_filter import SpeciesFilter
+from songsight.retrieval.results import WindowResult, keep_detections
+from songsight.retrieval.rollup import ROLLUP_K, ROLLUP_TEMPERATURE, TOP_SPECIES, GalleryTaxa
+from songsight.retrieval.species_filter import SpeciesFilter
 
-__all__ = [
-    "Hit",
-    "Searcher",
-    "SpeciesScore",
-    "WindowResult",
-    "format_table",
-    "iter_windows",
-    "results_to_records",
-    "run_search",
-    "search",
-    "softmax_rollup",
-    "write_raven",
-    "write_results",
-]
+__all__ = ["Searcher", "search"]
 
 
 MIN_DURATION_S = 0.5  # shorter recordings have too little sound to name a bird: flagged
@@ -79,13 +52,13 @@ class Searcher:
     gallery's own image model (or ``image_model``, which must be the same weights) for species
     text; a distilled model brings its own, so those two are refused with it.
     ``method`` (with ``model``): ``distilled``, ``distilled_proto``, ``fused`` or ``cascade``,
-    default the checkpoint's validated readout (`songsight.query_encoders`). ``answered_by``
+    default the checkpoint's validated readout (`songsight.retrieval.queries`). ``answered_by``
     says which: the method's name, or ``"cascade: top1"`` / ``"cascade: weighted"``.
 
     Species scores are probabilities whose temperature is the gallery's recorded calibration
-    for this model (``songsight index calibrate``), else the default (see `songsight.rollup`);
+    for this model (``songsight index calibrate``), else the default (see `songsight.retrieval.rollup`);
     ``rollup_temperature`` overrides both. ``species_list``: a file or names restricting every
-    search to those species (`songsight.species_filter`). Recordings shorter than
+    search to those species (`songsight.retrieval.species_filter`). Recordings shorter than
     ``min_duration_s`` or silent are flagged and get no answer.
     """
 
@@ -112,8 +85,8 @@ class Searcher:
         min_duration_s: float = MIN_DURATION_S,
         method: str | None = None,
     ):
-        from songsight.calibration import model_key, recorded_calibration
-        from songsight.index.gallery import Gallery
+        from songsight.retrieval.calibration import model_key, recorded_calibration
+        from songsight.retrieval.gallery import Gallery
 
         if method is not None and method not in SEARCH_METHODS:
             raise SongsightError(
@@ -206,7 +179,7 @@ class Searcher:
 
     def species_filter(self, species_list, source: str | None = None) -> SpeciesFilter:
         """A species list (file path, or names / codes) resolved against this gallery."""
-        from songsight.species_filter import read_species_list, species_filter
+        from songsight.retrieval.species_filter import read_species_list, species_filter
 
         if isinstance(species_list, SpeciesFilter):
             return species_list
@@ -243,7 +216,7 @@ class Searcher:
         tuples. ``window_s`` defaults to the model's window, ``hop_s`` to half the window. A
         recording that cannot be used gives one result with ``error`` set; the others go on.
         ``min_score``: keep only species scoring at least this, and only the windows that
-        keep one (`songsight.results.keep_detections`). ``species``: a species list for this
+        keep one (`songsight.retrieval.results.keep_detections`). ``species``: a species list for this
         search (names, a file or a `SpeciesFilter`); default the searcher's own.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:

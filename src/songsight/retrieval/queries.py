@@ -29,7 +29,7 @@ from songsight.errors import SongsightError
 
 if TYPE_CHECKING:
     from songsight.encoders.biolingual import BioLingualEncoder
-    from songsight.index.gallery import Gallery
+    from songsight.retrieval.gallery import Gallery
 
 __all__ = [
     "SEARCH_METHODS",
@@ -119,8 +119,8 @@ def load_distilled_query_encoder(
     load the BioLingual the checkpoint was distilled from (``audio_model`` overrides where it
     is, e.g. a moved folder)."""
     from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
-    from songsight.index.gallery import check_image_model
     from songsight.index.gallery_format import _revision_kind
+    from songsight.retrieval.gallery import check_image_model
 
     meta = read_meta(model)
     teacher = dict(meta.get("image_model") or {})
@@ -225,7 +225,7 @@ def _species_text(
     BioLingual ``audio_encoder``, in BioLingual's space (S, d); the text tower is dropped after."""
     from songsight.encoders.base import embed_prompt_average
     from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.index.gallery import check_image_model
+    from songsight.retrieval.gallery import check_image_model
     from songsight.taxonomy import build_prompts, resolve_templates
 
     stored = gallery.image_model
@@ -275,7 +275,7 @@ def build_cascade_query_encoder(
     _need_species(gallery, "the zero-shot cascade")
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
-    from songsight.index.gallery import check_image_model
+    from songsight.retrieval.gallery import check_image_model
     from songsight.taxonomy import resolve_templates
 
     stored = gallery.image_model

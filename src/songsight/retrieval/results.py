@@ -1,8 +1,8 @@
 """What a search answers: photos (`Hit`), taxa (`SpeciesScore`), per recording or window
 (`WindowResult`), and `keep_detections`, the ``--min-score`` filter every output shares.
 
-`songsight.retrieval.Searcher` fills them in, `songsight.rollup` names the photos and rolls
-them up into taxa, and `songsight.results_io` writes them out.
+`songsight.retrieval.searcher.Searcher` fills them in, `songsight.retrieval.rollup` names the photos and rolls
+them up into taxa, and `songsight.retrieval.writers` writes them out.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Hit:
 
 @dataclass
 class SpeciesScore:
-    """A taxon and its calibrated probability (see `songsight.rollup`); ``rank`` is species,
+    """A taxon and its calibrated probability (see `songsight.retrieval.rollup`); ``rank`` is species,
     genus or family."""
 
     name: str

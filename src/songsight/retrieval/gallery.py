@@ -10,7 +10,7 @@ A gallery is a folder::
                       only when the gallery is searched approximately
     errors.csv        path,error of the photos that could not be embedded (absent when none)
 
-Photos are embedded by `songsight.embed.embed_image_files` into the store, which resumes by
+Photos are embedded by `songsight.jobs.embed.embed_image_files` into the store, which resumes by
 content hash: a build that was interrupted, rerun, loses nothing, and `add` embeds only new
 files. Metadata from a manifest is parked in ``pending-metadata.parquet`` before embedding and
 joined onto the rows by path afterwards, so it survives an interruption too. Search is exact
@@ -20,7 +20,7 @@ appended, so ids stay valid as the gallery grows.
 
 The code is split by job: `songsight.index.gallery_manifest` reads photo manifests,
 `songsight.index.gallery_format` owns the files on disk and the index upkeep, and
-`songsight.index.gallery_build` embeds photos into the folder; this module is the `Gallery`
+`songsight.jobs.gallery` embeds photos into the folder; this module is the `Gallery`
 that opens and searches it.
 """
 
@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery_build import GalleryReport, _update, add_to_gallery
 from songsight.index.gallery_format import (
     INDEX_DIR,
     META_FILE,
@@ -46,6 +45,7 @@ from songsight.index.gallery_format import (
     check_image_model,
 )
 from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank, read_gallery_manifest
+from songsight.jobs.gallery import GalleryReport, _update, add_to_gallery
 
 __all__ = [
     "METADATA_COLUMNS",
@@ -108,7 +108,7 @@ class Gallery:
         builds it once the gallery passes `search.ANN_THRESHOLD` photos. ``image_model``: Hub
         id, folder, or a `BioCLIPEncoder`; default the gallery's own when it exists, else
         BioCLIP-2 (`BIOCLIP2_ID`). ``engine="ray"`` embeds with Ray Data actors
-        (``workers`` of them; see `songsight.scale`). ``milvus``: search through Milvus
+        (``workers`` of them; see `songsight.jobs.ray`). ``milvus``: search through Milvus
         instead, `gallery_milvus.milvus_config` (server URI or the embedded file, collection).
         """
         directory = Path(gallery_dir)
