@@ -22,7 +22,7 @@ from songsight.cli import main
 from songsight.encoders.bioclip import BioCLIPEncoder
 from songsight.encoders.biolingual import BioLingualEncoder
 from songsight.index.store import load_embeddings, read_provenance
-from songsight.inputs.audio import n_windows
+from songsight.inputs.audio import window_bounds
 from songsight.provenance import package_version
 
 RATE = 16_000
@@ -82,7 +82,11 @@ def test_embed_audio_folder(audio_tree, tiny_models, tiny_audio_encoder, tmp_pat
         rows = meta[meta["path"] == str(path)].sort_values("window")
         assert set(rows["sha256"]) == {sha256(path)}
         expected = tiny_audio_encoder.embed_clips([path])[0]
-        assert len(rows) == len(expected.windows) == n_windows(expected.duration_s, 2.0, 1.0)
+        assert (
+            len(rows)
+            == len(expected.windows)
+            == len(window_bounds(round(expected.duration_s * RATE), RATE, 2.0, 1.0))
+        )
         np.testing.assert_allclose(rows["start_s"], expected.starts_s, atol=1e-9)
         np.testing.assert_allclose(rows["end_s"], expected.ends_s, atol=1e-9)
         np.testing.assert_allclose(vectors[rows.index.to_numpy()], expected.windows, atol=1e-5)
@@ -124,7 +128,7 @@ def test_window_and_hop_options(audio_tree, tiny_models, tmp_path):
     assert run(audio_args([flac], out, tiny_models[0], "--window-s", "1", "--hop-s", "0.5")) == 0
     meta, _, prov = load_embeddings(out)
     assert prov["preprocessing"]["window_s"] == 1.0 and prov["preprocessing"]["hop_s"] == 0.5
-    assert len(meta) == n_windows(3.125, 1.0, 0.5) == 6
+    assert len(meta) == len(window_bounds(50_000, RATE, 1.0, 0.5)) == 6
     assert meta["end_s"].max() == pytest.approx(3.125)
 
 
@@ -176,26 +180,26 @@ def test_bad_numbers_are_argument_errors(flag, value, capsys):
 
 def interrupt_after(monkeypatch, n_files: int, seen: list):
     """Make the encoder raise KeyboardInterrupt after ``n_files`` results (a Ctrl-C mid-run)."""
-    original = BioLingualEncoder.iter_clips
+    original = BioLingualEncoder.embed_windows
 
-    def iter_clips(self, sources, *args, **kwargs):
+    def embed_windows(self, sources, *args, **kwargs):
         seen.extend(map(str, sources))
         for k, item in enumerate(original(self, sources, *args, **kwargs)):
             if k == n_files:
                 raise KeyboardInterrupt
             yield item
 
-    monkeypatch.setattr(BioLingualEncoder, "iter_clips", iter_clips)
+    monkeypatch.setattr(BioLingualEncoder, "embed_windows", embed_windows)
 
 
 def record_sources(monkeypatch, seen: list):
-    original = BioLingualEncoder.iter_clips
+    original = BioLingualEncoder.embed_windows
 
-    def iter_clips(self, sources, *args, **kwargs):
+    def embed_windows(self, sources, *args, **kwargs):
         seen.extend(map(str, sources))
         yield from original(self, sources, *args, **kwargs)
 
-    monkeypatch.setattr(BioLingualEncoder, "iter_clips", iter_clips)
+    monkeypatch.setattr(BioLingualEncoder, "embed_windows", embed_windows)
 
 
 def test_resume_after_interruption(audio_tree, tiny_models, tmp_path, capsys):

@@ -242,7 +242,7 @@ def test_bad_sources_are_reported_in_place(tiny_audio_encoder, tmp_path):
     bad.write_text("not audio")
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(10_000, np.float32), RATE)
-    results = dict(tiny_audio_encoder.iter_clips([good, bad, silent, good]))
+    results = dict(tiny_audio_encoder.embed_windows([good, bad, silent, good]))
     assert sorted(results) == [0, 1, 2, 3]
     assert isinstance(results[1], InputFileError) and results[1].path == str(bad)
     assert results[2].silent and results[2].flags == ["silent"]
@@ -265,8 +265,8 @@ def test_parallel_decoding_keeps_order_and_results(tiny_audio_encoder, tiny_mode
         paths.append(p)
     threaded = BioLingualEncoder(tiny_models[0], device="cpu", batch_size=4, decode_threads=4)
     assert threaded.decode_threads == 4 and tiny_audio_encoder.decode_threads == 1
-    one = list(tiny_audio_encoder.iter_clips(paths))
-    many = list(threaded.iter_clips(paths))
+    one = list(tiny_audio_encoder.embed_windows(paths))
+    many = list(threaded.embed_windows(paths))
     assert [i for i, _ in many] == [i for i, _ in one] == list(range(9))
     for (_, a), (_, b) in zip(one, many, strict=True):
         if isinstance(a, InputFileError):

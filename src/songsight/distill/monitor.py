@@ -9,6 +9,7 @@ import numpy as np
 
 from songsight.distill.data import AudioCrops
 from songsight.encoders.base import l2_normalize
+from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION
 from songsight.inputs.audio import window_bounds
 
 METRICS_FILE = "metrics.csv"
@@ -56,7 +57,9 @@ class Validator:
         with torch.inference_mode():
             for i in range(len(self.crops)):
                 wave = self.crops.waveform(i)
-                bounds = window_bounds(len(wave), sr, self.window_s, self.window_s / 2)
+                bounds = window_bounds(
+                    len(wave), sr, self.window_s, self.window_s * DEFAULT_HOP_FRACTION
+                )
                 wins = [wave[a:b] for a, b in bounds]
                 with torch.autocast(
                     self.device.split(":")[0],

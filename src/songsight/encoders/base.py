@@ -7,11 +7,13 @@ that normalises, and encoders call it on their way out.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from songsight.errors import InputFileError
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -96,7 +98,8 @@ class ClipEmbedding:
     """One recording's embeddings: per window and the clip-level mean.
 
     ``windows`` (W, D) float32 unit norm; ``starts_s``/``ends_s`` (W,) window times in the
-    recording; ``clip`` (D,) the re-normalised mean of the windows.
+    recording; ``clip`` (D,) the re-normalised mean of the windows; ``window_silent`` (W,) bool,
+    the window's peak is under `songsight.inputs.audio.SILENCE_PEAK`.
     """
 
     windows: np.ndarray
@@ -106,6 +109,14 @@ class ClipEmbedding:
     duration_s: float
     silent: bool = False
     flags: list[str] = field(default_factory=list)
+    window_silent: np.ndarray | None = None
+
+    def heard_clip(self) -> np.ndarray:
+        """(D,) unit norm: the mean of the windows that are not silent (all when every one is)."""
+        heard = self.windows
+        if self.window_silent is not None and (~self.window_silent).any():
+            heard = self.windows[~self.window_silent]
+        return l2_normalize(heard.mean(axis=0, keepdims=True))[0]
 
 
 @runtime_checkable
@@ -120,6 +131,12 @@ class AudioEncoder(Protocol):
 
     def embed_audio(self, sources: Sequence, sample_rate_hz: int | None = None) -> np.ndarray:
         """(N, D) float32 unit norm, one clip-level vector per source."""
+
+    def embed_windows(
+        self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None
+    ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
+        """``(index, ClipEmbedding or InputFileError)`` per source, in order; a bad source
+        does not stop the others."""
 
     def embed_clips(
         self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,8 @@ from songsight.encoders.base import (
     warn_truncated,
 )
 from songsight.encoders.loading import ResolvedModel, check_model_folder, resolve_model
+from songsight.encoders.windows import embed_windows
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
-from songsight.inputs.audio import Audio, load_audio, prepare_waveform, window_bounds
 
 DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
 
@@ -272,12 +271,6 @@ class BioLingualEncoder:
                 out.append(l2_normalize(emb.float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def _decode(self, source) -> Audio:
-        if isinstance(source, tuple):
-            wave, rate = source
-            return prepare_waveform(wave, rate, self.sample_rate_hz)
-        return load_audio(source, self.sample_rate_hz)
-
     def windowing(self, window_s: float | None = None, hop_s: float | None = None):
         """The (window_s, hop_s) a request means, the one rule every caller uses.
 
@@ -303,7 +296,7 @@ class BioLingualEncoder:
             raise WindowError(f"window_s and hop_s must be > 0; got {window:g} and {hop:g}")
         return window, hop
 
-    def iter_clips(
+    def embed_windows(
         self,
         sources: Sequence,
         window_s: float | None = None,
@@ -311,70 +304,25 @@ class BioLingualEncoder:
     ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
         """Embed sources in order, yielding ``(index, ClipEmbedding)`` or ``(index, InputFileError)``.
 
-        Sources are paths or ``(waveform, sample_rate_hz)`` tuples. Windows of several files
-        share a model batch; the next files decode in ``decode_threads`` threads while the
-        model works (results stay in input order).
+        Sources are paths or ``(waveform, sample_rate_hz)`` tuples, cut by `windowing`'s rule.
+        Windows of several files share a model batch; the next files decode in
+        ``decode_threads`` threads while the model works (`songsight.encoders.windows`).
         """
         window_s, hop_s = self.windowing(window_s, hop_s)
-        pending: list[tuple[int, Audio, list[tuple[int, int]]]] = []
-        queued: list[np.ndarray] = []
-
-        def flush() -> Iterator[tuple[int, ClipEmbedding]]:
-            emb = self._forward(queued)
-            pos = 0
-            for idx, audio, bounds in pending:
-                w = emb[pos : pos + len(bounds)]
-                pos += len(bounds)
-                sr = audio.sample_rate_hz
-                yield (
-                    idx,
-                    ClipEmbedding(
-                        windows=w,
-                        starts_s=np.array([b[0] / sr for b in bounds]),
-                        ends_s=np.array([b[1] / sr for b in bounds]),
-                        clip=l2_normalize(w.mean(axis=0, keepdims=True))[0],
-                        duration_s=audio.duration_s,
-                        silent=audio.silent,
-                        flags=["silent"] if audio.silent else [],
-                    ),
-                )
-            pending.clear()
-            queued.clear()
-
-        def safe_decode(src):
-            try:
-                return self._decode(src)
-            except InputFileError as exc:
-                return exc
-
-        ahead = self.decode_threads + 1  # files decoded or decoding ahead of the model
-        with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
-            futures = [pool.submit(safe_decode, s) for s in sources[:ahead]]
-            for i in range(len(sources)):
-                audio = futures[i].result()
-                futures[i] = None  # release the decoded audio once used
-                if i + ahead < len(sources):
-                    futures.append(pool.submit(safe_decode, sources[i + ahead]))
-                if isinstance(audio, InputFileError):
-                    yield i, audio
-                    continue
-                bounds = window_bounds(len(audio.waveform), audio.sample_rate_hz, window_s, hop_s)
-                pending.append((i, audio, bounds))
-                queued.extend(audio.waveform[a:b] for a, b in bounds)
-                if len(queued) >= self.batch_size:
-                    yield from flush()
-            if queued:
-                yield from flush()
+        return embed_windows(
+            self._forward, sources, self.sample_rate_hz, window_s, hop_s,
+            self.batch_size, self.decode_threads,
+        )  # fmt: skip
 
     def embed_clips(
         self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None
     ) -> list[ClipEmbedding]:
         """Per-window embeddings (with start/end times) and the clip mean, one per source.
 
-        Raises `InputFileError` for the first unusable source; use `iter_clips` to carry on.
+        Raises `InputFileError` for the first unusable source; use `embed_windows` to carry on.
         """
         results: list[ClipEmbedding | None] = [None] * len(sources)
-        for i, res in self.iter_clips(list(sources), window_s, hop_s):
+        for i, res in self.embed_windows(sources, window_s, hop_s):
             if isinstance(res, InputFileError):
                 raise res
             results[i] = res

@@ -76,10 +76,10 @@ def embed_audio_set(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clip embeddings (N, D) of ``paths`` (zero rows where a file failed) and the (N,) ok mask.
 
-    One batched pass through the encoder (`iter_clips`), windows of several files per batch.
+    One batched pass through the encoder (`embed_windows`), windows of several files per batch.
     """
     return _collect(
-        encoder.iter_clips(list(paths)), len(paths), encoder.dim, what, skipped, lambda c: c.clip
+        encoder.embed_windows(list(paths)), len(paths), encoder.dim, what, skipped, lambda c: c.clip
     )
 
 

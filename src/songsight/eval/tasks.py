@@ -410,7 +410,7 @@ def _soundscapes(run: _Run) -> dict:
     windows, targets = {}, {}
     for name, enc in run.encoders.items():
         start, rows, tgts = len(run.skipped), [], []
-        for i, clip in enc.iter_clips(paths, cfg.soundscape_window_s, cfg.soundscape_hop_s):
+        for i, clip in enc.embed_windows(paths, cfg.soundscape_window_s, cfg.soundscape_hop_s):
             if isinstance(clip, InputFileError):
                 run.skipped.append(
                     {"set": f"soundscapes ({name})", "path": clip.path, "reason": clip.reason}

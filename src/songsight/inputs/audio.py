@@ -7,7 +7,6 @@ libsndfile >= 1.1) and resampling uses soxr's high-quality mode.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,14 +157,3 @@ def window_bounds(
     if tail > 0.1 * win:
         bounds.append((n_samples - win, n_samples))
     return bounds
-
-
-def n_windows(duration_s: float, window_s: float, hop_s: float) -> int:
-    """How many windows `window_bounds` gives for a duration (for progress totals)."""
-    # The 1e-9 s tolerances (far below one sample) absorb float error in ``n / rate`` so the
-    # count agrees with `window_bounds`' integer arithmetic at the exact boundaries.
-    if duration_s <= window_s + 1e-9:
-        return 1
-    n = 1 + math.floor((duration_s - window_s) / hop_s + 1e-9)
-    tail = duration_s - ((n - 1) * hop_s + window_s)
-    return n + (1 if tail > 0.1 * window_s + 1e-9 else 0)

@@ -1,14 +1,13 @@
-"""Recordings streamed into analysis windows, and the windows embedded in batches.
+"""Recordings streamed into analysis windows.
 
 `iter_windows` decodes a file block by block with a streaming resampler, so an hour-long
-soundscape costs the memory of one block and one window, not of the hour. `_embed_recordings`
-batches windows across recordings for an encoder and yields each recording's embeddings once
-all its windows are in (what `songsight.retrieval.searcher.Searcher` searches with).
+soundscape costs the memory of one block and one window, not of the hour. Windows are cut by
+the one rule, `songsight.inputs.audio.window_bounds`; `songsight.encoders.windows` embeds them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,18 +99,19 @@ def iter_windows(
 
     path = Path(source)
     buf = np.zeros(0, np.float32)
-    buf_start = next_start = n = n_source = 0
+    buf_start = next_start = n = n_source = n_cut = 0
     peak = 0.0
     resampler = None
 
     def feed(chunk: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
-        nonlocal buf, buf_start, next_start, n
+        nonlocal buf, buf_start, next_start, n, n_cut
         buf = np.concatenate([buf, chunk]) if len(buf) else chunk
         n += len(chunk)
         while next_start + win <= n:
             a = next_start - buf_start
             yield next_start, next_start + win, buf[a : a + win].copy()
             next_start += hop
+            n_cut += 1
         # Keep what a later full window or the final end-aligned window can still need.
         keep_from = max(buf_start, min(next_start, n - win))
         buf, buf_start = buf[keep_from - buf_start :], keep_from
@@ -133,89 +133,8 @@ def iter_windows(
     if n_source == 0 or n == 0:
         raise InputFileError(str(path), "zero-length audio (no samples)")
     info.n_samples, info.silent = n, peak < SILENCE_PEAK
-    if n < win:
-        yield 0, n, buf[:n].copy()  # the one short window; the encoder pads it
-    elif n > win:
-        last_end = ((n - win) // hop) * hop + win
-        if n - last_end > 0.1 * win:  # as window_bounds: end-aligned last window
-            a = n - win - buf_start
-            yield n - win, n, buf[a : a + win].copy()
-
-
-@dataclass
-class _Embedded:
-    windows: np.ndarray  # (W, D) unit norm
-    starts_s: np.ndarray
-    ends_s: np.ndarray
-    duration_s: float
-    silent: bool
-    window_silent: np.ndarray  # (W,) bool: the window's peak is under `audio.SILENCE_PEAK`
-
-
-def _embed_recordings(
-    encoder, sources: Sequence, window_s: float, hop_s: float, block_s: float = BLOCK_S
-) -> Iterator[tuple[int, _Embedded | InputFileError]]:
-    """Embed each source's windows, batching windows across sources; yields in source order."""
-    from songsight.inputs.audio import SILENCE_PEAK
-
-    batch: list[np.ndarray] = []
-    owners: list[int] = []
-    live: dict[int, dict] = {}
-    waiting: list[tuple[int, dict | InputFileError]] = []
-
-    def run_batch() -> None:
-        if batch:
-            emb = encoder._forward(batch)
-            for j, owner in enumerate(owners):
-                live[owner]["emb"].append(emb[j])
-            batch.clear()
-            owners.clear()
-
-    def flush() -> Iterator[tuple[int, _Embedded | InputFileError]]:
-        # Called with an empty batch: every waiting recording has all its windows embedded.
-        for i, acc in waiting:
-            if isinstance(acc, InputFileError):
-                yield i, acc
-                continue
-            live.pop(i, None)
-            sr = acc["info"].sample_rate_hz
-            yield (
-                i,
-                _Embedded(
-                    np.stack(acc["emb"]).astype(np.float32),
-                    np.asarray(acc["starts"], np.float64) / sr,
-                    np.asarray(acc["ends"], np.float64) / sr,
-                    acc["info"].duration_s,
-                    acc["info"].silent,
-                    np.asarray(acc["peaks"], np.float64) < SILENCE_PEAK,
-                ),
-            )
-        waiting.clear()
-
-    for i, src in enumerate(sources):
-        acc = {"info": DecodeInfo(), "starts": [], "ends": [], "emb": [], "peaks": []}
-        live[i] = acc
-        try:
-            for a, b, samples in iter_windows(
-                src, encoder.sample_rate_hz, window_s, hop_s, acc["info"], block_s
-            ):
-                acc["starts"].append(a)
-                acc["ends"].append(b)
-                acc["peaks"].append(float(np.abs(samples).max()) if len(samples) else 0.0)
-                batch.append(samples)
-                owners.append(i)
-                if len(batch) >= encoder.batch_size:
-                    run_batch()
-                    yield from flush()
-        except InputFileError as exc:
-            keep = [j for j, owner in enumerate(owners) if owner != i]
-            batch[:] = [batch[j] for j in keep]
-            owners[:] = [owners[j] for j in keep]
-            live.pop(i, None)
-            waiting.append((i, exc))
-        else:
-            waiting.append((i, acc))
-        if not batch:
-            yield from flush()
-    run_batch()
-    yield from flush()
+    # The windows the stream has cut are the first ones of the rule's list (every hop while a
+    # whole window fits); what the rule adds once the length is known (the one short window,
+    # the end-aligned last one) is still in the buffer.
+    for a, b in window_bounds(n, int(sample_rate_hz), window_s, hop_s)[n_cut:]:
+        yield a, b, buf[a - buf_start : b - buf_start].copy()

@@ -148,7 +148,7 @@ def embed_audio_files(
             for w in range(len(res.windows))
         ]  # fmt: skip
 
-    results = encoder.iter_clips(prepared[3], window_s, hop_s)
+    results = encoder.embed_windows(prepared[3], window_s, hop_s)
     return _run_job(prepared, results, rows_for, "embedding audio", progress)
 
 

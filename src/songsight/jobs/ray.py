@@ -142,7 +142,7 @@ class _Embedder:
         if self.kind == "image":
             results = self.encoder.iter_images(todo)
         else:
-            results = self.encoder.iter_clips(todo, self.window_s, self.hop_s)
+            results = self.encoder.embed_windows(todo, self.window_s, self.hop_s)
         for j, res in results:
             if isinstance(res, InputFileError):
                 rows.append(_row(todo[j], hashes[j], "error", res.reason))

@@ -12,7 +12,7 @@ A `Searcher` turns recordings into queries in the gallery's image space, either
 (both built in `songsight.retrieval.queries`). Each recording gets a clip-level result (the
 re-normalised mean of its windows) and, when it is longer than one window, one result per
 window with its times. Files are decoded block by block with a streaming resampler
-(`songsight.inputs.stream.iter_windows`), so an hour-long soundscape costs the memory of one
+(`songsight.inputs.stream.iter_windows`, embedded by `songsight.encoders.windows`), so an hour-long soundscape costs the memory of one
 block and one batch of windows, not of the hour. The photos found are named and rolled up into
 species, genus and family scores by `songsight.retrieval.rollup`; the results (`songsight.retrieval.results`) are
 written out by `songsight.retrieval.writers` (JSON records, table, CSV, Parquet, Raven).
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from songsight.encoders.base import ClipEmbedding
 from songsight.encoders.loading import BIOLINGUAL_ID
 from songsight.errors import InputFileError, SongsightError
-from songsight.inputs.stream import _embed_recordings, _Embedded
 from songsight.retrieval.queries import (
     SEARCH_METHODS,
     build_cascade_query_encoder,
@@ -257,7 +257,7 @@ class Searcher:
             else:
                 yield i, scores[0], ids[0]
 
-    def _flags(self, emb: _Embedded, window_s: float) -> list[str]:
+    def _flags(self, emb: ClipEmbedding, window_s: float) -> list[str]:
         flags = ["silent"] if emb.silent else []
         if emb.duration_s < min(self.min_duration_s, window_s):
             flags.append("too_short")
@@ -266,8 +266,6 @@ class Searcher:
     def _answers(self, sources, window_s, hop_s, k_search, chosen, progress, all_windows):
         """(index, embedded or error, scores (Q, K), ids (Q, K)): query 0 is the whole
         recording (the mean of its windows that are not silent), then each window."""
-        from songsight.encoders.base import l2_normalize
-
         allowed = None if chosen is None else set(chosen.names)
         allowed_ids = None if chosen is None else chosen.allowed_ids
         bar = None
@@ -276,16 +274,13 @@ class Searcher:
 
             bar = tqdm(total=len(sources), desc="searching", unit="recording", file=sys.stderr)
         try:
-            for i, emb in _embed_recordings(self.encoder, sources, window_s, hop_s):
+            for i, emb in self.encoder.embed_windows(sources, window_s, hop_s):
                 if bar is not None:
                     bar.update(1)
                 if isinstance(emb, InputFileError):
                     yield i, emb, None, None
                     continue
-                heard = (
-                    emb.windows[~emb.window_silent] if (~emb.window_silent).any() else emb.windows
-                )
-                clip = l2_normalize(heard.mean(axis=0, keepdims=True))
+                clip = emb.heard_clip()[None]
                 audio = (
                     np.concatenate([clip, emb.windows])
                     if all_windows and len(emb.windows) > 1
@@ -298,7 +293,7 @@ class Searcher:
             if bar is not None:
                 bar.close()
 
-    def _results_for(self, name, emb: _Embedded, scores, ids, k: int, window_s: float):
+    def _results_for(self, name, emb: ClipEmbedding, scores, ids, k: int, window_s: float):
         flags = self._flags(emb, window_s)
         spans = [(0.0, emb.duration_s, None, flags)]
         if len(emb.windows) > 1:

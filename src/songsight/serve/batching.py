@@ -6,7 +6,7 @@ would only wait. An admitted upload waits in the queue as its temp file on disk 
 not in memory). A worker thread takes the oldest waiting search plus every waiting search with
 the same options, waits up to ``batch_wait_s`` for more while the batch is short, decodes them
 and runs them through **one** ``searcher.search`` call, so their windows share the encoder's
-forward passes (`songsight.inputs.stream._embed_recordings` batches windows across recordings).
+forward passes (`songsight.encoders.windows.embed_windows` batches windows across recordings).
 Each request then gets exactly its own results: the searcher names in-memory recordings
 ``<array i>`` in the order given, and a batch that raises is rerun one search at a time so each
 request gets its own error.

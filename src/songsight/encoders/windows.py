@@ -1,0 +1,159 @@
+"""The one loop that turns recordings into window embeddings, for every audio encoder.
+
+Recordings are cut by `songsight.inputs.stream.iter_windows` (streamed block by block, so an
+hour-long soundscape costs one block and one batch of windows, not the hour) while the model
+runs: ``decode_threads`` threads decode the next recordings into small bounded queues. Windows
+of several recordings share a forward pass; each recording's `ClipEmbedding` is yielded, in
+input order, once all its windows are embedded. Embedding jobs, evaluation, the searcher and
+the web server all come through here (via an encoder's ``embed_windows``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from songsight.encoders.base import ClipEmbedding, l2_normalize
+from songsight.errors import InputFileError
+from songsight.inputs.audio import SILENCE_PEAK
+from songsight.inputs.stream import BLOCK_S, DecodeInfo, iter_windows
+
+_END = object()  # a recording's queue: windows, then _END (or the error that stopped it)
+_PUT_TIMEOUT_S = 0.2  # how often a blocked decoder looks whether the consumer has gone
+
+
+def _decode_into(source, sample_rate_hz, window_s, hop_s, block_s, out, stop) -> None:
+    """Producer: one recording's windows into ``out``, then its `DecodeInfo`, then `_END`."""
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=_PUT_TIMEOUT_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    info = DecodeInfo()
+    try:
+        for window in iter_windows(source, sample_rate_hz, window_s, hop_s, info, block_s):
+            if not put(window):
+                return
+        put(info)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
+        put(exc)
+    put(_END)
+
+
+def _clip_embedding(acc: dict) -> ClipEmbedding:
+    info: DecodeInfo = acc["info"]
+    sr = info.sample_rate_hz
+    windows = np.stack(acc["emb"]).astype(np.float32)
+    return ClipEmbedding(
+        windows=windows,
+        starts_s=np.asarray(acc["starts"], np.float64) / sr,
+        ends_s=np.asarray(acc["ends"], np.float64) / sr,
+        clip=l2_normalize(windows.mean(axis=0, keepdims=True))[0],
+        duration_s=info.duration_s,
+        silent=info.silent,
+        flags=["silent"] if info.silent else [],
+        window_silent=np.asarray(acc["peaks"], np.float64) < SILENCE_PEAK,
+    )
+
+
+def embed_windows(
+    forward: Callable[[list[np.ndarray]], np.ndarray],
+    sources: Sequence,
+    sample_rate_hz: int,
+    window_s: float,
+    hop_s: float,
+    batch_size: int,
+    decode_threads: int = 1,
+    block_s: float = BLOCK_S,
+) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
+    """``(index, ClipEmbedding)`` or ``(index, InputFileError)`` per source, in source order.
+
+    ``forward``: windows (each (T,) float32 at ``sample_rate_hz``, T <= the window) -> (W, D)
+    float32 unit norm. ``sources``: paths or ``(waveform, rate)`` tuples. ``window_s`` and
+    ``hop_s`` are used as given (resolve them with the encoder's ``windowing`` first). A source
+    that fails part-way yields its error and none of its windows; the others go on.
+    """
+    sources = list(sources)
+    ahead = max(1, decode_threads) + 1  # recordings decoding or decoded ahead of the model
+    per_queue = max(batch_size, 8)  # windows a decoder may hold before the model takes them
+    stop = threading.Event()
+    queues: dict[int, queue.Queue] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="decode")
+
+    def start(i: int) -> None:
+        if i < len(sources):
+            queues[i] = queue.Queue(per_queue)
+            pool.submit(
+                _decode_into, sources[i], sample_rate_hz, window_s, hop_s, block_s, queues[i], stop
+            )
+
+    batch: list[np.ndarray] = []
+    owners: list[int] = []
+    live: dict[int, dict] = {}
+    waiting: list[tuple[int, dict | InputFileError]] = []
+
+    def run_batch() -> None:
+        if batch:
+            emb = forward(batch)
+            for j, owner in enumerate(owners):
+                live[owner]["emb"].append(emb[j])
+            batch.clear()
+            owners.clear()
+
+    def finished() -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
+        # Only called with an empty batch: every waiting recording is fully embedded.
+        for i, acc in waiting:
+            live.pop(i, None)
+            yield i, acc if isinstance(acc, InputFileError) else _clip_embedding(acc)
+        waiting.clear()
+
+    try:
+        for i in range(min(ahead, len(sources))):
+            start(i)
+        for i in range(len(sources)):
+            acc = {"info": None, "starts": [], "ends": [], "emb": [], "peaks": []}
+            live[i] = acc
+            q = queues.pop(i)
+            start(i + ahead)
+            error: BaseException | None = None
+            while (item := q.get()) is not _END:
+                if isinstance(item, DecodeInfo):
+                    acc["info"] = item
+                elif isinstance(item, BaseException):
+                    error = item
+                else:
+                    a, b, samples = item
+                    acc["starts"].append(a)
+                    acc["ends"].append(b)
+                    acc["peaks"].append(float(np.abs(samples).max()) if len(samples) else 0.0)
+                    batch.append(samples)
+                    owners.append(i)
+                    if len(batch) >= batch_size:
+                        run_batch()
+                        yield from finished()
+            if error is not None and not isinstance(error, InputFileError):
+                raise error
+            if error is not None:
+                keep = [j for j, owner in enumerate(owners) if owner != i]
+                batch[:] = [batch[j] for j in keep]
+                owners[:] = [owners[j] for j in keep]
+                live.pop(i, None)
+                waiting.append((i, error))
+            else:
+                waiting.append((i, acc))
+            if not batch:
+                yield from finished()
+        run_batch()
+        yield from finished()
+    finally:
+        stop.set()  # decoders blocked on a full queue give up; nothing new starts
+        pool.shutdown(wait=False, cancel_futures=True)
