@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from songsight.encoders.loading import BIOCLIP2_ID, BIOLINGUAL_ID
-from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.errors import SongsightError
 from songsight.eval.audio_to_image import ALWAYS, DISTILLED_METHODS, RETRIEVAL_METHODS
 from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species, resolve_templates
 
@@ -171,36 +171,25 @@ def checkpoint_prompts(meta: dict | None) -> tuple[str | None, str | list[str] |
     return (fmt if fmt in PROMPT_FORMATS else None), templates
 
 
-def _same_kind(a: str, b: str) -> bool:
-    """Two revisions are comparable when both are content hashes of folders or both Hub commits."""
-    return a.startswith("local-") == b.startswith("local-")
-
-
 def check_teacher(meta: dict, image_provenance: dict, audio_provenance: dict | None = None) -> None:
     """Refuse a distilled checkpoint whose teacher is not the image model evaluated against.
 
     The distilled encoder outputs vectors in its teacher's space: against another image model's
-    gallery they mean nothing. Revisions are compared when both are of one kind (Hub commit or
-    folder content hash); a differing BioLingual base is only warned about.
+    gallery they mean nothing (`songsight.provenance.check_image_model`, non-strict: a Hub
+    commit against a folder hash warns). A differing BioLingual base is only warned about.
     """
-    teacher = meta.get("image_model") or {}
-    mine, theirs = str(image_provenance.get("revision") or ""), str(teacher.get("revision") or "")
-    if mine and theirs and _same_kind(mine, theirs) and mine != theirs:
-        raise ProvenanceMismatchError(
-            f"the distilled checkpoint was trained against image model {teacher.get('model_id')} at revision "
-            f"{theirs}, but the evaluation uses {image_provenance.get('model_id')} at revision {mine}. "
-            "Pass the checkpoint's teacher as --image-model."
-        )
-    out_dim = int(meta.get("head", {}).get("out_dim", image_provenance.get("dim", 0)))
-    if out_dim != int(image_provenance.get("dim", out_dim)):
-        raise ProvenanceMismatchError(
-            f"the distilled checkpoint outputs {out_dim}-d vectors but the image model "
-            f"embeds in {image_provenance.get('dim')} dimensions"
-        )
+    from songsight.provenance import check_image_model, revision_kind
+
+    teacher = dict(meta.get("image_model") or {})
+    teacher["dim"] = (meta.get("head") or {}).get("out_dim", teacher.get("dim"))
+    check_image_model(
+        image_provenance, teacher, "the distilled checkpoint's teacher", strict=False,
+        reference_name="the evaluation", hint="Pass the checkpoint's teacher as --image-model.",
+    )  # fmt: skip
     base = meta.get("audio_model") or {}
     if audio_provenance and base.get("revision") and audio_provenance.get("revision"):
         a, b = str(base["revision"]), str(audio_provenance["revision"])
-        if _same_kind(a, b) and a != b:
+        if revision_kind(a) == revision_kind(b) and a != b:
             warnings.warn(
                 f"the distilled checkpoint was fine-tuned from audio model revision {a}; the baselines "
                 f"use revision {b}",

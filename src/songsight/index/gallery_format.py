@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.errors import SongsightError
 
 STORE_FILE = "gallery.parquet"
 META_FILE = "gallery.json"
@@ -26,39 +26,6 @@ FORMAT = "songsight-gallery"
 FORMAT_VERSION = 1
 INDEX_KINDS = ("auto", "exact", "hnsw", "milvus")
 VECTOR_DTYPES = ("float32", "float16")
-
-
-# --- provenance checks ------------------------------------------------------------------------
-
-
-def _revision_kind(revision: str) -> str:
-    return "folder" if str(revision).startswith("local-") else "hub"
-
-
-def check_image_model(
-    gallery_model: dict, other: dict, what: str = "this image model", strict: bool = True
-) -> None:
-    """Refuse to mix a gallery with vectors from another image model.
-
-    ``gallery_model`` / ``other``: provenance dicts with ``model_id``, ``revision``, ``dim``.
-    Revisions identify the weights (a Hub commit, or the content hash of a local folder).
-    ``strict``: differing revisions always refuse; otherwise (a distilled student's teacher)
-    a Hub commit and a folder hash cannot be compared and pass.
-    """
-    mine, theirs = str(gallery_model.get("revision") or ""), str(other.get("revision") or "")
-    comparable = strict or _revision_kind(mine) == _revision_kind(theirs)
-    if mine and theirs and comparable and mine != theirs:
-        raise ProvenanceMismatchError(
-            f"the gallery was built with image model {gallery_model.get('model_id')} at revision "
-            f"{mine}, but {what} is {other.get('model_id')} at revision {theirs}: their vectors "
-            "are not comparable. Use the gallery's image model, or build a new gallery with "
-            f"--image-model {other.get('model_id')}."
-        )
-    d_mine, d_theirs = gallery_model.get("dim"), other.get("dim")
-    if d_mine is not None and d_theirs is not None and int(d_mine) != int(d_theirs):
-        raise ProvenanceMismatchError(
-            f"the gallery holds {d_mine}-d vectors but {what} gives {d_theirs}-d vectors"
-        )
 
 
 # --- small file helpers -----------------------------------------------------------------------

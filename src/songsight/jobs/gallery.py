@@ -34,7 +34,6 @@ from songsight.index.gallery_format import (
     _read_json,
     _update_index,
     _write_json,
-    check_image_model,
     record_update,
 )
 from songsight.index.gallery_manifest import (
@@ -45,6 +44,7 @@ from songsight.index.gallery_manifest import (
 )
 from songsight.inputs.files import read_errors, write_errors
 from songsight.inputs.images import IMAGE_SUFFIXES
+from songsight.provenance import check_image_model
 
 __all__ = ["GalleryReport", "add_to_gallery"]
 

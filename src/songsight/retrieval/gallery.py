@@ -42,7 +42,6 @@ from songsight.index.gallery_format import (
     _new_hnsw,
     _read_json,
     _read_vectors,
-    check_image_model,
 )
 from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank, read_gallery_manifest
 from songsight.jobs.gallery import GalleryReport, _update, add_to_gallery
@@ -53,7 +52,6 @@ __all__ = [
     "GalleryReport",
     "add_to_gallery",
     "build_gallery",
-    "check_image_model",
     "read_gallery_manifest",
 ]
 

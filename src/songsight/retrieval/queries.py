@@ -16,7 +16,6 @@ Two ways, each checked against the gallery's image model:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,21 +118,12 @@ def load_distilled_query_encoder(
     load the BioLingual the checkpoint was distilled from (``audio_model`` overrides where it
     is, e.g. a moved folder)."""
     from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
-    from songsight.index.gallery_format import _revision_kind
-    from songsight.retrieval.gallery import check_image_model
+    from songsight.provenance import check_image_model
 
     meta = read_meta(model)
     teacher = dict(meta.get("image_model") or {})
     teacher.setdefault("dim", (meta.get("head") or {}).get("out_dim"))
     check_image_model(gallery.image_model, teacher, "the distilled model's teacher", strict=False)
-    mine = gallery.image_model.get("revision")
-    if _revision_kind(teacher.get("revision")) != _revision_kind(mine):
-        warnings.warn(
-            f"cannot verify that the distilled model's teacher ({teacher.get('model_id')}) "
-            f"is the gallery's image model ({gallery.image_model.get('model_id')}): "
-            "one is a Hub commit, the other a local folder",
-            stacklevel=3,  # at whoever built the Searcher that called this
-        )
     recorded = (meta.get("readout") or {}).get("method") or "distilled"
     if method is None and not gallery.has_species and recorded != "distilled":
         # The posterior readouts name a species; photos without names leave only the raw
@@ -225,7 +215,7 @@ def _species_text(
     BioLingual ``audio_encoder``, in BioLingual's space (S, d); the text tower is dropped after."""
     from songsight.encoders.base import embed_prompt_average
     from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.retrieval.gallery import check_image_model
+    from songsight.provenance import check_image_model
     from songsight.taxonomy import build_prompts, resolve_templates
 
     stored = gallery.image_model
@@ -275,7 +265,7 @@ def build_cascade_query_encoder(
     _need_species(gallery, "the zero-shot cascade")
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
-    from songsight.retrieval.gallery import check_image_model
+    from songsight.provenance import check_image_model
     from songsight.taxonomy import resolve_templates
 
     stored = gallery.image_model
