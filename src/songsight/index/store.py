@@ -81,6 +81,33 @@ def vectors_from_column(column) -> np.ndarray:
     return flat.reshape(len(col), -1).astype(np.float32, copy=False)
 
 
+def audio_rows(
+    path: str,
+    sha256: str,
+    windows: np.ndarray,
+    starts_s,
+    ends_s,
+    duration_s: float,
+    silent: bool,
+) -> list[dict]:
+    """An audio store's rows for one recording: one per window ``(W, D)``, in window order.
+
+    Columns ``path``, ``sha256``, ``window``, ``start_s``, ``end_s``, ``duration_s``,
+    ``silent``, ``embedding``; a recording's clip vector is the re-normalised mean of its rows.
+    """
+    return [
+        {"path": path, "sha256": sha256, "window": w, "start_s": float(starts_s[w]),
+         "end_s": float(ends_s[w]), "duration_s": float(duration_s), "silent": bool(silent),
+         "embedding": windows[w]}
+        for w in range(len(windows))
+    ]  # fmt: skip
+
+
+def image_rows(path: str, sha256: str, vector: np.ndarray) -> list[dict]:
+    """An image store's row for one photo: ``path``, ``sha256``, ``embedding``."""
+    return [{"path": path, "sha256": sha256, "embedding": vector}]
+
+
 class EmbeddingWriter:
     """Append rows (dicts of scalars + an ``embedding`` vector) to a Parquet store.
 

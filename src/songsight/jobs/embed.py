@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from songsight.errors import InputFileError
-from songsight.index.store import EmbeddingWriter
+from songsight.index.store import EmbeddingWriter, audio_rows, image_rows
 from songsight.inputs.audio import AUDIO_SUFFIXES
 from songsight.inputs.files import ErrorLog, collect_files, errors_path_for, sha256_file
 from songsight.inputs.images import IMAGE_SUFFIXES
@@ -141,12 +141,9 @@ def embed_audio_files(
     prepared = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)
 
     def rows_for(f, digest, res):
-        return [
-            {"path": str(f), "sha256": digest, "window": w, "start_s": float(res.starts_s[w]),
-             "end_s": float(res.ends_s[w]), "duration_s": float(res.duration_s), "silent": res.silent,
-             "embedding": res.windows[w]}
-            for w in range(len(res.windows))
-        ]  # fmt: skip
+        return audio_rows(
+            str(f), digest, res.windows, res.starts_s, res.ends_s, res.duration_s, res.silent
+        )
 
     results = encoder.embed_windows(prepared[3], window_s, hop_s)
     return _run_job(prepared, results, rows_for, "embedding audio", progress)
@@ -167,7 +164,7 @@ def embed_image_files(
     )
 
     def rows_for(f, digest, res):
-        return [{"path": str(f), "sha256": digest, "embedding": res}]
+        return image_rows(str(f), digest, res)
 
     return _run_job(
         prepared, encoder.iter_images(prepared[3]), rows_for, "embedding images", progress

@@ -220,7 +220,7 @@ def _embed_files_ray(
 ):
     from tqdm.auto import tqdm
 
-    from songsight.index.store import EmbeddingWriter
+    from songsight.index.store import EmbeddingWriter, audio_rows, image_rows
     from songsight.inputs.audio import AUDIO_SUFFIXES
     from songsight.inputs.files import collect_files, errors_path_for, write_errors
     from songsight.inputs.images import IMAGE_SUFFIXES
@@ -290,36 +290,20 @@ def _embed_files_ray(
                         continue
                     vectors = np.frombuffer(batch["embedding"][r], np.float32).reshape(-1, dim)
                     n_ok += 1
+                    digest = str(batch["sha256"][r])
                     if kind == "image":
-                        writer.add(
-                            [
-                                {
-                                    "path": path,
-                                    "sha256": str(batch["sha256"][r]),
-                                    "embedding": vectors[0],
-                                }
-                            ]
-                        )
+                        writer.add(image_rows(path, digest, vectors[0]))
                         continue
-                    starts = np.frombuffer(batch["starts_s"][r], np.float64)
-                    ends = np.frombuffer(batch["ends_s"][r], np.float64)
                     silent = bool(batch["silent"][r])
                     n_silent += silent
                     writer.add(
-                        [
-                            {
-                                "path": path,
-                                "sha256": str(batch["sha256"][r]),
-                                "window": w,
-                                "start_s": float(starts[w]),
-                                "end_s": float(ends[w]),
-                                "duration_s": float(batch["duration_s"][r]),
-                                "silent": silent,
-                                "embedding": vectors[w],
-                            }
-                            for w in range(len(vectors))
-                        ]
-                    )
+                        audio_rows(
+                            path, digest, vectors,
+                            np.frombuffer(batch["starts_s"][r], np.float64),
+                            np.frombuffer(batch["ends_s"][r], np.float64),
+                            float(batch["duration_s"][r]), silent,
+                        )
+                    )  # fmt: skip
                     n_rows += len(vectors)
     finally:
         bar.close()

@@ -9,7 +9,6 @@ keeps the sweeps.
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,17 +93,12 @@ def species_of(pretrain_dir: Path, labels: np.ndarray):
 
 
 def warmup_cosine(opt, total: int):
-    """Linear warmup over a tenth of the steps, then cosine to zero."""
+    """Linear warmup over a tenth of the steps, then cosine to zero (distillation's schedule)."""
     import torch
 
-    warmup = max(1, total // 10)
+    from songsight.distill.setup import warmup_cosine as schedule
 
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule(max(1, total // 10), total))
 
 
 def optimizer_step(opt, sched, loss) -> None:
@@ -115,4 +109,7 @@ def optimizer_step(opt, sched, loss) -> None:
 
 
 def zero_shot_accuracy(emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean((emb @ class_emb.T).argmax(1) == labels)) if len(labels) else float("nan")
+    """Top-1 of the nearest class embedding (`songsight.eval.metrics.topk_accuracy`)."""
+    from songsight.eval.metrics import topk_accuracy
+
+    return topk_accuracy(emb @ class_emb.T, np.asarray(labels, np.int64), 1)
