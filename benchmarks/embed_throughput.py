@@ -179,7 +179,7 @@ def build_biolingual_shape(out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import ClapConfig, ClapModel
 
-    from songsight.testing import TinyClapSpec, build_tiny_clap
+    from songsight.sim.tiny_models import TinyClapSpec, build_tiny_clap
 
     if (out / "preprocessor_config.json").is_file():
         return out
@@ -207,7 +207,7 @@ def build_bioclip2_shape(out: Path, seed: int = 0) -> Path:
     import open_clip
     import torch
 
-    from songsight.testing import TinyClipSpec, build_tiny_open_clip, tiny_open_clip_config
+    from songsight.sim.tiny_models import TinyClipSpec, build_tiny_open_clip, tiny_open_clip_config
 
     if (out / "open_clip_model.safetensors").is_file():
         return out

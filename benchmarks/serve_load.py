@@ -220,7 +220,7 @@ def burst(port: int, body: bytes, ctype: str, clients: int, searches: int, max_s
 
 
 def run(args) -> list[dict]:
-    from songsight.testing import build_tiny_clap, build_tiny_open_clip
+    from songsight.sim.tiny_models import build_tiny_clap, build_tiny_open_clip
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="songsight-serve-load-"))
     work.mkdir(parents=True, exist_ok=True)

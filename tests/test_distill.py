@@ -266,7 +266,7 @@ def test_two_gloo_ranks_match_single_process(world, tiny_models, tmp_path, loss)
     import csv
     import json
 
-    from songsight.testing import TinyClapSpec, build_tiny_clap
+    from songsight.sim.tiny_models import TinyClapSpec, build_tiny_clap
 
     # Dropout off: ranks draw other masks than one process would, which is not what is tested here.
     audio, image = build_tiny_clap(tmp_path / "audio", TinyClapSpec(dropout=0.0)), tiny_models[1]

@@ -294,7 +294,7 @@ def test_add_embeds_only_new_photos(photos, tiny_image_encoder, tmp_path, monkey
 
 
 def test_other_image_model_is_refused(photos, tiny_models, tmp_path):
-    from songsight.testing import build_tiny_open_clip
+    from songsight.sim.tiny_models import build_tiny_open_clip
 
     root, good, _ = photos
     other = build_tiny_open_clip(tmp_path / "other-image", seed=1)

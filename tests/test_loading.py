@@ -209,7 +209,7 @@ def processor_layout_clap(tmp_path_factory, tiny_models):
     ``ClapModel.save_pretrained`` + ``ClapProcessor.save_pretrained``."""
     from transformers import AutoTokenizer, ClapModel
 
-    from songsight.testing import TinyClapSpec, build_tiny_clap
+    from songsight.sim.tiny_models import TinyClapSpec, build_tiny_clap
 
     model = ClapModel.from_pretrained(tiny_models[0])
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[0])

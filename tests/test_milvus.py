@@ -307,7 +307,7 @@ def test_remove_and_move(two_galleries, capsys):
 def test_collection_of_another_model_is_refused(two_galleries, tmp_path):
     import shutil
 
-    from songsight.testing import build_tiny_open_clip
+    from songsight.sim.tiny_models import build_tiny_open_clip
 
     _, gallery = two_galleries
     gallery.index.close()

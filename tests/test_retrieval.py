@@ -324,7 +324,7 @@ def test_cascade_answers_through_species_text(world, tiny_models):
 
 
 def test_cascade_needs_species_and_models_must_match(world, tiny_models, tmp_path):
-    from songsight.testing import build_tiny_open_clip
+    from songsight.sim.tiny_models import build_tiny_open_clip
 
     with pytest.raises(SongsightError, match="no species names"):
         Searcher(world["root"] / "bare", audio_model=tiny_models[0], device="cpu")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from songsight.errors import DataNotFoundError
+from songsight.sim.tiny_models import TinyClapSpec, TinyClipSpec
 from songsight.taxonomy import load_species_csv
-from songsight.testing import TinyClapSpec, TinyClipSpec
 
 VAL_FRACTION = 0.2
 STUDENT_PROMPTS = ("com", "sound")  # as songsight.eval builds BioLingual's species text

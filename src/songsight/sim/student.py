@@ -23,8 +23,8 @@ from songsight.sim.recipes import (
     warmup_cosine,
     zero_shot_accuracy,
 )
+from songsight.sim.tiny_models import TinyClapSpec
 from songsight.taxonomy import TEMPLATE_SETS
-from songsight.testing import TinyClapSpec
 
 
 def call_windows(paths: list[Path], features, window_s: float, hop_s: float):
@@ -71,7 +71,7 @@ def pretrain_student(
     from songsight.distill.loss import LogitScale, batch_level_infonce
     from songsight.encoders.base import l2_normalize
     from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION, load_clap
-    from songsight.testing import build_tiny_clap, build_tokenizer
+    from songsight.sim.tiny_models import build_tiny_clap, build_tokenizer
 
     hf_logging.disable_progress_bar()  # save_pretrained's per-shard bar, as load_clap does
     t0, c0 = time.perf_counter(), time.process_time()

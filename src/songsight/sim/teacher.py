@@ -17,8 +17,8 @@ from songsight.sim.recipes import (
     warmup_cosine,
     zero_shot_accuracy,
 )
+from songsight.sim.tiny_models import TinyClipSpec
 from songsight.taxonomy import TEMPLATE_SETS
-from songsight.testing import TinyClipSpec
 
 
 def augment_photos(x, rng: np.random.Generator, shift_px: int):
@@ -57,7 +57,7 @@ def pretrain_teacher(
     from songsight.encoders.base import l2_normalize
     from songsight.encoders.bioclip import load_open_clip
     from songsight.inputs.images import load_image
-    from songsight.testing import build_tiny_open_clip
+    from songsight.sim.tiny_models import build_tiny_open_clip
 
     t0, c0 = time.perf_counter(), time.process_time()
     pretrain_dir, out = Path(pretrain_dir), Path(out_dir)
