@@ -27,7 +27,6 @@ from songsight.index.gallery_format import (
     FORMAT,
     FORMAT_VERSION,
     META_FILE,
-    PENDING_FILE,
     STORE_FILE,
     VECTOR_DTYPES,
     _now,
@@ -37,10 +36,9 @@ from songsight.index.gallery_format import (
     record_update,
 )
 from songsight.index.gallery_manifest import (
-    METADATA_COLUMNS,
-    _blank,
-    _text,
+    attach_metadata,
     read_gallery_manifest,
+    store_pending,
 )
 from songsight.inputs.files import read_errors, write_errors
 from songsight.inputs.images import IMAGE_SUFFIXES
@@ -124,79 +122,6 @@ def _collect_inputs(paths, manifest, species_csv):
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, meta, [(p, "file not found") for p in missing]
-
-
-def _store_pending(directory: Path, meta) -> None:
-    """Park manifest metadata before embedding (earlier parked rows kept; newer ones win)."""
-    import pandas as pd
-
-    if meta is None or meta.empty:
-        return
-    f = directory / PENDING_FILE
-    if "fill_only" not in meta:
-        meta = meta.assign(fill_only=False)
-    if f.is_file():
-        meta = pd.concat([pd.read_parquet(f), meta], ignore_index=True)
-    meta = meta.drop_duplicates("path", keep="last").reset_index(drop=True)
-    tmp = f.with_name(f.name + ".tmp")
-    meta.to_parquet(tmp, index=False)
-    os.replace(tmp, f)
-
-
-def _attach_metadata(directory: Path) -> list[str]:
-    """Join parked metadata onto the store's rows by path; returns the sha256 column.
-
-    The store always ends with every `METADATA_COLUMNS` column (null where unknown) between
-    ``sha256`` and ``embedding``; it is rewritten only when something changes.
-    """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    store, pending_file = directory / STORE_FILE, directory / PENDING_FILE
-    schema = pq.read_schema(store)
-    pending = pd.read_parquet(pending_file) if pending_file.is_file() else None
-    missing_cols = [c for c in METADATA_COLUMNS if c not in schema.names]
-    if pending is None and not missing_cols:
-        return pq.read_table(store, columns=["sha256"]).column("sha256").to_pylist()
-    table = pq.read_table(store)
-    cur = table.select(["path"] + [c for c in METADATA_COLUMNS if c in schema.names]).to_pandas()
-    for col in missing_cols:
-        cur[col] = None
-    if pending is not None and len(pending):
-        upd = pending.drop_duplicates("path", keep="last").set_index("path")
-        fill_only = (
-            cur["path"].map(upd["fill_only"]).fillna(False).astype(bool)
-            if "fill_only" in upd
-            else pd.Series(False, index=cur.index)
-        )
-        for col in METADATA_COLUMNS:
-            if col not in upd:
-                continue
-            new = cur["path"].map(upd[col])
-            # A manifest's non-empty cells win; an empty one never erases what is known, and
-            # a copy's names only fill what the photo does not know (gallery_dedupe).
-            cur[col] = new.where(new.notna() & (~fill_only | cur[col].isna()), cur[col])
-    columns = {
-        "label": pa.array([None if _blank(v) else int(v) for v in cur["label"]], type=pa.int64()),
-        **{
-            c: pa.array([_text(v) for v in cur[c]], type=pa.string())
-            for c in METADATA_COLUMNS
-            if c != "label"
-        },
-    }
-    rest = [c for c in table.column_names if c not in METADATA_COLUMNS]
-    ordered = {}
-    for name in rest:
-        if name == "embedding":
-            ordered.update(columns)
-        ordered[name] = table.column(name)
-    out = pa.table(ordered).replace_schema_metadata(schema.metadata)
-    tmp = store.with_name(store.name + ".tmp")
-    pq.write_table(out, tmp)
-    os.replace(tmp, store)
-    pending_file.unlink(missing_ok=True)
-    return out.column("sha256").to_pylist()
 
 
 def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, milvus=None) -> dict:
@@ -345,7 +270,7 @@ def _update(
         from songsight.index.gallery_milvus import probe
 
         probe(directory, meta)  # a held file, a server out of reach: before any embedding
-    _store_pending(directory, pending)
+    store_pending(directory, pending)
     store = directory / STORE_FILE
     holder = None
     if engine == "ray":
@@ -377,7 +302,7 @@ def _update(
             sorted_.embed, store, encoder, resume=True, progress=progress,
             vector_dtype=meta["vector_dtype"],
         )  # fmt: skip
-    hashes = _attach_metadata(directory)
+    hashes = attach_metadata(directory)
     kind = _update_index(directory, meta, hashes, progress=progress)
     if holder is not None:
         holder.close()  # after the sync: an embedded file served the workers through it
