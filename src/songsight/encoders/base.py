@@ -26,15 +26,6 @@ def l2_normalize(x, eps: float = 1e-12):
     return torch.nn.functional.normalize(x, dim=-1, eps=eps)
 
 
-def embed_prompt_average(encoder, prompts: Sequence[Sequence[str]]) -> np.ndarray:
-    """(S, D) unit norm: each row's prompts embedded by ``encoder.embed_texts``, averaged and
-    re-normalised (CLIP's zero-shot classifier). ``prompts``: (S, T), T the same for every row."""
-    n_rows = len(prompts)
-    n_each = len(prompts[0]) if n_rows else 1
-    emb = encoder.embed_texts([p for row in prompts for p in row])
-    return l2_normalize(emb.reshape(n_rows, n_each, emb.shape[1]).mean(axis=1))
-
-
 def choose_device(device: str | None = None, quiet: bool = False) -> str:
     """``cuda`` when present (or what was asked); a loud notice on stderr when it falls back to CPU."""
     import torch

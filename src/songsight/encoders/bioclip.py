@@ -24,7 +24,6 @@ import numpy as np
 from songsight.encoders.base import (
     autocast_dtype,
     choose_device,
-    embed_prompt_average,
     l2_normalize,
     warn_truncated,
 )
@@ -34,9 +33,10 @@ from songsight.encoders.loading import (
     check_model_folder,
     resolve_model,
 )
+from songsight.encoders.prompts import embed_species_text
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
 from songsight.inputs.images import load_image, to_rgb
-from songsight.taxonomy import Species, Templates, build_prompts
+from songsight.taxonomy import Species, Templates
 
 PREPROCESS_MODES = ("model", "squash")
 
@@ -233,4 +233,4 @@ class BioCLIPEncoder:
         This is BioCLIP's zero-shot classifier construction (templates "openai" = the 80
         ImageNet templates); ``templates`` is anything `resolve_templates` takes.
         """
-        return embed_prompt_average(self, build_prompts(species, prompt_format, templates))
+        return embed_species_text(self, species, prompt_format, templates)

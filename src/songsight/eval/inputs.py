@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from songsight.encoders.base import embed_prompt_average
+from songsight.encoders.prompts import embed_species_text
 from songsight.errors import InputFileError
-from songsight.taxonomy import Species, build_prompts, resolve_templates
+from songsight.taxonomy import Species, resolve_templates
 
 # Columns that identify an SSW60 row wherever the dataset lives (paths do not).
 ID_COLUMNS = ("asset_id", "label", "split", "source")
@@ -107,7 +107,7 @@ def species_text(encoder, species: Sequence[Species], fmt: str, templates) -> np
     """(S, D): each species' prompt through every template, averaged, re-normalised.
 
     ``templates``: anything `songsight.taxonomy.resolve_templates` takes."""
-    return embed_prompt_average(encoder, build_prompts(species, fmt, templates))
+    return embed_species_text(encoder, species, fmt, templates)
 
 
 def prompt_variants(

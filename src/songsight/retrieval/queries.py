@@ -213,10 +213,10 @@ def _species_text(
 ) -> tuple[list, np.ndarray, np.ndarray | None]:
     """The gallery's species, their text in its image model's space (S, D) and, given a
     BioLingual ``audio_encoder``, in BioLingual's space (S, d); the text tower is dropped after."""
-    from songsight.encoders.base import embed_prompt_average
     from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.prompts import embed_species_text
     from songsight.provenance import check_image_model
-    from songsight.taxonomy import build_prompts, resolve_templates
+    from songsight.taxonomy import resolve_templates
 
     stored = gallery.image_model
     text_model = BioCLIPEncoder(
@@ -232,8 +232,8 @@ def _species_text(
     audio_text = None
     if audio_encoder is not None:
         base = getattr(audio_encoder, "base", audio_encoder)
-        audio_text = embed_prompt_average(
-            base, build_prompts(species, audio_prompt_format, resolve_templates(audio_templates))
+        audio_text = embed_species_text(
+            base, species, audio_prompt_format, resolve_templates(audio_templates)
         )
     return species, image_text, audio_text
 

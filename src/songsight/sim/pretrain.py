@@ -52,7 +52,6 @@ from songsight.sim.recipes import (
 )
 from songsight.sim.student import call_windows, pretrain_student
 from songsight.sim.teacher import pretrain_teacher
-from songsight.taxonomy import TEMPLATE_SETS
 
 __all__ = [
     "ASSETS_DIR", "FORMAT", "RECIPES", "ROLES", "STUDENT_PROMPTS", "STUDENT_SPEC", "TEACHER_PROMPTS",
@@ -120,7 +119,7 @@ def evaluate_stand_in(
     iNat test photos each (teacher) of every species. None when the world has no such split.
     """
     from songsight.data.ssw60 import SSW60
-    from songsight.encoders.base import l2_normalize
+    from songsight.encoders.prompts import embed_species_text
 
     try:
         ds = SSW60(world_dir, warn_missing=False)
@@ -138,10 +137,7 @@ def evaluate_stand_in(
         from songsight.encoders.biolingual import BioLingualEncoder
 
         enc = BioLingualEncoder(model_dir, device="cpu")
-        fmt, tmpl = STUDENT_PROMPTS
-        prompts = [t.format(s.prompt(fmt)) for s in ds.species for t in TEMPLATE_SETS[tmpl]]
-        cls = enc.embed_texts(prompts).reshape(len(ds.species), len(TEMPLATE_SETS[tmpl]), -1)
-        emb, cls = enc.embed_audio(paths), l2_normalize(cls.mean(axis=1))
+        emb, cls = enc.embed_audio(paths), embed_species_text(enc, ds.species, *STUDENT_PROMPTS)
     return {
         "zero_shot_acc": zero_shot_accuracy(emb, cls, labels),
         "n": len(labels),

@@ -24,7 +24,7 @@ from songsight.sim.recipes import (
     zero_shot_accuracy,
 )
 from songsight.sim.tiny_models import TinyClapSpec
-from songsight.taxonomy import TEMPLATE_SETS
+from songsight.taxonomy import build_prompts
 
 
 def call_windows(paths: list[Path], features, window_s: float, hop_s: float):
@@ -71,6 +71,7 @@ def pretrain_student(
     from songsight.distill.loss import LogitScale, batch_level_infonce
     from songsight.encoders.base import l2_normalize
     from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION, load_clap
+    from songsight.encoders.prompts import mean_of_prompts
     from songsight.sim.tiny_models import build_tiny_clap, build_tokenizer
 
     hf_logging.disable_progress_bar()  # save_pretrained's per-shard bar, as load_clap does
@@ -144,13 +145,13 @@ def pretrain_student(
         win = l2_normalize(clap.audio_projection(pooled)).numpy()
         fmt, tmpl = STUDENT_PROMPTS
         enc = tokenizer(
-            [t.format(s.prompt(fmt)) for s in species for t in TEMPLATE_SETS[tmpl]],
+            [p for row in build_prompts(species, fmt, tmpl) for p in row],
             padding=True,
             truncation=True,
             return_tensors="pt",
         )
         cls = l2_normalize(clap.text_projection(clap.text_model(**enc).pooler_output))
-        cls = l2_normalize(cls.reshape(len(species), len(TEMPLATE_SETS[tmpl]), -1).mean(1)).numpy()
+        cls = mean_of_prompts(cls, len(species)).numpy()
     clip = np.zeros((len(paths), win.shape[1]), np.float32)
     np.add.at(clip, owner, win)  # the encoder's clip embedding: mean of unit window embeddings
     clip = l2_normalize(clip)

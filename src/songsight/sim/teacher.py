@@ -18,7 +18,7 @@ from songsight.sim.recipes import (
     zero_shot_accuracy,
 )
 from songsight.sim.tiny_models import TinyClipSpec
-from songsight.taxonomy import TEMPLATE_SETS
+from songsight.taxonomy import build_prompts
 
 
 def augment_photos(x, rng: np.random.Generator, shift_px: int):
@@ -56,6 +56,7 @@ def pretrain_teacher(
     from songsight.distill.loss import LogitScale, batch_level_infonce
     from songsight.encoders.base import l2_normalize
     from songsight.encoders.bioclip import load_open_clip
+    from songsight.encoders.prompts import mean_of_prompts
     from songsight.inputs.images import load_image
     from songsight.sim.tiny_models import build_tiny_open_clip
 
@@ -96,11 +97,9 @@ def pretrain_teacher(
             ]
         ).numpy()
         fmt, tmpl = TEACHER_PROMPTS
-        prompts = [t.format(s.prompt(fmt)) for s in species for t in TEMPLATE_SETS[tmpl]]
-        cls = l2_normalize(net.encode_text(tokenizer(prompts))).reshape(
-            len(species), -1, net.text_projection.shape[1]
-        )
-        cls = l2_normalize(cls.mean(1)).numpy()
+        prompts = [p for row in build_prompts(species, fmt, tmpl) for p in row]
+        cls = mean_of_prompts(l2_normalize(net.encode_text(tokenizer(prompts))), len(species))
+        cls = cls.numpy()
     build_tiny_open_clip(out, spec, model=net)
     return {
         "zero_shot_acc": zero_shot_accuracy(img_emb[held], cls, labels[held]),
