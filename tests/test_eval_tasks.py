@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score
 
 from songsight.baselines.cascade import cascade_queries
 from songsight.baselines.text_mapping import fit_ridge
+from songsight.encoders.base import l2_normalize
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
 from songsight.eval.alignment import window_targets, zero_shot
 from songsight.eval.audio_to_image import (
@@ -30,7 +31,6 @@ from songsight.eval.audio_to_image import (
     fit_mappings,
     mapping_pairs,
     score_retrieval,
-    unit_rows,
 )
 from songsight.eval.config import EvalConfig, check_teacher, train_labels_of
 from songsight.eval.inputs import limit_rows
@@ -501,7 +501,7 @@ def test_merge_reports_flags_runs_on_different_galleries(full, tmp_path):
 def _clustered(n_per: int, labels: int, dim: int, centres: np.ndarray, noise: float, seed: int):
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(labels), n_per)
-    return unit_rows(centres[y] + noise * rng.standard_normal((y.size, dim))), y
+    return l2_normalize(centres[y] + noise * rng.standard_normal((y.size, dim))), y
 
 
 def test_oracle_is_best_when_images_cluster_on_their_species_text():
@@ -509,7 +509,7 @@ def test_oracle_is_best_when_images_cluster_on_their_species_text():
     text = chance_queries(n_species, dim, seed=1)
     gallery, g_labels = _clustered(5, n_species, dim, text, 0.1, seed=2)
     q_labels = np.repeat(np.arange(n_species), 4)
-    noisy = unit_rows(
+    noisy = l2_normalize(
         text[q_labels] + 0.8 * np.random.default_rng(3).standard_normal((q_labels.size, dim))
     )
     queries = {
@@ -544,7 +544,7 @@ def test_chance_sits_at_the_base_rate_with_many_queries():
 
 def test_gallery_parts_and_subsets_equal_scoring_them_alone():
     rng = np.random.default_rng(0)
-    q, g = unit_rows(rng.standard_normal((12, 8))), unit_rows(rng.standard_normal((20, 8)))
+    q, g = l2_normalize(rng.standard_normal((12, 8))), l2_normalize(rng.standard_normal((20, 8)))
     q_labels, g_labels = rng.integers(0, 3, 12), rng.integers(0, 3, 20)
     part = np.arange(20) % 2 == 0
     seen = q_labels != 2
@@ -562,7 +562,7 @@ def test_gallery_parts_and_subsets_equal_scoring_them_alone():
 def test_build_queries_uses_the_baselines():
     rng = np.random.default_rng(0)
     audio, audio_text, teacher = (
-        unit_rows(rng.standard_normal(s)) for s in ((7, 8), (3, 8), (3, 12))
+        l2_normalize(rng.standard_normal(s)) for s in ((7, 8), (3, 8), (3, 12))
     )
     labels, species = np.array([10, 11, 12, 10, 11, 12, 12]), np.array([10, 11, 12])
     mapping = fit_ridge(audio_text, teacher)
@@ -601,7 +601,10 @@ def test_procrustes_is_skipped_when_it_cannot_be_fitted():
 
 def test_zero_shot_matches_a_loop():
     rng = np.random.default_rng(1)
-    audio, text = unit_rows(rng.standard_normal((30, 6))), unit_rows(rng.standard_normal((7, 6)))
+    audio, text = (
+        l2_normalize(rng.standard_normal((30, 6))),
+        l2_normalize(rng.standard_normal((7, 6))),
+    )
     species = np.arange(100, 107)
     labels = rng.choice(species, 30)
     mask = labels != 100

@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from songsight.encoders.base import l2_normalize
+
 CascadeMode = Literal["top1", "weighted"]
 
 
@@ -63,11 +65,8 @@ def queries_from_probabilities(
     if mode == "top1":
         return bioclip[probs.argmax(axis=1)].copy()
     if mode == "weighted":
-        mixed = probs @ bioclip
-        norms = np.linalg.norm(mixed, axis=1, keepdims=True)
-        # A convex mix of unit vectors has norm 0 only if they cancel exactly; keep such rows
-        # at 0 rather than dividing by 0.
-        return (mixed / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+        # A convex mix of unit vectors has norm 0 only if they cancel exactly; such rows stay 0.
+        return l2_normalize(probs @ bioclip)
     raise ValueError(f"mode must be 'top1' or 'weighted', got {mode!r}")
 
 

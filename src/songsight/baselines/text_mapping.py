@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from songsight.encoders.base import l2_normalize
+
 FORMAT_VERSION = 1
 
 # Arrays each kind stores, (in, out) orientation so that a linear layer applies as Z @ W + b.
@@ -28,11 +30,6 @@ _ARRAY_NAMES = {
     "procrustes": ("weight", "x_mean", "y_mean"),
     "mlp": ("w1", "b1", "w2", "b2"),
 }
-
-
-def _normalise_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
 
 
 @dataclass
@@ -81,7 +78,7 @@ class TextMapping:
             out = (z - a["x_mean"]) @ a["weight"] + a["y_mean"]
         else:
             out = _mlp_forward(z, a)
-        return _normalise_rows(out)
+        return l2_normalize(out)
 
     def to_dict(self, arrays_as_lists: bool = False) -> dict[str, Any]:
         """Plain dict; arrays stay numpy (for ``np.savez``) unless ``arrays_as_lists`` (for JSON)."""

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from songsight.baselines.cascade import queries_from_probabilities, species_probabilities
+from songsight.encoders.base import l2_normalize
 
 READOUTS = ("distilled", "distilled_proto", "fused")
 # Candidate fusion weights tried on validation (0 reproduces the cascade exactly).
@@ -89,8 +90,7 @@ def readout_queries(
     of their most probable species.
     """
     if readout == "distilled":
-        x = np.asarray(distilled_emb, dtype=np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        return l2_normalize(np.asarray(distilled_emb, dtype=np.float32))
     posterior = readout_posterior(readout, distilled_emb, species_text_emb, **posterior_args)
     return queries_from_probabilities(posterior, species_text_emb, "top1")
 

@@ -30,6 +30,7 @@ import numpy as np
 from songsight.baselines.cascade import cascade_queries, species_probabilities
 from songsight.baselines.text_mapping import TextMapping, fit_mlp, fit_procrustes, fit_ridge
 from songsight.distill.readout import readout_queries
+from songsight.encoders.base import l2_normalize
 from songsight.eval.metrics import per_class_ap, retrieval_metrics, summarize
 
 RETRIEVAL_METHODS = (
@@ -44,15 +45,9 @@ TABLE_METRICS = ("map", "recall@1", "recall@5", "recall@10", "precision@10", "nd
 KS = (1, 5, 10)
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32); all-zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
-
-
 def chance_queries(n: int, dim: int, seed: int) -> np.ndarray:
     """(n, dim) float32 unit vectors drawn uniformly on the sphere from ``seed``."""
-    return unit_rows(np.random.default_rng(seed).standard_normal((n, dim)))
+    return l2_normalize(np.random.default_rng(seed).standard_normal((n, dim)))
 
 
 def label_rows(labels: Sequence[int], species_labels: Sequence[int]) -> np.ndarray:
@@ -173,7 +168,7 @@ def build_queries(
         elif m in MAPPING_METHODS and m in mappings and audio_emb is not None:
             out[m] = mappings[m].apply(audio_emb)
         elif m == "distilled" and distilled_emb is not None:
-            out[m] = unit_rows(distilled_emb)
+            out[m] = l2_normalize(distilled_emb)
         elif m == "distilled_proto" and distilled_emb is not None and readout is not None:
             out[m] = readout_queries(
                 m, distilled_emb, teacher_species_emb, logit_scale=readout["logit_scale"]
