@@ -61,9 +61,11 @@ def _progress(total: int, desc: str, enabled: bool):
     )
 
 
-def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="float32"):
-    files = collect_files(paths, suffixes)
-    out = Path(out)
+def open_store(
+    out: Path, provenance: dict, resume: bool, overwrite: bool, vector_dtype: str = "float32"
+) -> tuple[EmbeddingWriter, Path]:
+    """The store a job writes into (provenance and the package versions recorded, a resume
+    refused on any mismatch) and its errors file's path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = EmbeddingWriter(
         out,
@@ -72,7 +74,13 @@ def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="
         overwrite=overwrite,
         vector_dtype=vector_dtype,
     )
-    errors_path = errors_path_for(out)
+    return writer, errors_path_for(out)
+
+
+def _prepare(paths, suffixes, out, provenance, resume, overwrite, vector_dtype="float32"):
+    files = collect_files(paths, suffixes)
+    out = Path(out)
+    writer, errors_path = open_store(out, provenance, resume, overwrite, vector_dtype)
     todo, hashes, errors = [], {}, []
     for f in files:
         try:

@@ -220,12 +220,11 @@ def _embed_files_ray(
 ):
     from tqdm.auto import tqdm
 
-    from songsight.index.store import EmbeddingWriter, audio_rows, image_rows
+    from songsight.index.store import audio_rows, image_rows
     from songsight.inputs.audio import AUDIO_SUFFIXES
-    from songsight.inputs.files import collect_files, errors_path_for, write_errors
+    from songsight.inputs.files import collect_files, write_errors
     from songsight.inputs.images import IMAGE_SUFFIXES
-    from songsight.jobs.embed import EmbedReport
-    from songsight.provenance import environment
+    from songsight.jobs.embed import EmbedReport, open_store
 
     if concurrency < 1 or batch_size < 1:
         raise SongsightError("concurrency (workers) and batch_size must be >= 1")
@@ -237,15 +236,7 @@ def _embed_files_ray(
     options = {**options, "device": _worker_device(device)}
     prov = _remote_provenance(kind, model, options, device, window_s, hop_s)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    writer = EmbeddingWriter(
-        out,
-        {**prov, "environment": environment()},
-        resume=resume,
-        overwrite=overwrite,
-        vector_dtype=vector_dtype,
-    )
-    errors_path = errors_path_for(out)
+    writer, errors_path = open_store(out, prov, resume, overwrite, vector_dtype)
     dim = int(prov["dim"])
     n_ok = n_skipped = n_rows = n_silent = 0
     errors: list[tuple[str, str]] = []

@@ -1,0 +1,151 @@
+"""The layout holds: imports point down the data flow, and the README's layout is the tree.
+
+Read from the source with `ast` (imports inside functions count too), so a lazy import that
+climbs a layer fails here rather than in review.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "songsight"
+
+# Lower numbers sit lower: a module may import its own unit or a unit of a lower rank only.
+# eval.metrics and distill.loss are pure numpy/torch functions that anything may use.
+RANK = {
+    "errors": 0,
+    "provenance": 1,
+    "taxonomy": 1,
+    "config": 1,
+    "eval.metrics": 1,
+    "inputs": 2,
+    "data": 2,
+    "encoders": 3,
+    "distill.loss": 3,
+    "index": 4,
+    "baselines": 4,
+    "jobs": 5,
+    "distill": 5,
+    "eval": 6,
+    "retrieval": 6,
+    "sim": 7,
+    "serve": 7,
+    "cli": 8,
+    "testing": 8,
+    "__main__": 8,
+    "": 9,  # songsight/__init__.py, the public API
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _unit(module: str) -> str:
+    """The `RANK` key a dotted name (relative to songsight) belongs to: the longest prefix."""
+    parts = module.split(".") if module else []
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in RANK:
+            return key
+    return ""
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module relative to songsight) of every songsight import in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "songsight":
+                out += [(node.lineno, alias.name) for alias in node.names]
+            elif node.module.startswith("songsight."):
+                out.append((node.lineno, node.module.removeprefix("songsight.")))
+        elif isinstance(node, ast.Import):
+            out += [
+                (node.lineno, a.name.removeprefix("songsight."))
+                for a in node.names
+                if a.name.startswith("songsight.")
+            ]
+    return out
+
+
+def _all_modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "static" not in p.parts)
+
+
+def test_every_module_has_a_rank():
+    unknown = [_module_name(p) for p in _all_modules() if _unit(_module_name(p)) == ""]
+    assert unknown == [""], f"modules outside every layer: {unknown}"
+
+
+def test_imports_point_down_the_data_flow():
+    climbing = []
+    for path in _all_modules():
+        mine = _unit(_module_name(path))
+        for line, target in _imports(path):
+            theirs = _unit(target)
+            if theirs != mine and RANK[theirs] >= RANK[mine]:
+                climbing.append(f"{path.relative_to(ROOT)}:{line} ({mine}) imports {target}")
+    assert not climbing, "imports that climb a layer:\n" + "\n".join(climbing)
+
+
+def test_the_index_never_imports_a_job():
+    for path in (PACKAGE / "index").rglob("*.py"):
+        assert not [t for _, t in _imports(path) if t.startswith("jobs")], path
+
+
+def _layout_block() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Layout\n", 1)[1]
+    match = re.search(r"```text\n(.*?)```", section, re.S)
+    assert match, "README's Layout section has no ```text tree"
+    return match.group(1)
+
+
+def _layout_entries() -> set[str]:
+    """Paths (relative to src/songsight) the README's tree names: ``pkg/`` lines list files."""
+    entries: set[str] = set()
+    current = ""
+    for raw in _layout_block().splitlines():
+        if not raw.startswith("  ") or not raw.strip():
+            continue
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        first, *rest = line.split()
+        if first.endswith("/"):
+            current = first
+            entries.add(first.rstrip("/"))
+            names = rest
+        else:
+            current = ""
+            names = [first, *rest]
+        entries.update(current + n for n in names if n.endswith(".py"))
+    return entries
+
+
+def test_readme_layout_is_the_tree():
+    named = _layout_entries()
+    real = {str(p.relative_to(PACKAGE)) for p in _all_modules() if p.name != "__init__.py"}
+    real |= {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    real.add("__init__.py")
+    assert sorted(named - real) == [], "the README names modules that do not exist"
+    assert sorted(real - named) == [], "modules missing from the README's layout"
+
+
+@pytest.mark.parametrize("limit", [420])
+def test_no_module_past_the_limit(limit):
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in _all_modules()
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > limit
+    }
+    assert not long, f"modules past ~400 lines: {long}"
