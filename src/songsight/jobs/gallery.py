@@ -181,6 +181,69 @@ def _merge_errors(directory: Path, files, missing_errors, run_errors_path: Path)
     return run_errors
 
 
+def _existing_model(directory: Path, meta: dict, image_model, vector_dtype: str | None):
+    """(image model, preprocessing) for adding to an existing gallery: its own, or one given
+    that the revision shows to be the same weights (checked before any weights load)."""
+    from songsight.encoders.loading import resolve_model
+
+    if vector_dtype is not None and vector_dtype != meta["vector_dtype"]:
+        raise ProvenanceMismatchError(
+            f"{directory} stores {meta['vector_dtype']} vectors; it cannot take "
+            f"{vector_dtype} ones (build a new gallery, or drop --vector-dtype)"
+        )
+    stored = meta["image_model"]
+    if image_model is None:
+        image_model = stored["model_id"]
+    spec = _spec_of(image_model)
+    if spec is not None:
+        check_image_model(stored, resolve_model(spec, "image").provenance(), spec)
+        image_model = stored["model_id"]  # same weights: the gallery's own spelling
+    return image_model, stored["preprocessing"].get("choice", "model")
+
+
+def _image_model(engine, image_model, preprocess, device, batch_size, precision):
+    """(the local encoder or None for Ray, the image model's provenance)."""
+    if engine == "local":
+        encoder = _make_encoder(image_model, preprocess, device, batch_size, precision)
+        return encoder, encoder.provenance()
+    from songsight.jobs.ray import image_model_provenance
+
+    if _spec_of(image_model) is None:
+        raise SongsightError("engine='ray' needs a model id or folder, not an encoder object")
+    prov = image_model_provenance(
+        str(image_model), preprocess=preprocess, device=device, precision=precision
+    )
+    return None, prov
+
+
+def _embed_photos(directory, meta, files, encoder, image_model, pending, options):
+    """Embed ``files`` into the gallery's store, locally or on Ray (which, for a Milvus
+    gallery, writes straight into the collection); returns (EmbedReport, Milvus holder)."""
+    store = directory / STORE_FILE
+    if encoder is not None:
+        from songsight.jobs.embed import embed_image_files
+
+        report = embed_image_files(
+            files, store, encoder, resume=True, progress=options["progress"],
+            vector_dtype=meta["vector_dtype"],
+        )  # fmt: skip
+        return report, None
+    from songsight.jobs.ray import embed_image_files_ray
+
+    sink = holder = None
+    if meta["index"]["requested"] == "milvus":
+        from songsight.index.gallery_milvus import ray_sink
+
+        sink, holder = ray_sink(directory, meta, pending)
+    report = embed_image_files_ray(
+        files, store, str(image_model), preprocess=options["preprocess"], resume=True,
+        progress=options["progress"], vector_dtype=meta["vector_dtype"],
+        concurrency=options["workers"], batch_size=options["batch_size"],
+        device=options["device"], precision=options["precision"], milvus=sink,
+    )  # fmt: skip
+    return report, holder
+
+
 def _update(
     directory: Path,
     paths: Iterable[str | Path],
@@ -202,8 +265,6 @@ def _update(
     milvus: dict | None = None,
 ) -> GalleryReport:
     """Embed new photos into the gallery at ``directory`` (created if ``creating``)."""
-    from songsight.encoders.loading import resolve_model
-
     paths = list(paths)
     if engine not in ("local", "ray"):
         raise SongsightError(f"engine must be 'local' or 'ray', not {engine!r}")
@@ -216,20 +277,7 @@ def _update(
     if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise SongsightError(f"vector dtype must be one of {VECTOR_DTYPES}, not {vector_dtype!r}")
     if meta is not None:
-        if vector_dtype is not None and vector_dtype != meta["vector_dtype"]:
-            raise ProvenanceMismatchError(
-                f"{directory} stores {meta['vector_dtype']} vectors; it cannot take "
-                f"{vector_dtype} ones (build a new gallery, or drop --vector-dtype)"
-            )
-        stored = meta["image_model"]
-        preprocess = stored["preprocessing"].get("choice", "model")
-        if image_model is None:
-            image_model = stored["model_id"]
-        spec = _spec_of(image_model)
-        if spec is not None:
-            # Before loading any weights: the revision says whether it is the same model.
-            check_image_model(stored, resolve_model(spec, "image").provenance(), spec)
-            image_model = stored["model_id"]  # same weights: the gallery's own spelling
+        image_model, preprocess = _existing_model(directory, meta, image_model, vector_dtype)
     if not paths and manifest is None:
         raise DataNotFoundError("nothing to index: give photo folders or files, or --manifest")
     files, pending, missing_errors = _collect_inputs(paths, manifest, species_csv)
@@ -249,18 +297,7 @@ def _update(
     directory.mkdir(parents=True, exist_ok=True)
     image_model = image_model or BIOCLIP2_ID
     preprocess = preprocess or "model"
-    encoder = None
-    if engine == "local":
-        encoder = _make_encoder(image_model, preprocess, device, batch_size, precision)
-        prov = encoder.provenance()
-    else:
-        from songsight.jobs.ray import image_model_provenance
-
-        if _spec_of(image_model) is None:
-            raise SongsightError("engine='ray' needs a model id or folder, not an encoder object")
-        prov = image_model_provenance(
-            str(image_model), preprocess=preprocess, device=device, precision=precision
-        )
+    encoder, prov = _image_model(engine, image_model, preprocess, device, batch_size, precision)
     if milvus is not None:
         from songsight.index.gallery_milvus import milvus_config
 
@@ -271,37 +308,11 @@ def _update(
 
         probe(directory, meta)  # a held file, a server out of reach: before any embedding
     store_pending(directory, pending)
-    store = directory / STORE_FILE
-    holder = None
-    if engine == "ray":
-        from songsight.jobs.ray import embed_image_files_ray
-
-        sink = None
-        if meta["index"]["requested"] == "milvus":
-            from songsight.index.gallery_milvus import ray_sink
-
-            sink, holder = ray_sink(directory, meta, pending)
-        report = embed_image_files_ray(
-            sorted_.embed,
-            store,
-            str(image_model),
-            preprocess=preprocess,
-            resume=True,
-            progress=progress,
-            vector_dtype=meta["vector_dtype"],
-            concurrency=workers,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            milvus=sink,
-        )
-    else:
-        from songsight.jobs.embed import embed_image_files
-
-        report = embed_image_files(
-            sorted_.embed, store, encoder, resume=True, progress=progress,
-            vector_dtype=meta["vector_dtype"],
-        )  # fmt: skip
+    options = dict(progress=progress, preprocess=preprocess, workers=workers,
+                   batch_size=batch_size, device=device, precision=precision)  # fmt: skip
+    report, holder = _embed_photos(
+        directory, meta, sorted_.embed, encoder, image_model, pending, options
+    )
     hashes = attach_metadata(directory)
     kind = _update_index(directory, meta, hashes, progress=progress)
     if holder is not None:
