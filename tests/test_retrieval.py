@@ -174,7 +174,7 @@ def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_i
     fused names species outside the distillation set through BioLingual's own answer."""
     from songsight.baselines.cascade import species_probabilities
     from songsight.distill.readout import readout_queries
-    from songsight.encoders.base import embed_prompt_average
+    from songsight.encoders.prompts import embed_prompt_average
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.distilled import DistilledEncoder
     from songsight.taxonomy import build_prompts

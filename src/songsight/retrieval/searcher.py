@@ -44,6 +44,39 @@ __all__ = ["Searcher", "search"]
 MIN_DURATION_S = 0.5  # shorter recordings have too little sound to name a bird: flagged
 
 
+def _check_model_choice(model, method, audio_model, image_model) -> None:
+    """Refuse a method without the model it needs, and cascade models beside a distilled one."""
+    if method is not None and method not in SEARCH_METHODS:
+        raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
+    if model is None and method not in (None, "cascade"):
+        raise SongsightError(f"method {method!r} needs a distilled model: pass --model DIR")
+    base_override = method in ("fused", "cascade")
+    if model is not None and (
+        image_model is not None or (audio_model is not None and not base_override)
+    ):
+        raise SongsightError(
+            "--audio-model / --image-model choose the zero-shot cascade's models; a "
+            "distilled model (--model) brings its own audio encoder and its teacher is "
+            "checked against the gallery's image model: drop them, or drop --model "
+            "(with --method fused or cascade, --audio-model says where the BioLingual it "
+            "was distilled from is)"
+        )
+
+
+def _rollup_source(temperature_given: bool, calibration: dict | None) -> dict:
+    """Where the roll-up temperature came from, for the searcher's provenance."""
+    if temperature_given:
+        return {"temperature_source": "given"}
+    if calibration is not None:
+        return {
+            "temperature_source": "calibrated",
+            "calibration": {
+                k: calibration.get(k) for k in ("n_queries", "nll", "split", "fitted_utc")
+            },
+        }
+    return {"temperature_source": "default (not calibrated on validation data)"}
+
+
 class Searcher:
     """Recordings in, photos and species out, from one gallery.
 
@@ -88,23 +121,7 @@ class Searcher:
         from songsight.retrieval.calibration import model_key, recorded_calibration
         from songsight.retrieval.gallery import Gallery
 
-        if method is not None and method not in SEARCH_METHODS:
-            raise SongsightError(
-                f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}"
-            )
-        if model is None and method not in (None, "cascade"):
-            raise SongsightError(f"method {method!r} needs a distilled model: pass --model DIR")
-        base_override = method in ("fused", "cascade")
-        if model is not None and (
-            image_model is not None or (audio_model is not None and not base_override)
-        ):
-            raise SongsightError(
-                "--audio-model / --image-model choose the zero-shot cascade's models; a "
-                "distilled model (--model) brings its own audio encoder and its teacher is "
-                "checked against the gallery's image model: drop them, or drop --model "
-                "(with --method fused or cascade, --audio-model says where the BioLingual it "
-                "was distilled from is)"
-            )
+        _check_model_choice(model, method, audio_model, image_model)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
         if len(self.gallery) == 0:
             raise SongsightError(
@@ -147,18 +164,9 @@ class Searcher:
         self.encoder = self._query.encoder
         self.answered_by = self._query.answered_by
         calibration = recorded_calibration(self.gallery.provenance, model_key(self))
-        if temperature_given:
-            rollup = {"temperature_source": "given"}
-        elif calibration is not None:
+        rollup = _rollup_source(temperature_given, calibration)
+        if calibration is not None and not temperature_given:
             self.rollup_temperature = float(calibration["temperature"])
-            rollup = {
-                "temperature_source": "calibrated",
-                "calibration": {
-                    k: calibration.get(k) for k in ("n_queries", "nll", "split", "fitted_utc")
-                },
-            }
-        else:
-            rollup = {"temperature_source": "default (not calibrated on validation data)"}
         self.species = None if species_list is None else self.species_filter(species_list)
         self.provenance = {
             "answered_by": self.answered_by,
