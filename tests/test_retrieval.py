@@ -296,7 +296,7 @@ def test_cascade_answers_through_species_text(world, tiny_models):
     from songsight.baselines.cascade import cascade_queries
     from songsight.encoders.bioclip import BioCLIPEncoder
     from songsight.encoders.biolingual import BioLingualEncoder
-    from songsight.taxonomy import TEMPLATE_SETS
+    from songsight.prompt_templates import TEMPLATE_SETS
 
     gallery = world["gallery"]
     searcher = Searcher(gallery, audio_model=tiny_models[0], device="cpu")

@@ -16,7 +16,8 @@ import pandas as pd
 
 from songsight.encoders.base import embed_prompt_average
 from songsight.errors import InputFileError
-from songsight.taxonomy import Species, build_prompts, resolve_templates
+from songsight.prompt_templates import resolve_templates
+from songsight.taxonomy import Species, build_prompts
 
 # Columns that identify an SSW60 row wherever the dataset lives (paths do not).
 ID_COLUMNS = ("asset_id", "label", "split", "source")
@@ -106,7 +107,7 @@ def embed_with_models(
 def species_text(encoder, species: Sequence[Species], fmt: str, templates) -> np.ndarray:
     """(S, D): each species' prompt through every template, averaged, re-normalised.
 
-    ``templates``: anything `songsight.taxonomy.resolve_templates` takes."""
+    ``templates``: anything `songsight.prompt_templates.resolve_templates` takes."""
     return embed_prompt_average(encoder, build_prompts(species, fmt, templates))
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
+from songsight.prompt_templates import TEMPLATE_SETS
 from songsight.provenance import environment, stable_hash
 from songsight.sim.recipes import (
     RECIPES,
@@ -52,7 +53,6 @@ from songsight.sim.recipes import (
 )
 from songsight.sim.student import call_windows, pretrain_student
 from songsight.sim.teacher import pretrain_teacher
-from songsight.taxonomy import TEMPLATE_SETS
 
 __all__ = [
     "ASSETS_DIR", "FORMAT", "RECIPES", "ROLES", "STUDENT_PROMPTS", "STUDENT_SPEC", "TEACHER_PROMPTS",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from songsight.prompt_templates import TEMPLATE_SETS
 from songsight.sim.recipes import (
     STUDENT_PROMPTS,
     VAL_FRACTION,
@@ -23,7 +24,6 @@ from songsight.sim.recipes import (
     warmup_cosine,
     zero_shot_accuracy,
 )
-from songsight.taxonomy import TEMPLATE_SETS
 from songsight.testing import TinyClapSpec
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from songsight.prompt_templates import TEMPLATE_SETS
 from songsight.sim.recipes import (
     TEACHER_PROMPTS,
     VAL_FRACTION,
@@ -17,7 +18,6 @@ from songsight.sim.recipes import (
     warmup_cosine,
     zero_shot_accuracy,
 )
-from songsight.taxonomy import TEMPLATE_SETS
 from songsight.testing import TinyClipSpec
 
 
