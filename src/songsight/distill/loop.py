@@ -50,7 +50,9 @@ class Trainer:
         self.progress, self.resume, self.stop_after_steps = progress, resume, stop_after_steps
         self.stopped = self.early = False
         self.seen_items = 0
+        self.t0 = 0.0  # wall time the loop started, for items_per_s
         self.log: MetricsLog | None = None
+        self.bar = None
 
     # --- the run ------------------------------------------------------------------------------
     def fit(self) -> TrainState:

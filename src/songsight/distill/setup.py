@@ -255,7 +255,10 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
         split_info, plan, st, all_targets.shape[1], head_note,
     )  # fmt: skip
     return DistillRun(
-        cfg, Path(out_dir), device, rank, world, local_rank, species, train_labels, plan, data,
-        0 if val_df is None else len(val_df), all_targets, train_targets, st, module, model,
-        original, loss_fn, optimizer, scheduler, autocast, validator, meta,
+        cfg=cfg, out=Path(out_dir), device=device, rank=rank, world=world,
+        local_rank=local_rank, species=species, train_labels=train_labels, plan=plan, data=data,
+        val_clips=0 if val_df is None else len(val_df), all_targets=all_targets,
+        train_targets=train_targets, st=st, module=module, model=model, original=original,
+        loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, autocast=autocast,
+        validator=validator, meta=meta,
     )  # fmt: skip
