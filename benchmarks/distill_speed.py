@@ -10,13 +10,13 @@ exported in SSW60's layout: 10 s mono PCM16 WAVs at 22.05 kHz, as SSW60's ``audi
 them, decoded and resampled by the trainer itself.
 
 The run stops after ``--epochs-timed`` epochs, so exactly one epoch end (with its ``best`` and
-``last`` checkpoints) falls inside it. Phases are timed by wrapping, not changing, the
-functions the trainer calls (teacher load, teacher targets, student load, decoding, checkpoint
-saves, the per-step metrics row). Step time is the interval between consecutive metrics rows:
-each row is written after the step's loss has been read back to the host, so in steady state
-the interval is one full step (decoded crops to log-mels, forward, backward, optimiser). The
-first step (warm-up) and any interval holding a checkpoint save are left out of the step
-statistics. The log-mel features of one batch are also timed on their own, on the device (where
+``last`` checkpoints) falls inside it. Phases are timed through the trainer's hooks
+(`songsight.distill.hooks`: teacher load, teacher targets, student load, decoding, checkpoint
+saves, the end of every step). Step time is the interval between consecutive step ends: each
+is reported after the step's loss has been read back to the host and its metrics row written,
+so in steady state the interval is one full step (decoded crops to log-mels, forward, backward,
+optimiser). The first step (warm-up) and any interval holding a checkpoint save are left out of
+the step statistics. The log-mel features of one batch are also timed on their own, on the device (where
 the trainer computes them) and on the CPU, to show how much of a step they are.
 
 From these it estimates the paper-scale run: 10 epochs x 2,597 SSW60 training clips (81 steps
@@ -34,7 +34,6 @@ loss improves) + loading both models and computing the teacher targets.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -48,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_throughput import build_bioclip2_shape, build_biolingual_shape
+from songsight.distill.hooks import DistillHooks
 
 # SSW60's audio training split and the paper-scale schedule (docs/reproduce.md).
 SSW60_TRAIN_CLIPS = 2_597
@@ -55,54 +55,31 @@ SSW60_SPECIES = 60
 PAPER_EPOCHS = 10
 
 
-class PhaseClock:
-    """Wraps callables in place and records (start, end, args) of every call, by name.
-
-    Arguments are kept only where asked (``keep_args``): the others would hold, for example,
-    the trainer's decoded-audio cache alive after the run.
-    """
+class PhaseClock(DistillHooks):
+    """Records the trainer's phases through its hooks (`songsight.distill.hooks`): set-up phase
+    totals, every checkpoint's (start, end), the loop's start and the end of every step."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, list[tuple[float, float, tuple]]] = defaultdict(list)
-        self._undo: list[tuple[object, str, object]] = []
+        self.phase_s: dict[str, float] = defaultdict(float)
+        self.saves: list[tuple[float, float]] = []
+        self.loop_start: float | None = None
+        self.step_ends: list[float] = []
 
-    def wrap(self, owner: object, attr: str, name: str, keep_args: bool = False) -> None:
-        fn = getattr(owner, attr)
+    def on_phase(self, name: str, seconds: float) -> None:
+        self.phase_s[name] += seconds
 
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.calls[name].append((t0, time.perf_counter(), args if keep_args else ()))
+    def on_loop_start(self, step: int) -> None:
+        self.loop_start = time.perf_counter()
 
-        setattr(owner, attr, timed)
-        self._undo.append((owner, attr, fn))
+    def on_step(self, step: int, epoch: int, row: dict) -> None:
+        self.step_ends.append(time.perf_counter())
 
-    def restore(self) -> None:
-        for owner, attr, fn in reversed(self._undo):
-            setattr(owner, attr, fn)
-        self._undo.clear()
+    def on_checkpoint(self, name: str, epoch: int, step: int, seconds: float) -> None:
+        end = time.perf_counter()
+        self.saves.append((end - seconds, end))
 
     def total_s(self, name: str) -> float:
-        return sum(t1 - t0 for t0, t1, _ in self.calls.get(name, []))
-
-
-def instrument(clock: PhaseClock) -> None:
-    """Time the trainer's phases through the names it looks up at run time."""
-    import songsight.distill.train as train_mod
-    import songsight.encoders.bioclip as bioclip_mod
-    import songsight.encoders.biolingual as biolingual_mod
-    from songsight.distill.data import AudioCrops
-
-    clock.wrap(bioclip_mod.BioCLIPEncoder, "__init__", "teacher_load")
-    clock.wrap(train_mod, "teacher_targets", "teacher_targets")
-    clock.wrap(biolingual_mod, "load_clap", "student_load")  # imported inside distill()
-    clock.wrap(AudioCrops, "check", "decode")
-    clock.wrap(train_mod, "save_checkpoint", "save")
-    clock.wrap(train_mod.MetricsLog, "__init__", "loop_start")
-    clock.wrap(train_mod.MetricsLog, "write", "metrics_row", keep_args=True)  # (log, row)
+        return self.phase_s.get(name, 0.0)
 
 
 def export_training_world(world_dir: Path, n_species: int, clips_per_species: int) -> Path:
@@ -142,10 +119,8 @@ def export_training_world(world_dir: Path, n_species: int, clips_per_species: in
 
 
 def step_stats(clock: PhaseClock) -> dict:
-    """Step timings from the metrics rows: first step, then steady intervals without a save."""
-    loop_start = clock.calls["loop_start"][-1][1]
-    ends = [t1 for _, t1, args in clock.calls["metrics_row"] if "lr" in args[1]]
-    saves = [(t0, t1) for t0, t1, _ in clock.calls["save"]]
+    """Step timings from the step ends: first step, then steady intervals without a save."""
+    loop_start, ends, saves = clock.loop_start, clock.step_ends, clock.saves
     intervals, with_save = [], []
     for a, b in zip(ends, ends[1:], strict=False):
         (with_save if any(a <= s0 < b for s0, _ in saves) else intervals).append(b - a)
@@ -260,24 +235,21 @@ def run_benchmark(args) -> dict:
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         clock = PhaseClock()
-        instrument(clock)
         t0 = time.perf_counter()
-        try:
-            summary = distill(
-                manifest,
-                world_dir / "taxa.csv",
-                audio_dir,
-                image_dir,
-                run_dir,
-                cfg,
-                device=device,
-                progress=False,
-                stop_after_steps=stop_after,
-            )
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-        finally:
-            clock.restore()
+        summary = distill(
+            manifest,
+            world_dir / "taxa.csv",
+            audio_dir,
+            image_dir,
+            run_dir,
+            cfg,
+            device=device,
+            progress=False,
+            stop_after_steps=stop_after,
+            hooks=clock,
+        )
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         distill_s = time.perf_counter() - t0
         peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
@@ -286,7 +258,7 @@ def run_benchmark(args) -> dict:
         features_s = time_features(audio_dir, paths, cfg.batch_size)
         features_dev_s = time_features(audio_dir, paths, cfg.batch_size, device)
 
-        saves = clock.calls["save"]
+        saves = clock.saves
         result = {
             "machine": _machine(device),
             "config": cfg.to_dict(),
@@ -302,8 +274,8 @@ def run_benchmark(args) -> dict:
                 "teacher_targets_s": clock.total_s("teacher_targets"),
                 "student_load_s": clock.total_s("student_load"),
                 "decode_s": clock.total_s("decode"),
-                "saves": [t1 - t0 for t0, t1, _ in saves],
-                "epoch_end_save_s": sum(t1 - t0 for t0, t1, _ in saves),
+                "saves": [t1 - t0 for t0, t1 in saves],
+                "epoch_end_save_s": sum(t1 - t0 for t0, t1 in saves),
                 "features_cpu_batch_s": features_s,
                 "features_device_batch_s": features_dev_s,
             },

@@ -20,25 +20,26 @@ PACKAGE = ROOT / "src" / "songsight"
 RANK = {
     "errors": 0,
     "provenance": 1,
-    "taxonomy": 1,
     "config": 1,
+    "prompt_templates": 1,
     "eval.metrics": 1,
-    "inputs": 2,
-    "data": 2,
-    "encoders": 3,
-    "distill.loss": 3,
-    "index": 4,
-    "baselines": 4,
-    "jobs": 5,
-    "distill": 5,
-    "eval": 6,
-    "retrieval": 6,
-    "sim": 7,
-    "serve": 7,
-    "cli": 8,
-    "testing": 8,
-    "__main__": 8,
-    "": 9,  # songsight/__init__.py, the public API
+    "taxonomy": 2,
+    "inputs": 3,
+    "data": 3,
+    "encoders": 4,
+    "distill.loss": 4,
+    "index": 5,
+    "baselines": 5,
+    "jobs": 6,
+    "distill": 6,
+    "eval": 7,
+    "retrieval": 7,
+    "sim": 8,
+    "serve": 8,
+    "cli": 9,
+    "testing": 9,
+    "__main__": 9,
+    "": 10,  # songsight/__init__.py, the public API
 }
 
 
@@ -60,20 +61,32 @@ def _unit(module: str) -> str:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module relative to songsight) of every songsight import in a file."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "songsight":
-                out += [(node.lineno, alias.name) for alias in node.names]
-            elif node.module.startswith("songsight."):
+    """(line, module relative to songsight) of every songsight import in a file that runs
+    (those under ``if TYPE_CHECKING:`` name types only and are left out)."""
+    out: list[tuple[int, str]] = []
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module == "songsight" and node.level == 0:
+                out.extend((node.lineno, alias.name) for alias in node.names)
+            elif node.module and node.level == 0 and node.module.startswith("songsight."):
                 out.append((node.lineno, node.module.removeprefix("songsight.")))
-        elif isinstance(node, ast.Import):
-            out += [
+
+        def visit_Import(self, node: ast.Import) -> None:
+            out.extend(
                 (node.lineno, a.name.removeprefix("songsight."))
                 for a in node.names
                 if a.name.startswith("songsight.")
-            ]
+            )
+
+    Visitor().visit(ast.parse(path.read_text(encoding="utf-8")))
     return out
 
 

@@ -398,3 +398,66 @@ def test_targets_from_a_templates_file_record_the_strings(world, tiny_image_enco
     # A built-in set comes back by name.
     _, named = teacher_targets(tiny_image_encoder, species, "taxon_com", "none", tmp_path / "cache")
     assert checkpoint_prompts({"prompts": named}) == ("taxon_com", "none")
+
+
+def test_hooks_report_every_phase_step_validation_and_checkpoint(world, tiny_models, tmp_path):
+    """The hooks see what the run writes (metrics rows, checkpoints) and leave it unchanged."""
+    import pandas as pd
+
+    from songsight.distill.hooks import SETUP_PHASES, DistillHooks
+    from songsight.distill.train import distill
+
+    class Recorder(DistillHooks):
+        def __init__(self):
+            self.events = []
+
+        def on_phase(self, name, seconds):
+            self.events.append(("phase", name, seconds))
+
+        def on_loop_start(self, step):
+            self.events.append(("loop_start", step))
+
+        def on_step(self, step, epoch, row):
+            self.events.append(("step", step, epoch, row["total"]))
+
+        def on_validate(self, epoch, step, figures):
+            self.events.append(("validate", epoch, step, figures["val_score"]))
+
+        def on_checkpoint(self, name, epoch, step, seconds):
+            self.events.append(("checkpoint", name, epoch, step))
+
+        def on_epoch_end(self, epoch, step):
+            self.events.append(("epoch_end", epoch, step))
+
+    audio, image = tiny_models
+    kw = dict(device="cpu", progress=False, cache_dir=tmp_path / "c")
+    args = (world / "audio.csv", world / "taxa.csv", audio, image)
+    rec = Recorder()
+    summary = distill(*args, tmp_path / "hooked", _cfg(), hooks=rec, **kw)
+    distill(*args, tmp_path / "plain", _cfg(), **kw)
+
+    kinds = [e[0] for e in rec.events]
+    phases = [e[1] for e in rec.events if e[0] == "phase"]
+    assert phases == list(SETUP_PHASES) and all(e[2] >= 0 for e in rec.events if e[0] == "phase")
+    assert kinds.index("loop_start") > kinds.index("validate")  # the starting point first
+    rows = pd.read_csv(tmp_path / "hooked" / "metrics.csv")
+    train_rows = rows.dropna(subset=["total"])
+    steps = [e for e in rec.events if e[0] == "step"]
+    assert [e[1] for e in steps] == list(range(1, summary["steps"] + 1))
+    assert [e[1:3] for e in steps] == list(
+        zip(train_rows["step"].tolist(), train_rows["epoch"].tolist(), strict=True)
+    )
+    np.testing.assert_allclose([e[3] for e in steps], train_rows["total"], rtol=1e-6)
+    val_rows = rows.dropna(subset=["val_score"])
+    validations = [e for e in rec.events if e[0] == "validate"]
+    assert [e[1:3] for e in validations] == list(
+        zip(val_rows["epoch"].tolist(), val_rows["step"].tolist(), strict=True)
+    )
+    np.testing.assert_allclose([e[3] for e in validations], val_rows["val_score"], rtol=1e-6)
+    saved = {e[1] for e in rec.events if e[0] == "checkpoint"}
+    assert saved == {"best", "last"} and all((tmp_path / "hooked" / n).is_dir() for n in saved)
+    ends = [e[1] for e in rec.events if e[0] == "epoch_end"]
+    assert ends == list(range(_cfg().epochs))
+    # Watching changes nothing: the same weights as the run without hooks.
+    hooked, plain = _weights(tmp_path / "hooked"), _weights(tmp_path / "plain")
+    assert all(np.array_equal(hooked[k].numpy(), plain[k].numpy()) for k in plain)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from songsight.encoders.base import AudioEncoder, ImageEncoder, TextEncoder
 from songsight.errors import InputFileError
-from songsight.taxonomy import TEMPLATE_SETS, Species
+from songsight.prompt_templates import TEMPLATE_SETS
+from songsight.taxonomy import Species
 
 RATE = 16_000  # the tiny CLAP's sampling rate; its window is 2 s (32,000 samples)
 

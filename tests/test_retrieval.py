@@ -174,9 +174,9 @@ def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_i
     fused names species outside the distillation set through BioLingual's own answer."""
     from songsight.baselines.cascade import species_probabilities
     from songsight.distill.readout import readout_queries
-    from songsight.encoders.prompts import embed_prompt_average
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.distilled import DistilledEncoder
+    from songsight.encoders.prompts import embed_prompt_average
     from songsight.taxonomy import build_prompts
 
     trained = [t.scientific_name for t in TAXA[:2]]
@@ -296,7 +296,7 @@ def test_cascade_answers_through_species_text(world, tiny_models):
     from songsight.baselines.cascade import cascade_queries
     from songsight.encoders.bioclip import BioCLIPEncoder
     from songsight.encoders.biolingual import BioLingualEncoder
-    from songsight.taxonomy import TEMPLATE_SETS
+    from songsight.prompt_templates import TEMPLATE_SETS
 
     gallery = world["gallery"]
     searcher = Searcher(gallery, audio_model=tiny_models[0], device="cpu")

@@ -205,7 +205,7 @@ def test_quick_world_stand_ins_come_from_assets_load_and_are_cached(quick_world,
     held = P.holdout_mask(labels, P.VAL_FRACTION, 0)
     audio = student.embed_audio([p for p, h in zip(paths, held, strict=True) if h])
     fmt, tmpl = P.STUDENT_PROMPTS
-    from songsight.taxonomy import TEMPLATE_SETS
+    from songsight.prompt_templates import TEMPLATE_SETS
 
     prompts = [t.format(s.prompt(fmt)) for s in species for t in TEMPLATE_SETS[tmpl]]
     text = student.embed_texts(prompts).reshape(len(species), len(TEMPLATE_SETS[tmpl]), -1)

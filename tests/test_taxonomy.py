@@ -7,10 +7,9 @@ import csv
 import pytest
 
 from songsight.errors import DataNotFoundError, SongsightError
+from songsight.prompt_templates import PROMPT_FORMATS, TEMPLATE_SETS
 from songsight.taxonomy import (
-    PROMPT_FORMATS,
     TAXA_COLUMNS,
-    TEMPLATE_SETS,
     Species,
     build_prompts,
     load_species_csv,
@@ -182,7 +181,7 @@ def test_names_in_any_script_and_empty_ones_load_and_prompt(tmp_path):
 
 
 def test_named_fields_fill_from_the_species(taxa_csv):
-    from songsight.taxonomy import resolve_templates
+    from songsight.prompt_templates import resolve_templates
 
     goose, duck, _ = load_species_csv(taxa_csv)
     owl = Species(
@@ -219,7 +218,7 @@ def test_named_fields_fill_from_the_species(taxa_csv):
 
 
 def test_templates_file(tmp_path, taxa_csv):
-    from songsight.taxonomy import resolve_templates
+    from songsight.prompt_templates import resolve_templates
 
     path = tmp_path / "captions.txt"
     path.write_text(
@@ -246,7 +245,7 @@ def test_templates_file(tmp_path, taxa_csv):
     ],
 )
 def test_bad_template_strings_are_one_clear_error(text, message):
-    from songsight.taxonomy import resolve_templates
+    from songsight.prompt_templates import resolve_templates
 
     with pytest.raises(SongsightError, match=message) as info:
         resolve_templates(text)
@@ -254,7 +253,7 @@ def test_bad_template_strings_are_one_clear_error(text, message):
 
 
 def test_bad_templates_files_name_the_line(tmp_path):
-    from songsight.taxonomy import resolve_templates
+    from songsight.prompt_templates import resolve_templates
 
     bad = tmp_path / "bad.txt"
     bad.write_text("{common} calling\nthe sound of birds\n", encoding="utf-8")

@@ -100,4 +100,3 @@ def check_image_model(
             "a local folder",
             stacklevel=3,
         )
-

@@ -49,7 +49,7 @@ def _add_method(p: argparse.ArgumentParser) -> None:
 
 def _add_cascade_prompts(p: argparse.ArgumentParser) -> None:
     """How the zero-shot cascade (no --model) asks each model for its species' text."""
-    from songsight.taxonomy import PROMPT_FORMATS
+    from songsight.prompt_templates import PROMPT_FORMATS
 
     p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None,
                    help="cascade: the image model's species text (default taxon_com)")  # fmt: skip

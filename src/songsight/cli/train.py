@@ -33,7 +33,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS
+    from songsight.prompt_templates import PROMPT_FORMATS, TEMPLATE_SETS
 
     p = sub.add_parser(
         "evaluate", help="SSW60 evaluation: retrieval, probes, zero-shot alignment, baselines"

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +38,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from songsight.data.cells import (
+    SHOW,
+    canonical,
+    float_column,
+    is_blank,
+    quote_rows,
+    to_float_or_nan,
+)
 from songsight.errors import DataNotFoundError
 
 REQUIRED_COLUMNS = ("path", "label")
@@ -58,7 +65,6 @@ COLUMN_ALIASES = {
 
 _CSV_SUFFIXES = (".csv", ".csv.gz")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-_SHOW = 5  # offending rows quoted in an error message
 
 
 def _format_of(path: Path) -> str:
@@ -82,49 +88,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if fmt == "parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def _quote(df: pd.DataFrame, bad: np.ndarray, column: str) -> str:
-    rows = np.flatnonzero(bad)
-    shown = ", ".join(f"row {i}: {df[column].iloc[i]!r}" for i in rows[:_SHOW])
-    more = f" and {len(rows) - _SHOW} more" if len(rows) > _SHOW else ""
-    return f"{shown}{more}"
-
-
-def _is_blank(value: object) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
-
-
-def _to_float(value: object) -> float:
-    """Python's own parser for text, so a CSV round trip gives back the same float."""
-    if _is_blank(value):
-        return math.nan
-    if isinstance(value, str):
-        return float(value.strip())
-    return float(value)
-
-
-def _float_column(df: pd.DataFrame, column: str, name: str, *, allow_missing: bool) -> np.ndarray:
-    values = np.empty(len(df), dtype=np.float64)
-    bad = np.zeros(len(df), dtype=bool)
-    for i, v in enumerate(df[column].tolist()):
-        try:
-            values[i] = _to_float(v)
-        except (TypeError, ValueError):
-            values[i], bad[i] = math.nan, True
-    bad |= np.isinf(values)
-    if not allow_missing:
-        bad |= np.isnan(values)
-    if bad.any():
-        need = "a number of seconds" if allow_missing else "a number of seconds on every row"
-        raise DataNotFoundError(
-            f"{name}: column {column!r} must hold {need}; {_quote(df, bad, column)}"
-        )
-    return values
 
 
 def column_key(column: object) -> str:
@@ -186,7 +149,7 @@ def name_key(text: object) -> str:
 def _int_labels(df: pd.DataFrame, name: str, species=None) -> np.ndarray:
     """The label column as int64; names are looked up in ``species`` when it is given."""
     cells = df["label"].tolist()
-    values = np.array([_to_float_or_nan(v) for v in cells], dtype=np.float64)
+    values = np.array([to_float_or_nan(v) for v in cells], dtype=np.float64)
     bad = ~np.isfinite(values) | (values != np.round(values))
     if bad.any() and species is not None:
         lookup = species_lookup(species)
@@ -197,12 +160,12 @@ def _int_labels(df: pd.DataFrame, name: str, species=None) -> np.ndarray:
         if bad.any():
             raise DataNotFoundError(
                 f"{name}: column 'label' holds names that are not in the species table "
-                f"(nor integer labels); {_quote(df, bad, 'label')}"
+                f"(nor integer labels); {quote_rows(df, bad, 'label')}"
             )
     if bad.any():
         raise DataNotFoundError(
             f"{name}: column 'label' must hold integer species labels (as in taxa.csv), or "
-            f"species names together with a species table; {_quote(df, bad, 'label')}"
+            f"species names together with a species table; {quote_rows(df, bad, 'label')}"
         )
     return values.astype(np.int64)
 
@@ -213,21 +176,14 @@ def _labels_from_names(df: pd.DataFrame, name: str, species) -> tuple[pd.DataFra
     return df.assign(label=df[column].tolist()), column
 
 
-def _to_float_or_nan(value: object) -> float:
-    if isinstance(value, bool | np.bool_):
-        return math.nan  # True is not a species label
-    try:
-        return _to_float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def resolve_paths(df: pd.DataFrame, root: Path | None, name: str) -> list[str]:
     """The ``path`` column, relative paths joined to ``root``, each normalised; empty cells refused."""
     raw = df["path"].tolist()
-    bad = np.array([_is_blank(p) for p in raw], dtype=bool)
+    bad = np.array([is_blank(p) for p in raw], dtype=bool)
     if bad.any():
-        raise DataNotFoundError(f"{name}: column 'path' has empty cells; {_quote(df, bad, 'path')}")
+        raise DataNotFoundError(
+            f"{name}: column 'path' has empty cells; {quote_rows(df, bad, 'path')}"
+        )
     out = []
     for p in raw:
         q = Path(str(p).strip()).expanduser()
@@ -264,24 +220,24 @@ def _validate(
     df["path"] = resolve_paths(df, root, name)
     df["label"] = _int_labels(df, name, species)
     if "split" in df.columns:
-        df["split"] = ["" if _is_blank(s) else str(s).strip() for s in df["split"].tolist()]
+        df["split"] = ["" if is_blank(s) else str(s).strip() for s in df["split"].tolist()]
     for column in ("start_s", "end_s"):
         if column in df.columns:
-            df[column] = _float_column(df, column, name, allow_missing=not interval_required)
+            df[column] = float_column(df, column, name, allow_missing=not interval_required)
     if "start_s" in df.columns:
         bad = (df["start_s"] < 0).to_numpy()
         if bad.any():
-            raise DataNotFoundError(f"{name}: negative start_s; {_quote(df, bad, 'start_s')}")
+            raise DataNotFoundError(f"{name}: negative start_s; {quote_rows(df, bad, 'start_s')}")
     if "start_s" in df.columns and "end_s" in df.columns:
         start, end = df["start_s"].to_numpy(), df["end_s"].to_numpy()
         # NaN compares False, so rows without an interval pass.
         bad = start >= end
         if bad.any():
             rows = np.flatnonzero(bad)
-            shown = ", ".join(f"row {i}: {start[i]:g} >= {end[i]:g}" for i in rows[:_SHOW])
+            shown = ", ".join(f"row {i}: {start[i]:g} >= {end[i]:g}" for i in rows[:SHOW])
             raise DataNotFoundError(
                 f"{name}: start_s must be < end_s; {shown}"
-                + (f" and {len(rows) - _SHOW} more" if len(rows) > _SHOW else "")
+                + (f" and {len(rows) - SHOW} more" if len(rows) > SHOW else "")
             )
     return df
 
@@ -378,19 +334,6 @@ def save_manifest(df: pd.DataFrame, path: str | Path, *, root: str | Path | None
     return path
 
 
-def _canonical(value: object) -> str:
-    """One text form per value, the same for a value and its CSV or Parquet round trip."""
-    if _is_blank(value) and not isinstance(value, str):
-        return ""
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value))
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return repr(float(value))
-    return str(value)
-
-
 def manifest_sha256(df: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
     """Hex SHA-256 of a manifest's content, for provenance.
 
@@ -407,7 +350,7 @@ def manifest_sha256(df: pd.DataFrame, columns: Sequence[str] | None = None) -> s
     digest = hashlib.sha256()
     digest.update(f"rows={len(df)}\n".encode())
     for name in names:
-        cells = [_canonical(v) for v in df[by_name[name]].tolist()]
+        cells = [canonical(v) for v in df[by_name[name]].tolist()]
         digest.update(json.dumps([name, cells], ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()

@@ -1,10 +1,19 @@
-"""The distillation checkpoint's records: the readout it answers with, and resume checks."""
+"""The distillation checkpoint: its provenance record, the readout it answers with, writing the
+``best``/``last`` folders with the trainer's state, and resuming from ``last``."""
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from songsight.errors import ProvenanceMismatchError
+import numpy as np
+
+from songsight.data.manifest import manifest_sha256
+from songsight.encoders.distilled import save_checkpoint
+from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.provenance import environment
 
 STATE_FILE = "trainer_state.pt"
 
@@ -45,3 +54,119 @@ def check_resumable(out: Path, saved: dict, now: dict) -> None:
         raise ProvenanceMismatchError(
             f"cannot resume {out}: its {what}. Use the same settings, or a new --out."
         )
+
+
+def run_meta(cfg, audio_res, teacher_prov: dict, target_info: dict, species, train_labels,
+             train_df, species_csv, split_info: dict, plan, st, out_dim: int,
+             head_note: dict | str) -> dict:  # fmt: skip
+    """The provenance every checkpoint of a run carries (``st``: `songsight.distill.models.Student`);
+    a resume is refused when its config, training manifest or models differ."""
+    by_label = {s.label: i for i, s in enumerate(species)}
+    return {
+        "kind": "songsight-distilled",
+        "config": cfg.to_dict(),
+        "environment": environment(),
+        "audio_model": audio_res.provenance(),
+        "image_model": {k: teacher_prov[k] for k in ("model_id", "revision", "dim", "source")},
+        "prompts": target_info,
+        "train_labels": train_labels,
+        "train_species": [species[by_label[lab]].scientific_name for lab in train_labels],
+        "train_manifest_sha256": manifest_sha256(train_df),
+        "species_csv": str(species_csv),
+        "validation": split_info,
+        "plan": plan.to_dict(),
+        "head": {
+            "in_dim": int(st.clap.config.projection_dim),
+            "out_dim": int(out_dim),
+            "kind": cfg.head,
+            "hidden": cfg.head_hidden,
+            "init": head_note,
+        },
+        "cascade": {
+            "audio_prompt_format": cfg.audio_prompt_format,
+            "audio_templates": cfg.audio_templates,
+            "temperature": st.cascade_temperature,
+        },
+        "window_s": st.window_s,
+    }
+
+
+def _no_best() -> dict:
+    return {"metric": None, "value": -math.inf, "stale": 0, "readout": None}
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the epoch and micro-batch the loop starts from, optimiser steps taken, and
+    the best validation so far (``stale``: validations since it last improved)."""
+
+    start_epoch: int = 0
+    start_micro: int = 0
+    step: int = 0
+    best: dict = field(default_factory=_no_best)
+
+
+def resume_state(run, resume: bool) -> TrainState:
+    """The state to start from (``run``: `songsight.distill.setup.DistillRun`): with ``resume``,
+    ``last``'s saved state, loaded into the run's module, optimiser, schedule and RNGs after
+    checking the settings match; without it, a fresh state, refusing a folder that holds a run."""
+    import torch
+
+    out = run.out
+    state_path = out / "last" / STATE_FILE
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        check_resumable(out, state["meta"], run.meta)
+        run.module.load_state_dict(state["module"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return TrainState(state["epoch"], state["micro"], state["step"], state["best"])
+    if not resume and (out / "last").exists():
+        raise SongsightError(
+            f"{out} already holds a run; pass --resume to continue it or choose a new --out"
+        )
+    return TrainState()
+
+
+def save_state(run, state: TrainState, name: str, epoch: int, micro: int) -> float:
+    """Write checkpoint ``name`` (``best`` or ``last``; ``last`` with the trainer's state, to
+    resume at ``epoch``, ``micro``) on rank 0; returns the seconds it took (0 on other ranks)."""
+    import torch
+
+    if not run.is_main:
+        return 0.0
+    t0 = time.perf_counter()
+    module, best = run.module, state.best
+    trainer_state = {
+        "module": module.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "epoch": epoch,
+        "micro": micro,
+        "step": state.step,
+        "best": best,
+        "meta": run.meta,
+    }
+    save_checkpoint(
+        run.out / name,
+        run.st.clap,
+        run.st.extractor,
+        run.st.tokenizer,
+        module.student.head,
+        {
+            **run.meta,
+            "step": state.step,
+            "epoch": epoch,
+            "best": best,
+            "logit_scale": float(module.logit_scale().detach().cpu()),
+            "readout": best["readout"] or default_readout(),
+        },
+        extra={STATE_FILE: trainer_state} if name == "last" else None,
+        targets=(np.array([s.label for s in run.species]), run.all_targets),
+    )
+    return time.perf_counter() - t0

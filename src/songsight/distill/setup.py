@@ -1,6 +1,7 @@
-"""What a distillation run sets up before its loop: ranks, data, trainable parts, schedule.
+"""What a distillation run sets up before its loop: ranks, data, schedule, and `build_run`,
+which assembles them with the models (`songsight.distill.models`) into a `DistillRun`.
 
-Pure helpers of `songsight.distill.train.distill`; the loop itself lives there.
+The loop is `songsight.distill.loop`; `songsight.distill.train.distill` runs both.
 """
 
 from __future__ import annotations
@@ -8,14 +9,30 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from songsight.config import DistillConfig
 from songsight.data.manifest import load_manifest
 from songsight.distill.data import AudioCrops
-from songsight.distill.plan import split_train_val
+from songsight.distill.hooks import DistillHooks, timed_phase
+from songsight.distill.models import (
+    Student,
+    build_loss,
+    init_head,
+    load_student,
+    load_teacher,
+    loss_candidates,
+    wrap_trainable,
+)
+from songsight.distill.monitor import Validator
+from songsight.distill.plan import RunPlan, cache_fits, plan_run, split_train_val
+from songsight.encoders.base import autocast_dtype
 from songsight.errors import DataNotFoundError
+from songsight.taxonomy import load_species_csv
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -24,31 +41,6 @@ def dist_env() -> tuple[int, int, int]:
         int(os.environ.get("WORLD_SIZE", 1)),
         int(os.environ.get("LOCAL_RANK", 0)),
     )
-
-
-def select_trainable(student, clap, cfg: DistillConfig) -> None:
-    """Freeze everything, then unfreeze what ``cfg.train`` names (the head always learns)."""
-    student.requires_grad_(False)
-    student.head.requires_grad_(True)
-    if cfg.train in ("projection", "top-k-blocks", "all"):
-        student.audio_projection.requires_grad_(True)
-    if cfg.train == "all":
-        student.audio_model.requires_grad_(True)
-    elif cfg.train == "top-k-blocks":
-        enc = student.audio_model.audio_encoder
-        for layer in list(enc.layers)[-cfg.top_k_blocks :]:
-            layer.requires_grad_(True)
-        enc.norm.requires_grad_(True)
-
-
-def freeze_batchnorm(module) -> None:
-    """HTSAT's input BatchNorm stays in eval mode: small per-device batches would otherwise
-    replace its statistics, and DDP ranks would normalise differently from one process."""
-    from torch import nn
-
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -97,14 +89,176 @@ def training_data(train_manifest, val_manifest, species, species_csv, cfg: Disti
     return train_df, (val_df if len(val_df) else None), {"source": "carved", **info}
 
 
-def embed_base(student, data: AudioCrops, rows: np.ndarray, features, device: str, batch: int):
-    """(len(rows), d) unnormalised base audio embeddings of clips (their first window, no
-    augmentation), as the head receives them."""
+def init_ranks(device: str | None, progress: bool) -> tuple[int, int, int, str]:
+    """(rank, world size, local rank, device): joins the process group under ``torchrun`` (NCCL
+    on GPU, gloo on CPU) and picks the device when none is given (``None`` or ``"auto"``)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local_rank = dist_env()
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    if device in (None, "auto"):
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and rank == 0 and progress:
+            say("no CUDA device found, training on CPU")
+    return rank, world, local_rank, device
+
+
+def load_crops(train_df, rows: list[int], features, window_s: float, cfg: DistillConfig,
+               is_main: bool, hooks: DistillHooks) -> AudioCrops:  # fmt: skip
+    """The training clips as augmented crops (``rows``: each clip's target row), decoded into
+    memory up front when they fit; a clip that cannot be decoded is a one-line error."""
+    cache_audio = cfg.cache_audio
+    if cache_audio is None:
+        cache_audio = cache_fits(list(train_df["path"]), features.sample_rate_hz, cfg.seed)
+        if not cache_audio and is_main:
+            say("the training audio would not fit in memory: decoding it as it is used")
+    data = AudioCrops(
+        list(train_df["path"]),
+        rows,
+        features.sample_rate_hz,
+        window_s,
+        cache_audio,
+        cfg.gain_db,
+        cfg.noise_prob,
+        cfg.noise_snr_db,
+        cfg.mix_prob,
+    )
+    bad = []
+    if cache_audio:
+        with timed_phase(hooks, "decode"):
+            bad = data.check()
+    if bad:
+        raise DataNotFoundError(
+            f"{len(bad)} training file(s) cannot be decoded, e.g. {bad[0][0]}: {bad[0][1]}. "
+            "Fix or drop them from the manifest."
+        )
+    return data
+
+
+def build_optimizer(module, cfg: DistillConfig, plan: RunPlan):
+    """(AdamW, warmup-cosine LambdaLR): the head and the temperature at ``head_lr``, whatever
+    else learns at ``lr``."""
     import torch
 
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch):
-            waves = [data.waveform(int(j))[: data.window] for j in rows[i : i + batch]]
-            out.append(student(features(waves, device))[1].float().cpu().numpy())
-    return np.concatenate(out)
+    head_params = list(module.student.head.parameters()) + list(module.logit_scale.parameters())
+    head_ids = {id(p) for p in head_params}
+    backbone = [p for p in module.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"params": [p for p in head_params if p.requires_grad], "lr": cfg.head_lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(plan.warmup_steps, plan.total_steps)
+    )
+    return optimizer, scheduler
+
+
+def load_inputs(train_manifest, species_csv, val_manifest, cfg: DistillConfig, world: int,
+                is_main: bool):  # fmt: skip
+    """(species, train rows, validation rows or None, split record, trained labels, run plan),
+    saying on rank 0 what the plan changed and when there is nothing to validate on."""
+    species = load_species_csv(species_csv)
+    train_df, val_df, split_info = training_data(
+        train_manifest, val_manifest, species, species_csv, cfg
+    )
+    train_labels = sorted(set(int(x) for x in train_df["label"]))
+    plan = plan_run(len(train_df), cfg, world)
+    if is_main:
+        for note in plan.notes:
+            say(note)
+        if val_df is None:
+            say(
+                "no validation clips (too few recordings per species to carve a split, or "
+                "--val-fraction 0): the last checkpoint is kept and the readout is the default"
+            )
+    return species, train_df, val_df, split_info, train_labels, plan
+
+
+@dataclass
+class DistillRun:
+    """What `build_run` sets up for the loop (`songsight.distill.loop.Trainer`)."""
+
+    cfg: DistillConfig
+    out: Path
+    device: str
+    rank: int
+    world: int
+    local_rank: int
+    species: list
+    train_labels: list[int]
+    plan: RunPlan
+    data: AudioCrops
+    val_clips: int
+    all_targets: np.ndarray  # (S, D) teacher species targets, row i for species[i], unit rows
+    train_targets: Any  # (C, D) tensor on the device: the class-level loss's candidates
+    st: Student
+    module: Any  # TrainModule: the student and the temperature
+    model: Any  # module, or its DDP wrapper
+    original: Any  # frozen untouched base model for the preservation loss, or None
+    loss_fn: Any
+    optimizer: Any
+    scheduler: Any
+    autocast: Any  # torch dtype for autocast, or None
+    validator: Validator | None
+    meta: dict  # provenance, written into every checkpoint (`checkpoint.run_meta`)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cfg: DistillConfig,
+              val_manifest, val_gallery, resume: bool, device: str | None, progress: bool,
+              cache_dir, hooks: DistillHooks) -> DistillRun:  # fmt: skip
+    """Everything `songsight.distill.train.distill` sets up before its loop (arguments as
+    there). The order is part of the recipe: the seed is set after the teacher has run and
+    before the student loads, so that a seed gives one run."""
+    import torch
+
+    from songsight.distill.checkpoint import run_meta
+    from songsight.encoders.loading import resolve_model
+
+    rank, world, local_rank, device = init_ranks(device, progress)
+    species, train_df, val_df, split_info, train_labels, plan = load_inputs(
+        train_manifest, species_csv, val_manifest, cfg, world, rank == 0
+    )
+    by_label = {s.label: i for i, s in enumerate(species)}
+    audio_res = resolve_model(str(audio_model), "audio")
+    all_targets, target_info, teacher_prov, gallery = load_teacher(
+        image_model, species, cfg, device, cache_dir, val_gallery, hooks
+    )
+    rows_of, train_targets = loss_candidates(all_targets, by_label, train_labels, cfg, device)
+
+    torch.manual_seed(cfg.seed)  # before the head is initialised: same seed, same run
+    st = load_student(audio_res, species, cfg, all_targets.shape[1], device, hooks)
+    rows = [rows_of[int(x)] for x in train_df["label"]]
+    data = load_crops(train_df, rows, st.features, st.window_s, cfg, rank == 0, hooks)
+    autocast = autocast_dtype(cfg.precision, device)
+    validator = None
+    if val_df is not None:
+        validator = Validator(
+            val_df, st.features, st.window_s, torch.from_numpy(all_targets).to(device), by_label,
+            train_labels, gallery, device, autocast, cascade=(st.audio_text, st.cascade_temperature),
+        )  # fmt: skip
+        validator.prepare(st.student)  # the untouched model: the cascade's view of the clips
+    logit_scale, loss_fn = build_loss(cfg, device)
+    head_note = init_head(
+        st, logit_scale, data, train_targets, cfg, plan.batch_size, device, resume
+    )
+    module, model, original = wrap_trainable(st, logit_scale, cfg, device, world, local_rank)
+    optimizer, scheduler = build_optimizer(module, cfg, plan)
+    meta = run_meta(
+        cfg, audio_res, teacher_prov, target_info, species, train_labels, train_df, species_csv,
+        split_info, plan, st, all_targets.shape[1], head_note,
+    )  # fmt: skip
+    return DistillRun(
+        cfg=cfg, out=Path(out_dir), device=device, rank=rank, world=world,
+        local_rank=local_rank, species=species, train_labels=train_labels, plan=plan, data=data,
+        val_clips=0 if val_df is None else len(val_df), all_targets=all_targets,
+        train_targets=train_targets, st=st, module=module, model=model, original=original,
+        loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, autocast=autocast,
+        validator=validator, meta=meta,
+    )  # fmt: skip

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from songsight.prompt_templates import resolve_templates
 from songsight.provenance import stable_hash
-from songsight.taxonomy import Species, build_prompts, resolve_templates
+from songsight.taxonomy import Species, build_prompts
 
 
 def default_cache_dir() -> Path:

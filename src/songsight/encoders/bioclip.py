@@ -36,7 +36,8 @@ from songsight.encoders.loading import (
 from songsight.encoders.prompts import embed_species_text
 from songsight.errors import InputFileError, ModelNotFoundError, one_line
 from songsight.inputs.images import load_image, to_rgb
-from songsight.taxonomy import Species, Templates
+from songsight.prompt_templates import Templates
+from songsight.taxonomy import Species
 
 PREPROCESS_MODES = ("model", "squash")
 

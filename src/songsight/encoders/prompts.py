@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from songsight.encoders.base import l2_normalize
-from songsight.taxonomy import Species, Templates, build_prompts
+from songsight.prompt_templates import Templates
+from songsight.taxonomy import Species, build_prompts
 
 
 def mean_of_prompts(emb, n_species: int):

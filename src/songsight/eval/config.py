@@ -14,7 +14,8 @@ import numpy as np
 from songsight.encoders.loading import BIOCLIP2_ID, BIOLINGUAL_ID
 from songsight.errors import SongsightError
 from songsight.eval.audio_to_image import ALWAYS, DISTILLED_METHODS, RETRIEVAL_METHODS
-from songsight.taxonomy import PROMPT_FORMATS, TEMPLATE_SETS, Species, resolve_templates
+from songsight.prompt_templates import PROMPT_FORMATS, TEMPLATE_SETS, resolve_templates
+from songsight.taxonomy import Species
 
 FORMAT_VERSION = 1
 TASKS = ("retrieval", "discriminability", "alignment")
@@ -30,7 +31,7 @@ class EvalConfig:
     own (``meta["prompts"]``), else ``taxon_com`` / ``none``. ``audio_prompt_format`` /
     ``audio_templates`` build BioLingual's species embeddings (``com`` through the ``sound``
     templates, the AnimalSpeak caption style). Templates are anything
-    `songsight.taxonomy.resolve_templates` takes (a set name, a template string with fields,
+    `songsight.prompt_templates.resolve_templates` takes (a set name, a template string with fields,
     a file); ``audio_templates`` may list several candidates, and the one with the best
     zero-shot top-1 on the train split is used. Mappings are fitted on every species' prompt in
     each of ``mapping_formats`` through ``audio_templates``, each paired with its image-model

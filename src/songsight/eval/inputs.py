@@ -16,7 +16,8 @@ import pandas as pd
 
 from songsight.encoders.prompts import embed_species_text
 from songsight.errors import InputFileError
-from songsight.taxonomy import Species, resolve_templates
+from songsight.prompt_templates import resolve_templates
+from songsight.taxonomy import Species
 
 # Columns that identify an SSW60 row wherever the dataset lives (paths do not).
 ID_COLUMNS = ("asset_id", "label", "split", "source")
@@ -103,13 +104,6 @@ def embed_with_models(
     return df.loc[ok].reset_index(drop=True), {k: v[ok] for k, v in embs.items()}
 
 
-def species_text(encoder, species: Sequence[Species], fmt: str, templates) -> np.ndarray:
-    """(S, D): each species' prompt through every template, averaged, re-normalised.
-
-    ``templates``: anything `songsight.taxonomy.resolve_templates` takes."""
-    return embed_species_text(encoder, species, fmt, templates)
-
-
 def prompt_variants(
     encoder, species: Sequence[Species], formats: Sequence[str], templates
 ) -> np.ndarray:
@@ -143,7 +137,7 @@ def choose_templates(
     scored = []
     for cand in candidates:
         tmpl = resolve_templates(cand)
-        text = species_text(encoder, species, fmt, tmpl)
+        text = embed_species_text(encoder, species, fmt, tmpl)
         top1 = zero_shot(emb[ok], labels[ok], text, species_labels)["top1"]
         scored.append({"spec": cand, "templates": list(tmpl.templates), "top1": top1})
     best = max(range(len(scored)), key=lambda i: (np.nan_to_num(scored[i]["top1"], nan=-1.0), -i))

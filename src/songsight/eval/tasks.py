@@ -1,6 +1,7 @@
 """The paper's evaluation on SSW60: embed once per model, score every task, write the results.
 
-`run_evaluation` (what ``songsight evaluate`` calls) loads the models and the dataset, embeds
+`run_evaluation` (what ``songsight evaluate`` calls) loads the models and the dataset
+(`songsight.eval.setup`: models, prompts, mappings, shared by every task), embeds
 each set of recordings once per model (BioLingual's audio embeddings serve the cascade, the
 mappings and the original model), embeds the test images once, and scores:
 
@@ -22,9 +23,8 @@ with ``save_embeddings`` the Parquet files every number can be recomputed from.
 
 from __future__ import annotations
 
-import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,37 +32,18 @@ import pandas as pd
 
 from songsight.errors import InputFileError
 from songsight.eval import alignment as align
-from songsight.eval.audio_to_image import (
-    MAPPING_METHODS,
-    build_queries,
-    chance_queries,
-    fit_mappings,
-    mapping_pairs,
-    score_retrieval,
-)
-from songsight.eval.config import (
-    FORMAT_VERSION,
-    TASKS,
-    EvalConfig,
-    check_teacher,
-    checkpoint_prompts,
-    select_methods,
-    train_labels_of,
-)
+from songsight.eval.audio_to_image import build_queries, chance_queries, score_retrieval
+from songsight.eval.config import FORMAT_VERSION, TASKS, EvalConfig
 from songsight.eval.inputs import (
-    choose_templates,
     embed_image_set,
     embed_with_models,
     file_sha256,
     limit_rows,
-    prompt_variants,
-    species_text,
     table_sha256,
     warn_skipped,
 )
 from songsight.eval.outputs import jsonable, write_outputs
-from songsight.eval.report import format_selection
-from songsight.taxonomy import Species
+from songsight.eval.setup import EvalRun, load_run
 
 
 def run_evaluation(ssw60: str | Path, out: str | Path = "RESULTS.json", **options) -> dict:
@@ -75,135 +56,21 @@ def run_evaluation(ssw60: str | Path, out: str | Path = "RESULTS.json", **option
     return evaluate(EvalConfig(ssw60=str(ssw60), out=str(out), **options))
 
 
-# --- the run ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What every task of one run shares: config, models, species, their text embeddings."""
-
-    cfg: EvalConfig
-    species: list[Species]
-    species_labels: np.ndarray  # (S,) int
-    encoders: dict  # {"original": BioLingualEncoder, "distilled": DistilledEncoder?}
-    image_encoder: object
-    teacher_text: np.ndarray  # (S, D) image model's species embeddings
-    audio_text: np.ndarray  # (S, d) BioLingual's species embeddings
-    maps: dict
-    train_labels: list[int]
-    skipped: list[dict] = field(default_factory=list)
-    hashes: dict = field(default_factory=dict)
-    counts: dict = field(default_factory=dict)
-
-    def log(self, msg: str) -> None:
-        if self.cfg.progress:
-            print(f"songsight evaluate: {msg}", file=sys.stderr, flush=True)
-
-    def subsets(self, labels: np.ndarray) -> dict[str, np.ndarray] | None:
-        """``seen`` / ``heldout`` masks over ``labels`` when some species were held out, else None."""
-        if np.isin(self.species_labels, self.train_labels).all():
-            return None
-        seen = np.isin(labels, self.train_labels)
-        return {"seen": seen, "heldout": ~seen}
-
-    def scored_sets(self, audio_by_model: dict) -> tuple[dict, dict]:
-        """{model: (N, D) audio} and {model: (S, D) species text}: chance, original, mappings, distilled."""
-        base = audio_by_model["original"]
-        dim = self.teacher_text.shape[1]
-        audio = {"chance": chance_queries(len(base), dim, self.cfg.seed), "original": base}
-        text = {"chance": self.teacher_text, "original": self.audio_text}
-        for name, mapping in self.maps.items():
-            audio[name] = mapping.apply(base) if len(base) else np.zeros((0, dim), np.float32)
-            text[name] = self.teacher_text
-        if "distilled" in audio_by_model:
-            audio["distilled"], text["distilled"] = audio_by_model["distilled"], self.teacher_text
-        return audio, text
-
-
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation described by ``cfg``; see the module docstring. Returns the results."""
     from songsight.data.ssw60 import SSW60
-    from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.encoders.biolingual import BioLingualEncoder
-    from songsight.provenance import environment, package_version
 
     # A copy: the defaults resolved below are recorded, and the caller's object is left alone.
     cfg = replace(cfg)
     tasks = list(cfg.tasks or TASKS)
     data = SSW60(cfg.ssw60)  # warns once about files listed but absent
-    species = data.species
-    if cfg.progress:
-        print("songsight evaluate: loading models", file=sys.stderr, flush=True)
-    bl = BioLingualEncoder(
-        cfg.audio_model, device=cfg.device, batch_size=cfg.batch_size, precision=cfg.precision
-    )
-    bc = BioCLIPEncoder(
-        cfg.image_model,
-        device=bl.device,
-        batch_size=cfg.batch_size,
-        precision=cfg.precision,
-        preprocess=cfg.preprocess,
-    )
-    dist = meta = None
-    if cfg.distilled:
-        from songsight.encoders.distilled import DistilledEncoder
-
-        dist = DistilledEncoder(
-            cfg.distilled, device=bl.device, batch_size=cfg.batch_size, precision=cfg.precision
-        )
-        meta = dist.meta
-        check_teacher(meta, bc.provenance(), bl.provenance())
-    ck_fmt, ck_tmpl = checkpoint_prompts(meta)
-    cfg.prompt_format = cfg.prompt_format or ck_fmt or "taxon_com"
-    cfg.templates = cfg.templates or ck_tmpl or "none"
-    selection, choice_skipped = None, []
-    if len(cfg.audio_candidates) > 1:  # chosen on the train split, never on the test queries
-        val = limit_rows(data.audio("train"), cfg.limit_train, cfg.seed)
-        selection = choose_templates(bl, species, cfg.audio_prompt_format, cfg.audio_candidates, val, choice_skipped)  # fmt: skip
-        if cfg.progress:
-            print(format_selection(selection), file=sys.stderr, flush=True)
-        cfg.audio_templates = selection["chosen"]
-    if cfg.cascade_temperature is None:
-        # BioLingual's own zero-shot posterior: softmax(logit_scale_a.exp() * cosine).
-        cfg.cascade_temperature = float(1.0 / bl.model.logit_scale_a.detach().float().exp().cpu())
-    methods = select_methods(cfg, dist is not None)
-    species_labels = np.array([s.label for s in species], dtype=np.int64)
-    train_labels = train_labels_of(meta, species)
-
-    teacher_text = species_text(bc, species, cfg.prompt_format, cfg.templates)
-    audio_text = species_text(bl, species, cfg.audio_prompt_format, cfg.audio_templates)
-    maps = {}
-    wanted = [m for m in methods if m in MAPPING_METHODS]
-    if wanted and ("retrieval" in tasks or "alignment" in tasks):
-        variants = prompt_variants(bl, species, list(cfg.mapping_formats), cfg.audio_templates)
-        x, y = mapping_pairs(variants, teacher_text, np.isin(species_labels, train_labels))
-        maps = fit_mappings(
-            x,
-            y,
-            wanted,
-            ridge_alpha=cfg.ridge_alpha,
-            mlp_hidden=cfg.mlp_hidden,
-            mlp_epochs=cfg.mlp_epochs,
-            seed=cfg.seed,
-        )
-    run = _Run(
-        cfg,
-        species,
-        species_labels,
-        {"original": bl, **({"distilled": dist} if dist else {})},
-        bc,
-        teacher_text,
-        audio_text,
-        maps,
-        train_labels,
-        skipped=choice_skipped,
-    )
+    run, methods, selection = load_run(cfg, data, tasks)
 
     test = limit_rows(data.audio("test"), cfg.limit_queries, cfg.seed)
     run.log(f"embedding {len(test)} test recordings with {', '.join(run.encoders)}")
     test, q_audio = embed_with_models(run.encoders, test, "audio test", run.skipped)
     run.hashes["audio_test"] = table_sha256(test)
-    run.counts.update(species=len(species), queries=len(test))
+    run.counts.update(species=len(run.species), queries=len(test))
     results: dict = {"format_version": FORMAT_VERSION}
     if selection:
         results["template_selection"] = selection
@@ -227,32 +94,39 @@ def evaluate(cfg: EvalConfig) -> dict:
             "label": s.label,
             "scientific_name": s.scientific_name,
             "common_name": s.common_name,
-            "seen": s.label in set(train_labels),
+            "seen": s.label in set(run.train_labels),
         }
-        for s in species
+        for s in run.species
     ]
-    results["provenance"] = {
-        "songsight_version": package_version(),
-        "environment": environment(),
-        "audio_model": bl.provenance(),
-        "image_model": bc.provenance(),
-        "distilled": (
-            {"checkpoint": str(dist.checkpoint), "meta": meta, "encoder": dist.provenance()}
-            if dist
-            else None
-        ),
-        "dataset": {"root": str(data.root), "manifest_sha256": run.hashes},
-        "train_labels": train_labels,
-        "prompts": cfg.prompts_provenance(),
-        "config": cfg.to_dict(),
-    }
+    results["provenance"] = _provenance(run, data)
     results = jsonable(results)
     write_outputs(run, Path(cfg.out), results, kept)
     return results
 
 
+def _provenance(run: EvalRun, data) -> dict:
+    from songsight.provenance import environment, package_version
+
+    cfg, dist = run.cfg, run.encoders.get("distilled")
+    return {
+        "songsight_version": package_version(),
+        "environment": environment(),
+        "audio_model": run.encoders["original"].provenance(),
+        "image_model": run.image_encoder.provenance(),
+        "distilled": (
+            {"checkpoint": str(dist.checkpoint), "meta": dist.meta, "encoder": dist.provenance()}
+            if dist
+            else None
+        ),
+        "dataset": {"root": str(data.root), "manifest_sha256": run.hashes},
+        "train_labels": run.train_labels,
+        "prompts": cfg.prompts_provenance(),
+        "config": cfg.to_dict(),
+    }
+
+
 def _retrieval(
-    run: _Run, data, methods: list[str], test: pd.DataFrame, q_audio: dict, kept: dict
+    run: EvalRun, data, methods: list[str], test: pd.DataFrame, q_audio: dict, kept: dict
 ) -> dict:
     cfg = run.cfg
     gallery = data.images(cfg.gallery, "test")
@@ -304,7 +178,7 @@ def _retrieval(
     }
 
 
-def _readout(run: _Run) -> dict | None:
+def _readout(run: EvalRun) -> dict | None:
     """What the distilled checkpoint's readouts need: its learned logit scale, the fusion
     weight its validation chose, and which species it was distilled on (None without one)."""
     dist = run.encoders.get("distilled")
@@ -325,7 +199,7 @@ def _readout(run: _Run) -> dict | None:
     }
 
 
-def _discriminability(run: _Run, data, test: pd.DataFrame, q_audio: dict, kept: dict) -> dict:
+def _discriminability(run: EvalRun, data, test: pd.DataFrame, q_audio: dict, kept: dict) -> dict:
     cfg = run.cfg
     train = limit_rows(data.audio("train"), cfg.limit_train, cfg.seed)
     run.log(f"embedding {len(train)} train recordings for the probes")
@@ -352,7 +226,7 @@ def _discriminability(run: _Run, data, test: pd.DataFrame, q_audio: dict, kept: 
     return out
 
 
-def _alignment(run: _Run, test: pd.DataFrame, q_audio: dict) -> dict:
+def _alignment(run: EvalRun, test: pd.DataFrame, q_audio: dict) -> dict:
     """Zero-shot on focal clips (SSW60 test audio, or ``cfg.focal``) and on soundscape windows."""
     from songsight.data.manifest import load_manifest
 
@@ -390,7 +264,7 @@ def _alignment(run: _Run, test: pd.DataFrame, q_audio: dict) -> dict:
     return res
 
 
-def _soundscapes(run: _Run) -> dict:
+def _soundscapes(run: EvalRun) -> dict:
     """Windows of long recordings, each with the species whose annotated bouts overlap it."""
     from songsight.data.manifest import load_soundscape_manifest
 

@@ -215,8 +215,8 @@ def _species_text(
     BioLingual ``audio_encoder``, in BioLingual's space (S, d); the text tower is dropped after."""
     from songsight.encoders.bioclip import BioCLIPEncoder
     from songsight.encoders.prompts import embed_species_text
+    from songsight.prompt_templates import resolve_templates
     from songsight.provenance import check_image_model
-    from songsight.taxonomy import resolve_templates
 
     stored = gallery.image_model
     text_model = BioCLIPEncoder(
@@ -265,8 +265,8 @@ def build_cascade_query_encoder(
     _need_species(gallery, "the zero-shot cascade")
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
+    from songsight.prompt_templates import resolve_templates
     from songsight.provenance import check_image_model
-    from songsight.taxonomy import resolve_templates
 
     stored = gallery.image_model
     if image_model is not None:
