@@ -15,6 +15,7 @@ from PIL import Image
 from songsight.encoders.base import AudioEncoder, ImageEncoder, TextEncoder
 from songsight.errors import InputFileError
 from songsight.taxonomy import TEMPLATE_SETS, Species
+from tests.helpers import write_noise_photo
 
 RATE = 16_000  # the tiny CLAP's sampling rate; its window is 2 s (32,000 samples)
 
@@ -308,9 +309,7 @@ def write_photos(folder) -> list:
     rng = np.random.default_rng(7)
     paths = []
     for k, (w, h) in enumerate([(64, 48), (32, 32), (20, 90), (100, 40), (33, 47)]):
-        p = folder / f"photo{k}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
-        paths.append(p)
+        paths.append(write_noise_photo(folder / f"photo{k}.png", rng, (w, h)))
     return paths
 
 
