@@ -15,9 +15,9 @@ MATMUL_SIZE = 4096
 
 def sync(device: str) -> None:
     """Wait for the device's queued work, so a timer stops after it (no-op on CPU)."""
-    import torch
+    if device.startswith("cuda"):  # torch imported only here: a CPU timer never pays for it
+        import torch
 
-    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
