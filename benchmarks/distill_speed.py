@@ -5,7 +5,7 @@ batch 32, bf16 autocast on CUDA, fp32 on CPU; but no validation split, so that o
 steps fall between the timed metrics rows) with BioLingual's shape
 (``ClapModel(ClapConfig())``, 48 kHz / 10 s / 64 mels) as the student and BioCLIP-2's shape
 (open_clip ``ViT-L-14``) as the teacher, both at random init (speed does not depend on the
-weights; the builders are `embed_throughput.py`'s). The training audio is a simulated world
+weights; the builders are the shared harness's, `harness.models`). The training audio is a simulated world
 exported in SSW60's layout: 10 s mono PCM16 WAVs at 22.05 kHz, as SSW60's ``audio_ml`` ships
 them, decoded and resampled by the trainer itself.
 
@@ -34,19 +34,19 @@ loss improves) + loading both models and computing the teacher targets.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from embed_throughput import build_bioclip2_shape, build_biolingual_shape
+from harness.machine import describe, pick_device
+from harness.models import build_bioclip2_shape, build_biolingual_shape
+from harness.report import Progress, emit, work_folder
+from harness.timing import best_s
 from songsight.distill.hooks import DistillHooks
 
 # SSW60's audio training split and the paper-scale schedule (docs/reproduce.md).
@@ -140,7 +140,6 @@ def time_features(
     audio_dir: Path, paths: list[str], batch_size: int, device: str = "cpu", repeats: int = 3
 ) -> float:
     """Best wall time (s) of the trainer's log-mel features for one batch, computed on ``device``."""
-    import torch
     from transformers import ClapFeatureExtractor
 
     from songsight.encoders.biolingual import ClapFeatures
@@ -153,14 +152,7 @@ def time_features(
         for i in range(batch_size)
     ]
     features(waves, device)  # warm-up: copies the window and filters to the device
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        features(waves, device)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_s(lambda: features(waves, device), repeats, device)
 
 
 def estimate_paper_run(r: dict) -> dict:
@@ -196,16 +188,11 @@ def run_benchmark(args) -> dict:
     from songsight.distill.train import distill
 
     hf_logging.disable_progress_bar()
-    t_start = time.perf_counter()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    progress = Progress()
+    say = progress.say
+    device = pick_device(args.device)
 
-    def say(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", file=sys.stderr, flush=True)
-
-    keep = args.work_dir is not None
-    work = Path(args.work_dir) if keep else Path(tempfile.mkdtemp(prefix="songsight_distill_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work_dir, "songsight_distill_") as work:
         say(f"building models in {work} (reused when present)")
         t0 = time.perf_counter()
         audio_dir = build_biolingual_shape(work / "biolingual_shape")
@@ -260,7 +247,7 @@ def run_benchmark(args) -> dict:
 
         saves = clock.saves
         result = {
-            "machine": _machine(device),
+            "machine": describe(device),
             "config": cfg.to_dict(),
             "batch_size": cfg.batch_size,
             "clips": n_clips,
@@ -285,29 +272,8 @@ def run_benchmark(args) -> dict:
         s = result["steps"]
         result["clips_per_s"] = cfg.batch_size / s["step_mean_s"] if s["step_mean_s"] else None
         result["estimate"] = estimate_paper_run(result) if s["step_mean_s"] else None
-        result["elapsed_s"] = time.perf_counter() - t_start
+        result["elapsed_s"] = progress.elapsed_s()
         return result
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _machine(device: str) -> dict:
-    import open_clip
-    import torch
-    import transformers
-
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
-    return {
-        "device": device,
-        "name": name,
-        "cpus": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "loadavg": list(os.getloadavg()),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "open_clip": open_clip.__version__,
-    }
 
 
 def format_report(r: dict) -> str:
@@ -397,11 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         args.species, args.clips_per_species, args.batch_size = 8, 1, 4
 
     result = run_benchmark(args)
-    if args.out:  # first, so the figures survive any printing problem
-        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
-    print(format_report(result))
-    if args.out:
-        print(f"\nwrote {args.out}")
+    emit(format_report(result), result, args.out, default=str)
     return 0
 
 

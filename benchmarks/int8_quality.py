@@ -1,7 +1,8 @@
 """int8 on CPU vs songsight's own fp32, per tower: steady throughput and cosine to fp32.
 
-Both towers are the exact published architectures at random init, built and loaded as
-`embed_throughput.py` builds them (its builders, runners and interleaved timing are reused):
+Both towers are the exact published architectures at random init, built, fed and timed by the
+shared harness (`harness/`: the builders, runners and interleaved timing `embed_throughput.py`
+uses):
 BioLingual's ``ClapModel(ClapConfig())`` fed 10 s 22.05 kHz WAVs from disk, BioCLIP-2's open_clip
 ``ViT-L-14`` fed ~500x375 JPEGs. The int8 path is ``precision="int8"``
 (`songsight.encoders.int8`: torch dynamic quantisation of every ``nn.Linear``, fbgemm/x86).
@@ -19,38 +20,22 @@ random ones lack, so rerun the cosines on the real models before relying on them
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from embed_throughput import (
-    build_bioclip2_shape,
-    build_biolingual_shape,
-    songsight_audio,
-    songsight_images,
-    time_rounds,
-    write_clips,
-    write_photos,
-)
+from harness.embed_paths import row_cosines, songsight_audio, songsight_images
+from harness.inputs import write_clips, write_photos
+from harness.machine import load
+from harness.models import build_bioclip2_shape, build_biolingual_shape
+from harness.report import work_folder, write_json
+from harness.timing import time_rounds
 
 TARGET_SPEEDUP = 1.6
 TARGET_MEDIAN_COS = 0.99
 TARGET_P1_COS = 0.98
-
-
-def load() -> str:
-    return "load " + "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.sum(a * b, axis=1)
 
 
 def tower(name, runner, files, model_dir, work, batch_size, rounds) -> dict:
@@ -60,7 +45,7 @@ def tower(name, runner, files, model_dir, work, batch_size, rounds) -> dict:
         runners[precision] = runner(files, model_dir, work, precision, "cpu", batch_size)
         load_s[precision] = time.perf_counter() - t0  # load, quantise, one warm-up batch
     timed = time_rounds(runners, len(files), rounds)
-    cos = cosines(timed["fp32"]["embeddings"], timed["int8"]["embeddings"])
+    cos = row_cosines(timed["fp32"]["embeddings"], timed["int8"]["embeddings"])
     out = {
         "tower": name,
         "n": len(files),
@@ -110,10 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clips, args.images, args.rounds = 4, 2, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    with work_folder(args.work_dir, "songsight-int8-") as work:
+        results = run(args, work)
+    print("\nThe machine is shared: rerun on a quiet one before quoting these figures.")
+    if args.out:
+        write_json(args.out, results)
+    return 0
+
+
+def run(args, work) -> list[dict]:
     import torch
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="songsight-int8-"))
-    work.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, engine "
           f"{torch.backends.quantized.supported_engines}; work in {work}  ({load()})", flush=True)  # fmt: skip
     towers = {
@@ -130,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         files = write(work / key, n)
         batch_size = min(args.batch_size, n)
         results.append(tower(name, runner, files, model, work, batch_size, args.rounds))
-    print("\nThe machine is shared: rerun on a quiet one before quoting these figures.")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

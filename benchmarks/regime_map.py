@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from harness.machine import load_average
 
 METHODS = ("cascade_top1", "distilled", "distilled_proto", "fused", "oracle")
 SONGSIGHT = ("distilled", "distilled_proto", "fused")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
             ]
             print(
                 f"# {calls} pretraining calls, {clips} clips/species: "
-                f"{time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}",
+                f"{time.perf_counter() - t0:.0f} s, load {load_average():.1f}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.machine import load_average
+from harness.memory import children_rss_bytes, rss_bytes
+from harness.timing import latencies_ms
+
 
 def make_embeddings(
     n: int, dim: int, n_species: int, seed: int, chunk_rows: int = 65_536
@@ -66,44 +70,6 @@ def make_embeddings(
     return out
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def child_rss_bytes() -> int:
-    """Resident set size of this process's children (the Milvus Lite server), from /proc."""
-    total, me = 0, str(os.getpid())
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(
-                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
-            )
-        except OSError:
-            continue
-        if fields.get("PPid", "").strip() == me and "VmRSS" in fields:
-            total += int(fields["VmRSS"].split()[0]) * 1024
-    return total
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
-def single_query_ms(index, queries: np.ndarray, k: int) -> np.ndarray:
-    """Latency in ms of `search` called once per query, after one warm-up call."""
-    index.search(queries[:1], k)
-    times = np.empty(len(queries))
-    for i in range(len(queries)):
-        t0 = time.perf_counter()
-        index.search(queries[i : i + 1], k)
-        times[i] = (time.perf_counter() - t0) * 1e3
-    return times
-
-
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(
         np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
@@ -124,7 +90,10 @@ def time_searches(
     index, queries: np.ndarray, single: np.ndarray, k: int
 ) -> tuple[np.ndarray, dict]:
     """Batched ids `(Q, k)` and latency / throughput numbers."""
-    lat = single_query_ms(index, single, k)
+    # One query per call: (1, dim) slices, after one warm-up call.
+    lat = latencies_ms(
+        lambda q: index.search(q, k), [single[i : i + 1] for i in range(len(single))]
+    )
     t0 = time.perf_counter()
     _, ids = index.search(queries, k)
     qps = len(queries) / (time.perf_counter() - t0)
@@ -219,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         ids = np.arange(n, dtype=np.int64)
         print(
             f"# N={n}: data in {time.perf_counter() - t0:.1f} s; "
-            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+            f"load average {load_average():.1f} on {os.cpu_count()} cores",
             flush=True,
         )
 
@@ -241,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
 
         index, hnsw = build_measured(build_hnsw, n)
         print(
-            f"# N={n}: HNSW built in {hnsw['build_s']:.1f} s; "
-            f"load average {os.getloadavg()[0]:.1f}",
+            f"# N={n}: HNSW built in {hnsw['build_s']:.1f} s; load average {load_average():.1f}",
             flush=True,
         )
         for i, ef in enumerate(ef_values):
@@ -307,7 +275,7 @@ def bench_milvus(n, index_type, gallery, queries, single, truth, exact_p50, args
         open_s = time.perf_counter() - t0
         # On a server neither the file nor the child process exist: those columns read 0.
         size_b = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
-        memory = {"rss_b": child_rss_bytes() / n, "held_b": size_b / n}
+        memory = {"rss_b": children_rss_bytes() / n, "held_b": size_b / n}
         print(
             f"# N={n}: Milvus {index_type}: reopened and first search in {open_s:.1f} s; "
             f"file {size_b / 1e6:.0f} MB; load average {load_average():.1f}",

@@ -3,7 +3,7 @@ search at a time.
 
 The server is the real CLI (``python -m songsight.cli serve``) in a subprocess on loopback,
 answering with the zero-shot cascade through the exact BioLingual architecture at random init
-(``ClapModel(ClapConfig())``, built by `embed_throughput.build_biolingual_shape`; speed does
+(``ClapModel(ClapConfig())``, built by `harness.models.build_biolingual_shape`; speed does
 not depend on the weights). The gallery's photos are embedded with songsight's tiny open_clip
 model: the image tower only runs at start-up (species text), so a search costs exactly what it
 costs over a BioCLIP-2 gallery. Every search uploads the same 10 s 22.05 kHz WAV.
@@ -26,17 +26,19 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from embed_throughput import build_biolingual_shape, write_clips, write_photos
+from harness.inputs import write_clips, write_photos
+from harness.machine import load
+from harness.memory import rss_mib
+from harness.models import build_biolingual_shape
+from harness.report import work_folder, write_json
 
 HOST = "127.0.0.1"
 MAX_CLIENTS = 200
@@ -47,10 +49,6 @@ SPECIES = [
     ("Parus major", "Great Tit"),
     ("Fringilla coelebs", "Common Chaffinch"),
 ]
-
-
-def load() -> str:
-    return "load " + "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def free_port() -> int:
@@ -137,11 +135,7 @@ class Server:
 
     def rss_mib(self) -> tuple[float, float]:
         """(current, peak) resident memory of the server process."""
-        fields = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields[key] = value
-        return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+        return rss_mib(self.proc.pid)
 
     def __enter__(self):
         return self
@@ -222,9 +216,7 @@ def burst(port: int, body: bytes, ctype: str, clients: int, searches: int, max_s
 def run(args) -> list[dict]:
     from songsight.sim.tiny_models import build_tiny_clap, build_tiny_open_clip
 
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="songsight-serve-load-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work_dir, "songsight-serve-load-") as work:
         print(f"building models and gallery in {work} ({load()})", flush=True)
         if args.quick:
             audio_model = work / "tiny-audio"  # 16 kHz, 2 s windows: a clip is several
@@ -262,9 +254,6 @@ def run(args) -> list[dict]:
             results.append(out)
             print(format_row(out), flush=True)
         return results
-    finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def format_row(r: dict) -> str:
@@ -326,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     print(summary(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_json(args.out, results)
     return 0
 
 

@@ -5,7 +5,6 @@ Import it from any test: ``from tests.ssw60_fixture import make_fake_ssw60``.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import tarfile
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from PIL import Image
+
+from tests.helpers import write_csv
 
 # The first three rows are SSW60's own taxa.csv example rows.
 FAKE_TAXA = [
@@ -37,13 +38,6 @@ AUDIO_HEADER = ["asset_id", "label", "split", "samplerate", "channels", "samples
 NABIRDS_HEADER = ["asset_id", "label", "split", "height", "width", "channels", "photographer"]
 INAT_HEADER = ["asset_id", "label", "split", "height", "width", "channels", "rights_holder",
                "license_id"]  # fmt: skip
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
 
 
 def _hex_id(*parts: object) -> str:
@@ -75,10 +69,8 @@ def make_fake_ssw60(
         (base / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 
-    _write_csv(
-        base / "taxa.csv",
-        TAXA_HEADER,
-        [[label, *FAKE_TAXA[label]] for label in range(n_species)],
+    write_csv(
+        base / "taxa.csv", [[label, *FAKE_TAXA[label]] for label in range(n_species)], TAXA_HEADER
     )
 
     n_samples = int(round(clip_s * sample_rate_hz))
@@ -94,7 +86,7 @@ def make_fake_ssw60(
                          sample_rate_hz, subtype="PCM_16")  # fmt: skip
                 audio_rows.append([asset_id, label, split, sample_rate_hz, 1, n_samples,
                                    f"{clip_s:g}"])  # fmt: skip
-    _write_csv(base / "audio_ml.csv", AUDIO_HEADER, audio_rows)
+    write_csv(base / "audio_ml.csv", audio_rows, AUDIO_HEADER)
 
     def jpeg(path: Path, label: int) -> None:
         colour = (40 * label % 256, 200 - 30 * label % 200, 90)
@@ -109,7 +101,7 @@ def make_fake_ssw60(
                 nabirds_rows.append([asset_id, label, split, 8, 8, 3, f"Photographer {k}"])
     if missing_image and nabirds_rows:
         (base / "images_nabirds" / f"{nabirds_rows[-1][0]}.jpg").unlink()
-    _write_csv(base / "images_nabirds.csv", NABIRDS_HEADER, nabirds_rows)
+    write_csv(base / "images_nabirds.csv", nabirds_rows, NABIRDS_HEADER)
 
     inat_rows = []
     for label in range(n_species):
@@ -118,7 +110,7 @@ def make_fake_ssw60(
                 asset_id = str(73_542 + 100 * label + 10 * s + k)
                 jpeg(base / "images_inat" / f"{asset_id}.jpg", label)
                 inat_rows.append([asset_id, label, split, 8, 8, 3, f"observer{k}", 1 + k % 6])
-    _write_csv(base / "images_inat.csv", INAT_HEADER, inat_rows)
+    write_csv(base / "images_inat.csv", inat_rows, INAT_HEADER)
     return base
 
 

@@ -18,18 +18,13 @@ from songsight.inputs.audio import (
     to_mono,
     window_bounds,
 )
+from tests.helpers import expect_input_error, peak_hz, tone
 
 SR = 22_050
 
 
-def sine(freq_hz: float, duration_s: float, rate_hz: int = SR, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(round(duration_s * rate_hz))) / rate_hz
-    return (amp * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
-
-
-def peak_hz(wave: np.ndarray, rate_hz: int) -> float:
-    spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
-    return float(np.fft.rfftfreq(len(wave), 1 / rate_hz)[np.argmax(spec)])
+def _load_16k(path):
+    return load_audio(path, 16_000)
 
 
 FORMATS = {
@@ -42,7 +37,7 @@ FORMATS = {
 
 @pytest.mark.parametrize("ext", list(FORMATS))
 def test_decodes_every_format(tmp_path, ext):
-    wave = sine(440.0, 1.0)
+    wave = tone(440.0, 1.0, SR, 0.5)
     fmt, subtype = FORMATS[ext]
     path = tmp_path / f"tone.{ext}"
     sf.write(path, wave, SR, format=fmt, subtype=subtype)
@@ -72,7 +67,7 @@ def test_stereo_downmix_is_channel_mean(tmp_path):
 
 
 def test_resample_keeps_frequency_and_length(tmp_path):
-    wave = sine(1000.0, 2.0, SR)
+    wave = tone(1000.0, 2.0, SR, 0.5)
     path = tmp_path / "tone.wav"
     sf.write(path, wave, SR, subtype="FLOAT")
     audio = load_audio(path, 16_000)
@@ -94,66 +89,56 @@ def test_silent_file_loads_and_is_flagged(tmp_path):
     audio = load_audio(path, 16_000)
     assert audio.silent and len(audio.waveform) == 16_000 and not np.any(audio.waveform)
     quiet = tmp_path / "quiet.wav"
-    sf.write(quiet, sine(300.0, 0.5, amp=100 * SILENCE_PEAK), SR, subtype="FLOAT")
+    sf.write(quiet, tone(300.0, 0.5, SR, 100 * SILENCE_PEAK), SR, subtype="FLOAT")
     assert not load_audio(quiet, SR).silent
-
-
-def _expect_input_error(path, match: str) -> InputFileError:
-    with pytest.raises(InputFileError, match=match) as info:
-        load_audio(path, 16_000)
-    err = info.value
-    assert err.path == str(path)
-    # A readable one-line reason, not a repr or a traceback.
-    assert err.reason and "\n" not in err.reason and "Traceback" not in err.reason
-    return err
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
 def test_random_bytes_are_refused(tmp_path, ext):
     path = tmp_path / f"noise.{ext}"
     path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    err = _expect_input_error(path, "not a readable audio file|corrupt")
+    err = expect_input_error(_load_16k, path, "not a readable audio file|corrupt")
     assert "does not exist" not in err.reason  # the file exists; say what is wrong with it
 
 
 def test_truncated_flac_is_refused(tmp_path):
     good = tmp_path / "good.flac"
-    sf.write(good, sine(440.0, 1.0), SR, format="FLAC")
+    sf.write(good, tone(440.0, 1.0, SR, 0.5), SR, format="FLAC")
     bad = tmp_path / "cut.flac"
     bad.write_bytes(good.read_bytes()[:200])
-    _expect_input_error(bad, "corrupt|not a readable")
+    expect_input_error(_load_16k, bad, "corrupt|not a readable")
 
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")
-    _expect_input_error(path, "empty file")
+    expect_input_error(_load_16k, path, "empty file")
 
 
 def test_zero_length_audio(tmp_path):
     path = tmp_path / "zero.wav"
     sf.write(path, np.zeros(0, np.float32), SR)
     assert path.stat().st_size > 0 and sf.info(path).frames == 0  # a valid header, no frames
-    _expect_input_error(path, "zero-length")
+    expect_input_error(_load_16k, path, "zero-length")
 
 
 def test_nan_samples(tmp_path):
-    wave = sine(440.0, 0.2)
+    wave = tone(440.0, 0.2, SR, 0.5)
     wave[100] = np.nan
     path = tmp_path / "nan.wav"
     sf.write(path, wave, SR, subtype="FLOAT")
-    _expect_input_error(path, "NaN")
+    expect_input_error(_load_16k, path, "NaN")
 
 
 def test_text_file_is_not_audio(tmp_path):
     path = tmp_path / "notes.wav"
     path.write_text("field notes: heard a wood thrush at dawn\n" * 20)
-    err = _expect_input_error(path, "not a readable audio file")
+    err = expect_input_error(_load_16k, path, "not a readable audio file")
     assert str(path) not in err.reason  # the path is in the error once, not repeated
 
 
 def test_missing_file(tmp_path):
-    _expect_input_error(tmp_path / "nowhere.wav", "not found")
+    expect_input_error(_load_16k, tmp_path / "nowhere.wav", "not found")
 
 
 def test_too_long_recording_is_refused(tmp_path):
@@ -185,7 +170,9 @@ def test_bad_arrays(data, rate, match):
 
 
 def test_float64_array_is_accepted():
-    audio = prepare_waveform(sine(440.0, 0.5, 16_000).astype(np.float64), np.int64(16_000), 16_000)
+    audio = prepare_waveform(
+        tone(440.0, 0.5, 16_000, 0.5).astype(np.float64), np.int64(16_000), 16_000
+    )
     assert audio.waveform.dtype == np.float32 and len(audio.waveform) == 8_000
 
 

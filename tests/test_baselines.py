@@ -23,11 +23,7 @@ from songsight.baselines.text_mapping import (
     fit_procrustes,
     fit_ridge,
 )
-
-
-def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from tests.helpers import unit_rows
 
 
 def _assert_unit_rows(x: np.ndarray) -> None:
@@ -39,7 +35,7 @@ def _assert_unit_rows(x: np.ndarray) -> None:
 
 
 def test_species_probabilities_matches_loop():
-    audio, text = _unit(5, 8, 0), _unit(3, 8, 1)
+    audio, text = unit_rows(5, 8, 0), unit_rows(3, 8, 1)
     probs = species_probabilities(audio, text, temperature=0.05)
     assert probs.shape == (5, 3) and probs.dtype == np.float32
     for n in range(5):
@@ -51,7 +47,7 @@ def test_species_probabilities_matches_loop():
 
 
 def test_species_probabilities_tiny_temperature_does_not_overflow():
-    probs = species_probabilities(_unit(4, 8, 2), _unit(6, 8, 3), temperature=1e-6)
+    probs = species_probabilities(unit_rows(4, 8, 2), unit_rows(6, 8, 3), temperature=1e-6)
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs.max(axis=1), 1.0, atol=1e-6)
 
@@ -59,11 +55,11 @@ def test_species_probabilities_tiny_temperature_does_not_overflow():
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
 def test_species_probabilities_rejects_bad_temperature(temperature):
     with pytest.raises(ValueError):
-        species_probabilities(_unit(2, 4, 0), _unit(3, 4, 1), temperature)
+        species_probabilities(unit_rows(2, 4, 0), unit_rows(3, 4, 1), temperature)
 
 
 def test_cascade_top1_picks_argmax_species():
-    audio, bl_text, bc_text = _unit(6, 8, 4), _unit(4, 8, 5), _unit(4, 12, 6)
+    audio, bl_text, bc_text = unit_rows(6, 8, 4), unit_rows(4, 8, 5), unit_rows(4, 12, 6)
     queries = cascade_queries(audio, bl_text, bc_text, temperature=0.1, mode="top1")
     assert queries.shape == (6, 12)
     _assert_unit_rows(queries)
@@ -76,7 +72,7 @@ def test_cascade_top1_picks_argmax_species():
 
 
 def test_cascade_weighted_matches_loop():
-    audio, bl_text, bc_text = _unit(5, 8, 7), _unit(3, 8, 8), _unit(3, 12, 9)
+    audio, bl_text, bc_text = unit_rows(5, 8, 7), unit_rows(3, 8, 8), unit_rows(3, 12, 9)
     queries = cascade_queries(audio, bl_text, bc_text, temperature=0.2, mode="weighted")
     probs = species_probabilities(audio, bl_text, 0.2)
     _assert_unit_rows(queries)
@@ -86,7 +82,7 @@ def test_cascade_weighted_matches_loop():
 
 
 def test_cascade_weighted_temperature_limits():
-    audio, bl_text, bc_text = _unit(4, 8, 10), _unit(5, 8, 11), _unit(5, 12, 12)
+    audio, bl_text, bc_text = unit_rows(4, 8, 10), unit_rows(5, 8, 11), unit_rows(5, 12, 12)
     cold = cascade_queries(audio, bl_text, bc_text, temperature=1e-4, mode="weighted")
     top1 = cascade_queries(audio, bl_text, bc_text, temperature=1e-4, mode="top1")
     np.testing.assert_allclose(cold, top1, atol=1e-5)
@@ -96,24 +92,26 @@ def test_cascade_weighted_temperature_limits():
 
 
 def test_cascade_single_species_and_ties():
-    audio, bl_text, bc_text = _unit(3, 4, 13), _unit(1, 4, 14), _unit(1, 6, 15)
+    audio, bl_text, bc_text = unit_rows(3, 4, 13), unit_rows(1, 4, 14), unit_rows(1, 6, 15)
     for mode in ("top1", "weighted"):
         queries = cascade_queries(audio, bl_text, bc_text, temperature=0.1, mode=mode)
         np.testing.assert_allclose(queries, np.tile(bc_text, (3, 1)), atol=1e-6)
     # Exact ties go to the first species.
     tied = np.full((2, 3), 1 / 3, dtype=np.float32)
     np.testing.assert_array_equal(
-        queries_from_probabilities(tied, _unit(3, 6, 16))[0], _unit(3, 6, 16)[0]
+        queries_from_probabilities(tied, unit_rows(3, 6, 16))[0], unit_rows(3, 6, 16)[0]
     )
 
 
 def test_cascade_rejects_mismatches():
     with pytest.raises(ValueError):
-        cascade_queries(_unit(2, 4, 0), _unit(3, 4, 1), _unit(2, 6, 2), 0.1)
+        cascade_queries(unit_rows(2, 4, 0), unit_rows(3, 4, 1), unit_rows(2, 6, 2), 0.1)
     with pytest.raises(ValueError):
-        cascade_queries(_unit(2, 5, 0), _unit(3, 4, 1), _unit(3, 6, 2), 0.1)
+        cascade_queries(unit_rows(2, 5, 0), unit_rows(3, 4, 1), unit_rows(3, 6, 2), 0.1)
     with pytest.raises(ValueError):
-        cascade_queries(_unit(2, 4, 0), _unit(3, 4, 1), _unit(3, 6, 2), 0.1, mode="top5")
+        cascade_queries(
+            unit_rows(2, 4, 0), unit_rows(3, 4, 1), unit_rows(3, 6, 2), 0.1, mode="top5"
+        )
 
 
 # ---- ridge ----
@@ -121,14 +119,14 @@ def test_cascade_rejects_mismatches():
 
 @pytest.mark.parametrize(("n_pairs", "alpha"), [(700, 1.0), (120, 0.3), (120, 25.0)])
 def test_fit_ridge_matches_sklearn(n_pairs, alpha):
-    x, y = _unit(n_pairs, 512, 20), _unit(n_pairs, 768, 21)
+    x, y = unit_rows(n_pairs, 512, 20), unit_rows(n_pairs, 768, 21)
     mapping = fit_ridge(x, y, alpha=alpha)
     reference = Ridge(alpha=alpha, fit_intercept=True, solver="cholesky").fit(
         x.astype(np.float64), y.astype(np.float64)
     )
     np.testing.assert_allclose(mapping.arrays["weight"], reference.coef_.T, atol=1e-5)
     np.testing.assert_allclose(mapping.arrays["bias"], reference.intercept_, atol=1e-5)
-    z = _unit(9, 512, 22)
+    z = unit_rows(9, 512, 22)
     predicted = reference.predict(z.astype(np.float64))
     expected = predicted / np.linalg.norm(predicted, axis=1, keepdims=True)
     out = mapping.apply(z)
@@ -138,7 +136,7 @@ def test_fit_ridge_matches_sklearn(n_pairs, alpha):
 
 
 def test_fit_ridge_alpha_zero_is_least_squares():
-    x, y = _unit(200, 16, 23), _unit(200, 24, 24)
+    x, y = unit_rows(200, 16, 23), unit_rows(200, 24, 24)
     mapping = fit_ridge(x, y, alpha=0.0)
     reference = LinearRegression().fit(x.astype(np.float64), y.astype(np.float64))
     np.testing.assert_allclose(mapping.arrays["weight"], reference.coef_.T, atol=1e-5)
@@ -147,18 +145,18 @@ def test_fit_ridge_alpha_zero_is_least_squares():
 
 def test_fit_ridge_rejects_bad_input():
     with pytest.raises(ValueError):
-        fit_ridge(_unit(5, 4, 0), _unit(5, 6, 1), alpha=-1.0)
+        fit_ridge(unit_rows(5, 4, 0), unit_rows(5, 6, 1), alpha=-1.0)
     with pytest.raises(ValueError):
-        fit_ridge(_unit(5, 4, 0), _unit(4, 6, 1))
+        fit_ridge(unit_rows(5, 4, 0), unit_rows(4, 6, 1))
     with pytest.raises(ValueError):
-        fit_ridge(_unit(1, 4, 0), _unit(1, 6, 1))
+        fit_ridge(unit_rows(1, 4, 0), unit_rows(1, 6, 1))
 
 
 # ---- Procrustes ----
 
 
 def test_fit_procrustes_equal_dims_matches_scipy():
-    x, y = _unit(300, 64, 25), _unit(300, 64, 26)
+    x, y = unit_rows(300, 64, 25), unit_rows(300, 64, 26)
     mapping = fit_procrustes(x, y)
     reference, _ = orthogonal_procrustes(x.astype(np.float64), y.astype(np.float64))
     np.testing.assert_allclose(mapping.arrays["weight"], reference, atol=1e-5)
@@ -166,12 +164,12 @@ def test_fit_procrustes_equal_dims_matches_scipy():
 
 @pytest.mark.parametrize("n_pairs", [40, 900])  # fewer and more pairs than input dims
 def test_fit_procrustes_semi_orthogonal_isometry(n_pairs):
-    x, y = _unit(n_pairs, 512, 27), _unit(n_pairs, 768, 28)
+    x, y = unit_rows(n_pairs, 512, 27), unit_rows(n_pairs, 768, 28)
     mapping = fit_procrustes(x, y)
     w = mapping.arrays["weight"].astype(np.float64)
     assert w.shape == (512, 768)
     np.testing.assert_allclose(w @ w.T, np.eye(512), atol=1e-5)
-    z = _unit(6, 512, 29)
+    z = unit_rows(6, 512, 29)
     out = mapping.apply(z)
     assert out.shape == (6, 768)
     _assert_unit_rows(out)
@@ -183,11 +181,11 @@ def test_fit_procrustes_semi_orthogonal_isometry(n_pairs):
 def test_fit_procrustes_recovers_planted_map_and_is_optimal():
     rng = np.random.default_rng(30)
     planted = np.linalg.qr(rng.standard_normal((24, 16)))[0].T  # (16, 24), orthonormal rows
-    x = _unit(100, 16, 31).astype(np.float64)
+    x = unit_rows(100, 16, 31).astype(np.float64)
     mapping = fit_procrustes(x, x @ planted)
     np.testing.assert_allclose(mapping.arrays["weight"], planted, atol=1e-5)
 
-    y = _unit(100, 24, 32).astype(np.float64)
+    y = unit_rows(100, 24, 32).astype(np.float64)
     fitted = fit_procrustes(x, y).arrays["weight"].astype(np.float64)
     best = np.linalg.norm(x @ fitted - y)
     for seed in range(20):
@@ -196,20 +194,20 @@ def test_fit_procrustes_recovers_planted_map_and_is_optimal():
 
 
 def test_fit_procrustes_centered_is_translation_invariant():
-    x, y = _unit(80, 8, 33), _unit(80, 12, 34)
+    x, y = unit_rows(80, 8, 33), unit_rows(80, 12, 34)
     a = fit_procrustes(x, y, center=True)
     b = fit_procrustes(x + 3.0, y - 2.0, center=True)
     np.testing.assert_allclose(a.arrays["weight"], b.arrays["weight"], atol=1e-4)
     assert a.config == {"center": True}
     with pytest.raises(ValueError):
-        fit_procrustes(_unit(10, 12, 0), _unit(10, 8, 1))
+        fit_procrustes(unit_rows(10, 12, 0), unit_rows(10, 8, 1))
 
 
 # ---- MLP ----
 
 
 def _mlp_data() -> tuple[np.ndarray, np.ndarray]:
-    x = _unit(96, 16, 35)
+    x = unit_rows(96, 16, 35)
     planted = np.random.default_rng(36).standard_normal((16, 24))
     y = np.tanh(x @ planted)
     return x, (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
@@ -252,7 +250,7 @@ def test_fit_mlp_learns_and_applies():
 
 
 def _all_kinds() -> list[TextMapping]:
-    x, y = _unit(40, 16, 37), _unit(40, 24, 38)
+    x, y = unit_rows(40, 16, 37), unit_rows(40, 24, 38)
     return [
         fit_ridge(x, y, alpha=2.0),
         fit_procrustes(x, y, center=True),
@@ -263,7 +261,7 @@ def _all_kinds() -> list[TextMapping]:
 @pytest.mark.parametrize("mapping", _all_kinds(), ids=lambda m: m.kind)
 def test_text_mapping_round_trips_json_and_npz(mapping):
     mapping.provenance = {"teacher": "imageomics/bioclip-2", "prompt_form": "sci_com"}
-    z = _unit(5, 16, 39)
+    z = unit_rows(5, 16, 39)
     expected = mapping.apply(z)
 
     as_json = json.loads(json.dumps(mapping.to_dict(arrays_as_lists=True)))
@@ -284,7 +282,7 @@ def test_text_mapping_round_trips_json_and_npz(mapping):
 def test_text_mapping_validates():
     mapping = _all_kinds()[0]
     with pytest.raises(ValueError):
-        mapping.apply(_unit(2, 17, 0))
+        mapping.apply(unit_rows(2, 17, 0))
     data = mapping.to_dict()
     with pytest.raises(ValueError):
         TextMapping.from_dict({**data, "kind": "kernel"})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from songsight.serve.app import create_app  # noqa: E402
 from songsight.sim.calls import render_call  # noqa: E402
 from songsight.sim.photos import render_photo  # noqa: E402
 from songsight.sim.world import WorldConfig, build_world, item_rng  # noqa: E402
+from tests.helpers import FakeGallery, free_port  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -62,17 +62,6 @@ def chromium_path() -> str:
 # ---- a searcher over simulated species: names the species whose song band is loudest --------
 
 
-class Gallery:
-    def __init__(self, paths: list[Path], labels: list[int]):
-        self.paths, self.labels = paths, labels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def image_path(self, image_id: int) -> Path:
-        return self.paths[image_id]
-
-
 class BandSearcher:
     """`Searcher`'s interface and result types: the species whose song band is loudest wins.
 
@@ -81,7 +70,7 @@ class BandSearcher:
 
     answered_by = "distilled"
 
-    def __init__(self, gallery: Gallery, names: list[tuple[str, str]], bands_hz: list[tuple]):
+    def __init__(self, gallery: FakeGallery, names: list[tuple[str, str]], bands_hz: list[tuple]):
         self.gallery, self.names, self.bands_hz = gallery, names, bands_hz
         self.answers: list[list[WindowResult]] = []
 
@@ -157,7 +146,7 @@ def world_files(tmp_path_factory):
             labels.append(i)
     names = [(world.species[c].scientific_name, world.species[c].common_name) for c in chosen]
     bands = [(world.acoustic[c].centre_hz / 1.2, world.acoustic[c].centre_hz * 1.2) for c in chosen]
-    searcher = BandSearcher(Gallery(paths, labels), names, bands)
+    searcher = BandSearcher(FakeGallery(paths, labels), names, bands)
     rate = world.config.sample_rate_hz
     parts = [
         render_call(world, chosen[i], item_rng(0, "browser-call", i, n), WINDOW_S)
@@ -174,9 +163,7 @@ def world_files(tmp_path_factory):
 def server(world_files, tmp_path_factory):
     searcher, _ = world_files
     app = create_app(searcher, temp_dir=tmp_path_factory.mktemp("uploads"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

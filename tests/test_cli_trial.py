@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 import shlex
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from songsight.cli import _COMMANDS, build_parser, main
+from tests.helpers import interrupt_after, write_noise_photo
 
 # (argv, the flags the continuing command must hold, those it must not)
 INTERRUPTED = [
@@ -58,24 +57,8 @@ def test_interruption_names_what_is_kept_and_a_command_that_parses(
 
 
 def _photos(folder, n: int):
-    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        rng = np.random.default_rng(i)
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-
-
-def _interrupt_after(monkeypatch, n: int) -> None:
-    from songsight.encoders.bioclip import BioCLIPEncoder
-
-    original = BioCLIPEncoder.iter_images
-
-    def interrupted(self, sources):
-        for i, item in enumerate(original(self, sources)):
-            if i == n:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(BioCLIPEncoder, "iter_images", interrupted)
+        write_noise_photo(folder / f"{i}.png", i)
 
 
 def _advice(err: str) -> list[str]:
@@ -107,8 +90,10 @@ def test_the_advised_command_really_continues(kind, tiny_models, tmp_path, monke
     else:
         argv = ["embed", "images", str(tmp_path / "p"), "--out", str(tmp_path / "e.parquet"), *common]  # fmt: skip
         store = tmp_path / "e.parquet"
+    from songsight.encoders.bioclip import BioCLIPEncoder
+
     with pytest.MonkeyPatch.context() as mp:
-        _interrupt_after(mp, 2)
+        interrupt_after(mp, BioCLIPEncoder, "iter_images", 2)
         assert main(argv) == 130
     advice = _advice(capsys.readouterr().err)
     assert main(advice) == 0, capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from songsight.config import DistillConfig
 from songsight.data.manifest import save_manifest
 from songsight.data.ssw60 import SSW60
+from tests.helpers import free_port
 from tests.ssw60_fixture import make_fake_ssw60
 
 
@@ -244,12 +244,6 @@ def test_fewer_clips_than_a_batch_train_and_say_so(world, tiny_models, tmp_path,
     assert meta["readout"]["method"] == max(posterior, key=posterior.get)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_SCRIPT = """
 import json, sys
 from songsight.config import DistillConfig
@@ -296,7 +290,7 @@ def test_two_gloo_ranks_match_single_process(world, tiny_models, tmp_path, loss)
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             str(script),
             json.dumps(ddp),
         ],

@@ -24,12 +24,9 @@ from songsight.encoders.biolingual import BioLingualEncoder
 from songsight.index.store import load_embeddings, read_provenance
 from songsight.inputs.audio import window_bounds
 from songsight.provenance import package_version
+from tests.helpers import interrupt_after, tone
 
 RATE = 16_000
-
-
-def tone(n: int, freq_hz: float, rate: int = RATE) -> np.ndarray:
-    return (0.3 * np.sin(2 * np.pi * freq_hz * np.arange(n) / rate)).astype(np.float32)
 
 
 def sha256(path: Path) -> str:
@@ -43,10 +40,10 @@ def audio_tree(tmp_path):
     (root / "site_a" / "deep").mkdir(parents=True)
     (root / "site_b").mkdir()
     good = {
-        root / "r0.wav": (tone(20_000, 600), RATE),
-        root / "site_a" / "r1.flac": (tone(50_000, 900), RATE),
-        root / "site_a" / "deep" / "r2.wav": (tone(30_000, 1500, 22_050), 22_050),
-        root / "site_b" / "r3.ogg": (tone(16_000, 2000), RATE),
+        root / "r0.wav": (tone(600, 1.25, RATE), RATE),
+        root / "site_a" / "r1.flac": (tone(900, 3.125, RATE), RATE),
+        root / "site_a" / "deep" / "r2.wav": (tone(1500, 30_000 / 22_050, 22_050), 22_050),
+        root / "site_b" / "r3.ogg": (tone(2000, 1.0, RATE), RATE),
     }
     for path, (wave, rate) in good.items():
         sf.write(path, wave, rate)
@@ -178,20 +175,6 @@ def test_bad_numbers_are_argument_errors(flag, value, capsys):
     assert flag in capsys.readouterr().err
 
 
-def interrupt_after(monkeypatch, n_files: int, seen: list):
-    """Make the encoder raise KeyboardInterrupt after ``n_files`` results (a Ctrl-C mid-run)."""
-    original = BioLingualEncoder.embed_windows
-
-    def embed_windows(self, sources, *args, **kwargs):
-        seen.extend(map(str, sources))
-        for k, item in enumerate(original(self, sources, *args, **kwargs)):
-            if k == n_files:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(BioLingualEncoder, "embed_windows", embed_windows)
-
-
 def record_sources(monkeypatch, seen: list):
     original = BioLingualEncoder.embed_windows
 
@@ -208,7 +191,7 @@ def test_resume_after_interruption(audio_tree, tiny_models, tmp_path, capsys):
     parts = tmp_path / "r.parquet.parts"
     with pytest.MonkeyPatch.context() as mp:
         first: list = []
-        interrupt_after(mp, 3, first)
+        interrupt_after(mp, BioLingualEncoder, "embed_windows", 3, first)
         assert run(audio_args([root], out, tiny_models[0])) == 130
     assert "--resume" in capsys.readouterr().err
     assert not out.exists() and parts.is_dir()
@@ -327,15 +310,7 @@ def test_embed_images_folder(image_tree, tiny_models, tiny_image_encoder, tmp_pa
 def test_image_resume_after_interruption(image_tree, tiny_models, tmp_path, monkeypatch):
     root, good, _ = image_tree
     out = tmp_path / "ri.parquet"
-    original = BioCLIPEncoder.iter_images
-
-    def interrupted(self, sources):
-        for k, item in enumerate(original(self, sources)):
-            if k == 2:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(BioCLIPEncoder, "iter_images", interrupted)
+    original = interrupt_after(monkeypatch, BioCLIPEncoder, "iter_images", 2)
     assert run(image_args([root], out, tiny_models[1])) == 130
     monkeypatch.setattr(BioCLIPEncoder, "iter_images", original)
     assert run(image_args([root], out, tiny_models[1], "--resume")) == 1

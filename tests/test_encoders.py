@@ -16,6 +16,7 @@ from songsight.encoders.base import AudioEncoder, ImageEncoder, TextEncoder
 from songsight.errors import InputFileError
 from songsight.prompt_templates import TEMPLATE_SETS
 from songsight.taxonomy import Species
+from tests.helpers import write_noise_photo
 
 RATE = 16_000  # the tiny CLAP's sampling rate; its window is 2 s (32,000 samples)
 
@@ -309,9 +310,7 @@ def write_photos(folder) -> list:
     rng = np.random.default_rng(7)
     paths = []
     for k, (w, h) in enumerate([(64, 48), (32, 32), (20, 90), (100, 40), (33, 47)]):
-        p = folder / f"photo{k}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
-        paths.append(p)
+        paths.append(write_noise_photo(folder / f"photo{k}.png", rng, (w, h)))
     return paths
 
 

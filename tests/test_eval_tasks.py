@@ -45,15 +45,7 @@ TRAIN_LABELS = [0, 1, 2]  # species 3 is held out of the fake distillation
 SOUNDSCAPE_S = 6.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The tiny models run ~10x faster on one thread than on two on a busy 2-core machine.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fake_checkpoint(out: Path, tiny_models, train_labels: list[int]) -> Path:

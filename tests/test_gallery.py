@@ -24,6 +24,14 @@ from songsight.retrieval.gallery import (
     read_gallery_manifest,
 )
 from songsight.taxonomy import Species, write_species_csv
+from tests.helpers import (
+    brute_force,
+    interrupt_after,
+    noise_pixels,
+    random_photos,
+    unit_rows,
+    write_csv,
+)
 
 TAXA = [
     Species(0, "Branta canadensis", "Canada Goose", order="Anseriformes", family="Anatidae"),
@@ -32,23 +40,19 @@ TAXA = [
 ]
 
 
-def _rgb(seed: int, size=(40, 30)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-
-
 @pytest.fixture
 def photos(tmp_path):
     """Every kind of photo a user has, one broken file and a stray text file."""
     root = tmp_path / "photos"
     (root / "nested").mkdir(parents=True)
-    Image.fromarray(_rgb(1)).save(root / "rgb.jpg", quality=95)
+    Image.fromarray(noise_pixels(1, (40, 30))).save(root / "rgb.jpg", quality=95)
     rgba = np.zeros((30, 30, 4), np.uint8)
     rgba[..., 1] = 180
     rgba[10:, :, 3] = 255
     Image.fromarray(rgba, "RGBA").save(root / "nested" / "alpha.png")
     Image.new("L", (25, 35), 120).save(root / "gray.png")
     Image.new("CMYK", (48, 32), (0, 200, 200, 10)).save(root / "nested" / "cmyk.jpg")
-    stored = Image.fromarray(_rgb(2, (48, 24)))
+    stored = Image.fromarray(noise_pixels(2, (48, 24)))
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
     stored.save(root / "rotated.jpg", exif=exif, quality=95)
@@ -62,31 +66,6 @@ def photos(tmp_path):
         root / "rotated.jpg",
     ]
     return root, good, root / "nested" / "broken.jpg"
-
-
-def _manifest(tmp_path, rows: list[dict], name="photos.csv") -> Path:
-    path = tmp_path / name
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def _brute_force(vectors: np.ndarray, queries: np.ndarray, k: int):
-    """Reference top-k by a float64 loop, ties to the lower id."""
-    out_s, out_i = [], []
-    for q in queries.astype(np.float64):
-        scores = [float(np.dot(q, v)) for v in vectors.astype(np.float64)]
-        order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[:k]
-        out_s.append([scores[j] for j in order])
-        out_i.append(order)
-    return np.array(out_s), np.array(out_i)
-
-
-def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def test_build_indexes_every_photo_kind(photos, tiny_models, tiny_image_encoder, tmp_path):
@@ -136,9 +115,9 @@ def test_build_indexes_every_photo_kind(photos, tiny_models, tiny_image_encoder,
         gallery.record(5)
 
     # Search is the exact top-k over the stored vectors.
-    queries = _unit(4, 48, 0)
+    queries = unit_rows(4, 48, 0)
     scores, ids = gallery.search(queries, k=3)
-    ref_s, ref_i = _brute_force(vectors, queries, 3)
+    ref_s, ref_i = brute_force(vectors, queries, 3)
     np.testing.assert_array_equal(ids, ref_i)
     np.testing.assert_allclose(scores, ref_s, atol=1e-5)
     scores, ids = gallery.search(queries, k=8)  # more than the gallery holds: padded
@@ -150,8 +129,8 @@ def test_manifest_metadata_and_species_table(photos, tiny_image_encoder, tmp_pat
     taxa = tmp_path / "taxa.csv"
     write_species_csv(TAXA, taxa)
     missing = root / "gone.jpg"
-    manifest = _manifest(
-        tmp_path,
+    manifest = write_csv(
+        tmp_path / "photos.csv",
         [
             {"path": "photos/rgb.jpg", "label": 0, "common_name": ""},
             {"path": "photos/gray.png", "label": 2, "common_name": "Junco"},
@@ -183,8 +162,8 @@ def test_manifest_metadata_and_species_table(photos, tiny_image_encoder, tmp_pat
 
     # A manifest with names and no labels; SSW60-style family descriptions are trimmed.
     df = read_gallery_manifest(
-        _manifest(
-            tmp_path,
+        write_csv(
+            tmp_path / "named.csv",
             [
                 {
                     "path": "a.jpg",
@@ -192,7 +171,6 @@ def test_manifest_metadata_and_species_table(photos, tiny_image_encoder, tmp_pat
                     "family": "Corvidae (Crows, Jays, and Magpies)",
                 }
             ],
-            "named.csv",
         )
     )
     row = df.iloc[0]
@@ -201,11 +179,7 @@ def test_manifest_metadata_and_species_table(photos, tiny_image_encoder, tmp_pat
     # With a species table a name finds its label and ranks; a species the table does not
     # hold keeps the manifest's own names.
     both = read_gallery_manifest(
-        _manifest(
-            tmp_path,
-            [{"path": "b.jpg", "scientific_name": "Aix sponsa"}, {"path": "a.jpg", "scientific_name": "Corvus corax"}],
-            "named2.csv",
-        ),
+        write_csv(tmp_path / "named2.csv", [{"path": "b.jpg", "scientific_name": "Aix sponsa"}, {"path": "a.jpg", "scientific_name": "Corvus corax"}]),
         species_csv=taxa,
     )  # fmt: skip
     assert both["label"].tolist()[0] == 1 and both["common_name"].tolist()[0] == "Wood Duck"
@@ -216,7 +190,7 @@ def test_manifest_metadata_and_species_table(photos, tiny_image_encoder, tmp_pat
     )
     with pytest.raises(DataNotFoundError, match=r"\[7\]"):
         read_gallery_manifest(
-            _manifest(tmp_path, [{"path": "a.jpg", "label": 7}], "bad.csv"), species_csv=taxa
+            write_csv(tmp_path / "bad.csv", [{"path": "a.jpg", "label": 7}]), species_csv=taxa
         )
 
 
@@ -232,24 +206,19 @@ def test_interrupted_build_resumes_and_loses_nothing(
     root, good, _ = photos
     taxa = tmp_path / "taxa.csv"
     write_species_csv(TAXA, taxa)
-    manifest = _manifest(
-        tmp_path, [{"path": str(p), "label": i % 3} for i, p in enumerate(sorted(good))]
+    manifest = write_csv(
+        tmp_path / "photos.csv",
+        [{"path": str(p), "label": i % 3} for i, p in enumerate(sorted(good))],
     )
     original = BioCLIPEncoder.iter_images
     calls: list[int] = []
-
-    def interrupted(self, sources):
-        for n, item in enumerate(original(self, sources)):
-            if n == 2:
-                raise KeyboardInterrupt
-            yield item
 
     def counting(self, sources):
         calls.append(len(sources))
         yield from original(self, sources)
 
     out = tmp_path / "g"
-    monkeypatch.setattr(BioCLIPEncoder, "iter_images", interrupted)
+    interrupt_after(monkeypatch, BioCLIPEncoder, "iter_images", 2)
     with pytest.raises(KeyboardInterrupt):
         build_gallery([], out, image_model=tiny_image_encoder, manifest=manifest, species_csv=taxa, progress=False)  # fmt: skip
     with pytest.raises(DataNotFoundError, match="interrupted"):
@@ -319,19 +288,9 @@ def test_other_image_model_is_refused(photos, tiny_models, tmp_path):
         Gallery.open(tmp_path / "nowhere")
 
 
-def _random_photos(folder: Path, n: int, seed: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = folder / f"p{seed}_{i:03d}.png"
-        Image.fromarray(_rgb(seed * 1000 + i, (16, 16))).save(p)
-        paths.append(p)
-    return paths
-
-
 @pytest.mark.parametrize("vector_dtype", ["float32", "float16"])
 def test_ann_gallery_equals_exact_search(tiny_image_encoder, tmp_path, vector_dtype):
-    first = _random_photos(tmp_path / "a", 40, 1)
+    first = random_photos(tmp_path / "a", 40, 1)
     out = tmp_path / "g"
     options = {"min_candidates": 12, "rerank_factor": 2, "threads": 1}
     gallery = Gallery.build(
@@ -344,9 +303,9 @@ def test_ann_gallery_equals_exact_search(tiny_image_encoder, tmp_path, vector_dt
 
     def check(g: Gallery) -> None:
         _, vectors, _ = load_embeddings(out / "gallery.parquet")  # float16 rows, as stored
-        queries = _unit(10, 48, 3)
+        queries = unit_rows(10, 48, 3)
         scores, ids = g.search(queries, k=5)  # 12 graph candidates of 40+, re-ranked exactly
-        ref_s, ref_i = _brute_force(vectors, queries, 5)
+        ref_s, ref_i = brute_force(vectors, queries, 5)
         np.testing.assert_array_equal(ids, ref_i)
         np.testing.assert_allclose(scores, ref_s, atol=1e-5)
 
@@ -355,7 +314,7 @@ def test_ann_gallery_equals_exact_search(tiny_image_encoder, tmp_path, vector_dt
     assert isinstance(reopened.index, HNSWIndex) and len(reopened.index) == 40
     check(reopened)
     # Adding extends the saved graph; the ids of the first rows do not move.
-    reopened.add(_random_photos(tmp_path / "b", 8, 2), image_model=tiny_image_encoder, progress=False)  # fmt: skip
+    reopened.add(random_photos(tmp_path / "b", 8, 2), image_model=tiny_image_encoder, progress=False)  # fmt: skip
     assert len(reopened) == 48 and len(reopened.index) == 48
     assert reopened.index.metadata["gallery_rows"] == 48
     check(reopened)

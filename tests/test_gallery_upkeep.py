@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from songsight.cli import main
 from songsight.errors import DataNotFoundError
@@ -15,18 +14,12 @@ from songsight.index.gallery_check import check_gallery
 from songsight.index.store import load_embeddings
 from songsight.retrieval.gallery import Gallery, add_to_gallery, build_gallery
 from songsight.taxonomy import Species, write_species_csv
+from tests.helpers import write_noise_photo
 
 TAXA = [
     Species(0, "Branta canadensis", "Canada Goose", order="Anseriformes", family="Anatidae", code="cangoo"),
     Species(1, "Aix sponsa", "Wood Duck", order="Anseriformes", family="Anatidae", code="wooduc"),
 ]  # fmt: skip
-
-
-def _photo(path, seed: int):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (18, 18, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def _csv(path, text: str):
@@ -35,7 +28,10 @@ def _csv(path, text: str):
 
 
 def test_moved_photo_takes_its_new_path_and_keeps_its_id(tiny_image_encoder, tmp_path):
-    a, b = _photo(tmp_path / "p" / "a.JPG", 1), _photo(tmp_path / "p" / "b.png", 2)
+    a, b = (
+        write_noise_photo(tmp_path / "p" / "a.JPG", 1, (18, 18)),
+        write_noise_photo(tmp_path / "p" / "b.png", 2, (18, 18)),
+    )
     gallery = Gallery.build([tmp_path / "p"], tmp_path / "g", tiny_image_encoder, progress=False)
     ids = {gallery.record(i)["path"]: i for i in range(2)}
     _, before, _ = load_embeddings(tmp_path / "g" / "gallery.parquet")
@@ -53,7 +49,7 @@ def test_moved_photo_takes_its_new_path_and_keeps_its_id(tiny_image_encoder, tmp
 
 
 def test_index_check_lists_deleted_photos_and_prunes_them(tiny_image_encoder, tmp_path, capsys):
-    photos = [_photo(tmp_path / "p" / f"{i}.png", 10 + i) for i in range(4)]
+    photos = [write_noise_photo(tmp_path / "p" / f"{i}.png", 10 + i, (18, 18)) for i in range(4)]
     build_gallery([tmp_path / "p"], tmp_path / "g", image_model=tiny_image_encoder, ann=True,
                   hnsw_options={"threads": 1}, progress=False)  # fmt: skip
     photos[1].unlink()
@@ -72,10 +68,10 @@ def test_index_check_lists_deleted_photos_and_prunes_them(tiny_image_encoder, tm
 
 
 def test_copies_are_held_once_and_keep_every_name(tiny_image_encoder, tmp_path):
-    original = _photo(tmp_path / "p" / "duck.png", 3)
+    original = write_noise_photo(tmp_path / "p" / "duck.png", 3, (18, 18))
     copy = tmp_path / "p" / "the copy of duck.png"  # met after the original (sorted)
     shutil.copy(original, copy)
-    other = _photo(tmp_path / "p" / "goose.png", 4)
+    other = write_noise_photo(tmp_path / "p" / "goose.png", 4, (18, 18))
     gallery = Gallery.build([tmp_path / "p"], tmp_path / "g", tiny_image_encoder, progress=False)
     assert len(gallery) == 2 and gallery.report.n_copies == 1  # one build: one row per photo
     assert "cop" in gallery.report.summary()
@@ -118,8 +114,8 @@ def test_empty_folders_and_empty_galleries_say_so(tiny_image_encoder, tmp_path, 
 
 
 def test_handwritten_manifest_columns_are_read_or_refused(tiny_image_encoder, tmp_path):
-    _photo(tmp_path / "photos" / "a.png", 5)
-    _photo(tmp_path / "photos" / "b.png", 6)
+    write_noise_photo(tmp_path / "photos" / "a.png", 5, (18, 18))
+    write_noise_photo(tmp_path / "photos" / "b.png", 6, (18, 18))
     (tmp_path / "lists").mkdir()
     manifest = _csv(
         tmp_path / "lists" / "mine.csv",
@@ -155,10 +151,10 @@ def test_handwritten_manifest_columns_are_read_or_refused(tiny_image_encoder, tm
 
 
 def test_build_on_an_existing_gallery_uses_its_own_image_model(tiny_models, tmp_path, capsys):
-    _photo(tmp_path / "p" / "a.png", 7)
+    write_noise_photo(tmp_path / "p" / "a.png", 7, (18, 18))
     g = str(tmp_path / "g")
     assert main(["index", "build", str(tmp_path / "p"), "--gallery", g, "--image-model", str(tiny_models[1]), "--device", "cpu", "--quiet"]) == 0  # fmt: skip
-    _photo(tmp_path / "p" / "b.png", 8)
+    write_noise_photo(tmp_path / "p" / "b.png", 8, (18, 18))
     # No --image-model: the gallery's own (a tiny local model), not BioCLIP-2 from the Hub.
     assert main(["index", "build", str(tmp_path / "p"), "--gallery", g, "--device", "cpu", "--quiet"]) == 0  # fmt: skip
     assert len(Gallery.open(g)) == 2

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from songsight.errors import InputFileError
 from songsight.inputs.images import load_image, to_rgb
+from tests.helpers import expect_input_error
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 
@@ -121,13 +120,6 @@ def test_in_memory_image_is_converted_too():
     assert out.mode == "RGB" and (np.asarray(out) == 255).all()
 
 
-def _expect_input_error(path, match):
-    with pytest.raises(InputFileError, match=match) as info:
-        load_image(path)
-    assert info.value.path == str(path) and "\n" not in info.value.reason
-    return info.value
-
-
 def test_truncated_jpeg(tmp_path):
     good = tmp_path / "good.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
@@ -135,23 +127,23 @@ def test_truncated_jpeg(tmp_path):
     )
     bad = tmp_path / "cut.jpg"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    _expect_input_error(bad, "corrupt image")
+    expect_input_error(load_image, bad, "corrupt image")
 
 
 def test_garbage_after_png_signature(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
-    _expect_input_error(path, "not an image|corrupt")
+    expect_input_error(load_image, path, "not an image|corrupt")
 
 
 def test_empty_text_and_missing(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    _expect_input_error(empty, "empty file")
+    expect_input_error(load_image, empty, "empty file")
     text = tmp_path / "notes.png"
     text.write_text("not a photo")
-    _expect_input_error(text, "not an image file")
-    _expect_input_error(tmp_path / "nowhere.jpg", "not found")
+    expect_input_error(load_image, text, "not an image file")
+    expect_input_error(load_image, tmp_path / "nowhere.jpg", "not found")
 
 
 def test_decompression_bomb_guard(tmp_path, monkeypatch):
@@ -160,4 +152,4 @@ def test_decompression_bomb_guard(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (100, 100)).save(path)
     monkeypatch.setattr(images, "MAX_PIXELS", 5_000)
-    _expect_input_error(path, "pixel limit")
+    expect_input_error(load_image, path, "pixel limit")

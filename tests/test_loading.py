@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -183,12 +182,11 @@ def test_cli_missing_model_is_one_clean_line(tmp_path):
     assert not (tmp_path / "o.parquet").exists()
 
 
-def test_cli_help_is_fast_and_torch_free():
-    start = time.perf_counter()
+def test_cli_help_is_torch_free():
+    """What keeps `--help` fast: no heavy import before parsing (benchmarks/cli_latency.py
+    prints how long it takes)."""
     proc = subprocess.run([*songsight_cmd(), "--help"], capture_output=True, text=True, timeout=30)
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 0 and "embed" in proc.stdout
-    assert elapsed < 2.0, f"songsight --help took {elapsed:.2f} s"
 
     code = (
         "import sys, songsight.cli as c; c.build_parser(); "

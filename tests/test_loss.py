@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 from songsight.distill.loss import (
     DistillationLoss,
@@ -22,11 +21,11 @@ from songsight.distill.loss import (
     gather_with_grad,
     preservation_loss,
 )
+from tests.helpers import free_port, unit_rows
 
 
 def _unit(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
+    return torch.from_numpy(unit_rows(n, d, seed, np.float64)).to(dtype)
 
 
 def _dot(u: list[float], v: list[float]) -> float:
@@ -306,12 +305,6 @@ def test_gather_with_grad_is_identity_without_distributed():
     assert gather_with_grad(x) is x
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gather_worker(rank: int, world_size: int, port: int) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -356,7 +349,7 @@ def _gather_worker(rank: int, world_size: int, port: int) -> None:
 
 
 def test_gather_with_grad_two_gloo_processes():
-    ctx = mp.spawn(_gather_worker, args=(2, _free_port()), nprocs=2, join=False)
+    ctx = mp.spawn(_gather_worker, args=(2, free_port()), nprocs=2, join=False)
     deadline = time.monotonic() + 60
     while not ctx.join(timeout=1):  # raises if a worker failed, with its traceback
         if time.monotonic() > deadline:

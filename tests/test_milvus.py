@@ -26,8 +26,8 @@ from songsight.errors import ProvenanceMismatchError, SongsightError
 from songsight.index.search import ExactIndex
 from songsight.index.store import load_embeddings
 from songsight.retrieval.gallery import Gallery, add_to_gallery, build_gallery
-from tests.test_gallery import TAXA, _manifest, _random_photos
-from tests.test_search import clustered, recall
+from tests.helpers import clustered, random_photos, recall, warble, write_csv
+from tests.test_gallery import TAXA
 
 if not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")):
     pytest.skip("the 'milvus' extra: pip install 'songsight[milvus]'", allow_module_level=True)
@@ -201,10 +201,12 @@ def two_galleries(tiny_image_encoder, tmp_path):
     """The same 30 photos with species, built as an exact gallery and a Milvus one."""
     from songsight.taxonomy import write_species_csv
 
-    photos = _random_photos(tmp_path / "photos", 30, 1)
+    photos = random_photos(tmp_path / "photos", 30, 1)
     taxa = tmp_path / "taxa.csv"
     write_species_csv(TAXA, taxa)
-    manifest = _manifest(tmp_path, [{"path": str(p), "label": i % 3} for i, p in enumerate(photos)])
+    manifest = write_csv(
+        tmp_path / "photos.csv", [{"path": str(p), "label": i % 3} for i, p in enumerate(photos)]
+    )
     options = dict(manifest=manifest, species_csv=taxa, progress=False)
     exact = Gallery.build([], tmp_path / "exact", tiny_image_encoder, **options)
     milvus = Gallery.build([], tmp_path / "milvus", tiny_image_encoder, milvus=milvus_config(), **options)  # fmt: skip
@@ -265,7 +267,7 @@ def test_milvus_gallery_answers_as_the_exact_one(two_galleries, tiny_image_encod
     assert filters[-1].startswith("key in [") and filters[-1].count(",") == len(some) - 2
     gallery.index._client.search = search
     # Adding embeds and writes only new photos; adding them again changes nothing.
-    more = _random_photos(tmp_path / "more", 6, 2)
+    more = random_photos(tmp_path / "more", 6, 2)
     gallery.index.close()
     report = gallery.add(more, image_model=tiny_image_encoder, progress=False)
     assert (report.n_embedded, len(gallery), len(gallery.index)) == (6, 36, 36)
@@ -317,7 +319,7 @@ def test_collection_of_another_model_is_refused(two_galleries, tmp_path):
     target.mkdir()
     shutil.copy2(gallery.directory / "milvus.db", target / "milvus.db")
     with pytest.raises(ProvenanceMismatchError, match="not comparable"):
-        build_gallery(_random_photos(tmp_path / "x", 2, 3), target, image_model=other,
+        build_gallery(random_photos(tmp_path / "x", 2, 3), target, image_model=other,
                       milvus=milvus_config(), progress=False)  # fmt: skip
     with pytest.raises(SongsightError, match="index move"):
         Gallery.build([gallery.record(0)["path"]], gallery.directory, gallery.image_model["model_id"],
@@ -333,10 +335,10 @@ def test_sigkill_during_add_then_rerun_loses_nothing(tiny_models, tmp_path):
     """A real `songsight index add` killed while it writes to Milvus, then run again."""
     image_model = str(tiny_models[1])
     out = tmp_path / "g"
-    build_gallery(_random_photos(tmp_path / "a", 5, 4), out, image_model=image_model,
+    build_gallery(random_photos(tmp_path / "a", 5, 4), out, image_model=image_model,
                   milvus=milvus_config(), progress=False)  # fmt: skip
     # Enough photos that writing them to Milvus outlasts a few progress-bar updates (~1 s).
-    _random_photos(tmp_path / "b", 4000, 5)
+    random_photos(tmp_path / "b", 4000, 5)
     add = ("index", "add", str(tmp_path / "b"), "--gallery", str(out))
     # While another process holds the embedded file, add stops at once with one clear line.
     held = Gallery.open(out)
@@ -389,15 +391,15 @@ def test_songsight_search_prints_the_same_through_either_backend(
 ):
     import soundfile as sf
 
-    from tests.test_retrieval import RATE, _checkpoint, tone
+    from tests.test_retrieval import RATE, _checkpoint
 
     exact, gallery = two_galleries
     gallery.index.close()
     checkpoint = _checkpoint(tmp_path / "distilled", tiny_models[0], tiny_image_encoder.provenance())  # fmt: skip
     rec = tmp_path / "rec"
     rec.mkdir()
-    sf.write(rec / "short.wav", tone(1.5, 700), RATE)
-    sf.write(rec / "long.wav", tone(5.3, 1200, seed=1), RATE)
+    sf.write(rec / "short.wav", warble(700, 1.5), RATE)
+    sf.write(rec / "long.wav", warble(1200, 5.3, seed=1), RATE)
     printed = []
     for g in (exact, gallery):
         args = ["search", str(rec), "--gallery", str(g.directory), "--model", str(checkpoint),
@@ -424,10 +426,12 @@ def test_ray_workers_write_straight_into_the_collection(tiny_models, tiny_image_
     from songsight.index import gallery_milvus
     from songsight.taxonomy import write_species_csv
 
-    photos = _random_photos(tmp_path / "photos", 12, 6)
+    photos = random_photos(tmp_path / "photos", 12, 6)
     taxa = tmp_path / "taxa.csv"
     write_species_csv(TAXA, taxa)
-    manifest = _manifest(tmp_path, [{"path": str(p), "label": i % 3} for i, p in enumerate(photos)])
+    manifest = write_csv(
+        tmp_path / "photos.csv", [{"path": str(p), "label": i % 3} for i, p in enumerate(photos)]
+    )
     driver_writes: list[int] = []
     original = gallery_milvus._write_rows
     monkeypatch.setattr(gallery_milvus, "_write_rows", lambda *a, **kw: driver_writes.append(len(a[4])) or original(*a, **kw))  # fmt: skip
@@ -450,7 +454,7 @@ def test_ray_workers_write_straight_into_the_collection(tiny_models, tiny_image_
         _same_answers(exact, gallery, queries)
         gallery.index.close()
         # Resumed by hash: one new photo is embedded and written, by a worker again.
-        new = _random_photos(tmp_path / "photos", 13, 6)[-1:]
+        new = random_photos(tmp_path / "photos", 13, 6)[-1:]
         report = add_to_gallery(new, tmp_path / "ray", engine="ray", workers=1, device="cpu", progress=False)  # fmt: skip
         assert (report.n_embedded, report.n_images, driver_writes) == (1, 13, [])
     finally:

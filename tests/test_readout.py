@@ -14,11 +14,7 @@ from songsight.distill.readout import (
     readout_posterior,
     readout_queries,
 )
-
-
-def _unit(rng, n, d):
-    x = rng.standard_normal((n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from tests.helpers import unit_rows
 
 
 def _posterior(rng, n, s):
@@ -28,7 +24,7 @@ def _posterior(rng, n, s):
 
 def test_prototype_posterior_is_a_softmax_over_scaled_cosines():
     rng = np.random.default_rng(0)
-    emb, text = _unit(rng, 5, 8), _unit(rng, 4, 8)
+    emb, text = unit_rows(5, 8, rng), unit_rows(4, 8, rng)
     p = prototype_posterior(emb, text, logit_scale=20.0)
     for i in range(5):
         logits = [20.0 * float(emb[i] @ text[s]) for s in range(4)]
@@ -70,7 +66,7 @@ def test_fused_with_nothing_seen_is_the_cascade_and_bad_input_is_refused():
 
 def test_readout_queries_land_on_the_chosen_species_text():
     rng = np.random.default_rng(3)
-    emb, text = _unit(rng, 10, 16), _unit(rng, 5, 16)
+    emb, text = unit_rows(10, 16, rng), unit_rows(5, 16, rng)
     raw = readout_queries("distilled", emb * 3.0, text, logit_scale=10.0)
     np.testing.assert_allclose(raw, emb, atol=1e-6)
     proto = readout_queries("distilled_proto", emb, text, logit_scale=10.0)

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from PIL import Image
 
 from songsight.encoders.base import l2_normalize
 from songsight.errors import ProvenanceMismatchError, SongsightError
@@ -32,6 +31,7 @@ from songsight.retrieval.writers import (
     write_results,
 )
 from songsight.taxonomy import Species, write_species_csv
+from tests.helpers import brute_force_one, warble, write_csv, write_noise_photo
 
 RATE = 16_000  # the tiny CLAP's rate; its window is 2 s
 TAXA = [
@@ -42,14 +42,6 @@ TAXA = [
 ]
 
 
-def tone(seconds: float, freq_hz: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    noise = 0.02 * np.random.default_rng(seed).standard_normal(len(t))
-    return (0.3 * np.sin(2 * np.pi * freq_hz * t * (1 + 0.1 * np.sin(t))) + noise).astype(
-        np.float32
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_models, tiny_image_encoder):
     """A gallery of 4 species x 3 photos (with taxonomy), one without species, recordings."""
@@ -57,16 +49,12 @@ def world(tmp_path_factory, tiny_models, tiny_image_encoder):
     rows = []
     for s in TAXA:
         for j in range(3):
-            p = root / "photos" / f"{s.label}_{j}.png"
-            p.parent.mkdir(exist_ok=True)
-            rng = np.random.default_rng(10 * s.label + j)
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(p)
+            p = write_noise_photo(
+                root / "photos" / f"{s.label}_{j}.png", 10 * s.label + j, (20, 20)
+            )
             rows.append({"path": str(p), "label": s.label})
     write_species_csv(TAXA, root / "taxa.csv")
-    with (root / "photos.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "label"])
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(root / "photos.csv", rows)
     gallery = Gallery.build(
         [], root / "gallery", tiny_image_encoder, manifest=root / "photos.csv",
         species_csv=root / "taxa.csv", progress=False,
@@ -75,12 +63,14 @@ def world(tmp_path_factory, tiny_models, tiny_image_encoder):
 
     rec = root / "rec"
     rec.mkdir()
-    sf.write(rec / "short.wav", tone(1.5, 700), RATE)
-    sf.write(rec / "calls.ogg", tone(5.3, 1200, 22_050, 1), 22_050, format="OGG", subtype="VORBIS")
+    sf.write(rec / "short.wav", warble(700, 1.5), RATE)
     sf.write(
-        rec / "calls.mp3", tone(4.2, 2500, seed=2), RATE, format="MP3", subtype="MPEG_LAYER_III"
+        rec / "calls.ogg", warble(1200, 5.3, 22_050, seed=1), 22_050, format="OGG", subtype="VORBIS"
     )
-    stereo = np.stack([tone(3.0, 900, 48_000, 3), tone(3.0, 400, 48_000, 4)], axis=1)
+    sf.write(
+        rec / "calls.mp3", warble(2500, 4.2, seed=2), RATE, format="MP3", subtype="MPEG_LAYER_III"
+    )
+    stereo = np.stack([warble(900, 3.0, 48_000, seed=3), warble(400, 3.0, 48_000, seed=4)], axis=1)
     sf.write(rec / "stereo.flac", stereo, 48_000)
     (rec / "notes.wav").write_text("not audio")
     return {"root": root, "gallery": gallery, "rec": rec, "models": tiny_models}
@@ -116,14 +106,8 @@ def _checkpoint(out: Path, audio_dir: Path, teacher: dict, extra: dict | None = 
 
 def long_recording(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
     """Hours are cheap: a 7.3 s stretch of calls tiled (7.3 s keeps windows from repeating)."""
-    pattern = tone(7.3, 1300, rate, seed)
+    pattern = warble(1300, 7.3, rate, seed=seed)
     return np.resize(pattern, int(seconds * rate))
-
-
-def _brute_force(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-    scores = [float(np.dot(query.astype(np.float64), v)) for v in vectors.astype(np.float64)]
-    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[:k]
-    return order, [scores[j] for j in order]
 
 
 def _check_against_reference(results, reference, gallery_vectors, path, k, to_query):
@@ -137,7 +121,7 @@ def _check_against_reference(results, reference, gallery_vectors, path, k, to_qu
     for r in mine:
         if r.window is not None:
             assert (r.start_s, r.end_s) == pytest.approx((ref.starts_s[r.window], ref.ends_s[r.window]))  # fmt: skip
-        ids, scores = _brute_force(gallery_vectors, queries[0 if r.window is None else r.window + 1], k)  # fmt: skip
+        ids, scores = brute_force_one(gallery_vectors, queries[0 if r.window is None else r.window + 1], k)  # fmt: skip
         assert [h.image_id for h in r.hits] == ids
         np.testing.assert_allclose([h.score for h in r.hits], scores, atol=1e-4)
 
@@ -212,7 +196,7 @@ def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_i
                 method, d.clip[None], image_text, logit_scale=20.0, p_cascade=p_c, seen=seen,
                 weight=0.5,
             )[0]  # fmt: skip
-            ids, _ = _brute_force(vectors, query, 4)
+            ids, _ = brute_force_one(vectors, query, 4)
             assert [h.image_id for h in clip.hits] == ids
             if method == "fused" and not seen[p_c[0].argmax()]:  # the cascade's own answer
                 np.testing.assert_allclose(query, image_text[p_c[0].argmax()], atol=1e-6)
@@ -349,7 +333,7 @@ def test_bad_recordings_never_abort(world, checkpoint):
         rec / "notes.wav",
         rec / "missing.wav",
         (nan, RATE),
-        (tone(3.0, 800, 8_000), 8_000),
+        (warble(800, 3.0, 8_000), 8_000),
         rec / "short.wav",
         (np.zeros(0, np.float32), RATE),
     ]
@@ -365,7 +349,7 @@ def test_bad_recordings_never_abort(world, checkpoint):
         str(rec / "short.wav"), "<array 5>",
     ]  # fmt: skip
     # The in-memory recording gives the same answer as the same audio on disk.
-    sf.write(rec / "array3.wav", tone(3.0, 800, 8_000), 8_000, subtype="FLOAT")
+    sf.write(rec / "array3.wav", warble(800, 3.0, 8_000), 8_000, subtype="FLOAT")
     disk = searcher.search([rec / "array3.wav"], k=2)
     memory = [r for r in results if r.path == "<array 3>"]
     assert [[h.image_id for h in r.hits] for r in disk] == [[h.image_id for h in r.hits] for r in memory]  # fmt: skip
@@ -398,7 +382,7 @@ def test_long_recording_streams_in_bounded_memory(tmp_path):
 
     # Resampled on the fly: the streaming resampler gives what resampling at once gives.
     path48 = tmp_path / "hi.flac"
-    sf.write(path48, tone(37.3, 3000, 48_000, seed=8), 48_000)
+    sf.write(path48, warble(3000, 37.3, 48_000, seed=8), 48_000)
     full = load_audio(path48, RATE).waveform
     got = list(iter_windows(path48, RATE, 2.0, 2.0, block_s=3.3))
     assert [(a, b) for a, b, _ in got] == window_bounds(len(full), RATE, 2.0, 2.0)
@@ -425,7 +409,7 @@ def test_long_file_per_window_results(world, checkpoint, tmp_path):
     a, b = bounds[13]
     emb = DistilledEncoder(checkpoint, device="cpu").embed_audio([(audio[a:b], RATE)])[0]
     _, vectors, _ = load_embeddings(world["root"] / "gallery" / "gallery.parquet")
-    ids, _ = _brute_force(vectors, emb, 3)
+    ids, _ = brute_force_one(vectors, emb, 3)
     assert [h.image_id for h in results[14].hits] == ids
 
 

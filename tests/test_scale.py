@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from PIL import Image
 
 from songsight.index.store import IDENTITY_KEYS, load_embeddings
 from songsight.jobs.embed import embed_audio_files
+from tests.helpers import write_noise_photo
 
 ray = pytest.importorskip("ray", reason="Ray is the optional 'scale' extra: pip install 'songsight[scale]'")  # fmt: skip
 pytest.importorskip("ray.data", reason="the Ray engine needs ray[data]")
@@ -27,10 +27,8 @@ def local_ray():
 
 
 def _photos(folder, seeds) -> None:
-    folder.mkdir(exist_ok=True)
     for i in seeds:
-        pixels = np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"p{i}.png")
+        write_noise_photo(folder / f"p{i}.png", i, (24, 20))
 
 
 def _same_store(a, b):

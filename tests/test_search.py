@@ -17,6 +17,7 @@ from songsight.index.search import (
     build_index,
     load_index,
 )
+from tests.helpers import brute_force, clustered, recall
 
 # threads=1 keeps the usearch graph build deterministic.
 BACKENDS = {
@@ -47,36 +48,6 @@ def backend(request, tmp_path):
     return make, 1.0
 
 
-def clustered(n: int, dim: int, n_clusters: int, seed: int, spread: float = 0.6) -> np.ndarray:
-    """`(n, dim)` float32 unit vectors around `n_clusters` random unit centres."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_clusters, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = rng.integers(0, n_clusters, n)
-    x = centres[labels] + spread * rng.standard_normal((n, dim)) / np.sqrt(dim)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def brute_force(gallery, ids, queries, k):
-    """Reference: float64 dot products, one query at a time, sorted by (-score, id)."""
-    out_scores, out_ids = [], []
-    for q in np.asarray(queries, np.float64):
-        scores = [float(np.dot(q, g)) for g in np.asarray(gallery, np.float64)]
-        order = sorted(range(len(ids)), key=lambda j: (-scores[j], ids[j]))[:k]
-        pad = k - len(order)
-        out_scores.append([scores[j] for j in order] + [-np.inf] * pad)
-        out_ids.append([int(ids[j]) for j in order] + [-1] * pad)
-    return np.array(out_scores), np.array(out_ids, np.int64)
-
-
-def recall(found_ids: np.ndarray, true_ids: np.ndarray) -> float:
-    hits = [
-        len(set(f) & set(t) - {-1}) / max(len(set(t) - {-1}), 1)
-        for f, t in zip(found_ids, true_ids, strict=True)
-    ]
-    return float(np.mean(hits))
-
-
 def assert_well_ordered(scores: np.ndarray, ids: np.ndarray) -> None:
     """Descending score, ties by ascending id, padding only at the end."""
     assert scores.dtype == np.float32 and ids.dtype == np.int64
@@ -94,7 +65,7 @@ def test_matches_brute_force_loop(backend):
     index = make(24)
     index.add(gallery, ids)
     scores, found = index.search(queries, 10)
-    ref_scores, ref_ids = brute_force(gallery, ids, queries, 10)
+    ref_scores, ref_ids = brute_force(gallery, queries, 10, ids)
     assert scores.shape == found.shape == (20, 10)
     assert_well_ordered(scores, found)
     assert recall(found, ref_ids) >= min_recall
@@ -117,7 +88,7 @@ def test_ties_go_to_the_lower_id(backend):
     index = make(16)
     index.add(gallery, ids)
     scores, found = index.search(bases[:6], 5)
-    ref_scores, ref_ids = brute_force(gallery, ids, bases[:6], 5)
+    ref_scores, ref_ids = brute_force(gallery, bases[:6], 5, ids)
     assert_well_ordered(scores, found)
     np.testing.assert_array_equal(scores, ref_scores.astype(np.float32))
     np.testing.assert_array_equal(found, ref_ids)
@@ -132,7 +103,7 @@ def test_exact_ties_across_chunk_boundaries(monkeypatch):
     gallery = rng.integers(-1, 2, (150, 8)).astype(np.float32) / 4
     ids = rng.permutation(150)
     queries = gallery[:9]
-    ref_scores, ref_ids = brute_force(gallery, ids, queries, 12)
+    ref_scores, ref_ids = brute_force(gallery, queries, 12, ids)
     for dtype in ("float32", "float16"):
         index = ExactIndex(8, storage_dtype=dtype)
         index.add(gallery, ids)
@@ -147,7 +118,7 @@ def test_k_larger_than_index_pads(backend):
     index = make(8)
     index.add(gallery, np.arange(10, 17))
     scores, found = index.search(gallery[:3], 10)
-    ref_scores, ref_ids = brute_force(gallery, np.arange(10, 17), gallery[:3], 10)
+    ref_scores, ref_ids = brute_force(gallery, gallery[:3], 10, np.arange(10, 17))
     np.testing.assert_array_equal(found, ref_ids)
     assert np.all(found[:, 7:] == -1) and np.all(np.isneginf(scores[:, 7:]))
     np.testing.assert_allclose(scores[:, :7], ref_scores[:, :7], atol=1e-6)
@@ -235,7 +206,7 @@ def test_float16_storage(backend, tmp_path):
     scores, found = index16.search(queries, 10)
     # Scores are float32 sums over the float16-rounded gallery, not float16 sums.
     rounded = gallery.astype(np.float16)
-    ref_scores, ref_ids = brute_force(rounded, np.arange(700), queries, 10)
+    ref_scores, ref_ids = brute_force(rounded, queries, 10, np.arange(700))
     assert recall(found, ref_ids) >= min_recall
     exact_of_found = np.einsum(
         "qd,qkd->qk", queries.astype(np.float64), rounded[found].astype(np.float64)
@@ -330,7 +301,7 @@ def test_allowed_ids_filter_matches_brute_force_on_the_subset(backend):
         keep = np.sort(rng.choice(3000, int(share * 3000), replace=False))
         allowed = np.concatenate([ids[keep], [10**6, 4]])  # ids the index does not hold are ignored
         scores, found = index.search(queries, 10, allowed_ids=allowed)
-        ref_scores, ref_ids = brute_force(gallery[keep], ids[keep], queries, 10)
+        ref_scores, ref_ids = brute_force(gallery[keep], queries, 10, ids[keep])
         assert_well_ordered(scores, found)
         assert set(found.ravel()) - {-1} <= set(ids[keep].tolist())
         assert recall(found, ref_ids) >= min_recall

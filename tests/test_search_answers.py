@@ -24,7 +24,8 @@ from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, roll
 from songsight.retrieval.searcher import Searcher, search
 from songsight.retrieval.writers import format_table, write_raven
 from tests import test_retrieval as _base
-from tests.test_retrieval import RATE, TAXA, _brute_force, tone
+from tests.helpers import brute_force_one, warble
+from tests.test_retrieval import RATE, TAXA
 
 # The tiny world and distilled checkpoint of the retrieval tests, shared as fixtures.
 world, checkpoint = _base.world, _base.checkpoint
@@ -48,8 +49,10 @@ def odd(world):
     rec = world["root"] / "odd"
     rec.mkdir(exist_ok=True)
     sf.write(rec / "silent.wav", np.zeros(3 * RATE, np.float32), RATE)
-    sf.write(rec / "click.wav", tone(0.05, 1500), RATE)
-    gap = np.concatenate([tone(2.0, 900), np.zeros(3 * RATE, np.float32), tone(2.0, 900, seed=4)])
+    sf.write(rec / "click.wav", warble(1500, 0.05), RATE)
+    gap = np.concatenate(
+        [warble(900, 2.0), np.zeros(3 * RATE, np.float32), warble(900, 2.0, seed=4)]
+    )
     sf.write(rec / "gap.wav", gap, RATE)
     return rec
 
@@ -138,7 +141,7 @@ def test_calibration_is_fitted_recorded_and_used(world, checkpoint, tmp_path):
     rec.mkdir()
     rows = []
     for i in range(8):
-        sf.write(rec / f"v{i}.wav", tone(1.5, 500 + 300 * i, seed=i), RATE)
+        sf.write(rec / f"v{i}.wav", warble(500 + 300 * i, 1.5, seed=i), RATE)
         s = TAXA[i % 4]
         # Labels as integers, scientific and common names; one test row to be left out.
         label = [s.label, s.scientific_name, s.common_name.upper(), s.label][i % 4]
@@ -241,7 +244,7 @@ def test_species_list_restricts_photos_rollup_and_cascade(world, checkpoint, tin
     clip = (
         DistilledEncoder(checkpoint, device="cpu").embed_clips([world["rec"] / "calls.mp3"])[0].clip
     )
-    ref_ids, _ = _brute_force(vectors[rows], clip, 6)
+    ref_ids, _ = brute_force_one(vectors[rows], clip, 6)
     assert [h.image_id for h in results[0].hits] == [rows[j] for j in ref_ids]
     for r in results:
         assert {h.label for h in r.hits} <= allowed
@@ -262,7 +265,7 @@ def test_species_list_restricts_photos_rollup_and_cascade(world, checkpoint, tin
     emb = cascade.encoder.embed_clips([world["rec"] / "short.wav"])[0].clip[None]
     query = cascade_queries(emb, audio_text[[row]], image_text[[row]], temperature, "top1")
     duck_rows = [i for i in range(len(vectors)) if world["gallery"].record(i)["label"] == 2]
-    ids, _ = _brute_force(vectors[duck_rows], query[0], 3)
+    ids, _ = brute_force_one(vectors[duck_rows], query[0], 3)
     assert [h.image_id for h in res.hits] == [duck_rows[j] for j in ids]
 
 

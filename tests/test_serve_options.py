@@ -17,7 +17,16 @@ from fastapi.testclient import TestClient  # noqa: E402
 from songsight.errors import SongsightError  # noqa: E402
 from songsight.serve.app import create_app  # noqa: E402
 from tests import test_serve as _base  # noqa: E402
-from tests.test_serve import COMMON, SPECIES, TONES_HZ, assert_clean_error, encode, tone  # noqa: E402
+from tests.helpers import tone  # noqa: E402
+from tests.test_serve import (  # noqa: E402
+    COMMON,
+    RATE_HZ,
+    SPECIES,
+    TONE_AMP,
+    TONES_HZ,
+    assert_clean_error,
+    encode,
+)
 
 client, gallery, searcher, tiny_gallery, uploads = (
     _base.client, _base.gallery, _base.searcher, _base.tiny_gallery, _base.uploads,
@@ -42,14 +51,14 @@ def test_body_flags_silence_and_names_nothing(real_client):
     assert body and all(
         r["flags"] == ["silent"] and not r["hits"] and not r["species"] for r in body
     )
-    loud = encode(tone([TONES_HZ[0]], 1.0), "WAV", "PCM_16")
+    loud = encode(tone([TONES_HZ[0]], 1.0, RATE_HZ, TONE_AMP), "WAV", "PCM_16")
     body = client.post("/api/search", files={"audio": ("a.wav", loud)}).json()
     assert body[0]["flags"] == [] and body[0]["hits"] and body[0]["species"]
 
 
 def test_species_list_and_min_score_fields(real_client):
     client, searcher = real_client
-    audio = encode(tone([TONES_HZ[0], TONES_HZ[2]], 1.5), "WAV", "PCM_16")
+    audio = encode(tone([TONES_HZ[0], TONES_HZ[2]], 1.5, RATE_HZ, TONE_AMP), "WAV", "PCM_16")
     response = client.post(
         "/api/search",
         files={"audio": ("a.wav", audio)},

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from songsight.serve.app import create_app  # noqa: E402
 from tests import test_serve  # noqa: E402
-from tests.test_serve import SPECIES, TONES_HZ, FakeSearcher, assert_clean_error, encode, tone  # noqa: E402
+from tests.helpers import tone  # noqa: E402
+from tests.test_serve import SPECIES, TONE_AMP, TONES_HZ, FakeSearcher, assert_clean_error, encode  # noqa: E402
 
 # test_serve's fixtures, used here by name.
 gallery, searcher, uploads = test_serve.gallery, test_serve.searcher, test_serve.uploads
@@ -36,7 +37,7 @@ def wait_until(condition, what: str, limit_s: float = 20.0) -> None:
 
 
 def wav(label: int, seconds: float = 1.0, rate_hz: int = 16_000) -> bytes:
-    return encode(tone([TONES_HZ[label]], seconds, rate_hz), "WAV", "PCM_16", rate_hz)
+    return encode(tone([TONES_HZ[label]], seconds, rate_hz, TONE_AMP), "WAV", "PCM_16", rate_hz)
 
 
 def post(client, data: bytes, **fields):
@@ -157,7 +158,7 @@ def test_real_searcher_batches_forward_passes_across_requests(uploads, tiny_mode
     real = Searcher(tiny_gallery, audio_model=tiny_models[0], device="cpu", batch_size=16)
     rate_hz = real.sample_rate_hz
     clips = [
-        encode(tone([TONES_HZ[i % 3]], 1.5 + i, rate_hz), "WAV", "PCM_16", rate_hz)
+        encode(tone([TONES_HZ[i % 3]], 1.5 + i, rate_hz, TONE_AMP), "WAV", "PCM_16", rate_hz)
         for i in range(4)
     ]
     reference = []

@@ -45,6 +45,7 @@ from songsight.sim.world import (
     load_world,
 )
 from songsight.taxonomy import load_species_csv
+from tests.helpers import peak_hz
 
 SR = 22_050
 
@@ -81,11 +82,6 @@ def read_wav(path: Path) -> tuple[np.ndarray, int, int, int]:
         raw = fh.readframes(fh.getnframes())
         params = fh.getframerate(), fh.getnchannels(), fh.getsampwidth()
     return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0, *params
-
-
-def peak_hz(x: np.ndarray, sample_rate_hz: int = SR) -> float:
-    spec = np.abs(np.fft.rfft(x))
-    return float(np.fft.rfftfreq(len(x), 1.0 / sample_rate_hz)[int(np.argmax(spec))])
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +222,7 @@ def test_synth_notes_places_a_tone_where_asked():
     on = np.flatnonzero(x)
     assert on.min() >= int(0.5 * SR) and on.max() < int(0.6 * SR) + 1
     # A flat note sits at the geometric mean of its range.
-    assert peak_hz(x) == pytest.approx(np.sqrt(2_000.0 * 4_500.0), rel=0.02)
+    assert peak_hz(x, SR, hann=False) == pytest.approx(np.sqrt(2_000.0 * 4_500.0), rel=0.02)
     # Notes hanging over either edge are cut, not wrapped.
     edge = dataclasses.replace(notes, onset_s=np.array([-0.05]))
     assert np.flatnonzero(synth_notes(edge, traits, SR, SR)).max() < int(0.05 * SR) + 1
@@ -241,7 +237,7 @@ def test_calls_carry_the_species_pitch():
         assert np.isfinite(x).all() and 0.29 < np.abs(x).max() <= 0.9 + 1e-6
         a = world.acoustic[label]
         # The fundamental dominates; allow the individual's pitch shift and the trill.
-        assert a.f_low_hz / 1.4 < peak_hz(x) < min(a.f_high_hz * 1.4, SR / 2), label
+        assert a.f_low_hz / 1.4 < peak_hz(x, SR, hann=False) < min(a.f_high_hz * 1.4, SR / 2), label
 
 
 def test_calls_are_deterministic_per_key_and_vary_between_individuals():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import pytest
 
 from songsight.errors import DataNotFoundError, SongsightError
@@ -16,6 +14,7 @@ from songsight.taxonomy import (
     species_from_row,
     write_species_csv,
 )
+from tests.helpers import write_csv
 
 HEADER = ["label", "species_code", "inat_taxon_id", "inat2021_label", "nabirds_labels",
           "common_name", "scientific_name", "family", "order"]  # fmt: skip
@@ -56,18 +55,10 @@ EXPECTED = {
 }
 
 
-def write_csv(path, header, rows):
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture
 def taxa_csv(tmp_path):
     # Written in reverse label order: the loader must sort by label.
-    return write_csv(tmp_path / "taxa.csv", HEADER, SSW60_ROWS[::-1])
+    return write_csv(tmp_path / "taxa.csv", SSW60_ROWS[::-1], HEADER)
 
 
 @pytest.mark.parametrize("fmt", PROMPT_FORMATS)
@@ -115,8 +106,7 @@ def test_write_then_load_round_trips(taxa_csv, tmp_path):
 @pytest.mark.parametrize("dropped", TAXA_COLUMNS)
 def test_missing_column_is_data_not_found(tmp_path, dropped):
     keep = [i for i, c in enumerate(HEADER) if c != dropped]
-    path = write_csv(tmp_path / "taxa.csv", [HEADER[i] for i in keep],
-                     [[r[i] for i in keep] for r in SSW60_ROWS])  # fmt: skip
+    path = write_csv(tmp_path / "taxa.csv", [[r[i] for i in keep] for r in SSW60_ROWS], [HEADER[i] for i in keep])  # fmt: skip
     with pytest.raises(DataNotFoundError, match=dropped):
         load_species_csv(path)
 
@@ -124,7 +114,7 @@ def test_missing_column_is_data_not_found(tmp_path, dropped):
 def test_missing_file_and_duplicate_labels(tmp_path):
     with pytest.raises(DataNotFoundError, match="not found"):
         load_species_csv(tmp_path / "nope.csv")
-    dup = write_csv(tmp_path / "dup.csv", HEADER, [SSW60_ROWS[0], SSW60_ROWS[0]])
+    dup = write_csv(tmp_path / "dup.csv", [SSW60_ROWS[0], SSW60_ROWS[0]], HEADER)
     with pytest.raises(DataNotFoundError, match="duplicate"):
         load_species_csv(dup)
 
@@ -159,7 +149,7 @@ def test_templates_expand_every_species(taxa_csv):
     ],
 )  # fmt: skip
 def test_bad_rows_are_one_clear_error(tmp_path, rows, expected):
-    path = write_csv(tmp_path / "taxa.csv", HEADER, rows)
+    path = write_csv(tmp_path / "taxa.csv", rows, HEADER)
     with pytest.raises(DataNotFoundError, match=expected):
         load_species_csv(path)
 
@@ -170,7 +160,7 @@ def test_names_in_any_script_and_empty_ones_load_and_prompt(tmp_path):
         ["1", "", "", "", "", "ヒヨドリ 🐦", "Hypsipetes amaurotis", "", ""],
         ["2", "", "", "", "", "", "", "", ""],
     ]  # fmt: skip
-    species = load_species_csv(write_csv(tmp_path / "taxa.csv", HEADER, rows))
+    species = load_species_csv(write_csv(tmp_path / "taxa.csv", rows, HEADER))
     assert [s.common_name for s in species] == ["Grünling Élégant", "ヒヨドリ 🐦", ""]
     assert species[0].prompt("sci_com") == "Chloris chloris with common name Grünling Élégant"
     # No scientific name: no genus, and the taxon forms keep only the ranks that are known.
