@@ -113,6 +113,26 @@ def test_index_type_follows_the_size(milvus_file):
         choose_index_type(10, MilvusSettings(index_type="HNSW"), embedded=True)
 
 
+def test_ivf_lists_follow_the_size_and_the_default_nprobe_keeps_recall(milvus_file):
+    """An IVF index trained on a small collection is retrained once the collection calls for
+    twice as many lists (4 * sqrt(N)); the default nprobe (a share of the lists) still finds
+    exact search's top-10."""
+    data = clustered(2400, 24, 30, seed=26)
+    queries = clustered(60, 24, 30, seed=27)
+    index = milvus_file(24, settings={"index_type": "IVF_FLAT"})
+    index.add(data[:400], np.arange(400))
+    assert index.index_params() == {"nlist": int(4 * np.sqrt(400))}
+    index.add(data[400:], np.arange(400, 2400))
+    assert index.index_params() == {"nlist": int(4 * np.sqrt(2400))}
+    exact = ExactIndex(24)
+    exact.add(data, np.arange(2400))
+    assert recall(index.search(queries, 10)[1], exact.search(queries, 10)[1]) >= 0.99
+    # A reopened index knows the lists it was built with.
+    index.close()
+    reopened = milvus_file(24, settings={"index_type": "IVF_FLAT"})
+    assert reopened.index_params() == {"nlist": int(4 * np.sqrt(2400))}
+
+
 def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):
     rng = np.random.default_rng(23)
     gallery = clustered(600, 24, 6, seed=24)
