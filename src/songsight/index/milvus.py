@@ -333,23 +333,9 @@ class MilvusIndex:
         return dict(rows[0]) if rows else None
 
     # --- searching --------------------------------------------------------------------------
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        allowed_ids: np.ndarray | Sequence[int] | None = None,
-        *,
-        allowed_species: Collection[str] | None = None,
-        filter_expr: str | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall.
-
-        Filters run inside Milvus, as filter expressions: ``allowed_ids`` (only these ids;
-        ids the index does not hold are ignored) through ``ids_filter`` (by default ``key in
-        [...]``, in chunks whose answers are merged), ``allowed_species`` (names in the
-        ``species`` field) and ``filter_expr`` (any Milvus expression).
-        """
-        return search_collection(self, queries, k, allowed_ids, allowed_species, filter_expr)
+    # search(queries, k, allowed_ids=None, *, allowed_species=None, filter_expr=None): the
+    # search path (filters pushed down, candidates, exact re-rank) is its own module.
+    search = search_collection
 
     # --- saving -----------------------------------------------------------------------------
     def _meta(self) -> dict:

@@ -35,10 +35,18 @@ def search_collection(
     queries: np.ndarray,
     k: int,
     allowed_ids: np.ndarray | Sequence[int] | None = None,
+    *,
     allowed_species: Collection[str] | None = None,
     filter_expr: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64 (`MilvusIndex.search`)."""
+    """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall.
+    `MilvusIndex.search` is this function.
+
+    Filters run inside Milvus, as filter expressions: ``allowed_ids`` (only these ids;
+    ids the index does not hold are ignored) through ``ids_filter`` (by default ``key in
+    [...]``, in chunks whose answers are merged), ``allowed_species`` (names in the
+    ``species`` field) and ``filter_expr`` (any Milvus expression).
+    """
     k = _check_k(k)
     queries = _as_matrix(queries, index.dim, "queries")
     n_queries = len(queries)
