@@ -113,8 +113,9 @@ def auto_nprobe(nlist: int) -> int:
     A fixed nprobe probes a shrinking share of a growing index (nlist ~ sqrt(N)); a fixed
     share keeps what recall needs from falling as the gallery grows. It is a margin, not a
     measured need: at 300k vectors (nlist 2,190) benchmarks/search.py's held-out tuning
-    queries gave recall@10 0.9992 at every nprobe from 8 to 128, at the same latency (see
-    docs/scale.md); 1M and beyond were not measured.
+    queries gave recall@10 0.9992 at every nprobe from 8 to 128, at the same latency, and
+    whether Milvus Lite's search reached the lists there is unproven (docs/scale.md); 1M and
+    beyond were not measured.
     """
     return int(min(nlist, max(32, math.ceil(nlist / 32))))
 
