@@ -4,14 +4,12 @@ Each variant adds the same N species-like 768-d unit vectors (`search.make_embed
 fresh file through `MilvusIndex.add` and prints vectors/s beside the load average, and the
 CPU seconds this process (pymilvus packing rows) and the Milvus Lite server (storing them)
 spent: on a loaded machine the wall-clock rate is mostly the other jobs', while CPU seconds per
-vector are the work itself; the quiet-machine ceiling is N / max(client, server) CPU seconds
-when both run at once (two batches in flight), N / (client + server) one batch at a time.
+vector are the work itself; the quiet-machine ceiling is N / (client + server) CPU seconds
+(one batch at a time: the two never run at once).
 Variants are interleaved and repeated so a load spike on a shared machine hits them alike.
 
 - ``before``: one upsert of 2,000 rows at a time (the write path before this change).
-- ``upsert x2``: upserts, two batches in flight (what a write that may replace rows does).
-- ``insert x1``: inserts, one batch at a time.
-- ``after``: inserts, two batches in flight (`MilvusIndex.add` now, when no row can exist).
+- ``after``: inserts, one batch at a time (`MilvusIndex.add` now, when no row can exist).
 
     python benchmarks/milvus_ingest.py --n 50000 --repeats 2
 """
@@ -32,12 +30,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from search import make_embeddings  # noqa: E402
 
-# name -> (insert rows known absent, batches in flight)
+# name -> insert the rows (known absent) rather than upsert them
 VARIANTS = {
-    "before (upsert x1)": (False, 1),
-    "upsert x2": (False, 2),
-    "insert x1": (True, 1),
-    "after (insert x2)": (True, 2),
+    "before (upsert)": False,
+    "after (insert)": True,
 }
 
 
@@ -62,9 +58,7 @@ def milvus_pid() -> int:
     raise RuntimeError("no Milvus Lite child process found")
 
 
-def ingest_rate(
-    data: np.ndarray, absent: bool, in_flight: int, work: Path
-) -> tuple[float, float, float]:
+def ingest_rate(data: np.ndarray, absent: bool, work: Path) -> tuple[float, float, float]:
     """Vectors/s of one `MilvusIndex.add` of ``data`` into a fresh embedded file, and the CPU
     seconds of this process and of the Milvus Lite server during it."""
     from songsight.index import milvus_rows
@@ -78,8 +72,6 @@ def ingest_rate(
 
     directory = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
     index = MilvusIndex(data.shape[1], directory / "b.db", "b", settings={"index_type": "FLAT"})
-    old = milvus_rows._WRITES_IN_FLIGHT
-    milvus_rows._WRITES_IN_FLIGHT = in_flight
     import songsight.index.milvus as milvus_module
 
     milvus_module.write_rows = patched
@@ -91,7 +83,6 @@ def ingest_rate(
         wall = time.perf_counter() - t0
         return (len(data) - 1) / wall, cpu_s() - client0, cpu_s(server) - server0
     finally:
-        milvus_rows._WRITES_IN_FLIGHT = old
         milvus_module.write_rows = write_rows
         index.close()
         shutil.rmtree(directory, ignore_errors=True)
@@ -109,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
     try:
         for r in range(args.repeats):
-            for name, (absent, in_flight) in VARIANTS.items():
-                rate, client_s, server_s = ingest_rate(data, absent, in_flight, work)
+            for name, absent in VARIANTS.items():
+                rate, client_s, server_s = ingest_rate(data, absent, work)
                 rates[name].append((rate, client_s, server_s))
                 print(
                     f"repeat {r}  {name:<20} {rate:7.0f} vectors/s  CPU us/vector: client "
@@ -120,12 +111,11 @@ def main(argv: list[str] | None = None) -> None:
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = np.median([r[0] for r in rates["before (upsert x1)"]])
+    base = np.median([r[0] for r in rates["before (upsert)"]])
     print(f"\nN={args.n} dim={args.dim}, median of {args.repeats}:")
     for name, values in rates.items():
         rate, client_s, server_s = np.median(np.asarray(values), axis=0)
-        overlap = VARIANTS[name][1] > 1
-        ceiling = args.n / (max(client_s, server_s) if overlap else client_s + server_s)
+        ceiling = args.n / (client_s + server_s)
         print(
             f"  {name:<20} {rate:7.0f} vectors/s  x{rate / base:.2f}; CPU-bound ceiling "
             f"{ceiling:5.0f} vectors/s (client {client_s:.1f} s, Milvus {server_s:.1f} s)"

@@ -9,7 +9,6 @@ scalar columns the index was made with (``"str"`` or ``"int"``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,6 @@ _KEYS_PER_QUERY = 1000
 # Rows per insert / upsert: Milvus Lite 2.5 stalled for minutes on 4,000 768-d rows (12 MB)
 # and 8,000 in one request (measured), 2,000 never did.
 _ROWS_PER_WRITE = 2000
-_WRITES_IN_FLIGHT = 2
 
 
 def collection_schema(pymilvus, dim: int, fields: Mapping[str, str]):
@@ -158,15 +156,15 @@ def write_rows(
     ``absent``: the caller knows no row of ``keys`` is in the collection and no other writer
     can add one meanwhile (the embedded file is locked to one process), so rows are inserted;
     otherwise upserted, since a Milvus server keeps duplicate primary keys on insert and two
-    writers (Ray workers) may race on the same photo. Batches of `_ROWS_PER_WRITE` rows are
-    sent `_WRITES_IN_FLIGHT` at a time: pymilvus packs one (Python, holding the GIL) while
-    Milvus stores the other (another process).
+    writers (Ray workers) may race on the same photo. Milvus Lite spends less CPU a row on an
+    insert (~215 us) than on an upsert (~240 us); two batches in flight raised it to ~260-320
+    us and were slower (benchmarks/milvus_ingest.py), so batches go one at a time.
     """
     write = client.insert if absent else client.upsert
     names = list(columns)
-
-    def send(batch: Sequence[int]) -> None:
+    for start in range(0, len(rows), _ROWS_PER_WRITE):
         # Vectors go as numpy rows: pymilvus packs them itself, no per-row list conversion.
+        batch = rows[start : start + _ROWS_PER_WRITE]
         write(
             collection,
             [
@@ -174,17 +172,3 @@ def write_rows(
                 for i in batch
             ],
         )
-
-    batches = [rows[s : s + _ROWS_PER_WRITE] for s in range(0, len(rows), _ROWS_PER_WRITE)]
-    if len(batches) < 2:
-        for batch in batches:
-            send(batch)
-        return
-    with ThreadPoolExecutor(_WRITES_IN_FLIGHT, thread_name_prefix="milvus-write") as pool:
-        pending: list[Future] = []
-        for batch in batches:
-            if len(pending) >= _WRITES_IN_FLIGHT:
-                pending.pop(0).result()  # a failed write stops the rest
-            pending.append(pool.submit(send, batch))
-        for future in pending:
-            future.result()
