@@ -33,8 +33,8 @@ if not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")):
     pytest.skip("the 'milvus' extra: pip install 'songsight[milvus]'", allow_module_level=True)
 
 from songsight.index.gallery_milvus import milvus_config, open_milvus_index  # noqa: E402
-from songsight.index.milvus import (  # noqa: E402
-    MilvusIndex,
+from songsight.index.milvus import MilvusIndex  # noqa: E402
+from songsight.index.milvus_options import (  # noqa: E402
     MilvusSettings,
     choose_index_type,
     species_filter,
@@ -59,7 +59,7 @@ def milvus_file(tmp_path):
 def test_every_index_type_agrees_with_exact(milvus_file, index_type):
     gallery = clustered(3000, 32, 40, seed=20)
     queries = clustered(100, 32, 40, seed=21)
-    index = milvus_file(32, settings={"index_type": index_type, "ivf_nprobe": 16})
+    index = milvus_file(32, settings={"index_type": index_type})
     index.add(gallery, np.arange(3000))
     assert index.index_type == index_type and len(index) == 3000
     exact = ExactIndex(32)
@@ -75,14 +75,14 @@ def test_every_index_type_agrees_with_exact(milvus_file, index_type):
 def test_approximate_scores_are_rescored_from_the_stored_vectors(milvus_file, monkeypatch):
     """Index types that may score from quantised codes get their candidates' vectors back and
     re-scored here; FLAT, which scores exactly, is only re-ordered (same answers either way)."""
-    from songsight.index import milvus as milvus_module
+    from songsight.index import milvus_search
 
     gallery = clustered(400, 16, 4, seed=33).astype(np.float16).astype(np.float32)
     queries = clustered(4, 16, 4, seed=34)
     index = milvus_file(16, storage_dtype="float16")
     index.add(gallery, np.arange(400))
     ordered = index.search(queries, 5)
-    monkeypatch.setattr(milvus_module, "APPROXIMATE_SCORES", frozenset({"FLAT"}))
+    monkeypatch.setattr(milvus_search, "APPROXIMATE_SCORES", frozenset({"FLAT"}))
     rescored = index.search(queries, 5)
     exact = ExactIndex(16)
     exact.add(gallery, np.arange(400))
@@ -113,6 +113,26 @@ def test_index_type_follows_the_size(milvus_file):
         choose_index_type(10, MilvusSettings(index_type="HNSW"), embedded=True)
 
 
+def test_ivf_lists_follow_the_size_and_the_default_nprobe_keeps_recall(milvus_file):
+    """An IVF index trained on a small collection is retrained once the collection calls for
+    twice as many lists (4 * sqrt(N)); the default nprobe (a share of the lists) still finds
+    exact search's top-10."""
+    data = clustered(2400, 24, 30, seed=26)
+    queries = clustered(60, 24, 30, seed=27)
+    index = milvus_file(24, settings={"index_type": "IVF_FLAT"})
+    index.add(data[:400], np.arange(400))
+    assert index.index_params() == {"nlist": int(4 * np.sqrt(400))}
+    index.add(data[400:], np.arange(400, 2400))
+    assert index.index_params() == {"nlist": int(4 * np.sqrt(2400))}
+    exact = ExactIndex(24)
+    exact.add(data, np.arange(2400))
+    assert recall(index.search(queries, 10)[1], exact.search(queries, 10)[1]) >= 0.99
+    # A reopened index knows the lists it was built with.
+    index.close()
+    reopened = milvus_file(24, settings={"index_type": "IVF_FLAT"})
+    assert reopened.index_params() == {"nlist": int(4 * np.sqrt(2400))}
+
+
 def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):
     rng = np.random.default_rng(23)
     gallery = clustered(600, 24, 6, seed=24)
@@ -134,7 +154,7 @@ def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):
 
 
 def test_allowed_ids_are_exact_search_over_the_subset(milvus_file, monkeypatch):
-    from songsight.index import milvus as milvus_module
+    from songsight.index import milvus_search
 
     gallery = clustered(2000, 24, 20, seed=35)
     ids = np.arange(2000) * 2 + 1
@@ -143,7 +163,7 @@ def test_allowed_ids_are_exact_search_over_the_subset(milvus_file, monkeypatch):
     index.add(gallery, ids)
     rng = np.random.default_rng(37)
     # Many allowed ids are searched in chunks of keys whose answers are merged.
-    monkeypatch.setattr(milvus_module, "_KEYS_PER_FILTER", 150)
+    monkeypatch.setattr(milvus_search, "_KEYS_PER_FILTER", 150)
     for share in (0.5, 0.02):
         keep = np.sort(rng.choice(2000, int(share * 2000), replace=False))
         allowed = np.concatenate([ids[keep], [10**6, 4]])  # ids the index lacks are ignored

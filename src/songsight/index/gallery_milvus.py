@@ -196,9 +196,9 @@ def _digest(hashes: list[str], fields: list[dict]) -> str:
 
 def _normal(fields: dict) -> dict:
     """Field values as Milvus returns them (unknown strings "", unknown ints -1)."""
-    from songsight.index.milvus import _scalar
+    from songsight.index.milvus_rows import scalar_value
 
-    return {name: _scalar(fields.get(name), kind) for name, kind in SCALAR_FIELDS.items()}
+    return {name: scalar_value(fields.get(name), kind) for name, kind in SCALAR_FIELDS.items()}
 
 
 def _held(index: MilvusIndex, hashes: list[str], rows: list[int]) -> dict[str, dict]:

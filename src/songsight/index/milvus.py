@@ -1,11 +1,9 @@
 """Vector search in a Milvus collection: an embedded Milvus Lite file or a Milvus server.
 
 `MilvusIndex` answers the search contract of `songsight.index.search` (inner product, best
-first, ties to the lower id, ``-inf`` / ``-1`` padding) through ``pymilvus.MilvusClient``.
-Milvus only proposes candidates: each search asks for ``max(k * rerank_factor,
-min_candidates)`` of them and orders them here by (score, id). Indexes that score from
-quantised codes (`APPROXIMATE_SCORES`) return the candidates' stored float32 vectors too,
-and they are re-scored exactly, so scores are the inner products exact search gives.
+first, ties to the lower id, ``-inf`` / ``-1`` padding) through ``pymilvus.MilvusClient``;
+Milvus proposes candidates and `songsight.index.milvus_search` re-ranks them exactly. The
+collection's schema and its rows are `songsight.index.milvus_rows`'.
 
 Rows are keyed by a string primary key (a gallery uses the photo's sha256, so re-adding a
 photo is a no-op); without keys an int id is its own key. Writes are upserts of the keys the
@@ -25,7 +23,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,55 +31,35 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
-from songsight.index.exact import (
-    _as_matrix,
-    _check_k,
-    _index_meta,
-    _read_meta,
-    _resolve_dtype,
-    _select_topk,
-    _validate_ids,
-)
+from songsight.index.exact import _as_matrix, _index_meta, _read_meta, _resolve_dtype, _validate_ids
 from songsight.index.milvus_connect import (
     _import_pymilvus,
     connect,
     disconnect,
     is_embedded,
     quiet_embedded,
-    release_embedded,
 )
 from songsight.index.milvus_options import (
-    APPROXIMATE_SCORES,
     MilvusSettings,
     _index_params,
-    _literal,
     _search_params,
     choose_index_type,
-    species_filter,
+    ideal_nlist,
 )
+from songsight.index.milvus_rows import (
+    KEY_FIELD,
+    VECTOR_FIELD,
+    check_schema,
+    collection_schema,
+    delete_rows,
+    fetch_rows,
+    field_columns,
+    round_to_storage,
+    write_rows,
+)
+from songsight.index.milvus_search import search_collection
 
-# MilvusSettings, choose_index_type, species_filter, is_embedded and release_embedded are
-# re-exported: callers need only this module.
-__all__ = [
-    "MilvusIndex",
-    "MilvusSettings",
-    "choose_index_type",
-    "is_embedded",
-    "release_embedded",
-    "species_filter",
-]
-
-KEY_FIELD = "key"
-VECTOR_FIELD = "embedding"
-_KEY_MAX_CHARS = 128
-_TEXT_MAX_CHARS = 2048
-# Keys per `key in [...]` expression: keeps each request well under gRPC's message limit.
-_KEYS_PER_QUERY = 1000
-_ROWS_PER_WRITE = 2000
-# Keys in one search's `key in [...]` filter; larger allowed sets are searched in chunks.
-_KEYS_PER_FILTER = 10_000
-# Bytes of candidate vectors in one search reply (gRPC caps a message; 32 MiB is well under).
-_REPLY_BYTES = 32 << 20
+__all__ = ["MilvusIndex"]
 
 
 @dataclass
@@ -144,6 +122,7 @@ class MilvusIndex:
         # A dropped index (e.g. a `Gallery` that went out of scope) frees the embedded file too.
         self._finalizer = weakref.finalize(self, disconnect, self._client, self.uri)
         self._index_type: str | None = None
+        self._built: dict[str, Any] = {}  # the vector index's build parameters (nlist ...)
         if self._client.has_collection(self.collection):
             self._check_schema()
             self._index_type = self._current_index_type()
@@ -158,6 +137,16 @@ class MilvusIndex:
     @property
     def storage_dtype(self) -> str:
         return np.dtype(self._dtype).name
+
+    @property
+    def client(self):
+        """The ``pymilvus.MilvusClient`` this index talks through."""
+        return self._client
+
+    @property
+    def scalar_fields(self) -> dict[str, str]:
+        """name -> ``"str"`` | ``"int"``: the scalar columns beside the vectors."""
+        return dict(self._schema.fields)
 
     @property
     def embedded(self) -> bool:
@@ -175,14 +164,7 @@ class MilvusIndex:
         return int(rows[0]["count(*)"])
 
     def _create(self) -> None:
-        pymilvus = _import_pymilvus()
-        types = {"str": pymilvus.DataType.VARCHAR, "int": pymilvus.DataType.INT64}
-        schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field(KEY_FIELD, pymilvus.DataType.VARCHAR, is_primary=True, max_length=_KEY_MAX_CHARS)  # fmt: skip
-        schema.add_field(VECTOR_FIELD, pymilvus.DataType.FLOAT_VECTOR, dim=self.dim)
-        for name, kind in self._schema.fields.items():
-            extra = {"max_length": _TEXT_MAX_CHARS} if kind == "str" else {}
-            schema.add_field(name, types[kind], **extra)
+        schema = collection_schema(_import_pymilvus(), self.dim, self._schema.fields)
         index_type = choose_index_type(0, self.settings, self.embedded)
         # Strong consistency: a search right after an add sees it (the contract of the
         # in-process backends); a server would otherwise answer from a slightly stale view.
@@ -197,67 +179,61 @@ class MilvusIndex:
 
     def _index_params(self, index_type: str, n_rows: int):
         params = self._client.prepare_index_params()
+        built = _index_params(index_type, n_rows, self.settings)
         params.add_index(
-            field_name=VECTOR_FIELD,
-            index_type=index_type,
-            metric_type="IP",
-            params=_index_params(index_type, n_rows, self.settings),
+            field_name=VECTOR_FIELD, index_type=index_type, metric_type="IP", params=built
         )
+        self._built = built
         return params
 
     def _current_index_type(self) -> str:
         info = self._client.describe_index(self.collection, VECTOR_FIELD)
+        self._built = {"nlist": int(info["nlist"])} if "nlist" in info else {}
         return str(info.get("index_type") or "FLAT")
 
+    def index_params(self) -> dict[str, Any]:
+        """The vector index's build parameters as Milvus holds them (e.g. ``{"nlist": 4000}``)."""
+        return dict(self._built)
+
+    def search_params(self, n_candidates: int | None = None) -> dict[str, Any]:
+        """The search-time knobs a search sends now (e.g. ``{"nprobe": 125}``)."""
+        if n_candidates is None:
+            n_candidates = self.settings.min_candidates
+        return _search_params(
+            str(self._index_type), n_candidates, self.settings, self._built.get("nlist", 0)
+        )
+
     def _check_schema(self) -> None:
-        info = self._client.describe_collection(self.collection)
-        fields = {f["name"]: f for f in info["fields"]}
-        vec = fields.get(VECTOR_FIELD)
-        if KEY_FIELD not in fields or vec is None:
-            raise SongsightError(
-                f"Milvus collection {self.collection!r} at {self.uri} was not made by songsight "
-                f"(no {KEY_FIELD!r} key and {VECTOR_FIELD!r} vector); pick another --collection"
-            )
-        have = int(vec.get("params", {}).get("dim", 0))
-        if have != self.dim:
-            raise SongsightError(
-                f"Milvus collection {self.collection!r} holds {have}-d vectors, "
-                f"this index {self.dim}-d"
-            )
-        missing = sorted(set(self._schema.fields) - set(fields))
-        if missing:
-            raise SongsightError(
-                f"Milvus collection {self.collection!r} lacks the fields {missing}; "
-                "pick another --collection"
-            )
+        check_schema(self._client, self.collection, self.uri, self.dim, self._schema.fields)
 
     def _retune(self) -> None:
         """Rebuild the vector index when the size calls for another type (FLAT -> HNSW)."""
-        want = choose_index_type(len(self), self.settings, self.embedded)
-        if want == self._index_type:
+        n_rows = len(self)
+        want = choose_index_type(n_rows, self.settings, self.embedded)
+        nlist = self._built.get("nlist")
+        # An IVF index keeps the lists it was trained with: rebuilt once the size calls for
+        # twice as many (or half), so a gallery that grew from 200k to 1M is not searched
+        # through 1,789 lists of ~560 rows.
+        stale = (
+            bool(nlist)
+            and not self.settings.ivf_nlist
+            and not (nlist / 2 < ideal_nlist(n_rows) < nlist * 2)
+        )
+        if want == self._index_type and not stale:
             return
         self._client.release_collection(self.collection)
         self._client.drop_index(self.collection, VECTOR_FIELD)
         with quiet_embedded(self.embedded):
-            self._client.create_index(self.collection, self._index_params(want, len(self)))
+            self._client.create_index(self.collection, self._index_params(want, n_rows))
         self._client.load_collection(self.collection)
         self._index_type = want
 
     # --- writing ----------------------------------------------------------------------------
     def fetch(self, keys: Sequence[str], output_fields: Sequence[str] = ()) -> dict[str, dict]:
         """key -> ``output_fields`` of the rows of ``keys`` the collection holds."""
-        found: dict[str, dict] = {}
         if self._index_type is None or not len(keys):
-            return found
-        keys = list(keys)
-        for start in range(0, len(keys), _KEYS_PER_QUERY):
-            chunk = keys[start : start + _KEYS_PER_QUERY]
-            expr = f"{KEY_FIELD} in [{', '.join(_literal(k) for k in chunk)}]"
-            rows = self._client.query(
-                self.collection, filter=expr, output_fields=[KEY_FIELD, *output_fields]
-            )
-            found.update({str(r[KEY_FIELD]): {f: r[f] for f in output_fields} for r in rows})
-        return found
+            return {}
+        return fetch_rows(self._client, self.collection, keys, output_fields)
 
     def existing_keys(self, keys: Sequence[str]) -> set[str]:
         """The subset of ``keys`` the collection holds."""
@@ -291,22 +267,17 @@ class MilvusIndex:
             keys = [str(k) for k in keys]
             if len(keys) != n or len(set(keys)) != n:
                 raise SongsightError(f"keys must be {n} unique strings, one per vector")
-        arr = _round_to_storage(arr, self._dtype)
-        columns = self._columns(fields or {}, n)
+        arr = round_to_storage(arr, self._dtype)
+        columns = field_columns(self._schema.fields, fields or {}, n)
         done = self.existing_keys(keys) if ids is None and not replace else set()
         todo = [i for i, key in enumerate(keys) if key not in done]
         if not todo:
             return
         self.ensure_collection()
-        for start in range(0, len(todo), _ROWS_PER_WRITE):
-            rows = []
-            for i in todo[start : start + _ROWS_PER_WRITE]:
-                row = {KEY_FIELD: keys[i], VECTOR_FIELD: arr[i]}
-                row.update({name: values[i] for name, values in columns.items()})
-                rows.append(row)
-            # Upsert, not insert: a Milvus server keeps duplicate primary keys on insert, and
-            # two writers (Ray workers) may race on the same photo.
-            self._client.upsert(self.collection, rows)
+        # Insert when no row can be there already: ids were checked above, keys too unless
+        # replacing, and an embedded file has one writer; a server may have racing writers.
+        absent = self.embedded and not replace
+        write_rows(self._client, self.collection, keys, arr, columns, todo, absent=absent)
         if self.manage_index:
             self._retune()
 
@@ -331,26 +302,11 @@ class MilvusIndex:
             )
         self._create()
 
-    def _columns(self, fields: Mapping[str, Sequence[Any]], n: int) -> dict[str, list]:
-        unknown = sorted(set(fields) - set(self._schema.fields))
-        if unknown:
-            raise SongsightError(f"unknown fields {unknown}; the collection has {sorted(self._schema.fields)}")  # fmt: skip
-        out: dict[str, list] = {}
-        for name, kind in self._schema.fields.items():
-            values = list(fields.get(name, [None] * n))
-            if len(values) != n:
-                raise SongsightError(f"field {name!r} has {len(values)} values for {n} vectors")
-            out[name] = [_scalar(v, kind) for v in values]
-        return out
-
     def remove(self, keys: Iterable[str]) -> int:
         """Delete the rows of ``keys``; returns how many the collection held."""
         keys = [str(k) for k in keys]
         held = sorted(self.existing_keys(keys))
-        for start in range(0, len(held), _KEYS_PER_QUERY):
-            chunk = held[start : start + _KEYS_PER_QUERY]
-            expr = f"{KEY_FIELD} in [{', '.join(_literal(k) for k in chunk)}]"
-            self._client.delete(self.collection, filter=expr)
+        delete_rows(self._client, self.collection, held)
         return len(held)
 
     def iter_rows(self, output_fields: Sequence[str] = (), batch_rows: int = 10_000):
@@ -377,100 +333,9 @@ class MilvusIndex:
         return dict(rows[0]) if rows else None
 
     # --- searching --------------------------------------------------------------------------
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        allowed_ids: np.ndarray | Sequence[int] | None = None,
-        *,
-        allowed_species: Collection[str] | None = None,
-        filter_expr: str | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall.
-
-        Filters run inside Milvus, as filter expressions: ``allowed_ids`` (only these ids;
-        ids the index does not hold are ignored) through ``ids_filter`` (by default ``key in
-        [...]``, in chunks whose answers are merged), ``allowed_species`` (names in the
-        ``species`` field) and ``filter_expr`` (any Milvus expression).
-        """
-        k = _check_k(k)
-        queries = _as_matrix(queries, self.dim, "queries")
-        n_queries = len(queries)
-        out_scores = np.full((n_queries, k), -np.inf, np.float32)
-        out_ids = np.full((n_queries, k), -1, np.int64)
-        exprs = [f"({filter_expr})"] if filter_expr else []
-        if allowed_species is not None:
-            if "species" not in self._schema.fields:
-                raise SongsightError("this Milvus collection has no species field to filter by")
-            if not len(allowed_species):
-                return out_scores, out_ids  # nothing allowed: nothing found
-            exprs.append(species_filter(allowed_species))
-        id_exprs: list[str | None] = [None]
-        if allowed_ids is not None:
-            id_exprs = self._ids_filters(allowed_ids)
-            if not id_exprs:
-                return out_scores, out_ids
-        if n_queries == 0 or self._index_type is None:
-            return out_scores, out_ids
-        found: list[tuple[list, list]] = [([], []) for _ in range(n_queries)]
-        for id_expr in id_exprs:
-            self._candidates(queries, k, " and ".join([*exprs, *([id_expr] if id_expr else [])]), found)  # fmt: skip
-        for q, (ids, scores) in enumerate(found):
-            if ids:
-                # Ordered again by (score, id): the contract's tie-break, whatever Milvus did.
-                s, i = _select_topk(
-                    np.asarray(scores, np.float32)[None], np.asarray(ids, np.int64)[None], k
-                )
-                out_scores[q], out_ids[q] = s[0], i[0]
-        return out_scores, out_ids
-
-    def _ids_filters(self, allowed_ids) -> list[str]:
-        """Filter expressions that together allow exactly ``allowed_ids`` (none: empty)."""
-        arr = np.asarray(allowed_ids)
-        if arr.ndim != 1 or (len(arr) and not np.issubdtype(arr.dtype, np.integer)):
-            raise SongsightError(f"allowed_ids must be a 1-D array of ids, got {arr.dtype} {arr.shape}")  # fmt: skip
-        arr = np.unique(arr.astype(np.int64, copy=False))
-        if self.ids_filter is not None:
-            expr = self.ids_filter(arr)
-            if expr is not None:
-                return [expr]
-        keys = [key for key in map(self.id_to_key, arr.tolist()) if key is not None]
-        return [
-            f"{KEY_FIELD} in [{', '.join(_literal(k) for k in keys[i : i + _KEYS_PER_FILTER])}]"
-            for i in range(0, len(keys), _KEYS_PER_FILTER)
-        ]
-
-    def _candidates(self, queries: np.ndarray, k: int, expr: str, found: list) -> None:
-        """Append each query's candidates (ids, exact scores) under ``expr`` to ``found``."""
-        n_candidates = max(k * self.settings.rerank_factor, self.settings.min_candidates)
-        rescore = self._index_type in APPROXIMATE_SCORES
-        # Answers that carry their candidates' vectors: bound one reply's size.
-        step = max(1, _REPLY_BYTES // (n_candidates * self.dim * 4)) if rescore else len(queries)
-        for q0 in range(0, len(queries), step):
-            hits = self._client.search(
-                self.collection,
-                data=list(queries[q0 : q0 + step]),
-                filter=expr,
-                limit=n_candidates,
-                output_fields=[VECTOR_FIELD] if rescore else [],
-                anns_field=VECTOR_FIELD,
-                search_params={
-                    "metric_type": "IP",
-                    "params": _search_params(self._index_type, n_candidates, self.settings),
-                },
-            )
-            for q, row_hits in enumerate(hits, start=q0):
-                ids, scores = found[q]
-                for hit in row_hits:
-                    image_id = self.key_to_id(str(hit.get("key", hit.get("id"))))
-                    if image_id is None:
-                        continue  # a row this reader does not know (added after it opened)
-                    ids.append(image_id)
-                    if rescore:  # the exact re-rank: float32 inner product, stored vector
-                        vector = np.asarray(hit["entity"][VECTOR_FIELD], np.float32)
-                        scores.append(float(vector @ queries[q]))
-                    else:
-                        scores.append(hit["distance"])
+    # search(queries, k, allowed_ids=None, *, allowed_species=None, filter_expr=None): the
+    # search path (filters pushed down, candidates, exact re-rank) is its own module.
+    search = search_collection
 
     # --- saving -----------------------------------------------------------------------------
     def _meta(self) -> dict:
@@ -515,25 +380,3 @@ class MilvusIndex:
 
 def _decimal_id(key: str) -> int | None:
     return int(key) if key.isdigit() else None
-
-
-def _round_to_storage(arr: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
-    """float16 storage keeps float16-rounded values (in Milvus's float32 vector field), so
-    scores match the exact index's over the same float16 rows."""
-    if dtype is not np.float16:
-        return arr
-    with np.errstate(over="ignore"):
-        rounded = arr.astype(np.float16)
-    if not np.isfinite(rounded).all():
-        raise SongsightError("vectors overflow float16 storage; store them as float32")
-    return rounded.astype(np.float32)
-
-
-def _scalar(value: Any, kind: str) -> Any:
-    """A field value as Milvus stores it: unknown strings are "", unknown ints -1."""
-    import pandas as pd
-
-    blank = value is None or (not isinstance(value, (list, tuple)) and bool(pd.isna(value)))
-    if kind == "int":
-        return -1 if blank else int(value)
-    return "" if blank or not str(value).strip() else str(value)
