@@ -1,9 +1,11 @@
 """int8 on CPU: dynamic quantisation of a tower's ``nn.Linear`` layers (torch, fbgemm/x86).
 
 Weights are stored int8 per output channel; activations are quantised per batch on the fly,
-so no calibration data is needed and the result depends only on the weights. Chosen by
-measurement over ONNX Runtime and OpenVINO (benchmarks/int8_quality.py, benchmarks/README.md):
-it needs no new dependency and no export step. Only ``nn.Linear`` modules are quantised:
+so no calibration data is needed and the result depends only on the weights. Chosen first
+because it needs no new dependency and no export step and met the issue's speed and quality
+targets against fp32 (benchmarks/int8_quality.py); ONNX Runtime and OpenVINO had not been
+measured when this was written (see benchmarks/README.md for what was measured since). Only
+``nn.Linear`` modules are quantised:
 convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's attention
 in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
 """
