@@ -103,10 +103,11 @@ class BioCLIPEncoder:
             self._model = self._model.to(self.dtype)
         self.quantization = None
         if precision == "int8":
-            from songsight.encoders.int8 import check_int8_device, quantize_int8
+            from songsight.encoders.int8 import check_int8_device
+            from songsight.encoders.int8_cache import load_or_quantize_int8
 
             check_int8_device(self.device)
-            self._model, self.quantization = quantize_int8(self._model)
+            self._model, self.quantization = load_or_quantize_int8(self._model, self.resolved, "open_clip")
             self.precision = "int8"
         self.batch_size = batch_size
         self.decode_threads = decode_threads

@@ -17,6 +17,7 @@ import warnings
 from songsight.errors import SongsightError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+SCHEME = "dynamic int8, nn.Linear weights per output channel"
 
 
 def check_int8_device(device: str) -> None:
@@ -27,11 +28,9 @@ def check_int8_device(device: str) -> None:
         )
 
 
-def quantize_int8(module):
-    """``module`` with every ``nn.Linear`` replaced by a dynamically quantised int8 one
-    (in place, also returned). Returns ``(module, info)``; ``info`` goes into provenance."""
+def select_engine() -> str:
+    """Set torch's quantised engine to x86 (or fbgemm) and return it; refuse builds without."""
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     engines = torch.backends.quantized.supported_engines
     engine = "x86" if "x86" in engines else "fbgemm" if "fbgemm" in engines else None
@@ -40,6 +39,21 @@ def quantize_int8(module):
             f"--precision int8 needs torch's x86/fbgemm int8 kernels; this build has {engines}"
         )
     torch.backends.quantized.engine = engine
+    return engine
+
+
+def quantization_scheme() -> dict:
+    """What `quantize_int8` does here: recorded in stores and in cached weights' provenance."""
+    return {"scheme": SCHEME, "engine": select_engine()}
+
+
+def quantize_int8(module):
+    """``module`` with every ``nn.Linear`` replaced by a dynamically quantised int8 one
+    (in place, also returned). Returns ``(module, info)``; ``info`` goes into provenance."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engine = select_engine()
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
     with warnings.catch_warnings():
         # torch >= 2.10 marks its quantised tensor types deprecated (pytorch#184982); they
@@ -52,7 +66,7 @@ def quantize_int8(module):
             module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
         )
     info = {
-        "scheme": "dynamic int8, nn.Linear weights per output channel",
+        "scheme": SCHEME,
         "engine": engine,
         "linear_layers": n_linear,
         "torch": torch.__version__.split("+")[0],
