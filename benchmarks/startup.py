@@ -40,16 +40,22 @@ from int8_quality import load
 TARGET_FRACTION_OF_PEER = 0.5  # the issue: start-up at most half of each peer's
 
 # Each child prints one JSON line: wall-clock times (time.time()) of its phases.
-CHILD = {
-    "songsight audio": """
+SONGSIGHT_CHILD = """
 import time, json, sys
-from songsight.encoders.biolingual import BioLingualEncoder
+from songsight.encoders.{module} import {cls}
 t_import = time.time()
-enc = BioLingualEncoder(sys.argv[1], device="cpu", precision=sys.argv[3])
+enc = {cls}(sys.argv[1], device="cpu", precision=sys.argv[3])
 t_load = time.time()
-enc.embed_audio([sys.argv[2]])
-print(json.dumps({"import": t_import, "load": t_load, "first": time.time()}))
-""",
+enc.{method}([sys.argv[2]])
+print(json.dumps({{"import": t_import, "load": t_load, "first": time.time()}}))
+"""
+CHILD = {
+    "songsight audio": SONGSIGHT_CHILD.format(
+        module="biolingual", cls="BioLingualEncoder", method="embed_audio"
+    ),
+    "songsight images": SONGSIGHT_CHILD.format(
+        module="bioclip", cls="BioCLIPEncoder", method="embed_images"
+    ),
     "naive audio": """
 import time, json, sys
 import soundfile as sf, soxr, torch
@@ -63,15 +69,6 @@ audio = soxr.resample(audio, rate, 48000)
 with torch.inference_mode():
     inputs = extractor(audio, sampling_rate=48000, return_tensors="pt")
     model.get_audio_features(**inputs)
-print(json.dumps({"import": t_import, "load": t_load, "first": time.time()}))
-""",
-    "songsight images": """
-import time, json, sys
-from songsight.encoders.bioclip import BioCLIPEncoder
-t_import = time.time()
-enc = BioCLIPEncoder(sys.argv[1], device="cpu", precision=sys.argv[3])
-t_load = time.time()
-enc.embed_images([sys.argv[2]])
 print(json.dumps({"import": t_import, "load": t_load, "first": time.time()}))
 """,
     "naive images": """
