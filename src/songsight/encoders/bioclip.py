@@ -126,8 +126,11 @@ class BioCLIPEncoder:
             from songsight.encoders.int8_cache import load_or_quantize_int8
 
             check_int8_device(self.device)
-            self._model, self.quantization = load_or_quantize_int8(
-                self._model, self.resolved, "open_clip"
+            # The image tower only: open_clip's text transformer reads its MLP's
+            # ``weight.dtype``, a method on a quantised Linear (embed_texts failed), and
+            # species texts are embedded once per gallery, so fp32 costs little there.
+            self._model.visual, self.quantization = load_or_quantize_int8(
+                self._model.visual, self.resolved, "open_clip_visual"
             )
             self.precision = "int8"
         self.batch_size = batch_size

@@ -165,7 +165,7 @@ def load_or_quantize_int8(module, resolved: ResolvedModel, part: str):
     """``module`` quantised int8 as `quantize_int8` does (in place, also returned with its
     info), read from the cache when its provenance matches, else quantised and cached.
 
-    ``part`` names what ``module`` is (``"clap"``, ``"open_clip"``): one model folder may
+    ``part`` names what ``module`` is (``"clap"``, ``"open_clip_visual"``): one model folder may
     hold several. The info returned is the same either way, so stores do not tell cached from
     fresh quantisations apart.
     """
