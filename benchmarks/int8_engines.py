@@ -122,6 +122,8 @@ def export_onnx(tower, example, path: Path) -> str:
                     tower, (example,), str(path), input_names=["x"], output_names=["emb"],
                     opset_version=17 if not dynamo else 18, dynamo=dynamo,
                 )  # fmt: skip
+            if errors:  # the first exporter failed: say why beside the one that worked
+                print(f"  {path.name}: {errors[0]}", flush=True)
             return "dynamo" if dynamo else "torchscript"
         except Exception as exc:  # each exporter raises its own types
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {one_line(exc)}")
