@@ -7,9 +7,8 @@ OpenVINO's int8 (benchmarks/int8_engines.py, one run on a loaded 2-core machine)
 three were within noise of each other; on ViT-L, ONNX Runtime's int8 ran about 3x this one
 (it also quantises the attention in-projection), so it is the candidate to adopt for images
 (benchmarks/README.md). Cosine to fp32 was >= 0.9996 for all. Only ``nn.Linear`` modules are
-quantised:
-convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's attention
-in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
+quantised: convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's
+attention in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
 """
 
 from __future__ import annotations
