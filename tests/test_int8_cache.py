@@ -21,7 +21,10 @@ from songsight.encoders.int8_cache import CACHE_FOLDER
 @pytest.fixture
 def audio_model(tiny_models, tmp_path):
     """A private copy of the tiny CLAP folder (the session's is shared with other tests)."""
-    return shutil.copytree(tiny_models[0], tmp_path / "clap")
+    # Without any int8 cache other tests left in the shared folder.
+    return shutil.copytree(
+        tiny_models[0], tmp_path / "clap", ignore=shutil.ignore_patterns(CACHE_FOLDER)
+    )
 
 
 @pytest.fixture
@@ -79,7 +82,9 @@ def test_image_tower_cache_matches_a_fresh_quantisation(tiny_models, tmp_path, q
 
     from songsight.encoders.bioclip import BioCLIPEncoder
 
-    model = shutil.copytree(tiny_models[1], tmp_path / "clip")
+    model = shutil.copytree(
+        tiny_models[1], tmp_path / "clip", ignore=shutil.ignore_patterns(CACHE_FOLDER)
+    )
     photo = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)).save(photo)
     first = BioCLIPEncoder(model, device="cpu", precision="int8")
