@@ -62,11 +62,15 @@ def test_int8_image_encoder_quantises_and_stays_close(tiny_models, tiny_image_en
     from songsight.encoders.bioclip import BioCLIPEncoder
 
     int8 = BioCLIPEncoder(tiny_models[1], device="cpu", batch_size=4, precision="int8")
-    assert plain_linear_layers(int8._model) == []
+    assert plain_linear_layers(int8._model.visual) == []
     assert int8.provenance()["precision"] == "int8"
     got, want = int8.embed_images(photos), tiny_image_encoder.embed_images(photos)
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
     assert cosine(got, want).min() >= MIN_COSINE
+    # Species names go through open_clip's text tower, which stays fp32 (it reads its MLP's
+    # weight dtype, which a quantised Linear does not have): the same embeddings as fp32.
+    texts = ["Turdus merula", "a robin singing"]
+    assert np.array_equal(int8.embed_texts(texts), tiny_image_encoder.embed_texts(texts))
 
 
 def test_int8_is_refused_off_the_cpu():

@@ -42,6 +42,24 @@ from songsight.taxonomy import Species
 PREPROCESS_MODES = ("model", "squash")
 
 
+def skip_weight_init():
+    """A context in which torch's ``nn.init`` functions do nothing.
+
+    open_clip builds the model at random init and then loads the checkpoint over it
+    (``strict=True``: every parameter and persistent buffer is overwritten), so the random
+    init only costs time: seconds for ViT-L on a CPU (benchmarks/startup.py). transformers
+    uses the same context for its own ``from_pretrained``; without it, plain init.
+    """
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5 kept it in modeling_utils
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            from contextlib import nullcontext as no_init_weights
+    return no_init_weights()
+
+
 def load_open_clip(
     model: str | Path | ResolvedModel, device: str = "cpu", preprocess: str = "model"
 ):
@@ -57,7 +75,8 @@ def load_open_clip(
     check_model_folder(resolved.path, "image")
     spec = f"local-dir:{resolved.path}"
     try:
-        net = open_clip.create_model(spec, device=device)
+        with skip_weight_init():
+            net = open_clip.create_model(spec, device=device)
         tokenizer = open_clip.get_tokenizer(spec)
     except Exception as exc:  # safetensors, json, torch each raise their own types
         raise ModelNotFoundError(
@@ -104,10 +123,16 @@ class BioCLIPEncoder:
             self._model = self._model.to(self.dtype)
         self.quantization = None
         if precision == "int8":
-            from songsight.encoders.int8 import check_int8_device, quantize_int8
+            from songsight.encoders.int8 import check_int8_device
+            from songsight.encoders.int8_cache import load_or_quantize_int8
 
             check_int8_device(self.device)
-            self._model, self.quantization = quantize_int8(self._model)
+            # The image tower only: open_clip's text transformer reads its MLP's
+            # ``weight.dtype``, a method on a quantised Linear (embed_texts failed), and
+            # species texts are embedded once per gallery, so fp32 costs little there.
+            self._model.visual, self.quantization = load_or_quantize_int8(
+                self._model.visual, self.resolved, "open_clip_visual"
+            )
             self.precision = "int8"
         self.batch_size = batch_size
         self.decode_threads = decode_threads

@@ -218,10 +218,11 @@ class BioLingualEncoder:
         self.precision = "bf16" if self.autocast is not None else "fp32"
         self.quantization = None
         if precision == "int8":
-            from songsight.encoders.int8 import check_int8_device, quantize_int8
+            from songsight.encoders.int8 import check_int8_device
+            from songsight.encoders.int8_cache import load_or_quantize_int8
 
             check_int8_device(self.device)
-            self.model, self.quantization = quantize_int8(self.model)
+            self.model, self.quantization = load_or_quantize_int8(self.model, self.resolved, "clap")
             self.precision = "int8"
         self.dim = self._output_dim()
         self.max_text_tokens = text_token_limit(self.tokenizer, self.model.config.text_config)

@@ -1,11 +1,14 @@
 """int8 on CPU: dynamic quantisation of a tower's ``nn.Linear`` layers (torch, fbgemm/x86).
 
 Weights are stored int8 per output channel; activations are quantised per batch on the fly,
-so no calibration data is needed and the result depends only on the weights. Chosen by
-measurement over ONNX Runtime and OpenVINO (benchmarks/int8_quality.py, benchmarks/README.md):
-it needs no new dependency and no export step. Only ``nn.Linear`` modules are quantised:
-convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's attention
-in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
+so no calibration data is needed and the result depends only on the weights. Chosen first
+because it needs no new dependency and no export step. Measured since against ONNX Runtime's and
+OpenVINO's int8 (benchmarks/int8_engines.py, one run on a loaded 2-core machine): on HTSAT the
+three were within noise of each other; on ViT-L, ONNX Runtime's int8 ran about 3x this one
+(it also quantises the attention in-projection), so it is the candidate to adopt for images
+(benchmarks/README.md). Cosine to fp32 was >= 0.9996 for all. Only ``nn.Linear`` modules are
+quantised: convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's
+attention in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import warnings
 from songsight.errors import SongsightError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+SCHEME = "dynamic int8, nn.Linear weights per output channel"
 
 
 def check_int8_device(device: str) -> None:
@@ -25,11 +29,9 @@ def check_int8_device(device: str) -> None:
         )
 
 
-def quantize_int8(module):
-    """``module`` with every ``nn.Linear`` replaced by a dynamically quantised int8 one
-    (in place, also returned). Returns ``(module, info)``; ``info`` goes into provenance."""
+def select_engine() -> str:
+    """Set torch's quantised engine to x86 (or fbgemm) and return it; refuse builds without."""
     import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     engines = torch.backends.quantized.supported_engines
     engine = "x86" if "x86" in engines else "fbgemm" if "fbgemm" in engines else None
@@ -38,6 +40,21 @@ def quantize_int8(module):
             f"--precision int8 needs torch's x86/fbgemm int8 kernels; this build has {engines}"
         )
     torch.backends.quantized.engine = engine
+    return engine
+
+
+def quantization_scheme() -> dict:
+    """What `quantize_int8` does here: recorded in stores and in cached weights' provenance."""
+    return {"scheme": SCHEME, "engine": select_engine()}
+
+
+def quantize_int8(module):
+    """``module`` with every ``nn.Linear`` replaced by a dynamically quantised int8 one
+    (in place, also returned). Returns ``(module, info)``; ``info`` goes into provenance."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    engine = select_engine()
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
     with warnings.catch_warnings():
         # torch >= 2.10 marks its quantised tensor types deprecated (pytorch#184982); they
@@ -50,7 +67,7 @@ def quantize_int8(module):
             module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
         )
     info = {
-        "scheme": "dynamic int8, nn.Linear weights per output channel",
+        "scheme": SCHEME,
         "engine": engine,
         "linear_layers": n_linear,
         "torch": torch.__version__.split("+")[0],

@@ -1,0 +1,198 @@
+"""Quantised int8 weights built once per model and cached with their provenance.
+
+Quantising a tower takes seconds at every load (benchmarks/README.md). The quantised module's
+state dict is saved with ``torch.save`` beside a small JSON that says what it was built from:
+the model's id, revision and a digest of its files, torch's version, the engine and scheme, and
+the module's class. A later load whose provenance matches swaps every ``nn.Linear`` for an
+empty quantised one and loads the saved state (``weights_only``: no pickled code runs); one
+that does not match is rebuilt and says why in a log line, never used silently.
+
+Where: ``<model dir>/songsight-int8/`` for a local model folder; songsight's cache directory
+(``$XDG_CACHE_HOME/songsight/int8``, ``~/.cache`` by default) for a Hub model, or when the
+model folder cannot be written (read-only, or the folder cannot be made there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from songsight.encoders.int8 import quantize_int8
+from songsight.encoders.loading import ResolvedModel
+from songsight.errors import SongsightError, one_line
+
+log = logging.getLogger("songsight.int8")
+
+CACHE_FOLDER = "songsight-int8"
+FORMAT_VERSION = 1
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "songsight"
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 over every file in ``folder`` (not its subfolders): name, size, modification
+    time and the first and last MiB. Cheap on GB files; a rewritten or replaced file differs."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        stat = f.stat()  # follows the Hub cache's symlinks to their blobs
+        h.update(f"{f.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if stat.st_size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def _writable_dir(folder: Path) -> bool:
+    """Whether files can be made in ``folder`` (made if missing): tried, not guessed from
+    permission bits, which root ignores and read-only mounts do not show."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def cache_dir_for(resolved: ResolvedModel) -> Path:
+    """The folder holding ``resolved``'s quantised weights (see the module docstring)."""
+    if resolved.source == "local":
+        beside = Path(resolved.path) / CACHE_FOLDER
+        if _writable_dir(beside):
+            return beside
+        log.info("int8 cache: %s cannot be written; using songsight's cache directory", beside)
+    key = hashlib.sha256(f"{resolved.model_id}\0{resolved.revision}\0{resolved.path}".encode())
+    return user_cache_dir() / "int8" / key.hexdigest()[:16]
+
+
+def expected_provenance(module, resolved: ResolvedModel, part: str) -> dict:
+    import torch
+
+    from songsight.encoders.int8 import quantization_scheme
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "part": part,
+        "module": f"{type(module).__module__}.{type(module).__qualname__}",
+        **resolved.provenance(),
+        "weights_digest": weights_digest(Path(resolved.path)),
+        **quantization_scheme(),
+        "torch": torch.__version__,
+    }
+
+
+def _swap_in_empty_quantised(module) -> None:
+    """Replace every plain ``nn.Linear`` by an int8 dynamic one with zero weights, ready for
+    ``load_state_dict`` (what ``quantize_dynamic`` builds, without computing the weights)."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    for name, child in module.named_children():
+        if type(child) is torch.nn.Linear:
+            new = DynamicLinear(
+                child.in_features, child.out_features, bias_=child.bias is not None,
+                dtype=torch.qint8,
+            )  # fmt: skip
+            setattr(module, name, new)
+        else:
+            _swap_in_empty_quantised(child)
+
+
+def _load_cached(module, weights: Path, info: dict):
+    """``module`` with the cached int8 state, or None when the file cannot be read."""
+    import torch
+
+    from songsight.encoders.int8 import select_engine
+
+    try:
+        with warnings.catch_warnings():
+            # Quantised tensors are still saved through TypedStorage, which torch marks
+            # deprecated; the load is exact (tests/test_int8_cache.py).
+            warnings.filterwarnings("ignore", message=".*TypedStorage.*", category=UserWarning)
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or corrupt: rebuilt by the caller
+        log.warning("int8 cache %s unreadable (%s); quantising again", weights, exc)
+        return None
+    select_engine()
+    # Counted as quantize_int8 counts them (subclasses too), so the info is the same.
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
+    _swap_in_empty_quantised(module)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # provenance matched, so the file was altered by hand
+        raise SongsightError(
+            f"int8 cache {weights} does not fit its model ({one_line(exc)}); delete "
+            f"{weights.parent} and run again"
+        ) from None
+    return module, {**info, "linear_layers": n_linear}
+
+
+def _save(module, folder: Path, stem: str, provenance: dict) -> None:
+    """Weights first, then the JSON that makes them valid; each written whole then renamed, so
+    a reader never sees half a file and a crash leaves no JSON pointing at bad weights."""
+    import torch
+
+    for suffix, write in (
+        (".pt", lambda path: torch.save(module.state_dict(), path)),
+        (".json", lambda path: Path(path).write_text(json.dumps(provenance, indent=1))),
+    ):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}", suffix=suffix)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, folder / f"{stem}{suffix}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _mismatch(saved: dict | None, want: dict) -> str:
+    if saved is None:
+        return "no readable provenance"
+    keys = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+    return ", ".join(f"{k} {saved.get(k)!r} -> {want.get(k)!r}" for k in keys)
+
+
+def load_or_quantize_int8(module, resolved: ResolvedModel, part: str):
+    """``module`` quantised int8 as `quantize_int8` does (in place, also returned with its
+    info), read from the cache when its provenance matches, else quantised and cached.
+
+    ``part`` names what ``module`` is (``"clap"``, ``"open_clip_visual"``): one model folder may
+    hold several. The info returned is the same either way, so stores do not tell cached from
+    fresh quantisations apart.
+    """
+    folder = cache_dir_for(resolved)
+    want = expected_provenance(module, resolved, part)
+    weights, meta = folder / f"{part}.pt", folder / f"{part}.json"
+    saved = None
+    if meta.is_file():
+        try:
+            saved = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved == want and weights.is_file():
+            info = {"scheme": want["scheme"], "engine": want["engine"]}
+            info["torch"] = want["torch"].split("+")[0]
+            loaded = _load_cached(module, weights, info)
+            if loaded is not None:
+                return loaded
+        else:
+            log.warning(
+                "int8 cache %s is stale (%s); quantising again", meta, _mismatch(saved, want)
+            )
+    module, info = quantize_int8(module)
+    try:
+        meta.unlink(missing_ok=True)  # stale provenance must not outlive the weights it named
+        folder.mkdir(parents=True, exist_ok=True)
+        _save(module, folder, part, want)
+    except OSError as exc:  # a full disk must not stop the job: it only loses the cache
+        log.warning("int8 cache: could not write %s (%s); not cached", folder, exc)
+    return module, info
