@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -12,6 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray's local cluster (the slow scale tests) waits 30 s for its GCS server to come up; on a
 # loaded 2-core machine that start took longer and the tests errored before running.
 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
+# What songsight caches (int8 weights, teacher targets, crash logs) goes to a folder of the
+# test run's own, never the user's ~/.cache.
+os.environ["SONGSIGHT_CACHE"] = tempfile.mkdtemp(prefix="songsight-tests-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -2,29 +2,26 @@
 
 The reference is a fresh quantisation of the same weights: a cached load must give exactly its
 embeddings and provenance, and must not quantise again. A cache whose provenance no longer
-matches (weights changed, another torch) is rebuilt with a log line; a model folder that cannot
-be written sends the cache to songsight's cache directory.
+matches (weights changed, another torch) is rebuilt with a log line. The cache lives in
+songsight's cache directory; the model folder is never written.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 
 import numpy as np
 import pytest
 
 from songsight.encoders import int8_cache
-from songsight.encoders.int8_cache import CACHE_FOLDER
 
 
 @pytest.fixture
 def audio_model(tiny_models, tmp_path):
     """A private copy of the tiny CLAP folder (the session's is shared with other tests)."""
-    # Without any int8 cache other tests left in the shared folder.
-    return shutil.copytree(
-        tiny_models[0], tmp_path / "clap", ignore=shutil.ignore_patterns(CACHE_FOLDER)
-    )
+    return shutil.copytree(tiny_models[0], tmp_path / "clap")
 
 
 @pytest.fixture
@@ -51,8 +48,8 @@ def quantise_calls(monkeypatch) -> list:
 @pytest.fixture(autouse=True)
 def user_cache(tmp_path, monkeypatch):
     """songsight's cache directory inside the test's own folder, never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return tmp_path / "xdg" / "songsight" / "int8"
+    monkeypatch.setenv("SONGSIGHT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "int8"
 
 
 def audio_int8(model_dir):
@@ -62,11 +59,14 @@ def audio_int8(model_dir):
 
 
 def test_second_load_reads_the_cache_and_matches_a_fresh_quantisation(
-    audio_model, clips, quantise_calls
+    audio_model, clips, quantise_calls, user_cache
 ):
+    files_before = sorted(os.listdir(audio_model))
     first = audio_int8(audio_model)  # quantises and writes the cache
     assert quantise_calls == ["ClapModel"]
-    meta = (audio_model / CACHE_FOLDER / "clap.json").read_text()
+    assert sorted(os.listdir(audio_model)) == files_before, "the model folder was written"
+    (meta_path,) = user_cache.glob("*/clap.json")
+    meta = meta_path.read_text()
     for field in ("model_id", "revision", "weights_digest", "torch", "engine", "scheme"):
         assert f'"{field}"' in meta
     second = audio_int8(audio_model)
@@ -82,9 +82,7 @@ def test_image_tower_cache_matches_a_fresh_quantisation(tiny_models, tmp_path, q
 
     from songsight.encoders.bioclip import BioCLIPEncoder
 
-    model = shutil.copytree(
-        tiny_models[1], tmp_path / "clip", ignore=shutil.ignore_patterns(CACHE_FOLDER)
-    )
+    model = shutil.copytree(tiny_models[1], tmp_path / "clip")
     photo = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)).save(photo)
     first = BioCLIPEncoder(model, device="cpu", precision="int8")
@@ -132,22 +130,26 @@ def test_another_torch_version_rebuilds_the_cache(audio_model, quantise_calls, c
     assert len(quantise_calls) == 2
 
 
-def test_unwritable_model_folder_falls_back_to_the_user_cache(
+def test_a_read_only_model_folder_is_cached_all_the_same(
     audio_model, clips, quantise_calls, user_cache
 ):
-    # A file where the cache folder would go: making it fails as a read-only folder would
-    # (chmod alone cannot show it, since tests may run as root, who ignores permission bits).
-    (audio_model / CACHE_FOLDER).write_text("not a folder")
-    first = audio_int8(audio_model)
-    assert [p.name for p in user_cache.glob("*/clap.json")] == ["clap.json"]
-    second = audio_int8(audio_model)
-    assert len(quantise_calls) == 1
+    # A Hub snapshot or a shared mount: nothing is written beside the weights, so a folder
+    # that cannot be written loads from the cache like any other.
+    mode = audio_model.stat().st_mode
+    audio_model.chmod(0o555)
+    try:
+        first = audio_int8(audio_model)
+        second = audio_int8(audio_model)
+    finally:
+        audio_model.chmod(mode)
+    assert len(quantise_calls) == 1 and len(list(user_cache.glob("*/clap.pt"))) == 1
     assert np.array_equal(second.embed_audio(clips), first.embed_audio(clips))
 
 
-def test_a_corrupt_cache_file_is_rebuilt(audio_model, clips, quantise_calls, caplog):
+def test_a_corrupt_cache_file_is_rebuilt(audio_model, clips, quantise_calls, caplog, user_cache):
     first = audio_int8(audio_model).embed_audio(clips)
-    (audio_model / CACHE_FOLDER / "clap.pt").write_bytes(b"truncated")
+    (weights,) = user_cache.glob("*/clap.pt")
+    weights.write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING, logger="songsight.int8"):
         again = audio_int8(audio_model)
     assert len(quantise_calls) == 2 and "unreadable" in caplog.text

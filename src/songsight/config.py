@@ -7,7 +7,9 @@ crops) and CLIP's contrastive conventions (learnable temperature from 0.07).
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 TRAIN_CHOICES = ("head", "projection", "top-k-blocks", "all")
 HEAD_INITS = ("probe", "random")
@@ -125,54 +127,10 @@ class DistillConfig:
         return cls(**d)
 
 
-def distill_flags(parser, defaults: DistillConfig) -> None:
-    """One ``--flag`` per DistillConfig field (``train`` is ``--train-mode`` beside the manifest).
-
-    Defaults are None so that only flags given on the command line override ``--config``.
-    """
-    for f in fields(DistillConfig):
-        flag = "--train-mode" if f.name == "train" else "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
-        kw: dict = {
-            "default": None,
-            "dest": f"cfg_{f.name}",
-            "help": NONE_DEFAULTS.get(f.name, f"(default {value})")
-            if value is None
-            else f"(default {value})",
-            "metavar": f.name.upper(),
-        }
-        if f.name == "train":
-            kw["choices"] = TRAIN_CHOICES
-        elif f.name == "head_init":
-            kw["choices"] = HEAD_INITS
-        elif f.name == "templates":
-            kw["metavar"] = "SET|TEMPLATE|FILE"
-            kw["help"] = (
-                "teacher prompt templates: a set (none, photo, openai, sound), a template with "
-                "fields such as '{scientific} with common name {common}', or a file of them, one "
-                f"a line (default {value})"
-            )
-        if isinstance(value, bool):
-            kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
-            kw["metavar"] = "BOOL"
-        elif isinstance(value, tuple):
-            kw.update(nargs=2, type=float)
-        elif isinstance(value, (int, float)):
-            kw["type"] = type(value)
-        elif f.name == "cache_audio":
-            kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
-            kw["metavar"] = "BOOL"
-        elif f.name in ("head_hidden", "epochs", "warmup_steps"):
-            kw["type"] = int
-        elif f.name == "window_s":
-            kw["type"] = float
-        parser.add_argument(flag, **kw)
-
-
-def config_from_flags(base: DistillConfig, args) -> DistillConfig:
-    d = base.to_dict()
-    for f in fields(DistillConfig):
-        v = getattr(args, f"cfg_{f.name}", None)
-        if v is not None:
-            d[f.name] = v
-    return DistillConfig.from_dict(d)
+def cache_dir(*parts: str) -> Path:
+    """Where songsight keeps what it can rebuild (teacher targets, int8 weights, crash logs):
+    ``$SONGSIGHT_CACHE``, else ``$XDG_CACHE_HOME/songsight``, else ``~/.cache/songsight``."""
+    base = os.environ.get("SONGSIGHT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "songsight"
+    )
+    return Path(base, *parts)

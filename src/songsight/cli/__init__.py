@@ -76,11 +76,12 @@ def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def crash_log_dir() -> Path:
-    """``$SONGSIGHT_LOG_DIR``, else ``$XDG_CACHE_HOME/songsight/logs`` (~/.cache by default)."""
+    """``$SONGSIGHT_LOG_DIR``, else ``logs`` in songsight's cache (`songsight.config.cache_dir`)."""
     if os.environ.get("SONGSIGHT_LOG_DIR"):
         return Path(os.environ["SONGSIGHT_LOG_DIR"])
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(cache) / "songsight" / "logs"
+    from songsight.config import cache_dir
+
+    return cache_dir("logs")
 
 
 def _write_crash_log(argv: list[str]) -> Path:

@@ -199,15 +199,15 @@ def add_distill(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     add_device(p)
-    from songsight.config import DistillConfig, distill_flags
+    from songsight.config import DistillConfig
 
-    distill_flags(p, DistillConfig())
+    _distill_flags(p, DistillConfig())
 
 
 def run_distill(args: argparse.Namespace) -> int:
     import json
 
-    from songsight.config import DistillConfig, config_from_flags
+    from songsight.config import DistillConfig
     from songsight.distill.train import distill
     from songsight.errors import SongsightError
 
@@ -217,7 +217,7 @@ def run_distill(args: argparse.Namespace) -> int:
             if args.config
             else DistillConfig()
         )
-        config = config_from_flags(base, args)
+        config = _config_from_flags(base, args)
     except (ValueError, TypeError, AttributeError) as exc:
         where = f"--config {args.config}" if args.config else "the distillation flags"
         raise SongsightError(f"{where}: {exc}") from None
@@ -237,3 +237,64 @@ def run_distill(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _distill_flags(parser, defaults) -> None:
+    """One ``--flag`` per DistillConfig field (``train`` is ``--train-mode`` beside the manifest).
+
+    Defaults are None so that only flags given on the command line override ``--config``.
+    """
+    from dataclasses import fields
+
+    from songsight.config import HEAD_INITS, NONE_DEFAULTS, TRAIN_CHOICES, DistillConfig
+
+    for f in fields(DistillConfig):
+        flag = "--train-mode" if f.name == "train" else "--" + f.name.replace("_", "-")
+        value = getattr(defaults, f.name)
+        kw: dict = {
+            "default": None,
+            "dest": f"cfg_{f.name}",
+            "help": NONE_DEFAULTS.get(f.name, f"(default {value})")
+            if value is None
+            else f"(default {value})",
+            "metavar": f.name.upper(),
+        }
+        if f.name == "train":
+            kw["choices"] = TRAIN_CHOICES
+        elif f.name == "head_init":
+            kw["choices"] = HEAD_INITS
+        elif f.name == "templates":
+            kw["metavar"] = "SET|TEMPLATE|FILE"
+            kw["help"] = (
+                "teacher prompt templates: a set (none, photo, openai, sound), a template with "
+                "fields such as '{scientific} with common name {common}', or a file of them, one "
+                f"a line (default {value})"
+            )
+        if isinstance(value, bool):
+            kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
+            kw["metavar"] = "BOOL"
+        elif isinstance(value, tuple):
+            kw.update(nargs=2, type=float)
+        elif isinstance(value, (int, float)):
+            kw["type"] = type(value)
+        elif f.name == "cache_audio":
+            kw["type"] = lambda v: v.lower() in ("1", "true", "yes", "on")
+            kw["metavar"] = "BOOL"
+        elif f.name in ("head_hidden", "epochs", "warmup_steps"):
+            kw["type"] = int
+        elif f.name == "window_s":
+            kw["type"] = float
+        parser.add_argument(flag, **kw)
+
+
+def _config_from_flags(base, args):
+    from dataclasses import fields
+
+    from songsight.config import DistillConfig
+
+    d = base.to_dict()
+    for f in fields(DistillConfig):
+        v = getattr(args, f"cfg_{f.name}", None)
+        if v is not None:
+            d[f.name] = v
+    return DistillConfig.from_dict(d)

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from songsight.config import cache_dir
 from songsight.prompt_templates import resolve_templates
 from songsight.provenance import stable_hash
 from songsight.taxonomy import Species, build_prompts
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("SONGSIGHT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "songsight"
-    )
-    return Path(base) / "targets"
+    return cache_dir("targets")
 
 
 def species_prompts(species: list[Species], prompt_format: str, templates: str) -> list[list[str]]:

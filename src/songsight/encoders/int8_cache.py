@@ -7,9 +7,11 @@ the module's class. A later load whose provenance matches swaps every ``nn.Linea
 empty quantised one and loads the saved state (``weights_only``: no pickled code runs); one
 that does not match is rebuilt and says why in a log line, never used silently.
 
-Where: ``<model dir>/songsight-int8/`` for a local model folder; songsight's cache directory
-(``$XDG_CACHE_HOME/songsight/int8``, ``~/.cache`` by default) for a Hub model, or when the
-model folder cannot be written (read-only, or the folder cannot be made there).
+Where: ``int8/<key>/`` in songsight's cache (`songsight.config.cache_dir`), the key made from
+the model's id and path, never inside the model folder: model folders are often
+read-only or shared (a Hub snapshot, a lab's mount), copying one must not carry a build that
+is specific to this machine's CPU kernels and torch version, and a folder's own files (its
+revision) stay exactly as the user made them.
 """
 
 from __future__ import annotations
@@ -22,18 +24,14 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from songsight.config import cache_dir
 from songsight.encoders.int8 import quantize_int8
 from songsight.encoders.loading import ResolvedModel
 from songsight.errors import SongsightError, one_line
 
 log = logging.getLogger("songsight.int8")
 
-CACHE_FOLDER = "songsight-int8"
 FORMAT_VERSION = 1
-
-
-def user_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "songsight"
 
 
 def weights_digest(folder: Path) -> str:
@@ -51,27 +49,12 @@ def weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _writable_dir(folder: Path) -> bool:
-    """Whether files can be made in ``folder`` (made if missing): tried, not guessed from
-    permission bits, which root ignores and read-only mounts do not show."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-        return True
-    except OSError:
-        return False
-
-
 def cache_dir_for(resolved: ResolvedModel) -> Path:
     """The folder holding ``resolved``'s quantised weights (see the module docstring)."""
-    if resolved.source == "local":
-        beside = Path(resolved.path) / CACHE_FOLDER
-        if _writable_dir(beside):
-            return beside
-        log.info("int8 cache: %s cannot be written; using songsight's cache directory", beside)
-    key = hashlib.sha256(f"{resolved.model_id}\0{resolved.revision}\0{resolved.path}".encode())
-    return user_cache_dir() / "int8" / key.hexdigest()[:16]
+    # Not the revision: a model rewritten in place lands on its old entry, which is then found
+    # stale and replaced, instead of leaving the old build behind under another key.
+    key = hashlib.sha256(f"{resolved.model_id}\0{Path(resolved.path).resolve()}".encode())
+    return cache_dir("int8", key.hexdigest()[:16])
 
 
 def expected_provenance(module, resolved: ResolvedModel, part: str) -> dict:
