@@ -30,7 +30,9 @@ from PIL import Image  # noqa: E402
 
 from songsight.retrieval.results import Hit, SpeciesScore, WindowResult  # noqa: E402
 from songsight.retrieval.writers import results_to_records  # noqa: E402
-from songsight.serve.app import create_app, sniff_audio, spectrogram_png  # noqa: E402
+from songsight.serve.app import create_app  # noqa: E402
+from songsight.serve.spectrogram import spectrogram_png  # noqa: E402
+from songsight.serve.upload import sniff_audio  # noqa: E402
 from tests.helpers import FakeGallery, peak_hz, tone  # noqa: E402
 
 SPECIES = ("Cresus raefoticus", "Laniella azura", "Picoides barratus")

@@ -48,7 +48,6 @@ from songsight.serve.routes import SpectrogramCache, add_health, add_page, add_p
 from songsight.serve.search_route import add_search
 from songsight.serve.spectrogram import spectrogram_png
 from songsight.serve.upload import _missing_extra, decode_upload
-from songsight.serve.upload import sniff_audio as sniff_audio  # re-exported
 
 try:
     from fastapi import FastAPI
