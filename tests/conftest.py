@@ -50,3 +50,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local 2-CPU Ray instance for every Ray test of the run.
+
+    Started once: a second start while the first cluster's processes are still exiting is
+    what timed out on a busy CI machine; `start_local_ray` also tries again when a start
+    misses Ray's fixed 30 s wait for its raylet.
+    """
+    ray = pytest.importorskip("ray", reason="the 'scale' extra: pip install 'songsight[scale]'")
+    pytest.importorskip("ray.data", reason="the Ray engine needs ray[data]")
+    from songsight.jobs.ray import start_local_ray
+
+    start_local_ray(ray, num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -111,3 +111,36 @@ def test_expected_errors_stay_one_line_exit_2(argv, expected, tmp_path, log_dir,
     err = lines(capsys.readouterr().err)
     assert len(err) == 1 and expected.format(**fill) in err[0], err
     assert not log_dir.exists()
+
+
+class _SlowRay:
+    """Stands in for the ``ray`` module: its first ``fail`` starts time out, as Ray's do."""
+
+    def __init__(self, fail: int, message: str = "The current node timed out during startup."):
+        self.fail, self.message, self.inits, self.shutdowns = fail, message, [], 0
+
+    def init(self, **options):
+        self.inits.append(options)
+        if len(self.inits) <= self.fail:
+            raise Exception(self.message)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_ray_start_that_times_out_is_tried_again_then_explained():
+    from songsight.errors import SongsightError
+    from songsight.jobs.ray import start_local_ray
+
+    ray = _SlowRay(fail=2)
+    start_local_ray(ray, tries=3, num_cpus=2)
+    assert len(ray.inits) == 3 and ray.shutdowns == 2
+    assert ray.inits[-1] == {"include_dashboard": False, "log_to_driver": False, "num_cpus": 2}
+
+    with pytest.raises(SongsightError, match=r"did not start \(2 tries.*RAY_ADDRESS"):
+        start_local_ray(_SlowRay(fail=5), tries=2)
+    # Any other failure is not a slow start: raised as it came, not retried.
+    other = _SlowRay(fail=5, message="bad address")
+    with pytest.raises(Exception, match="bad address"):
+        start_local_ray(other, tries=3)
+    assert len(other.inits) == 1

@@ -438,11 +438,9 @@ def test_songsight_search_prints_the_same_through_either_backend(
 
 
 @pytest.mark.slow
-def test_ray_workers_write_straight_into_the_collection(tiny_models, tiny_image_encoder, tmp_path, monkeypatch):  # fmt: skip
+def test_ray_workers_write_straight_into_the_collection(local_ray, tiny_models, tiny_image_encoder, tmp_path, monkeypatch):  # fmt: skip
     """`--engine ray --backend milvus`: the workers write the photos (the driver's sync finds
     nothing left to write), and the gallery answers as one built on this machine does."""
-    ray = pytest.importorskip("ray", reason="the 'scale' extra: pip install 'songsight[scale]'")
-    pytest.importorskip("ray.data")
     from songsight.index import gallery_milvus
     from songsight.taxonomy import write_species_csv
 
@@ -455,28 +453,24 @@ def test_ray_workers_write_straight_into_the_collection(tiny_models, tiny_image_
     driver_writes: list[int] = []
     original = gallery_milvus._write_rows
     monkeypatch.setattr(gallery_milvus, "_write_rows", lambda *a, **kw: driver_writes.append(len(a[4])) or original(*a, **kw))  # fmt: skip
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        gallery = Gallery.build(
-            [], tmp_path / "ray", str(tiny_models[1]), manifest=manifest, species_csv=taxa,
-            engine="ray", workers=2, batch_size=4, device="cpu", milvus=milvus_config(),
-            progress=False,
-        )  # fmt: skip
-        assert driver_writes == [] and len(gallery.index) == 12
-        row = gallery.record(3)
-        assert gallery.index.fetch([row["sha256"]], ["species", "path"])[row["sha256"]] == {
-            "species": row["species"], "path": row["path"],
-        }  # fmt: skip
-        exact = Gallery.build([], tmp_path / "exact", tiny_image_encoder, manifest=manifest,
-                              species_csv=taxa, progress=False)  # fmt: skip
-        queries = clustered(8, 48, 3, seed=32)
-        # Row order may differ between the engines: compare photo by photo.
-        _same_answers(exact, gallery, queries)
-        gallery.index.close()
-        # Resumed by hash: one new photo is embedded and written, by a worker again.
-        new = random_photos(tmp_path / "photos", 13, 6)[-1:]
-        report = add_to_gallery(new, tmp_path / "ray", engine="ray", workers=1, device="cpu", progress=False)  # fmt: skip
-        assert (report.n_embedded, report.n_images, driver_writes) == (1, 13, [])
-    finally:
-        ray.shutdown()
+    gallery = Gallery.build(
+        [], tmp_path / "ray", str(tiny_models[1]), manifest=manifest, species_csv=taxa,
+        engine="ray", workers=2, batch_size=4, device="cpu", milvus=milvus_config(),
+        progress=False,
+    )  # fmt: skip
+    assert driver_writes == [] and len(gallery.index) == 12
+    row = gallery.record(3)
+    assert gallery.index.fetch([row["sha256"]], ["species", "path"])[row["sha256"]] == {
+        "species": row["species"], "path": row["path"],
+    }  # fmt: skip
+    exact = Gallery.build([], tmp_path / "exact", tiny_image_encoder, manifest=manifest,
+                          species_csv=taxa, progress=False)  # fmt: skip
+    queries = clustered(8, 48, 3, seed=32)
+    # Row order may differ between the engines: compare photo by photo.
+    _same_answers(exact, gallery, queries)
+    gallery.index.close()
+    # Resumed by hash: one new photo is embedded and written, by a worker again.
+    new = random_photos(tmp_path / "photos", 13, 6)[-1:]
+    report = add_to_gallery(new, tmp_path / "ray", engine="ray", workers=1, device="cpu", progress=False)  # fmt: skip
+    assert (report.n_embedded, report.n_images, driver_writes) == (1, 13, [])
     assert len(Gallery.open(tmp_path / "ray").index) == 13

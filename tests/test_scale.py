@@ -19,13 +19,6 @@ pytest.importorskip("ray.data", reason="the Ray engine needs ray[data]")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _photos(folder, seeds) -> None:
     for i in seeds:
         write_noise_photo(folder / f"p{i}.png", i, (24, 20))

@@ -42,8 +42,32 @@ def _import_ray():
             "the Ray engine needs Ray Data; install it with: pip install 'songsight[scale]'"
         ) from err
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        start_local_ray(ray)
     return ray
+
+
+# Ray waits a hard-coded 30 s for a new local node's raylet to register; on a busy machine
+# the first start can miss that and the next one succeeds.
+RAY_START_TRIES = 3
+
+
+def start_local_ray(ray, tries: int = RAY_START_TRIES, **init_options) -> None:
+    """``ray.init`` a local instance, trying again when its start times out."""
+    options = {"include_dashboard": False, "log_to_driver": False, **init_options}
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(**options)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for the startup timeout
+            ray.shutdown()
+            if "timed out during startup" not in str(exc):
+                raise
+            if attempt == tries:
+                raise SongsightError(
+                    f"Ray's local instance did not start ({tries} tries; {exc}). The machine "
+                    "may be overloaded: try again when it is quieter, or connect to a running "
+                    "cluster with RAY_ADDRESS=host:port."
+                ) from exc
 
 
 def _make_encoder(kind: str, model: str, options: dict):
