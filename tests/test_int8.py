@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from songsight.errors import ProvenanceMismatchError, SongsightError
@@ -62,8 +63,13 @@ def test_int8_image_encoder_quantises_and_stays_close(tiny_models, tiny_image_en
     from songsight.encoders.bioclip import BioCLIPEncoder
 
     int8 = BioCLIPEncoder(tiny_models[1], device="cpu", batch_size=4, precision="int8")
+    # Attention projections too: no MultiheadAttention (whose projections dynamic quantisation
+    # cannot reach) is left in the image tower.
     assert plain_linear_layers(int8._model.visual) == []
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in int8._model.visual.modules())
+    n_blocks = len(tiny_image_encoder._model.visual.transformer.resblocks)
     assert int8.provenance()["precision"] == "int8"
+    assert int8.provenance()["quantization"]["attention_unpacked"] == n_blocks
     got, want = int8.embed_images(photos), tiny_image_encoder.embed_images(photos)
     assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
     assert cosine(got, want).min() >= MIN_COSINE
@@ -71,6 +77,36 @@ def test_int8_image_encoder_quantises_and_stays_close(tiny_models, tiny_image_en
     # weight dtype, which a quantised Linear does not have): the same embeddings as fp32.
     texts = ["Turdus merula", "a robin singing"]
     assert np.array_equal(int8.embed_texts(texts), tiny_image_encoder.embed_texts(texts))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_linear_attention_computes_what_multihead_attention_does(batch_first, mask):
+    from songsight.encoders.attention import LinearAttention, unpack_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+    with torch.no_grad():  # non-zero biases, so a lost bias would show
+        mha.in_proj_bias.normal_()
+        mha.out_proj.bias.normal_()
+    holder = torch.nn.Sequential(mha)
+    assert unpack_attention(holder) == 1 and isinstance(holder[0], LinearAttention)
+    x = torch.randn(3, 7, 32) if batch_first else torch.randn(7, 3, 32)
+    y = torch.randn(x.shape[0], 5, 32) if batch_first else torch.randn(5, x.shape[1], 32)
+    attn_mask = {
+        None: None,
+        "bool": torch.rand(7, 7) > 0.7,  # True = masked out, as MultiheadAttention reads it
+        "float": torch.randn(7, 7),
+    }[mask]
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask.fill_diagonal_(False)  # every query sees at least itself
+    with torch.no_grad():
+        want = mha(x, x, x, need_weights=False, attn_mask=attn_mask)[0]
+        got, weights = holder[0](x, x, x, need_weights=False, attn_mask=attn_mask)
+        assert weights is None and torch.allclose(got, want, atol=1e-5)
+        # Cross-attention (query differs from key and value) takes the per-input path.
+        want = mha(x, y, y, need_weights=False)[0]
+        assert torch.allclose(holder[0](x, y, y)[0], want, atol=1e-5)
 
 
 def test_int8_is_refused_off_the_cpu():

@@ -3,12 +3,14 @@
 Weights are stored int8 per output channel; activations are quantised per batch on the fly,
 so no calibration data is needed and the result depends only on the weights. Chosen first
 because it needs no new dependency and no export step. Measured since against ONNX Runtime's and
-OpenVINO's int8 (benchmarks/int8_engines.py, one run on a loaded 2-core machine): on HTSAT the
-three were within noise of each other; on ViT-L, ONNX Runtime's int8 ran about 3x this one
-(it also quantises the attention in-projection), so it is the candidate to adopt for images
-(benchmarks/README.md). Cosine to fp32 was >= 0.9996 for all. Only ``nn.Linear`` modules are
-quantised: convolutions (HTSAT's patch embedding, ViT's patch projection) and open_clip's
-attention in-projection (a bare parameter inside ``nn.MultiheadAttention``) stay fp32.
+OpenVINO's int8 (benchmarks/int8_engines.py, benchmarks/README.md). On ViT-L the first
+measurement had ONNX Runtime's int8 at about 3x this one: ``quantize_dynamic`` skipped every
+``nn.MultiheadAttention`` (its in-projection is a bare parameter and its out-projection a
+``NonDynamicallyQuantizableLinear``), a third of the tower's matmul FLOPs, which ONNX Runtime
+does quantise. So before quantising, `songsight.encoders.attention.unpack_attention` replaces
+each ``nn.MultiheadAttention`` by a ``LinearAttention``, the same computation on two plain
+``nn.Linear`` (in- and out-projection) and ``scaled_dot_product_attention``; every projection
+is then int8. Convolutions (HTSAT's and ViT's patch embeddings) stay fp32.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import warnings
 from songsight.errors import SongsightError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
-SCHEME = "dynamic int8, nn.Linear weights per output channel"
+SCHEME = "dynamic int8, nn.Linear weights per output channel, attention projections unpacked"
 
 
 def check_int8_device(device: str) -> None:
@@ -55,6 +57,9 @@ def quantize_int8(module):
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     engine = select_engine()
+    from songsight.encoders.attention import unpack_attention
+
+    n_attention = unpack_attention(module)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
     with warnings.catch_warnings():
         # torch >= 2.10 marks its quantised tensor types deprecated (pytorch#184982); they
@@ -70,6 +75,7 @@ def quantize_int8(module):
         "scheme": SCHEME,
         "engine": engine,
         "linear_layers": n_linear,
+        "attention_unpacked": n_attention,
         "torch": torch.__version__.split("+")[0],
     }
     return module, info

@@ -31,7 +31,7 @@ from songsight.errors import SongsightError, one_line
 
 log = logging.getLogger("songsight.int8")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: attention unpacked into plain Linear layers before quantising
 
 
 def weights_digest(folder: Path) -> str:
@@ -75,7 +75,8 @@ def expected_provenance(module, resolved: ResolvedModel, part: str) -> dict:
 
 def _swap_in_empty_quantised(module) -> None:
     """Replace every plain ``nn.Linear`` by an int8 dynamic one with zero weights, ready for
-    ``load_state_dict`` (what ``quantize_dynamic`` builds, without computing the weights)."""
+    ``load_state_dict`` (what ``quantize_dynamic`` builds, without computing the weights).
+    The caller has unpacked the attention first, as `quantize_int8` does."""
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -106,6 +107,9 @@ def _load_cached(module, weights: Path, info: dict):
         log.warning("int8 cache %s unreadable (%s); quantising again", weights, exc)
         return None
     select_engine()
+    from songsight.encoders.attention import unpack_attention
+
+    n_attention = unpack_attention(module)
     # Counted as quantize_int8 counts them (subclasses too), so the info is the same.
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in module.modules())
     _swap_in_empty_quantised(module)
@@ -116,7 +120,7 @@ def _load_cached(module, weights: Path, info: dict):
             f"int8 cache {weights} does not fit its model ({one_line(exc)}); delete "
             f"{weights.parent} and run again"
         ) from None
-    return module, {**info, "linear_layers": n_linear}
+    return module, {**info, "linear_layers": n_linear, "attention_unpacked": n_attention}
 
 
 def _save(module, folder: Path, stem: str, provenance: dict) -> None:
