@@ -66,6 +66,7 @@ def audio_tower(model_dir: Path, files: list[Path], batch_size: int):
     import torch
 
     from songsight.encoders.biolingual import BioLingualEncoder
+    from songsight.inputs.audio import load_audio
 
     enc = BioLingualEncoder(model_dir, device="cpu", precision="fp32")
 
@@ -77,7 +78,7 @@ def audio_tower(model_dir: Path, files: list[Path], batch_size: int):
         def forward(self, feats):
             return self.audio_projection(self.audio_model(input_features=feats).pooler_output)
 
-    waves = [enc._decode(f).waveform[: enc.features.max_samples] for f in files]
+    waves = [load_audio(f, enc.sample_rate_hz).waveform[: enc.features.max_samples] for f in files]
     batches = [
         enc.features(waves[i : i + batch_size], "cpu").float()
         for i in range(0, len(waves), batch_size)

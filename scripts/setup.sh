@@ -13,6 +13,6 @@ stamp=.venv/.songsight-installed
 want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,ann,ui,milvus]"
+  .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[dev,ann,ui,milvus,int8]"
   echo "$want" > "$stamp"
 fi

@@ -109,6 +109,22 @@ def test_linear_attention_computes_what_multihead_attention_does(batch_first, ma
         assert torch.allclose(holder[0](x, y, y)[0], want, atol=1e-5)
 
 
+def test_int8_encoders_compute_log_mels_in_float32_close_to_the_extractors_float64(tiny_models):
+    from songsight.encoders.biolingual import load_clap
+
+    _, features, _, _ = load_clap(tiny_models[0])
+    rng = np.random.default_rng(5)
+    waves = [0.3 * rng.standard_normal(n).astype(np.float32) for n in (features.max_samples, 900)]
+    want = features(waves)
+    assert "stft_dtype" not in features.describe()  # fp32 stores keep their provenance
+    features.in_float32()
+    got = features(waves)
+    assert features.describe()["stft_dtype"] == "float32"
+    assert got.dtype == want.dtype == torch.float32
+    # log-mel in dB: float32 rounding, far below what int8 weights move the embedding.
+    assert torch.allclose(got, want, atol=1e-3)
+
+
 def test_int8_is_refused_off_the_cpu():
     from songsight.encoders.base import autocast_dtype
     from songsight.encoders.int8 import check_int8_device

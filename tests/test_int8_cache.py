@@ -8,6 +8,7 @@ songsight's cache directory; the model folder is never written.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -50,6 +51,17 @@ def user_cache(tmp_path, monkeypatch):
     """songsight's cache directory inside the test's own folder, never the user's."""
     monkeypatch.setenv("SONGSIGHT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / "int8"
+
+
+@pytest.fixture(autouse=True)
+def torch_engine_only(request, monkeypatch):
+    """The torch cache's tests compare with torch's own quantisation: ONNX Runtime's audio
+    tower (tested at the end, with the ``exports`` fixture) is switched off for them."""
+    from songsight.encoders import int8_onnx
+
+    if "exports" not in request.fixturenames:
+        monkeypatch.setattr(int8_onnx, "onnxruntime_available", lambda: False)
+        monkeypatch.setattr(int8_onnx, "_said_fallback", True)
 
 
 def audio_int8(model_dir):
@@ -154,3 +166,83 @@ def test_a_corrupt_cache_file_is_rebuilt(audio_model, clips, quantise_calls, cap
         again = audio_int8(audio_model)
     assert len(quantise_calls) == 2 and "unreadable" in caplog.text
     assert np.array_equal(again.embed_audio(clips), first)
+
+
+# --- the audio tower on ONNX Runtime (`songsight.encoders.int8_onnx`) ------------------------
+def _has_onnxruntime() -> bool:
+    from songsight.encoders.int8_onnx import onnxruntime_available
+
+    return onnxruntime_available()
+
+
+needs_onnxruntime = pytest.mark.skipif(
+    not _has_onnxruntime(), reason="ONNX Runtime is the 'int8' extra: pip install 'songsight[int8]'"
+)
+
+
+@pytest.fixture
+def exports(monkeypatch) -> list:
+    """Counts ONNX exports (the ONNX Runtime cache's only way to build)."""
+    from songsight.encoders import int8_onnx
+
+    calls = []
+    real = int8_onnx._export
+
+    def counting(tower, example, path):
+        calls.append(tuple(example.shape))
+        return real(tower, example, path)
+
+    monkeypatch.setattr(int8_onnx, "_export", counting)
+    return calls
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@needs_onnxruntime
+def test_int8_audio_tower_runs_on_onnxruntime_built_once(
+    audio_model, clips, tiny_audio_encoder, exports, user_cache, caplog
+):
+    first = audio_int8(audio_model)
+    tower = first.quantization["audio_tower"]
+    assert tower["engine"] == "onnxruntime" and exports == [(2, *tower["input"])]
+    # Exported on a batch of 2; batches of 1 and of 4 + 1 windows run (the batch axis is dynamic).
+    five = clips * 2 + clips[:1]
+    for batch in (clips[:1], five):
+        got, want = first.embed_audio(batch), tiny_audio_encoder.embed_audio(batch)
+        assert cosines(got, want).min() >= 0.98
+    second = audio_int8(audio_model)
+    assert len(exports) == 1  # read from the cache
+    np.testing.assert_array_equal(second.embed_audio(five), first.embed_audio(five))
+    assert second.provenance() == first.provenance()
+
+    # Built by another ONNX Runtime: stale, rebuilt with a line that says why.
+    meta = next(user_cache.glob("*/clap_audio_onnx.json"))
+    saved = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**saved, "onnxruntime": "0.1"}))
+    with caplog.at_level(logging.WARNING, logger="songsight.int8"):
+        audio_int8(audio_model)
+    assert len(exports) == 2 and "onnxruntime '0.1' -> " in caplog.text
+    # A corrupt build is rebuilt too.
+    meta.with_suffix(".onnx").write_bytes(b"not an onnx model")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="songsight.int8"):
+        again = audio_int8(audio_model)
+    assert len(exports) == 3 and "unreadable" in caplog.text
+    np.testing.assert_array_equal(again.embed_audio(five), first.embed_audio(five))
+
+
+def test_without_onnxruntime_int8_audio_stays_on_torch_and_says_so(
+    audio_model, clips, tiny_audio_encoder, monkeypatch, caplog
+):
+    from songsight.encoders import int8_onnx
+
+    monkeypatch.setattr(int8_onnx, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(int8_onnx, "_said_fallback", False)
+    with caplog.at_level(logging.WARNING, logger="songsight.int8"):
+        encoder = audio_int8(audio_model)
+    assert "pip install 'songsight[int8]'" in caplog.text
+    assert "audio_tower" not in encoder.quantization and encoder.quantization["engine"] in ("x86", "fbgemm")  # fmt: skip
+    got, want = encoder.embed_audio(clips), tiny_audio_encoder.embed_audio(clips)
+    assert cosines(got, want).min() >= 0.98

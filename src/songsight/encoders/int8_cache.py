@@ -57,7 +57,9 @@ def cache_dir_for(resolved: ResolvedModel) -> Path:
     return cache_dir("int8", key.hexdigest()[:16])
 
 
-def expected_provenance(module, resolved: ResolvedModel, part: str) -> dict:
+def expected_provenance(module, resolved: ResolvedModel, part: str, scheme: dict | None = None) -> dict:  # fmt: skip
+    """What a build of ``module`` (``part`` of ``resolved``) must have been made from;
+    ``scheme`` names the engine and scheme (default: torch's dynamic int8, `quantization_scheme`)."""
     import torch
 
     from songsight.encoders.int8 import quantization_scheme
@@ -68,9 +70,17 @@ def expected_provenance(module, resolved: ResolvedModel, part: str) -> dict:
         "module": f"{type(module).__module__}.{type(module).__qualname__}",
         **resolved.provenance(),
         "weights_digest": weights_digest(Path(resolved.path)),
-        **quantization_scheme(),
+        **(scheme if scheme is not None else quantization_scheme()),
         "torch": torch.__version__,
     }
+
+
+def read_provenance(meta: Path) -> dict | None:
+    """The saved provenance JSON, or None when missing or unreadable."""
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _swap_in_empty_quantised(module) -> None:
@@ -123,25 +133,30 @@ def _load_cached(module, weights: Path, info: dict):
     return module, {**info, "linear_layers": n_linear, "attention_unpacked": n_attention}
 
 
-def _save(module, folder: Path, stem: str, provenance: dict) -> None:
-    """Weights first, then the JSON that makes them valid; each written whole then renamed, so
-    a reader never sees half a file and a crash leaves no JSON pointing at bad weights."""
-    import torch
-
-    for suffix, write in (
-        (".pt", lambda path: torch.save(module.state_dict(), path)),
+def save_build(folder: Path, stem: str, suffix: str, write, provenance: dict) -> None:
+    """``write(path)`` the build to ``stem + suffix``, then the JSON that makes it valid
+    (``stem.json``); each written whole then renamed, so a reader never sees half a file and a
+    crash leaves no JSON pointing at a bad build."""
+    for ending, writer in (
+        (suffix, write),
         (".json", lambda path: Path(path).write_text(json.dumps(provenance, indent=1))),
     ):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}", suffix=suffix)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}", suffix=ending)
         os.close(fd)
         try:
-            write(tmp)
-            os.replace(tmp, folder / f"{stem}{suffix}")
+            writer(tmp)
+            os.replace(tmp, folder / f"{stem}{ending}")
         finally:
             Path(tmp).unlink(missing_ok=True)
 
 
-def _mismatch(saved: dict | None, want: dict) -> str:
+def _torch_save(module, path) -> None:
+    import torch
+
+    torch.save(module.state_dict(), path)
+
+
+def mismatch(saved: dict | None, want: dict) -> str:
     if saved is None:
         return "no readable provenance"
     keys = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
@@ -161,10 +176,7 @@ def load_or_quantize_int8(module, resolved: ResolvedModel, part: str):
     weights, meta = folder / f"{part}.pt", folder / f"{part}.json"
     saved = None
     if meta.is_file():
-        try:
-            saved = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            saved = None
+        saved = read_provenance(meta)
         if saved == want and weights.is_file():
             info = {"scheme": want["scheme"], "engine": want["engine"]}
             info["torch"] = want["torch"].split("+")[0]
@@ -173,13 +185,13 @@ def load_or_quantize_int8(module, resolved: ResolvedModel, part: str):
                 return loaded
         else:
             log.warning(
-                "int8 cache %s is stale (%s); quantising again", meta, _mismatch(saved, want)
+                "int8 cache %s is stale (%s); quantising again", meta, mismatch(saved, want)
             )
     module, info = quantize_int8(module)
     try:
         meta.unlink(missing_ok=True)  # stale provenance must not outlive the weights it named
         folder.mkdir(parents=True, exist_ok=True)
-        _save(module, folder, part, want)
+        save_build(folder, part, ".pt", lambda path: _torch_save(module, path), want)
     except OSError as exc:  # a full disk must not stop the job: it only loses the cache
         log.warning("int8 cache: could not write %s (%s); not cached", folder, exc)
     return module, info
