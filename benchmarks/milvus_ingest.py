@@ -1,6 +1,6 @@
 """Ingest rate into an embedded Milvus Lite file: the write path before and after, side by side.
 
-Each variant adds the same N species-like 768-d unit vectors (`search.make_embeddings`) to a
+Each variant adds the same N species-like 768-d unit vectors (`harness.vectors.make_embeddings`) to a
 fresh file through `MilvusIndex.add` and prints vectors/s beside the load average, and the
 CPU seconds this process (pymilvus packing rows) and the Milvus Lite server (storing them)
 spent: on a loaded machine the wall-clock rate is mostly the other jobs', while CPU seconds per
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search import make_embeddings  # noqa: E402
+from harness.vectors import make_embeddings  # noqa: E402
 
 # name -> insert the rows (known absent) rather than upsert them
 VARIANTS = {

@@ -113,24 +113,42 @@ def test_index_type_follows_the_size(milvus_file):
         choose_index_type(10, MilvusSettings(index_type="HNSW"), embedded=True)
 
 
-def test_ivf_lists_follow_the_size_and_the_default_nprobe_keeps_recall(milvus_file):
-    """An IVF index trained on a small collection is retrained once the collection calls for
-    twice as many lists (4 * sqrt(N)); the default nprobe (a share of the lists) still finds
-    exact search's top-10."""
+@pytest.mark.parametrize("server", [True, False], ids=["server", "embedded"])
+def test_ivf_lists_follow_the_size_on_a_server_and_stay_in_the_embedded_file(
+    milvus_file, monkeypatch, server
+):
+    """On a server an IVF index trained on a small collection is retrained once the collection
+    calls for twice as many lists (4 * sqrt(N)). The embedded file searches Milvus's interim
+    index whatever nlist says, so retraining there would only reload every vector: it keeps
+    its lists. Either way exact search's top-10 is found."""
+    if server:  # the server's retraining logic, run against the embedded engine
+        monkeypatch.setattr(MilvusIndex, "embedded", property(lambda self: False))
     data = clustered(2400, 24, 30, seed=26)
     queries = clustered(60, 24, 30, seed=27)
     index = milvus_file(24, settings={"index_type": "IVF_FLAT"})
     index.add(data[:400], np.arange(400))
-    assert index.index_params() == {"nlist": int(4 * np.sqrt(400))}
+    # Created empty with the smallest list count (16); a server retrains as it grows.
+    assert index.index_params() == {"nlist": int(4 * np.sqrt(400)) if server else 16}
     index.add(data[400:], np.arange(400, 2400))
-    assert index.index_params() == {"nlist": int(4 * np.sqrt(2400))}
+    built = {"nlist": int(4 * np.sqrt(2400)) if server else 16}
+    assert index.index_params() == built
     exact = ExactIndex(24)
     exact.add(data, np.arange(2400))
     assert recall(index.search(queries, 10)[1], exact.search(queries, 10)[1]) >= 0.99
     # A reopened index knows the lists it was built with.
     index.close()
     reopened = milvus_file(24, settings={"index_type": "IVF_FLAT"})
-    assert reopened.index_params() == {"nlist": int(4 * np.sqrt(2400))}
+    assert reopened.index_params() == built
+
+
+def test_ivf_knobs_on_the_embedded_file_say_they_do_nothing(milvus_file, caplog):
+    with caplog.at_level("WARNING", logger="songsight.milvus"):
+        milvus_file(8, settings={"ivf_nprobe": 64}).close()
+    assert "no effect on the embedded Milvus Lite file" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="songsight.milvus"):
+        milvus_file(8)
+    assert caplog.text == ""
 
 
 def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):

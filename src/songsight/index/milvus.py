@@ -14,7 +14,10 @@ gaps. Scalar fields (species, path, model provenance ...) live beside the vector
 The index type follows the collection's size (`choose_index_type`): FLAT (exact) up to
 ``flat_threshold`` rows; past it IVF_FLAT in the embedded file, HNSW on a Milvus server and
 DISKANN past ``diskann_threshold``. The embedded engine is Milvus Lite 2.5 (Milvus's own C++
-engine in a child process; it builds only FLAT, IVF_FLAT and AUTOINDEX). Milvus Lite 3.x, a
+engine in a child process; it accepts only FLAT, IVF_FLAT and AUTOINDEX). It keeps every row
+in one growing segment and searches it through Milvus's fixed "interim" IVF index whenever the
+declared index is not FLAT: the declared type's parameters (nlist, nprobe) change nothing,
+neither answers nor latency (benchmarks/milvus_lite_probe.py, docs/scale.md). Milvus Lite 3.x, a
 rewrite in Python, walks every row's key in Python on each search (0.4 s a query at 100k
 vectors, measured), so the ``milvus`` extra keeps 2.5. pymilvus is imported on first use.
 """
@@ -22,6 +25,7 @@ vectors, measured), so the ``milvus`` extra keeps 2.5. pymilvus is imported on f
 from __future__ import annotations
 
 import json
+import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,6 +62,8 @@ from songsight.index.milvus_rows import (
     write_rows,
 )
 from songsight.index.milvus_search import search_collection
+
+log = logging.getLogger("songsight.milvus")
 
 __all__ = ["MilvusIndex"]
 
@@ -118,6 +124,12 @@ class MilvusIndex:
         self.id_to_key = id_to_key or str
         self.ids_filter = ids_filter  # allowed ids -> one cheaper expression, or None
         self.manage_index = manage_index
+        if self.embedded and (self.settings.ivf_nlist or self.settings.ivf_nprobe):
+            log.warning(
+                "ivf_nlist / ivf_nprobe have no effect on the embedded Milvus Lite file: it "
+                "searches with Milvus's fixed interim index (docs/scale.md); use a Milvus "
+                "server (--milvus-uri) to tune IVF, or --milvus-index FLAT for exact answers"
+            )
         self._client = connect(self.uri)
         # A dropped index (e.g. a `Gallery` that went out of scope) frees the embedded file too.
         self._finalizer = weakref.finalize(self, disconnect, self._client, self.uri)
@@ -214,8 +226,11 @@ class MilvusIndex:
         # An IVF index keeps the lists it was trained with: rebuilt once the size calls for
         # twice as many (or half), so a gallery that grew from 200k to 1M is not searched
         # through 1,789 lists of ~560 rows.
+        # The embedded file searches its interim index whatever nlist it was given: retraining
+        # there would only cost a reload of every vector.
         stale = (
             bool(nlist)
+            and not self.embedded
             and not self.settings.ivf_nlist
             and not (nlist / 2 < ideal_nlist(n_rows) < nlist * 2)
         )
