@@ -11,10 +11,13 @@ difference between engines.
 Engines, each built from the same fp32 tower:
 
 - ``torch fp32``: songsight's fp32 path.
-- ``torch int8``: ``songsight.encoders.int8.quantize_int8`` (dynamic, ``nn.Linear`` only).
-- ``ort fp32`` / ``ort int8``: ``torch.onnx.export`` (static batch), then
+- ``torch int8``: ``songsight.encoders.int8.quantize_int8`` (dynamic, ``nn.Linear`` only, after
+  ``nn.MultiheadAttention`` is unpacked into ``nn.Linear``): songsight's image engine.
+- ``ort fp32`` / ``ort int8``: ``torch.onnx.export`` (static batch; songsight's own export,
+  ``songsight.encoders.int8_onnx``, has a dynamic one), then
   ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per channel, uint8 activations
-  quantised per batch: every MatMul with a constant weight, attention in-projections included).
+  quantised per batch: every MatMul with a constant weight, attention in-projections
+  included): ``ort int8`` is songsight's audio engine.
 - ``openvino fp32`` / ``openvino int8``: the same ONNX file read by OpenVINO, compiled for CPU
   with f32 inference precision (it would otherwise pick bf16 on CPUs that have it);
   int8 is ``nncf.compress_weights`` (int8 weights per channel) with the CPU plugin's dynamic
