@@ -36,8 +36,8 @@ from functools import partial
 from pathlib import Path
 
 from harness.inputs import write_clips, write_photos
+from harness.machine import load
 from harness.models import build_bioclip2_shape, build_biolingual_shape
-from int8_quality import load
 
 TARGET_FRACTION_OF_PEER = 0.5  # the issue: start-up at most half of each peer's
 
