@@ -125,6 +125,41 @@ def test_int8_encoders_compute_log_mels_in_float32_close_to_the_extractors_float
     assert torch.allclose(got, want, atol=1e-3)
 
 
+def test_an_int8_audio_store_records_its_engine_and_refuses_fp32_rows(
+    tiny_models, tmp_path, capsys
+):
+    """`songsight embed audio --precision int8`: the store says how its vectors were made (the
+    engine, float32 log-mels) and an fp32 run into it is refused, not mixed in."""
+    import soundfile as sf
+
+    from songsight.cli import main
+    from songsight.encoders.int8_onnx import onnxruntime_available
+    from songsight.index.store import load_embeddings
+
+    rng = np.random.default_rng(7)
+    clips = []
+    for i in range(3):
+        clips.append(tmp_path / f"c{i}.wav")
+        sf.write(clips[-1], 0.2 * rng.standard_normal(16_000 * (i + 1)).astype(np.float32), 16_000)
+    out = tmp_path / "a.parquet"
+
+    def embed(paths, precision):
+        return main(["embed", "audio", *map(str, paths), "--out", str(out), "--audio-model",
+                     str(tiny_models[0]), "--device", "cpu", "--quiet", "--precision", precision,
+                     "--resume"])  # fmt: skip
+
+    assert embed(clips[:2], "int8") == 0
+    _, vectors, prov = load_embeddings(out)
+    assert prov["precision"] == "int8" and prov["preprocessing"]["stft_dtype"] == "float32"
+    engine = prov["quantization"].get("audio_tower", {}).get("engine")
+    assert engine == ("onnxruntime" if onnxruntime_available() else None)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    capsys.readouterr()
+    assert embed(clips[2:], "fp32") == 2
+    assert "quantization" in capsys.readouterr().err
+    assert len(load_embeddings(out)[1]) == len(vectors)  # nothing of the fp32 run was written
+
+
 def test_int8_is_refused_off_the_cpu():
     from songsight.encoders.base import autocast_dtype
     from songsight.encoders.int8 import check_int8_device
