@@ -246,3 +246,18 @@ def test_without_onnxruntime_int8_audio_stays_on_torch_and_says_so(
     assert "audio_tower" not in encoder.quantization and encoder.quantization["engine"] in ("x86", "fbgemm")  # fmt: skip
     got, want = encoder.embed_audio(clips), tiny_audio_encoder.embed_audio(clips)
     assert cosines(got, want).min() >= 0.98
+
+
+@needs_onnxruntime
+def test_an_unwritable_cache_still_runs_onnxruntime_and_says_why(
+    audio_model, clips, tiny_audio_encoder, exports, monkeypatch, tmp_path, caplog
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("SONGSIGHT_CACHE", str(blocker / "cache"))
+    with caplog.at_level(logging.WARNING, logger="songsight.int8"):
+        encoder = audio_int8(audio_model)
+    assert encoder.quantization["audio_tower"]["engine"] == "onnxruntime" and len(exports) == 1
+    assert "cannot create" in caplog.text
+    got, want = encoder.embed_audio(clips), tiny_audio_encoder.embed_audio(clips)
+    assert cosines(got, want).min() >= 0.98

@@ -132,13 +132,20 @@ def load_or_build_onnx_int8(tower, example, resolved: ResolvedModel, part: str, 
                 log.warning("int8 cache %s unreadable (%s); building again", model, one_line(exc))
         else:
             log.warning("int8 cache %s is stale (%s); building again", meta, mismatch(saved, want))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        work = folder
+    except OSError as exc:  # an unwritable cache: build in the system's temp, cache nothing
+        log.warning("int8 cache: cannot create %s (%s); not cached", folder, exc)
+        work = None
     log.info("int8: exporting and quantising %s's audio tower for ONNX Runtime (once)", resolved.model_id)  # fmt: skip
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+    with tempfile.TemporaryDirectory(dir=work, prefix=".build-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         with _quiet():
             _export(tower, example, fp32)
             _quantize(fp32, int8)
+        if work is None:
+            return OnnxTower(int8, threads), info
         try:
             meta.unlink(missing_ok=True)  # stale provenance must not outlive what it named
             save_build(folder, part, ".onnx", lambda path: Path(path).write_bytes(int8.read_bytes()), want)  # fmt: skip
