@@ -316,6 +316,55 @@ def test_milvus_gallery_answers_as_the_exact_one(two_galleries, tiny_image_encod
     assert (report.n_embedded, len(gallery.index)) == (0, 36)
 
 
+def test_sync_inserts_new_photos_and_upserts_only_changed_metadata(
+    tiny_image_encoder, tmp_path, monkeypatch
+):
+    """New photos are added as new rows (inserted by the embedded file: Milvus Lite's upsert
+    slows as a collection grows); a photo whose metadata drifted is upserted back in line."""
+    import json
+
+    from songsight.index import gallery_milvus
+    from songsight.index.gallery_format import META_FILE
+    from songsight.taxonomy import write_species_csv
+
+    calls: list[tuple[int, bool]] = []
+    original = MilvusIndex.add
+
+    def recording(self, vectors, ids=None, *, keys=None, fields=None, replace=False):
+        calls.append((len(vectors), replace))
+        return original(self, vectors, ids, keys=keys, fields=fields, replace=replace)
+
+    monkeypatch.setattr(MilvusIndex, "add", recording)
+    photos = random_photos(tmp_path / "photos", 12, 2)
+    taxa = tmp_path / "taxa.csv"
+    write_species_csv(TAXA, taxa)
+    manifest = write_csv(
+        tmp_path / "photos.csv", [{"path": str(p), "label": i % 3} for i, p in enumerate(photos)]
+    )
+    gallery = Gallery.build([], tmp_path / "g", tiny_image_encoder, manifest=manifest,
+                            species_csv=taxa, milvus=milvus_config(), progress=False)  # fmt: skip
+    assert calls and all(not replace for _, replace in calls) and sum(n for n, _ in calls) == 12
+    row = gallery.record(4)
+    want = gallery.index.fetch([row["sha256"]], ["species"])[row["sha256"]]["species"]
+    # The collection's copy of one photo drifts (a species renamed by hand)...
+    names = list(gallery_milvus.SCALAR_FIELDS)
+    held = gallery.index.fetch([row["sha256"]], ["embedding", *names])[row["sha256"]]
+    drifted = {name: [held[name]] for name in names} | {"species": ["Wrongus wrongus"]}
+    original(gallery.index, np.asarray([held["embedding"]], np.float32), keys=[row["sha256"]],
+             fields=drifted, replace=True)  # fmt: skip
+    assert gallery.index.fetch([row["sha256"]], ["species"])[row["sha256"]]["species"] != want
+    gallery.index.close()
+    # ...and a full sync puts it back with one upsert, leaving the other 11 rows alone.
+    calls.clear()
+    meta = json.loads((tmp_path / "g" / META_FILE).read_text())
+    gallery_milvus.sync_milvus(tmp_path / "g", meta, full=True)
+    assert calls == [(1, True)]
+    reopened = Gallery.open(tmp_path / "g")
+    assert reopened.index.fetch([row["sha256"]], ["species"])[row["sha256"]]["species"] == want
+    assert len(reopened.index) == 12
+    reopened.index.close()
+
+
 def test_remove_and_move(two_galleries, capsys):
     exact, gallery = two_galleries
     gallery.index.close()
