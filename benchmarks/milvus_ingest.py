@@ -8,10 +8,15 @@ vector are the work itself; the quiet-machine ceiling is N / (client + server) C
 (one batch at a time: the two never run at once).
 Variants are interleaved and repeated so a load spike on a shared machine hits them alike.
 
-- ``before``: one upsert of 2,000 rows at a time (the write path before this change).
-- ``after``: inserts, one batch at a time (`MilvusIndex.add` now, when no row can exist).
+- ``before (upsert)``: one upsert of 2,000 rows at a time (the write path before inserts).
+- ``after (insert)``: inserts, one batch at a time (`MilvusIndex.add` now, when no row can
+  exist).
+- ``gallery (upsert)`` / ``gallery (add)``: what a gallery's sync writes: 256 photos a call,
+  sha256 keys and the gallery's scalar fields, as upserts (the sync before it told new photos
+  from changed ones) or as new rows (what it does now for photos the collection lacks).
 
     python benchmarks/milvus_ingest.py --n 50000 --repeats 2
+    python benchmarks/milvus_ingest.py --n 1000000 --repeats 1 --variants "gallery (add)"
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from harness.vectors import make_embeddings  # noqa: E402
 
-# name -> insert the rows (known absent) rather than upsert them
+# name -> (how rows are written, insert/add rather than upsert)
 VARIANTS = {
-    "before (upsert)": False,
-    "after (insert)": True,
+    "before (upsert)": ("bulk", False),
+    "after (insert)": ("bulk", True),
+    "gallery (upsert)": ("gallery", False),
+    "gallery (add)": ("gallery", True),
 }
 
 
@@ -56,6 +63,44 @@ def milvus_pid() -> int:
         except OSError:
             continue
     raise RuntimeError("no Milvus Lite child process found")
+
+
+def gallery_ingest_rate(data: np.ndarray, add: bool, work: Path) -> tuple[float, float, float]:
+    """As `ingest_rate`, written as a gallery's sync writes: 256 photos per `MilvusIndex.add`
+    with sha256 keys and the gallery's scalar fields; ``add``: new rows, else upserts."""
+    import hashlib
+
+    from songsight.index.gallery_milvus import _SYNC_ROWS, SCALAR_FIELDS
+    from songsight.index.milvus import MilvusIndex
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(len(data))]
+
+    def fields(rows: range) -> dict:
+        return {
+            name: [i % 1000 if kind == "int" else f"{name} {i % 1000} photos/{i}.jpg" for i in rows]
+            for name, kind in SCALAR_FIELDS.items()
+        }
+
+    def write(rows: range) -> None:
+        index.add(data[rows.start : rows.stop], keys=keys[rows.start : rows.stop],
+                  fields=fields(rows), replace=not add)  # fmt: skip
+
+    directory = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
+    index = MilvusIndex(
+        data.shape[1], directory / "g.db", "g", scalar_fields=SCALAR_FIELDS,
+        settings={"index_type": "FLAT"},
+    )  # fmt: skip
+    try:
+        write(range(1))  # the collection exists: only rows are timed
+        server = milvus_pid()
+        t0, client0, server0 = time.perf_counter(), cpu_s(), cpu_s(server)
+        for start in range(1, len(data), _SYNC_ROWS):
+            write(range(start, min(len(data), start + _SYNC_ROWS)))
+        wall = time.perf_counter() - t0
+        return (len(data) - 1) / wall, cpu_s() - client0, cpu_s(server) - server0
+    finally:
+        index.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def ingest_rate(data: np.ndarray, absent: bool, work: Path) -> tuple[float, float, float]:
@@ -105,8 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     try:
         for r in range(args.repeats):
-            for name, absent in variants.items():
-                rate, client_s, server_s = ingest_rate(data, absent, work)
+            for name, (kind, absent) in variants.items():
+                measure = gallery_ingest_rate if kind == "gallery" else ingest_rate
+                rate, client_s, server_s = measure(data, absent, work)
                 rates[name].append((rate, client_s, server_s))
                 print(
                     f"repeat {r}  {name:<20} {rate:7.0f} vectors/s  CPU us/vector: client "
