@@ -21,12 +21,20 @@ from .models import MODEL_RATE_HZ
 from .timing import Runner, count_flops, param_bytes
 
 
+def vectors_in_order(store, files) -> np.ndarray:
+    """The store's vectors in the order of ``files`` (a job writes them in its own order)."""
+    from songsight.index.store import load_embeddings
+
+    meta, vectors, _ = load_embeddings(store)
+    by_path = dict(zip(meta["path"], vectors, strict=True))
+    return np.stack([by_path[str(f)] for f in files])
+
+
 def songsight_audio(
     files: list[Path], model_dir: Path, work: Path, precision: str, device: str, batch_size: int
 ) -> Runner:
     """``embed_audio_files`` into a Parquet store, read back for the equality check."""
     from songsight.encoders.biolingual import BioLingualEncoder
-    from songsight.index.store import load_embeddings
     from songsight.jobs.embed import embed_audio_files
 
     enc = BioLingualEncoder(model_dir, device=device, precision=precision, batch_size=batch_size)
@@ -38,9 +46,7 @@ def songsight_audio(
 
     def run() -> np.ndarray:
         embed_audio_files(files, out, enc, overwrite=True, progress=False)
-        meta, vectors, _ = load_embeddings(out)
-        by_path = dict(zip(meta["path"], vectors, strict=True))
-        return np.stack([by_path[str(f)] for f in files])
+        return vectors_in_order(out, files)
 
     silence = enc.features([np.zeros(enc.features.max_samples)], device)
     info = {
@@ -82,7 +88,6 @@ def songsight_images(
     import torch
 
     from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.index.store import load_embeddings
     from songsight.jobs.embed import embed_image_files
 
     enc = BioCLIPEncoder(model_dir, device=device, precision=precision, batch_size=batch_size)
@@ -91,9 +96,7 @@ def songsight_images(
 
     def run() -> np.ndarray:
         embed_image_files(files, out, enc, overwrite=True, progress=False)
-        meta, vectors, _ = load_embeddings(out)
-        by_path = dict(zip(meta["path"], vectors, strict=True))
-        return np.stack([by_path[str(f)] for f in files])
+        return vectors_in_order(out, files)
 
     # bf16 casts the tower's weights (no autocast), so the input must match them.
     weight_dtype = next(enc._model.parameters()).dtype
