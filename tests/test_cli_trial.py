@@ -90,10 +90,11 @@ def test_the_advised_command_really_continues(kind, tiny_models, tmp_path, monke
     else:
         argv = ["embed", "images", str(tmp_path / "p"), "--out", str(tmp_path / "e.parquet"), *common]  # fmt: skip
         store = tmp_path / "e.parquet"
-    from songsight.encoders.bioclip import BioCLIPEncoder
+    # The base class: `embed` runs the ONNX Runtime encoder, `index` the torch one.
+    from songsight.encoders.image_batches import BatchedImageEncoder
 
     with pytest.MonkeyPatch.context() as mp:
-        interrupt_after(mp, BioCLIPEncoder, "iter_images", 2)
+        interrupt_after(mp, BatchedImageEncoder, "iter_images", 2)
         assert main(argv) == 130
     advice = _advice(capsys.readouterr().err)
     assert main(advice) == 0, capsys.readouterr().err

@@ -19,8 +19,8 @@ import soundfile as sf
 from PIL import Image
 
 from songsight.cli import main
-from songsight.encoders.bioclip import BioCLIPEncoder
-from songsight.encoders.biolingual import BioLingualEncoder
+from songsight.encoders.image_batches import BatchedImageEncoder
+from songsight.encoders.windows import WindowedAudioEncoder
 from songsight.index.store import load_embeddings, read_provenance
 from songsight.inputs.audio import window_bounds
 from songsight.provenance import package_version
@@ -176,13 +176,13 @@ def test_bad_numbers_are_argument_errors(flag, value, capsys):
 
 
 def record_sources(monkeypatch, seen: list):
-    original = BioLingualEncoder.embed_windows
+    original = WindowedAudioEncoder.embed_windows
 
     def embed_windows(self, sources, *args, **kwargs):
         seen.extend(map(str, sources))
         yield from original(self, sources, *args, **kwargs)
 
-    monkeypatch.setattr(BioLingualEncoder, "embed_windows", embed_windows)
+    monkeypatch.setattr(WindowedAudioEncoder, "embed_windows", embed_windows)
 
 
 def test_resume_after_interruption(audio_tree, tiny_models, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_resume_after_interruption(audio_tree, tiny_models, tmp_path, capsys):
     parts = tmp_path / "r.parquet.parts"
     with pytest.MonkeyPatch.context() as mp:
         first: list = []
-        interrupt_after(mp, BioLingualEncoder, "embed_windows", 3, first)
+        interrupt_after(mp, WindowedAudioEncoder, "embed_windows", 3, first)
         assert run(audio_args([root], out, tiny_models[0])) == 130
     assert "--resume" in capsys.readouterr().err
     assert not out.exists() and parts.is_dir()
@@ -310,9 +310,9 @@ def test_embed_images_folder(image_tree, tiny_models, tiny_image_encoder, tmp_pa
 def test_image_resume_after_interruption(image_tree, tiny_models, tmp_path, monkeypatch):
     root, good, _ = image_tree
     out = tmp_path / "ri.parquet"
-    original = interrupt_after(monkeypatch, BioCLIPEncoder, "iter_images", 2)
+    original = interrupt_after(monkeypatch, BatchedImageEncoder, "iter_images", 2)
     assert run(image_args([root], out, tiny_models[1])) == 130
-    monkeypatch.setattr(BioCLIPEncoder, "iter_images", original)
+    monkeypatch.setattr(BatchedImageEncoder, "iter_images", original)
     assert run(image_args([root], out, tiny_models[1], "--resume")) == 1
     meta, _, _ = load_embeddings(out)
     assert sorted(meta["path"]) == sorted(map(str, good))

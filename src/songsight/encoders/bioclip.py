@@ -15,8 +15,7 @@ grad, the module is kept in eval mode, and every forward runs under ``inference_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from songsight.encoders.base import (
     l2_normalize,
     warn_truncated,
 )
+from songsight.encoders.image_batches import BatchedImageEncoder
 from songsight.encoders.loading import (
     BIOCLIP2_ID,
     ResolvedModel,
@@ -34,8 +34,7 @@ from songsight.encoders.loading import (
     resolve_model,
 )
 from songsight.encoders.prompts import embed_species_text
-from songsight.errors import InputFileError, ModelNotFoundError, one_line
-from songsight.inputs.images import load_image, to_rgb
+from songsight.errors import ModelNotFoundError, one_line
 from songsight.prompt_templates import Templates
 from songsight.taxonomy import Species
 
@@ -90,10 +89,8 @@ def load_open_clip(
     return net.eval(), transform, tokenizer, cfg, resolved
 
 
-class BioCLIPEncoder:
+class BioCLIPEncoder(BatchedImageEncoder):
     """BioCLIP-2 image and text embeddings, (N, 768) float32 unit norm."""
-
-    name = "bioclip"
 
     def __init__(
         self,
@@ -149,19 +146,6 @@ class BioCLIPEncoder:
             else self._model.visual.output_dim
         )
 
-    def provenance(self) -> dict:
-        from dataclasses import asdict
-
-        return {
-            "encoder": self.name,
-            "kind": "image",
-            **self.resolved.provenance(),
-            "dim": self.dim,
-            "precision": self.precision,
-            **({"quantization": self.quantization} if self.quantization else {}),
-            "preprocessing": {**asdict(self.preprocess_cfg), "choice": self.preprocess},
-        }
-
     def _frozen(self):
         """The model in eval mode, whatever a caller did to it (the teacher invariant)."""
         if self._model.training:
@@ -169,56 +153,15 @@ class BioCLIPEncoder:
         return self._model
 
     # --- images ----------------------------------------------------------------------------
-    def _prepare(self, source):
-        img = to_rgb(source) if not isinstance(source, (str, Path)) else load_image(source)
+    def _transform(self, img):
         return self.transform(img)
 
-    def iter_images(self, sources: Sequence) -> Iterator[tuple[int, np.ndarray | InputFileError]]:
-        """Yield ``(index, (768,) embedding)`` or ``(index, InputFileError)`` in order.
-
-        Decoding and preprocessing of the next batch run in threads while the model works.
-        """
+    def _encode(self, pixels: list) -> np.ndarray:
         import torch
 
-        def prep_batch(start: int):
-            items = []
-            for j in range(start, min(start + self.batch_size, len(sources))):
-                try:
-                    items.append((j, self._prepare(sources[j])))
-                except InputFileError as exc:
-                    items.append((j, exc))
-            return items
-
-        starts = range(0, len(sources), self.batch_size)
-        model = self._frozen()
-        with ThreadPoolExecutor(max_workers=max(1, self.decode_threads)) as pool:
-            # map() would queue every batch at once; keep at most two batches in flight.
-            futures = [pool.submit(prep_batch, s) for s in list(starts)[:2]]
-            for b, _ in enumerate(starts):
-                items = futures[b].result()
-                futures[b] = None
-                if b + 2 < len(starts):
-                    futures.append(pool.submit(prep_batch, starts[b + 2]))
-                good = [(j, t) for j, t in items if not isinstance(t, InputFileError)]
-                emb = {}
-                if good:
-                    x = torch.stack([t for _, t in good]).to(
-                        self.device, self.dtype or torch.float32
-                    )
-                    with torch.inference_mode():
-                        out = l2_normalize(model.encode_image(x).float()).cpu().numpy()
-                    emb = {j: out[k] for k, (j, _) in enumerate(good)}
-                for j, t in items:
-                    yield j, (t if isinstance(t, InputFileError) else emb[j])
-
-    def embed_images(self, sources: Sequence) -> np.ndarray:
-        """(N, 768) float32 unit norm from paths or PIL images; raises on the first bad file."""
-        out = []
-        for _, res in self.iter_images(list(sources)):
-            if isinstance(res, InputFileError):
-                raise res
-            out.append(res)
-        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+        x = torch.stack(pixels).to(self.device, self.dtype or torch.float32)
+        with torch.inference_mode():
+            return l2_normalize(self._frozen().encode_image(x).float()).cpu().numpy()
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -11,25 +11,37 @@ computed in torch (batched, float64 STFT) and tested equal to what transformers'
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from songsight.encoders.base import (
-    ClipEmbedding,
     autocast_dtype,
     choose_device,
     l2_normalize,
     warn_truncated,
 )
 from songsight.encoders.loading import ResolvedModel, check_model_folder, resolve_model
-from songsight.encoders.windows import embed_windows
-from songsight.errors import InputFileError, ModelNotFoundError, one_line
+from songsight.encoders.windows import DEFAULT_HOP_FRACTION, WindowedAudioEncoder
+from songsight.errors import ModelNotFoundError, one_line
 
-DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
+__all__ = ["DEFAULT_HOP_FRACTION", "BioLingualEncoder", "ClapFeatures", "load_clap", "pad_window"]
+
+
+def pad_window(wave: np.ndarray, max_samples: int, padding: str) -> np.ndarray:
+    """Pad one (T <= max_samples,) waveform as the extractor's ``padding`` mode does."""
+    n, m = len(wave), max_samples
+    if n > m:
+        raise ValueError(f"window of {n} samples is longer than the model's {m}")
+    if n < m:
+        if padding == "repeat":
+            wave = np.tile(wave, m // n + 1)[:m]
+        elif padding == "repeatpad":
+            wave = np.tile(wave, m // n)
+        wave = np.pad(wave, (0, m - len(wave)))
+    return wave
 
 
 class ClapFeatures:
@@ -103,17 +115,7 @@ class ClapFeatures:
         }
 
     def pad(self, wave: np.ndarray) -> np.ndarray:
-        """Pad one (T <= max_samples,) waveform as the extractor's padding mode does."""
-        n, m = len(wave), self.max_samples
-        if n > m:
-            raise ValueError(f"window of {n} samples is longer than the model's {m}")
-        if n < m:
-            if self.padding == "repeat":
-                wave = np.tile(wave, m // n + 1)[:m]
-            elif self.padding == "repeatpad":
-                wave = np.tile(wave, m // n)
-            wave = np.pad(wave, (0, m - len(wave)))
-        return wave
+        return pad_window(wave, self.max_samples, self.padding)
 
     def __call__(self, waves: Sequence[np.ndarray], device: str = "cpu"):
         """(B, C, frames, mels) float32 on ``device``, computed there (float64, as the
@@ -190,7 +192,7 @@ def load_clap(model: str | Path | ResolvedModel, device: str = "cpu"):
     return clap, feats, tokenizer, resolved
 
 
-class BioLingualEncoder:
+class BioLingualEncoder(WindowedAudioEncoder):
     """BioLingual audio and text embeddings: ``embed_audio`` / ``embed_clips`` / ``embed_texts``.
 
     ``window_s`` defaults to the model's own window (10 s for BioLingual) and ``hop_s`` to half
@@ -210,10 +212,7 @@ class BioLingualEncoder:
         precision: str = "auto",
         decode_threads: int | None = None,
     ):
-        """``decode_threads``: files decoded and resampled at once ahead of the model. Default:
-        1 on CPU (the model needs the cores), up to 8 on a GPU, where one decode thread was the
-        bottleneck (benchmarks/README.md: 77 clips/s on an H200, the process using ~33% of its
-        cores). The gain from more threads there has not been measured yet."""
+        """``decode_threads``: see `WindowedAudioEncoder.set_windows`."""
         if not isinstance(model, ResolvedModel):
             model = resolve_model(
                 str(model), "audio"
@@ -222,15 +221,7 @@ class BioLingualEncoder:
         self.model, self.features, self.tokenizer, self.resolved = load_clap(model, self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.sample_rate_hz = self.features.sample_rate_hz
-        self.model_window_s = self.features.max_samples / self.sample_rate_hz
-        self.window_s = float(window_s) if window_s else self.model_window_s
-        if self.window_s > self.model_window_s + 1e-9:
-            raise ValueError(
-                f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window"
-            )
-        self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
-        self.batch_size = batch_size
+        self.set_windows(self.features, window_s, hop_s, batch_size, decode_threads)
         self.autocast = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast is not None else "fp32"
         self.quantization = None
@@ -252,10 +243,6 @@ class BioLingualEncoder:
             self.precision = "int8"
         self.dim = self._output_dim()
         self.max_text_tokens = text_token_limit(self.tokenizer, self.model.config.text_config)
-        if decode_threads is None:
-            cores = os.cpu_count() or 2
-            decode_threads = 1 if self.device == "cpu" else min(8, max(1, cores // 2))
-        self.decode_threads = max(1, int(decode_threads))
 
     # --- what subclasses (the distilled encoder) change -------------------------------------
     def _output_dim(self) -> int:
@@ -267,21 +254,6 @@ class BioLingualEncoder:
             return self._onnx_audio(feats)
         pooled = self.model.audio_model(input_features=feats).pooler_output
         return self.model.audio_projection(pooled)
-
-    def provenance(self) -> dict:
-        return {
-            "encoder": self.name,
-            "kind": "audio",
-            **self.resolved.provenance(),
-            "dim": self.dim,
-            "precision": self.precision,
-            **({"quantization": self.quantization} if self.quantization else {}),
-            "preprocessing": {
-                **self.features.describe(),
-                "window_s": self.window_s,
-                "hop_s": self.hop_s,
-            },
-        }
 
     # --- audio ----------------------------------------------------------------------------
     def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
@@ -299,74 +271,6 @@ class BioLingualEncoder:
                     emb = self._embed_features(feats)
                 out.append(l2_normalize(emb.float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-
-    def windowing(self, window_s: float | None = None, hop_s: float | None = None):
-        """The (window_s, hop_s) a request means, the one rule every caller uses.
-
-        ``window_s`` defaults to this encoder's window; ``hop_s`` to this encoder's hop when
-        the window is its own, else to half the window asked for (so a 5 s window steps by
-        2.5 s whoever asks). Raises `WindowError` for a window past the model's or a
-        window or hop that is not positive.
-        """
-        from songsight.errors import WindowError
-
-        window = float(window_s or self.window_s)
-        if hop_s:
-            hop = float(hop_s)
-        elif window == self.window_s:
-            hop = self.hop_s
-        else:
-            hop = window * DEFAULT_HOP_FRACTION
-        if window > self.model_window_s + 1e-9:
-            raise WindowError(
-                f"window_s={window:g} exceeds the model's {self.model_window_s:g} s window"
-            )
-        if not (window > 0 and hop > 0):
-            raise WindowError(f"window_s and hop_s must be > 0; got {window:g} and {hop:g}")
-        return window, hop
-
-    def embed_windows(
-        self,
-        sources: Sequence,
-        window_s: float | None = None,
-        hop_s: float | None = None,
-    ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
-        """Embed sources in order, yielding ``(index, ClipEmbedding)`` or ``(index, InputFileError)``.
-
-        Sources are paths or ``(waveform, sample_rate_hz)`` tuples, cut by `windowing`'s rule.
-        Windows of several files share a model batch; the next files decode in
-        ``decode_threads`` threads while the model works (`songsight.encoders.windows`).
-        """
-        window_s, hop_s = self.windowing(window_s, hop_s)
-        return embed_windows(
-            self._forward, sources, self.sample_rate_hz, window_s, hop_s,
-            self.batch_size, self.decode_threads,
-        )  # fmt: skip
-
-    def embed_clips(
-        self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None
-    ) -> list[ClipEmbedding]:
-        """Per-window embeddings (with start/end times) and the clip mean, one per source.
-
-        Raises `InputFileError` for the first unusable source; use `embed_windows` to carry on.
-        """
-        results: list[ClipEmbedding | None] = [None] * len(sources)
-        for i, res in self.embed_windows(sources, window_s, hop_s):
-            if isinstance(res, InputFileError):
-                raise res
-            results[i] = res
-        return results  # type: ignore[return-value]
-
-    def embed_audio(self, sources: Sequence, sample_rate_hz: int | None = None) -> np.ndarray:
-        """(N, D) float32 unit norm: the clip-level embedding of each source.
-
-        ``sources``: paths, ``(waveform, rate)`` tuples, or bare waveforms with ``sample_rate_hz``.
-        """
-        items = [(s, sample_rate_hz) if isinstance(s, np.ndarray) else s for s in sources]
-        if any(isinstance(s, tuple) and s[1] is None for s in items):
-            raise ValueError("bare waveforms need sample_rate_hz")
-        clips = self.embed_clips(items)
-        return np.stack([c.clip for c in clips]) if clips else np.zeros((0, self.dim), np.float32)
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -22,6 +22,7 @@ from songsight.errors import InputFileError
 from songsight.inputs.audio import SILENCE_PEAK
 from songsight.inputs.stream import BLOCK_S, DecodeInfo, iter_windows
 
+DEFAULT_HOP_FRACTION = 0.5  # default hop: half a window, so every call is whole in some window
 _END = object()  # a recording's queue: windows, then _END (or the error that stopped it)
 _PUT_TIMEOUT_S = 0.2  # how often a blocked decoder looks whether the consumer has gone
 
@@ -157,3 +158,122 @@ def embed_windows(
     finally:
         stop.set()  # decoders blocked on a full queue give up; nothing new starts
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+class WindowedAudioEncoder:
+    """What every BioLingual-style audio encoder shares, whatever runs its model: the window
+    rule, the batching loop, clip means and the provenance of a store's rows.
+
+    A subclass sets ``features`` (``sample_rate_hz``, ``max_samples``, ``describe()``),
+    ``resolved``, ``dim``, ``precision``, ``quantization`` and ``device``, calls `set_windows`,
+    and implements ``_forward(windows) -> (N, D) float32 unit norm``.
+    """
+
+    name = "biolingual"
+    runtime: dict | None = None  # set by encoders not run by torch (ONNX Runtime)
+
+    def set_windows(self, features, window_s, hop_s, batch_size, decode_threads) -> None:
+        """``window_s`` defaults to the model's own window (10 s for BioLingual), ``hop_s`` to
+        half of it. ``decode_threads``: files decoded and resampled at once ahead of the model.
+        Default: 1 on CPU (the model needs the cores), up to 8 on a GPU, where one decode
+        thread was the bottleneck (benchmarks/README.md: 77 clips/s on an H200, the process
+        using ~33% of its cores). The gain from more threads there has not been measured yet."""
+        import os
+
+        self.sample_rate_hz = features.sample_rate_hz
+        self.model_window_s = features.max_samples / self.sample_rate_hz
+        self.window_s = float(window_s) if window_s else self.model_window_s
+        if self.window_s > self.model_window_s + 1e-9:
+            raise ValueError(
+                f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window"
+            )
+        self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
+        self.batch_size = batch_size
+        if decode_threads is None:
+            cores = os.cpu_count() or 2
+            decode_threads = 1 if self.device == "cpu" else min(8, max(1, cores // 2))
+        self.decode_threads = max(1, int(decode_threads))
+
+    def provenance(self) -> dict:
+        return {
+            "encoder": self.name,
+            "kind": "audio",
+            **self.resolved.provenance(),
+            "dim": self.dim,
+            "precision": self.precision,
+            **({"quantization": self.quantization} if self.quantization else {}),
+            **({"runtime": self.runtime} if self.runtime else {}),
+            "preprocessing": {
+                **self.features.describe(),
+                "window_s": self.window_s,
+                "hop_s": self.hop_s,
+            },
+        }
+
+    def windowing(self, window_s: float | None = None, hop_s: float | None = None):
+        """The (window_s, hop_s) a request means, the one rule every caller uses.
+
+        ``window_s`` defaults to this encoder's window; ``hop_s`` to this encoder's hop when
+        the window is its own, else to half the window asked for (so a 5 s window steps by
+        2.5 s whoever asks). Raises `WindowError` for a window past the model's or a
+        window or hop that is not positive.
+        """
+        from songsight.errors import WindowError
+
+        window = float(window_s or self.window_s)
+        if hop_s:
+            hop = float(hop_s)
+        elif window == self.window_s:
+            hop = self.hop_s
+        else:
+            hop = window * DEFAULT_HOP_FRACTION
+        if window > self.model_window_s + 1e-9:
+            raise WindowError(
+                f"window_s={window:g} exceeds the model's {self.model_window_s:g} s window"
+            )
+        if not (window > 0 and hop > 0):
+            raise WindowError(f"window_s and hop_s must be > 0; got {window:g} and {hop:g}")
+        return window, hop
+
+    def embed_windows(
+        self,
+        sources: Sequence,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+    ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
+        """Embed sources in order, yielding ``(index, ClipEmbedding)`` or ``(index, InputFileError)``.
+
+        Sources are paths or ``(waveform, sample_rate_hz)`` tuples, cut by `windowing`'s rule.
+        Windows of several files share a model batch; the next files decode in
+        ``decode_threads`` threads while the model works (`songsight.encoders.windows`).
+        """
+        window_s, hop_s = self.windowing(window_s, hop_s)
+        return embed_windows(
+            self._forward, sources, self.sample_rate_hz, window_s, hop_s,
+            self.batch_size, self.decode_threads,
+        )  # fmt: skip
+
+    def embed_clips(
+        self, sources: Sequence, window_s: float | None = None, hop_s: float | None = None
+    ) -> list[ClipEmbedding]:
+        """Per-window embeddings (with start/end times) and the clip mean, one per source.
+
+        Raises `InputFileError` for the first unusable source; use `embed_windows` to carry on.
+        """
+        results: list[ClipEmbedding | None] = [None] * len(sources)
+        for i, res in self.embed_windows(sources, window_s, hop_s):
+            if isinstance(res, InputFileError):
+                raise res
+            results[i] = res
+        return results  # type: ignore[return-value]
+
+    def embed_audio(self, sources: Sequence, sample_rate_hz: int | None = None) -> np.ndarray:
+        """(N, D) float32 unit norm: the clip-level embedding of each source.
+
+        ``sources``: paths, ``(waveform, rate)`` tuples, or bare waveforms with ``sample_rate_hz``.
+        """
+        items = [(s, sample_rate_hz) if isinstance(s, np.ndarray) else s for s in sources]
+        if any(isinstance(s, tuple) and s[1] is None for s in items):
+            raise ValueError("bare waveforms need sample_rate_hz")
+        clips = self.embed_clips(items)
+        return np.stack([c.clip for c in clips]) if clips else np.zeros((0, self.dim), np.float32)
