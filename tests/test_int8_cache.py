@@ -186,13 +186,13 @@ def exports(monkeypatch) -> list:
     from songsight.encoders import int8_onnx
 
     calls = []
-    real = int8_onnx._export
+    real = int8_onnx.export_onnx
 
     def counting(tower, example, path):
         calls.append(tuple(example.shape))
         return real(tower, example, path)
 
-    monkeypatch.setattr(int8_onnx, "_export", counting)
+    monkeypatch.setattr(int8_onnx, "export_onnx", counting)
     return calls
 
 

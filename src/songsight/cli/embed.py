@@ -12,7 +12,6 @@ from songsight.cli.common import (
     add_engine,
     add_image_model,
     positive,
-    quiet_device,
 )
 
 
@@ -55,6 +54,14 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
             default="auto",
             help="auto: bf16 on CUDA, fp32 on CPU; int8: CPU only, quantised Linear layers",
         )
+        q.add_argument(
+            "--runtime",
+            choices=("auto", "torch", "onnxruntime"),
+            default="auto",
+            help="auto: ONNX Runtime for fp32 on a CPU when installed (starts without torch; "
+            "the model's tower is exported once into songsight's cache), else torch. "
+            "--engine ray: torch",
+        )
         if name == "audio":
             add_audio_model(q)
             q.add_argument(
@@ -81,21 +88,24 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     if args.engine == "ray":
+        if args.runtime == "onnxruntime":
+            from songsight.errors import SongsightError
+
+            raise SongsightError("--runtime onnxruntime runs --engine local jobs; Ray's workers run torch")  # fmt: skip
         return _run_embed_ray(args)
 
+    from songsight.encoders.runtime import open_audio_encoder, open_image_encoder
     from songsight.jobs import embed
 
+    choice = dict(device=args.device, precision=args.precision, runtime=args.runtime, quiet=args.quiet)  # fmt: skip
     if args.modality == "audio":
-        from songsight.encoders.biolingual import BioLingualEncoder
-
         try:
-            enc = BioLingualEncoder(
+            enc = open_audio_encoder(
                 args.audio_model,
-                device=quiet_device(args),
                 batch_size=args.batch_size or 16,
                 window_s=args.window_s,
                 hop_s=args.hop_s,
-                precision=args.precision,
+                **choice,
             )
         except ValueError as exc:  # e.g. a --window-s longer than the model's: a bad argument
             from songsight.errors import SongsightError
@@ -112,14 +122,8 @@ def run_embed(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        from songsight.encoders.bioclip import BioCLIPEncoder
-
-        enc = BioCLIPEncoder(
-            args.image_model,
-            device=quiet_device(args),
-            batch_size=args.batch_size or 32,
-            preprocess=args.preprocess,
-            precision=args.precision,
+        enc = open_image_encoder(
+            args.image_model, batch_size=args.batch_size or 32, preprocess=args.preprocess, **choice
         )
         report = embed.embed_image_files(
             args.paths,

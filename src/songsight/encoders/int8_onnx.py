@@ -17,12 +17,8 @@ torch's int8 and says so once.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +31,18 @@ from songsight.encoders.int8_cache import (
     save_build,
 )
 from songsight.encoders.loading import ResolvedModel
+from songsight.encoders.ort_cache import (
+    OPSET,
+    export_onnx,
+    new_session,
+    onnxruntime_available,
+    quiet_export,
+)
 from songsight.errors import one_line
 
 log = logging.getLogger("songsight.int8")
 
 SCHEME = "onnxruntime dynamic int8, MatMul weights per output channel, uint8 activations"
-OPSET = 17
-
-
-def onnxruntime_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
 def onnx_scheme(example) -> dict:
@@ -64,12 +62,7 @@ class OnnxTower:
     """``(B, ...)`` torch features -> ``(B, D)`` float32 torch tensor, run by ONNX Runtime."""
 
     def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = new_session(path, threads)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, feats):
@@ -77,32 +70,6 @@ class OnnxTower:
 
         x = np.ascontiguousarray(feats.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.session.run(None, {self.input: x})[0])
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The exporter's progress bar (stderr) and the quantiser's notes (root logger warnings
-    that print whole tensor types) are not the user's business; errors still raise."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def _export(tower, example, path: Path) -> None:
-    import torch
-
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(
-            tower, (example,), str(path), input_names=["features"], output_names=["embedding"],
-            dynamic_axes={"features": {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=OPSET, dynamo=False,
-        )  # fmt: skip
 
 
 def _quantize(fp32: Path, int8: Path) -> None:
@@ -141,8 +108,8 @@ def load_or_build_onnx_int8(tower, example, resolved: ResolvedModel, part: str, 
     log.info("int8: exporting and quantising %s's audio tower for ONNX Runtime (once)", resolved.model_id)  # fmt: skip
     with tempfile.TemporaryDirectory(dir=work, prefix=".build-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        with _quiet():
-            _export(tower, example, fp32)
+        with quiet_export():
+            export_onnx(tower, example, fp32)
             _quantize(fp32, int8)
         if work is None:
             return OnnxTower(int8, threads), info

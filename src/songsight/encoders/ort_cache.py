@@ -1,0 +1,249 @@
+"""fp32 towers for ONNX Runtime: exported once per model, cached with provenance, read without torch.
+
+Why: start-up. On a CPU, `songsight embed` spent ~4 of its ~4.7 s to the first embedding
+importing torch and transformers (benchmarks/README.md, ``startup.py``); ONNX Runtime imports
+in ~0.1 s and runs HTSAT and ViT-L in fp32 about as fast as torch does (``int8_engines.py``).
+So an fp32 job on the CPU reads a cached export and never imports torch
+(`songsight.encoders.runtime` decides); the export is made once, with torch, the first time a
+model is used that way.
+
+An entry (``onnx/<key>/`` in songsight's cache, keyed by model id and path like the int8 cache,
+never inside the model folder) holds for each part (``clap_audio``, ``open_clip_visual``):
+
+- ``<part>.onnx``: the tower, features or pixels in, unnormalised embedding out, dynamic batch;
+- ``<part>.npz``: arrays its torch-free preprocessing needs (the mel filter bank);
+- ``<part>.json``: what it was built from (model id, revision, a digest of the model folder's
+  files, this format's version) and what the torch encoder recorded (dim, preprocessing).
+  Written last, so a crash never leaves a JSON naming a partial build.
+
+Reading an entry needs json, numpy and the model folder's file stats. A stale or unreadable
+entry is built again, with a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from songsight.config import cache_dir
+from songsight.encoders.loading import ResolvedModel
+from songsight.errors import one_line
+
+log = logging.getLogger("songsight.onnx")
+
+FORMAT_VERSION = 1  # bump when the export or what the JSON records changes
+OPSET = 17
+
+
+def onnxruntime_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def session_threads() -> int:
+    """Cores this process may use (what torch would take on its own)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def new_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session over ``path`` on ``threads`` threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """The exporter's progress bar (stderr) and the quantiser's notes (root logger warnings
+    that print whole tensor types) are not the user's business; errors still raise."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(tower, example, path: Path) -> None:
+    """``tower`` (eval mode) to ONNX at ``path``: one input, one output, dynamic batch axis."""
+    import torch
+
+    # MultiheadAttention's fused inference path (aten::_native_multi_head_attention) has no
+    # ONNX export; the plain path computes the same attention.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+            torch.backends.mha.set_fastpath_enabled(False)
+            torch.onnx.export(
+                tower, (example,), str(path), input_names=["features"], output_names=["embedding"],
+                dynamic_axes={"features": {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=OPSET, dynamo=False,
+            )  # fmt: skip
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+# --- the cache entry ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    """One cached tower: the ``.onnx`` path, its preprocessing arrays and its recorded info."""
+
+    model: Path
+    arrays: dict
+    info: dict
+
+
+def entry_dir(resolved: ResolvedModel) -> Path:
+    key = hashlib.sha256(f"{resolved.model_id}\0{Path(resolved.path).resolve()}".encode())
+    return cache_dir("onnx", key.hexdigest()[:16])
+
+
+def identity(resolved: ResolvedModel, part: str) -> dict:
+    """What a build of ``part`` of ``resolved`` must have been made from."""
+    from songsight.encoders.int8_cache import weights_digest
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "part": part,
+        "opset": OPSET,
+        **resolved.provenance(),
+        "weights_digest": weights_digest(Path(resolved.path)),
+    }
+
+
+def find_build(resolved: ResolvedModel, part: str) -> Build | None:
+    """The cached build of ``part`` when it matches the model's files now, else None (a
+    stale or unreadable entry says why in a log line)."""
+    folder = entry_dir(resolved)
+    meta, model, arrays = (folder / f"{part}{s}" for s in (".json", ".onnx", ".npz"))
+    if not meta.is_file():
+        return None
+    try:
+        saved = json.loads(meta.read_text())
+        want = identity(resolved, part)
+        if saved.get("identity") != want:
+            diff = sorted(k for k in want if saved.get("identity", {}).get(k) != want[k])
+            log.warning(
+                "ONNX cache %s is stale (%s differ); exporting again", meta, ", ".join(diff)
+            )
+            return None
+        with np.load(arrays, allow_pickle=False) as npz:
+            return Build(model, {k: npz[k] for k in npz.files}, saved["info"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ONNX cache %s unreadable (%s); exporting again", folder, one_line(exc))
+        return None
+
+
+def failed_before(resolved: ResolvedModel, part: str) -> str | None:
+    """Why exporting ``part`` of this very model failed before, or None: a model that cannot
+    be exported is not tried again at every job (delete the cache entry to retry)."""
+    try:
+        saved = json.loads((entry_dir(resolved) / f"{part}.failed.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("error") if saved.get("identity") == identity(resolved, part) else None
+
+
+def record_failure(resolved: ResolvedModel, part: str, error: str) -> None:
+    try:
+        folder = entry_dir(resolved)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"identity": identity(resolved, part), "error": error}
+        (folder / f"{part}.failed.json").write_text(json.dumps(record, indent=1))
+    except OSError:
+        pass  # nothing to remember it in: the next job tries again
+
+
+def _replace_atomically(folder: Path, name: str, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}", suffix=Path(name).suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, folder / name)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_build(resolved: ResolvedModel, part: str, export, arrays: dict, info: dict) -> Build:
+    """Export (``export(path)``) and cache ``part``; the JSON last. Raises OSError when the
+    cache cannot be written (the caller then runs on torch)."""
+    folder = entry_dir(resolved)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{part}.json").unlink(missing_ok=True)  # stale provenance must not outlive its files
+
+    def write_npz(path):
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    _replace_atomically(folder, f"{part}.npz", write_npz)
+    with quiet_export():
+        _replace_atomically(folder, f"{part}.onnx", export)
+    record = {"identity": identity(resolved, part), "info": info}
+    _replace_atomically(folder, f"{part}.json", lambda p: Path(p).write_text(json.dumps(record, indent=1)))  # fmt: skip
+    return Build(folder / f"{part}.onnx", dict(arrays), info)
+
+
+# --- building (torch) ---------------------------------------------------------------------------
+
+
+def build_audio(encoder) -> Build:
+    """Export a torch `BioLingualEncoder`'s audio tower (fp32) and cache it."""
+    from songsight.encoders.int8_onnx import clap_audio_tower
+
+    feats = encoder.features
+    example = feats([np.zeros(feats.max_samples, np.float32)] * 2, "cpu")
+    info = {"dim": encoder.dim, "features": feats.describe(), "torch_export": _torch_version()}
+    return save_build(
+        encoder.resolved, "clap_audio",
+        lambda path: export_onnx(clap_audio_tower(encoder.model), example, path),
+        {"mel_filters": feats.mel_filters.numpy()}, info,
+    )  # fmt: skip
+
+
+def build_images(encoder) -> Build:
+    """Export a torch `BioCLIPEncoder`'s image tower (fp32) and cache it."""
+    import dataclasses
+
+    import torch
+
+    cfg = encoder.preprocess_cfg
+    if encoder.preprocess != "model":
+        raise ValueError("the export records the checkpoint's own preprocessing")
+    height, width = (cfg.size, cfg.size) if isinstance(cfg.size, int) else cfg.size
+    example = torch.zeros(2, 3, int(height), int(width))
+    info = {
+        "dim": encoder.dim,
+        "preprocess_cfg": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "torch_export": _torch_version(),
+    }
+    return save_build(
+        encoder.resolved, "open_clip_visual",
+        lambda path: export_onnx(encoder._frozen().visual, example, path), {}, info,
+    )  # fmt: skip
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]

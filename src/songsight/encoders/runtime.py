@@ -1,0 +1,163 @@
+"""Which runtime runs an embedding job's tower: torch, or ONNX Runtime from a cached export.
+
+``auto`` (the default) takes ONNX Runtime for fp32 on the CPU when it is installed (the
+``int8`` extra): the job then starts without importing torch (0.8 s to the first embedding of
+a clip instead of 4.8 s for the naive transformers loop on 2 cores; benchmarks/README.md,
+``startup.py``). The first such
+job for a model exports its tower once, with torch, into songsight's cache
+(`songsight.encoders.ort_cache`; seconds for HTSAT, about a minute for ViT-L); an export that
+fails, or a cache that cannot be written, leaves the job on torch with one log line. Anything
+else stays on torch: a GPU, bf16, int8 (whose audio tower already runs on ONNX Runtime),
+preprocessing the numpy transform does not reproduce. ``torch`` never exports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from songsight.encoders.loading import check_model_folder, resolve_model
+from songsight.encoders.ort_cache import onnxruntime_available
+from songsight.errors import SongsightError, one_line
+
+log = logging.getLogger("songsight.onnx")
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+def gpu_may_be_present() -> bool:
+    """Without importing torch: whether this machine may have a device torch would choose
+    over the CPU (an NVIDIA or ROCm driver, or macOS's MPS). False means surely not."""
+    if sys.platform == "darwin":
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd"))
+
+
+def choose_runtime(runtime: str, device: str | None, precision: str) -> str:
+    """``"torch"`` or ``"onnxruntime"`` for a job; ``runtime="onnxruntime"`` asked for where it
+    cannot run is one clear error."""
+    if runtime not in RUNTIMES:
+        raise SongsightError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if runtime == "torch":
+        return "torch"
+    blocker = None
+    if precision not in ("auto", "fp32"):
+        blocker = f"precision {precision}"
+    elif device not in (None, "auto", "cpu"):
+        blocker = f"device {device}"
+    elif not onnxruntime_available():
+        blocker = "ONNX Runtime not installed (pip install 'songsight[int8]')"
+    elif runtime == "auto" and device in (None, "auto") and gpu_may_be_present():
+        blocker = "a GPU may be present"
+    if blocker is None:
+        return "onnxruntime"
+    if runtime == "onnxruntime":
+        raise SongsightError(
+            f"the onnxruntime runtime runs fp32 on the CPU only, not with {blocker}"
+        )
+    return "torch"
+
+
+def _cpu_notice(device: str | None, quiet: bool) -> None:
+    if device in (None, "auto") and not quiet:
+        print("songsight: no CUDA device found, running on CPU (ONNX Runtime)", file=sys.stderr)
+
+
+def _session(build):
+    from songsight.encoders.ort_cache import new_session, session_threads
+
+    return new_session(build.model, session_threads())
+
+
+def _exported(part: str, resolved, load_torch, build):
+    """``part``'s cached build and its ONNX Runtime session, exporting it from the torch
+    encoder when absent or unreadable: (build, session, None), or (None, None, the torch
+    encoder) when the export fails (remembered, so later jobs go straight to torch)."""
+    from songsight.encoders.ort_cache import failed_before, find_build, record_failure
+
+    found = find_build(resolved, part)
+    if found is not None:
+        try:
+            return found, _session(found), None
+        except Exception as exc:  # a truncated or foreign file: exported again below
+            log.warning("cached ONNX %s unreadable (%s); exporting again", found.model, one_line(exc))  # fmt: skip
+    why = failed_before(resolved, part)
+    if why is not None:
+        log.info("%s's %s runs on torch: its ONNX export failed before (%s)", resolved.model_id, part, why)  # fmt: skip
+        return None, None, load_torch()
+    log.warning("exporting %s's %s for ONNX Runtime (once; --runtime torch skips this)", resolved.model_id, part)  # fmt: skip
+    torch_encoder = load_torch()
+    try:
+        made = build(torch_encoder)
+        return made, _session(made), None
+    except Exception as exc:  # the exporter, ONNX and the file system raise many types
+        log.warning("ONNX export of %s failed (%s); running on torch", part, one_line(exc))
+        record_failure(resolved, part, one_line(exc))
+        return None, None, torch_encoder
+
+
+def open_audio_encoder(
+    model, *, device: str | None = None, precision: str = "auto", runtime: str = "auto",
+    batch_size: int = 16, window_s: float | None = None, hop_s: float | None = None,
+    quiet: bool = False,
+):  # fmt: skip
+    """A BioLingual audio encoder for an embedding job: `OnnxAudioEncoder` or, per
+    `choose_runtime`, the torch `BioLingualEncoder`. Both give the same store rows."""
+    windows = dict(batch_size=batch_size, window_s=window_s, hop_s=hop_s)
+
+    def load_torch(dev=device):
+        from songsight.encoders.base import choose_device
+        from songsight.encoders.biolingual import BioLingualEncoder
+
+        dev = choose_device(dev, quiet=quiet)
+        return BioLingualEncoder(resolved, device=dev, precision=precision, **windows)
+
+    resolved = resolve_model(str(model), "audio")
+    if choose_runtime(runtime, device, precision) == "torch":
+        return load_torch()
+    check_model_folder(resolved.path, "audio")
+    from songsight.encoders.ort_audio import OnnxAudioEncoder
+    from songsight.encoders.ort_cache import build_audio
+
+    build, session, torch_encoder = _exported("clap_audio", resolved, lambda: load_torch("cpu"), build_audio)  # fmt: skip
+    if build is None:
+        return torch_encoder
+    _cpu_notice(device, quiet)
+    return OnnxAudioEncoder(build, resolved, session, **windows)
+
+
+def open_image_encoder(
+    model, *, device: str | None = None, precision: str = "auto", runtime: str = "auto",
+    batch_size: int = 32, preprocess: str = "model", quiet: bool = False,
+):  # fmt: skip
+    """A BioCLIP-2 image encoder for an embedding job: `OnnxImageEncoder` or, per
+    `choose_runtime` and the checkpoint's preprocessing, the torch `BioCLIPEncoder`."""
+
+    def load_torch(dev=device, mode=preprocess):
+        from songsight.encoders.base import choose_device
+        from songsight.encoders.bioclip import BioCLIPEncoder
+
+        dev = choose_device(dev, quiet=quiet)
+        return BioCLIPEncoder(resolved, dev, batch_size, mode, precision=precision)
+
+    resolved = resolve_model(str(model), "image")
+    if choose_runtime(runtime, device, precision) == "torch":
+        return load_torch()
+    check_model_folder(resolved.path, "image")
+    from songsight.encoders.ort_cache import build_images
+    from songsight.encoders.ort_images import OnnxImageEncoder, supported
+
+    load_model_mode = lambda: load_torch("cpu", "model")  # noqa: E731 - the export's own
+    build, session, torch_encoder = _exported("open_clip_visual", resolved, load_model_mode, build_images)  # fmt: skip
+    if build is None or not supported(build.info["preprocess_cfg"], preprocess):
+        if runtime == "onnxruntime" and build is not None:
+            raise SongsightError(f"{resolved.model_id}'s preprocessing runs on torch only")
+        if torch_encoder is not None and preprocess == "model":
+            return torch_encoder
+        return load_torch("cpu")
+    _cpu_notice(device, quiet)
+    return OnnxImageEncoder(build, resolved, session, batch_size=batch_size, preprocess=preprocess)
