@@ -345,6 +345,30 @@ def test_image_batch_invariance_and_errors(tiny_image_encoder, tmp_path):
         tiny_image_encoder.embed_images(mixed)
 
 
+def test_photos_prepared_in_worker_processes_match_threads(tiny_models, tmp_path):
+    """The GPU path's input pipeline (torch DataLoader workers, stacked batches), run on the
+    CPU: the same vectors in the same order, a bad file an error at its own index, a batch of
+    bad files only, and nothing of the model pickled into the workers."""
+    from songsight.encoders.bioclip import BioCLIPEncoder
+
+    paths = write_photos(tmp_path)
+    bad, worse = tmp_path / "bad.jpg", tmp_path / "worse.png"
+    bad.write_text("nope")
+    worse.write_bytes(b"")
+    mixed = [paths[0], paths[1], bad, worse, *paths[2:]]  # batch size 2: the second all bad
+    threads = BioCLIPEncoder(tiny_models[1], device="cpu", batch_size=2)
+    workers = BioCLIPEncoder(tiny_models[1], device="cpu", batch_size=2, prep_workers=2)
+    assert (threads.prep_workers, threads.batch_size) == (0, 2)
+    a, b = list(threads.iter_images(mixed)), list(workers.iter_images(mixed))
+    assert [j for j, _ in b] == [j for j, _ in a] == list(range(len(mixed)))
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        if isinstance(x, InputFileError):
+            assert isinstance(y, InputFileError) and (y.path, y.reason) == (x.path, x.reason)
+        else:
+            np.testing.assert_allclose(y, x, atol=1e-6)
+    assert BioCLIPEncoder(tiny_models[1], device="cpu").batch_size == 32  # a CPU's default
+
+
 def test_squash_preprocess_keeps_the_whole_frame(tiny_models, tmp_path):
     from songsight.encoders.bioclip import BioCLIPEncoder
 

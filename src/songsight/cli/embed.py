@@ -44,7 +44,10 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
             "--resume", action="store_true", help="skip files already in --out (by content hash)"
         )
         q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-        q.add_argument("--batch-size", type=positive(int), default=None)
+        q.add_argument(
+            "--batch-size", type=positive(int), default=None,
+            help="default: 16 windows / 32 photos on a CPU, 64 / 256 on a GPU",
+        )  # fmt: skip
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
         add_engine(q)
@@ -102,7 +105,7 @@ def run_embed(args: argparse.Namespace) -> int:
         try:
             enc = open_audio_encoder(
                 args.audio_model,
-                batch_size=args.batch_size or 16,
+                batch_size=args.batch_size,
                 window_s=args.window_s,
                 hop_s=args.hop_s,
                 **choice,
@@ -123,7 +126,7 @@ def run_embed(args: argparse.Namespace) -> int:
         )
     else:
         enc = open_image_encoder(
-            args.image_model, batch_size=args.batch_size or 32, preprocess=args.preprocess, **choice
+            args.image_model, batch_size=args.batch_size, preprocess=args.preprocess, **choice
         )
         report = embed.embed_image_files(
             args.paths,

@@ -15,6 +15,7 @@ grad, the module is kept in eval mode, and every forward runs under ``inference_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,11 +97,15 @@ class BioCLIPEncoder(BatchedImageEncoder):
         self,
         model: str | Path | ResolvedModel = BIOCLIP2_ID,
         device: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         preprocess: str = "model",
         decode_threads: int = 2,
         precision: str = "auto",
+        prep_workers: int | None = None,
     ):
+        """``batch_size``: default 32 on a CPU, 256 on a GPU. ``prep_workers``: processes that
+        decode and preprocess photos (`songsight.encoders.image_batches`); default 0 on a CPU
+        (``decode_threads`` threads), on a GPU half the cores, at most 8."""
         if not isinstance(model, ResolvedModel):
             model = resolve_model(
                 str(model), "image"
@@ -131,8 +136,12 @@ class BioCLIPEncoder(BatchedImageEncoder):
                 self._model.visual, self.resolved, "open_clip_visual"
             )
             self.precision = "int8"
-        self.batch_size = batch_size
+        on_gpu = not self.device.startswith("cpu")
+        self.batch_size = batch_size or (256 if on_gpu else 32)
         self.decode_threads = decode_threads
+        if prep_workers is None:
+            prep_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if on_gpu else 0
+        self.prep_workers = max(0, int(prep_workers))
         # The tokenizer pads and cuts to its context length; the model's own (its positional
         # table) bounds it when both are known.
         lengths = [
@@ -153,13 +162,16 @@ class BioCLIPEncoder(BatchedImageEncoder):
         return self._model
 
     # --- images ----------------------------------------------------------------------------
-    def _transform(self, img):
-        return self.transform(img)
+    def _pixel_transform(self):
+        return self.transform
 
-    def _encode(self, pixels: list) -> np.ndarray:
+    def _encode(self, pixels) -> np.ndarray:
+        """``pixels``: a list of (3, H, W) tensors, or a stacked (B, 3, H, W) one (pinned when
+        it comes from worker processes for a GPU: copied asynchronously)."""
         import torch
 
-        x = torch.stack(pixels).to(self.device, self.dtype or torch.float32)
+        x = pixels if isinstance(pixels, torch.Tensor) else torch.stack(pixels)
+        x = x.to(self.device, non_blocking=True).to(self.dtype or torch.float32)
         with torch.inference_mode():
             return l2_normalize(self._frozen().encode_image(x).float()).cpu().numpy()
 

@@ -126,9 +126,10 @@ class ClapFeatures:
         # The STFT runs on the model's device: on a GPU, log-mels on the host took ~60% of a
         # distillation step (benchmarks/distill_speed.py on an H200).
         dtype = np.float64 if self.dtype == torch.float64 else np.float32
-        batch = torch.from_numpy(
-            np.stack([self.pad(np.asarray(w, dtype=dtype)) for w in waves])
-        ).to(device)
+        batch = torch.from_numpy(np.stack([self.pad(np.asarray(w, dtype=dtype)) for w in waves]))
+        if str(device).startswith("cuda"):  # pinned, so the copy overlaps the host's next work
+            batch = batch.pin_memory()
+        batch = batch.to(device, non_blocking=True)
         spec = (
             torch.stft(
                 batch,
@@ -206,7 +207,7 @@ class BioLingualEncoder(WindowedAudioEncoder):
         self,
         model: str | Path | ResolvedModel = "davidrrobinson/BioLingual",
         device: str | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         window_s: float | None = None,
         hop_s: float | None = None,
         precision: str = "auto",

@@ -105,8 +105,8 @@ class OnnxImageEncoder(BatchedImageEncoder):
         self.session = session or new_session(build.model, threads or session_threads())
         self._input = self.session.get_inputs()[0].name
 
-    def _transform(self, img) -> np.ndarray:
-        return self.pixels(img)
+    def _pixel_transform(self) -> PixelTransform:
+        return self.pixels
 
     def _encode(self, pixels: list) -> np.ndarray:
         x = np.ascontiguousarray(np.stack(pixels), dtype=np.float32)

@@ -102,7 +102,7 @@ def _exported(part: str, resolved, load_torch, build):
 
 def open_audio_encoder(
     model, *, device: str | None = None, precision: str = "auto", runtime: str = "auto",
-    batch_size: int = 16, window_s: float | None = None, hop_s: float | None = None,
+    batch_size: int | None = None, window_s: float | None = None, hop_s: float | None = None,
     quiet: bool = False,
 ):  # fmt: skip
     """A BioLingual audio encoder for an embedding job: `OnnxAudioEncoder` or, per
@@ -132,7 +132,7 @@ def open_audio_encoder(
 
 def open_image_encoder(
     model, *, device: str | None = None, precision: str = "auto", runtime: str = "auto",
-    batch_size: int = 32, preprocess: str = "model", quiet: bool = False,
+    batch_size: int | None = None, preprocess: str = "model", quiet: bool = False,
 ):  # fmt: skip
     """A BioCLIP-2 image encoder for an embedding job: `OnnxImageEncoder` or, per
     `choose_runtime` and the checkpoint's preprocessing, the torch `BioCLIPEncoder`."""
@@ -160,4 +160,6 @@ def open_image_encoder(
             return torch_encoder
         return load_torch("cpu")
     _cpu_notice(device, quiet)
-    return OnnxImageEncoder(build, resolved, session, batch_size=batch_size, preprocess=preprocess)
+    return OnnxImageEncoder(
+        build, resolved, session, batch_size=batch_size or 32, preprocess=preprocess
+    )

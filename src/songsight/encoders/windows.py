@@ -174,7 +174,7 @@ class WindowedAudioEncoder:
 
     def set_windows(self, features, window_s, hop_s, batch_size, decode_threads) -> None:
         """``window_s`` defaults to the model's own window (10 s for BioLingual), ``hop_s`` to
-        half of it. ``decode_threads``: files decoded and resampled at once ahead of the model.
+        half of it; ``batch_size`` to 16 windows on a CPU, 64 on a GPU. ``decode_threads``: files decoded and resampled at once ahead of the model.
         Default: 1 on CPU (the model needs the cores), up to 8 on a GPU, where one decode
         thread was the bottleneck (benchmarks/README.md: 77 clips/s on an H200, the process
         using ~33% of its cores). The gain from more threads there has not been measured yet."""
@@ -188,7 +188,8 @@ class WindowedAudioEncoder:
                 f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window"
             )
         self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
-        self.batch_size = batch_size
+        on_gpu = not str(self.device).startswith("cpu")
+        self.batch_size = batch_size or (64 if on_gpu else 16)
         if decode_threads is None:
             cores = os.cpu_count() or 2
             decode_threads = 1 if self.device == "cpu" else min(8, max(1, cores // 2))
