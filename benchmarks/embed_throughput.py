@@ -190,6 +190,9 @@ def run_benchmark(args) -> tuple[dict, dict[str, str]]:
     progress = Progress()
     say = progress.say
     device = pick_device(args.device)
+    on_gpu = not device.startswith("cpu")
+    args.audio_batch = args.audio_batch or (64 if on_gpu else 16)
+    args.image_batch = args.image_batch or (256 if on_gpu else 32)
     machine = describe(device)
 
     # Peak is sampled before, between and after the timed phases and the best kept: a sample
@@ -303,11 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument(
-        "--audio-batch", type=int, default=16, help="songsight audio batch (the encoder default)"
-    )
+        "--audio-batch", type=int, default=None,
+        help="songsight audio batch (default: the encoder's for the device, 16 CPU / 64 GPU)",
+    )  # fmt: skip
     parser.add_argument(
-        "--image-batch", type=int, default=32, help="songsight image batch (the encoder default)"
-    )
+        "--image-batch", type=int, default=None,
+        help="songsight image batch (default: the encoder's for the device, 32 CPU / 256 GPU)",
+    )  # fmt: skip
     parser.add_argument(
         "--image-bf16",
         action="store_true",
