@@ -7,7 +7,10 @@ parent counts from the moment it started the process. Paths, one file each:
 
 - ``songsight embed audio`` / ``embed images``: the real CLI (``python -m songsight.cli``),
   timed from spawn to exit, embedding written to Parquet included;
-- ``songsight audio`` / ``songsight images``: the same encoders called directly, with phases;
+- ``songsight audio`` / ``songsight images``: the encoder an embedding job opens
+  (`songsight.encoders.runtime`, ``--runtime``: by default ONNX Runtime from the cached export,
+  which the untimed first CLI run makes), called directly, with phases; ``(torch)`` the same
+  with ``runtime="torch"``;
 - ``naive audio``: ``ClapFeatureExtractor`` + ``ClapModel.from_pretrained`` + soundfile/soxr +
   ``get_audio_features`` (as `embed_throughput.naive_audio`);
 - ``naive images``: ``open_clip.create_model_and_transforms("local-dir:...")`` +
