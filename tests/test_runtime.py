@@ -224,3 +224,25 @@ def test_cli_job_starts_without_importing_torch(tiny_models, tmp_path):
     assert first.stdout.split()[-5:] == ["0", "0", "True", "True", "True"], first.stderr  # exports
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert second.stdout.split()[-5:] == ["0", "0", "False", "False", "False"], second.stderr
+
+
+def test_no_export_on_a_machine_short_of_memory_or_disk(tiny_models, fresh_cache, monkeypatch, caplog):  # fmt: skip
+    """The export holds ~4x the weights: a small machine stays on torch, and is not marked as
+    failed, so a later job with room exports."""
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    monkeypatch.setattr(ort_cache, "_available_memory_bytes", lambda: 1 << 20)
+    with caplog.at_level(logging.WARNING, logger="songsight.onnx"):
+        enc = runtime.open_audio_encoder(tiny_models[0], device="cpu")
+    assert isinstance(enc, BioLingualEncoder) and "free memory" in caplog.text
+    assert not list(fresh_cache.rglob("*.json"))
+    monkeypatch.setattr(ort_cache, "_available_memory_bytes", lambda: 64 << 30)
+
+    class Full:
+        free = 1 << 10
+
+    monkeypatch.setattr("shutil.disk_usage", lambda path: Full)
+    assert isinstance(runtime.open_audio_encoder(tiny_models[0], device="cpu"), BioLingualEncoder)
+    monkeypatch.undo()
+    monkeypatch.setenv("SONGSIGHT_CACHE", str(fresh_cache))
+    assert isinstance(runtime.open_audio_encoder(tiny_models[0], device="cpu"), OnnxAudioEncoder)

@@ -6,7 +6,8 @@ a clip instead of 4.8 s for the naive transformers loop on 2 cores; benchmarks/R
 ``startup.py``). The first such
 job for a model exports its tower once, with torch, into songsight's cache
 (`songsight.encoders.ort_cache`; seconds for HTSAT, about a minute for ViT-L); an export that
-fails, or a cache that cannot be written, leaves the job on torch with one log line. Anything
+fails, or a cache that cannot be written, leaves the job on torch with one log line, and so does
+a machine without room for the export (~4x the weights in memory, ~the weights on disk). Anything
 else stays on torch: a GPU, bf16, int8 (whose audio tower already runs on ONNX Runtime),
 preprocessing the numpy transform does not reproduce. ``torch`` never exports.
 """
@@ -77,7 +78,12 @@ def _exported(part: str, resolved, load_torch, build):
     """``part``'s cached build and its ONNX Runtime session, exporting it from the torch
     encoder when absent or unreadable: (build, session, None), or (None, None, the torch
     encoder) when the export fails (remembered, so later jobs go straight to torch)."""
-    from songsight.encoders.ort_cache import failed_before, find_build, record_failure
+    from songsight.encoders.ort_cache import (
+        export_blocker,
+        failed_before,
+        find_build,
+        record_failure,
+    )
 
     found = find_build(resolved, part)
     if found is not None:
@@ -88,6 +94,10 @@ def _exported(part: str, resolved, load_torch, build):
     why = failed_before(resolved, part)
     if why is not None:
         log.info("%s's %s runs on torch: its ONNX export failed before (%s)", resolved.model_id, part, why)  # fmt: skip
+        return None, None, load_torch()
+    why = export_blocker(resolved)
+    if why is not None:  # not remembered: the next job, on a quieter machine, may export
+        log.warning("%s runs on torch this time: %s", part, why)
         return None, None, load_torch()
     log.warning("exporting %s's %s for ONNX Runtime (once; --runtime torch skips this)", resolved.model_id, part)  # fmt: skip
     torch_encoder = load_torch()
