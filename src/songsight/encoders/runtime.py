@@ -5,7 +5,7 @@
 a clip instead of 4.8 s for the naive transformers loop on 2 cores; benchmarks/README.md,
 ``startup.py``). The first such
 job for a model exports its tower once, with torch, into songsight's cache
-(`songsight.encoders.ort_cache`; seconds for HTSAT, about a minute for ViT-L); an export that
+(`songsight.encoders.ort_cache`; a few seconds for HTSAT, ~20 s for ViT-L); an export that
 fails, or a cache that cannot be written, leaves the job on torch with one log line, and so does
 a machine without room for the export (~4x the weights in memory, ~the weights on disk). Anything
 else stays on torch: a GPU, bf16, int8 (whose audio tower already runs on ONNX Runtime),
