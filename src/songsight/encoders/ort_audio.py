@@ -81,7 +81,9 @@ class OnnxAudioEncoder(WindowedAudioEncoder):
         self.quantization = None
         self.runtime = {"engine": "onnxruntime", "onnxruntime": onnxruntime.__version__}
         # ``session``: one the caller opened on ``build.model`` already (it checked the file).
-        self.session = session or new_session(build.model, threads or session_threads())
+        self.session = session or new_session(
+            build.model, threads or session_threads(), optimised=True
+        )
         self._input = self.session.get_inputs()[0].name
         self.set_windows(self.features, window_s, hop_s, batch_size, decode_threads)
 

@@ -102,7 +102,9 @@ class OnnxImageEncoder(BatchedImageEncoder):
         self.batch_size = batch_size
         self.decode_threads = decode_threads
         # ``session``: one the caller opened on ``build.model`` already (it checked the file).
-        self.session = session or new_session(build.model, threads or session_threads())
+        self.session = session or new_session(
+            build.model, threads or session_threads(), optimised=True
+        )
         self._input = self.session.get_inputs()[0].name
 
     def _pixel_transform(self) -> PixelTransform:

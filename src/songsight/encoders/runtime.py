@@ -1,11 +1,11 @@
 """Which runtime runs an embedding job's tower: torch, or ONNX Runtime from a cached export.
 
 ``auto`` (the default) takes ONNX Runtime for fp32 on the CPU when it is installed (the
-``int8`` extra): the job then starts without importing torch (0.8 s to the first embedding of
-a clip instead of 4.8 s for the naive transformers loop on 2 cores; benchmarks/README.md,
+``int8`` extra): the job then starts without importing torch (0.5 s to the first embedding of
+a clip instead of 4.9 s for the naive transformers loop on 2 cores; benchmarks/README.md,
 ``startup.py``). The first such
 job for a model exports its tower once, with torch, into songsight's cache
-(`songsight.encoders.ort_cache`; a few seconds for HTSAT, ~20 s for ViT-L); an export that
+(`songsight.encoders.ort_cache`; ~9 s for HTSAT, ~30 s for ViT-L); an export that
 fails, or a cache that cannot be written, leaves the job on torch with one log line, and so does
 a machine without room for the export (~4x the weights in memory, ~the weights on disk). Anything
 else stays on torch: a GPU, bf16, int8 (whose audio tower already runs on ONNX Runtime),
@@ -71,7 +71,7 @@ def _cpu_notice(device: str | None, quiet: bool) -> None:
 def _session(build):
     from songsight.encoders.ort_cache import new_session, session_threads
 
-    return new_session(build.model, session_threads())
+    return new_session(build.model, session_threads(), optimised=True)
 
 
 def _exported(part: str, resolved, load_torch, build):
