@@ -174,9 +174,9 @@ class WindowedAudioEncoder:
 
     def set_windows(self, features, window_s, hop_s, batch_size, decode_threads) -> None:
         """``window_s`` defaults to the model's own window (10 s for BioLingual), ``hop_s`` to
-        half of it; ``batch_size`` to 16 windows on a CPU, 64 on a GPU. ``decode_threads``: files decoded and resampled at once ahead of the model.
-        Default: 1 on CPU (the model needs the cores), up to 8 on a GPU, where one decode
-        thread was the bottleneck (benchmarks/README.md: 77 clips/s on an H200, the process
+        half of it; ``batch_size`` to 16 windows on a CPU, 64 on a GPU. ``decode_threads``:
+        files decoded and resampled at once ahead of the model. Default: 1 on CPU (the model
+        needs the cores), up to 8 on a GPU, where one decode thread was the bottleneck (benchmarks/README.md: 77 clips/s on an H200, the process
         using ~33% of its cores). The gain from more threads there has not been measured yet."""
         import os
 
