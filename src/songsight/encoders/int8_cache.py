@@ -49,12 +49,13 @@ def weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def cache_dir_for(resolved: ResolvedModel) -> Path:
-    """The folder holding ``resolved``'s quantised weights (see the module docstring)."""
+def cache_dir_for(resolved: ResolvedModel, kind: str = "int8") -> Path:
+    """The folder holding ``resolved``'s builds of ``kind`` (``int8``: quantised weights;
+    ``onnx``: the fp32 exports of `songsight.encoders.ort_cache`; see the module docstring)."""
     # Not the revision: a model rewritten in place lands on its old entry, which is then found
     # stale and replaced, instead of leaving the old build behind under another key.
     key = hashlib.sha256(f"{resolved.model_id}\0{Path(resolved.path).resolve()}".encode())
-    return cache_dir("int8", key.hexdigest()[:16])
+    return cache_dir(kind, key.hexdigest()[:16])
 
 
 def expected_provenance(module, resolved: ResolvedModel, part: str, scheme: dict | None = None) -> dict:  # fmt: skip
@@ -133,21 +134,24 @@ def _load_cached(module, weights: Path, info: dict):
     return module, {**info, "linear_layers": n_linear, "attention_unpacked": n_attention}
 
 
+def write_atomically(folder: Path, name: str, write) -> None:
+    """``write(path)`` to a temporary file in ``folder``, then rename it to ``name``: a reader
+    never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}", suffix=Path(name).suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, folder / name)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def save_build(folder: Path, stem: str, suffix: str, write, provenance: dict) -> None:
     """``write(path)`` the build to ``stem + suffix``, then the JSON that makes it valid
-    (``stem.json``); each written whole then renamed, so a reader never sees half a file and a
-    crash leaves no JSON pointing at a bad build."""
-    for ending, writer in (
-        (suffix, write),
-        (".json", lambda path: Path(path).write_text(json.dumps(provenance, indent=1))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}", suffix=ending)
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, folder / f"{stem}{ending}")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    (``stem.json``); each written whole then renamed, so a crash leaves no JSON pointing at a
+    bad build."""
+    write_atomically(folder, f"{stem}{suffix}", write)
+    write_atomically(folder, f"{stem}.json", lambda path: Path(path).write_text(json.dumps(provenance, indent=1)))  # fmt: skip
 
 
 def _torch_save(module, path) -> None:

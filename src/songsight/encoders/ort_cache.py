@@ -23,7 +23,6 @@ entry is built again, with a log line.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
@@ -36,7 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from songsight.config import cache_dir
+from songsight.encoders.int8_cache import (
+    cache_dir_for,
+    mismatch,
+    read_provenance,
+    weights_digest,
+    write_atomically,
+)
 from songsight.encoders.loading import ResolvedModel
 from songsight.errors import one_line
 
@@ -141,14 +146,11 @@ class Build:
 
 
 def entry_dir(resolved: ResolvedModel) -> Path:
-    key = hashlib.sha256(f"{resolved.model_id}\0{Path(resolved.path).resolve()}".encode())
-    return cache_dir("onnx", key.hexdigest()[:16])
+    return cache_dir_for(resolved, "onnx")
 
 
 def identity(resolved: ResolvedModel, part: str) -> dict:
     """What a build of ``part`` of ``resolved`` must have been made from."""
-    from songsight.encoders.int8_cache import weights_digest
-
     return {
         "format_version": FORMAT_VERSION,
         "part": part,
@@ -180,10 +182,7 @@ def find_build(resolved: ResolvedModel, part: str) -> Build | None:
         saved = json.loads(meta.read_text())
         want = identity(resolved, part)
         if saved.get("identity") != want:
-            diff = sorted(k for k in want if saved.get("identity", {}).get(k) != want[k])
-            log.warning(
-                "ONNX cache %s is stale (%s differ); exporting again", meta, ", ".join(diff)
-            )
+            log.warning("ONNX cache %s is stale (%s); exporting again", meta, mismatch(saved.get("identity"), want))  # fmt: skip
             return None
         with np.load(arrays, allow_pickle=False) as npz:
             return Build(model, {k: npz[k] for k in npz.files}, saved["info"])
@@ -231,10 +230,7 @@ def export_blocker(resolved: ResolvedModel) -> str | None:
 def failed_before(resolved: ResolvedModel, part: str) -> str | None:
     """Why exporting ``part`` of this very model failed before, or None: a model that cannot
     be exported is not tried again at every job (delete the cache entry to retry)."""
-    try:
-        saved = json.loads((entry_dir(resolved) / f"{part}.failed.json").read_text())
-    except (OSError, ValueError):
-        return None
+    saved = read_provenance(entry_dir(resolved) / f"{part}.failed.json") or {}
     return saved.get("error") if saved.get("identity") == identity(resolved, part) else None
 
 
@@ -248,16 +244,6 @@ def record_failure(resolved: ResolvedModel, part: str, error: str) -> None:
         pass  # nothing to remember it in: the next job tries again
 
 
-def _replace_atomically(folder: Path, name: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}", suffix=Path(name).suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, folder / name)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_build(resolved: ResolvedModel, part: str, export, arrays: dict, info: dict) -> Build:
     """Export (``export(path)``) and cache ``part``; the JSON last. Raises OSError when the
     cache cannot be written (the caller then runs on torch)."""
@@ -269,7 +255,7 @@ def save_build(resolved: ResolvedModel, part: str, export, arrays: dict, info: d
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
 
-    _replace_atomically(folder, f"{part}.npz", write_npz)
+    write_atomically(folder, f"{part}.npz", write_npz)
 
     # The model names its weights file, so both are made under their own names in a private
     # folder, then moved in (weights first); the JSON, written last, makes them valid.
@@ -280,7 +266,7 @@ def save_build(resolved: ResolvedModel, part: str, export, arrays: dict, info: d
             if (Path(tmp) / name).exists():  # no weights file when every tensor is tiny
                 os.replace(Path(tmp) / name, folder / name)
     record = {"identity": identity(resolved, part), "info": info}
-    _replace_atomically(folder, f"{part}.json", lambda p: Path(p).write_text(json.dumps(record, indent=1)))  # fmt: skip
+    write_atomically(folder, f"{part}.json", lambda p: Path(p).write_text(json.dumps(record, indent=1)))  # fmt: skip
     return Build(folder / f"{part}.onnx", dict(arrays), info)
 
 
