@@ -188,6 +188,58 @@ def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):
         np.testing.assert_allclose(cut[k].numpy(), full[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_resume_before_any_checkpoint_is_a_fresh_run(world, tiny_models, tmp_path, capsys):
+    """Interrupted before a checkpoint was saved, `--resume` starts exactly as a fresh run:
+    the same probe-fitted head, so the same weights and validation (it once began from a
+    random head and validated at top-1 0.0 against 1.0)."""
+    from songsight.distill.train import distill
+    from songsight.encoders.distilled import read_meta
+
+    audio, image = tiny_models
+    cfg = _cfg()
+    kw = dict(device="cpu", progress=False, cache_dir=tmp_path / "c")
+    fresh = distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "fresh", cfg, **kw
+    )
+    cut = distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "cut", cfg,
+        stop_after_steps=1, **kw,
+    )  # fmt: skip
+    assert cut["steps"] == 1 and not (tmp_path / "cut" / "last").exists()
+    capsys.readouterr()
+    resumed = distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "cut", cfg,
+        resume=True, **kw,
+    )  # fmt: skip
+    assert "nothing to resume" in capsys.readouterr().err
+    assert resumed["steps"] == fresh["steps"]
+    assert resumed["best"]["value"] == pytest.approx(fresh["best"]["value"], abs=1e-6)
+    assert read_meta(tmp_path / "cut" / "last")["head"]["init"]["kind"] == "probe"
+    a, b = _weights(tmp_path / "fresh"), _weights(tmp_path / "cut")
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_run_folder_is_judged_before_any_model_loads(world, tiny_models, tmp_path, monkeypatch):
+    """An --out that holds a run, or cannot be written, is refused in the first second."""
+    from songsight.distill import setup
+    from songsight.distill.train import distill
+    from songsight.errors import SongsightError
+    from tests.helpers import must_not_run
+
+    audio, image = tiny_models
+    (tmp_path / "run" / "last").mkdir(parents=True)
+    monkeypatch.setattr(setup, "load_teacher", must_not_run("load_teacher"))
+    monkeypatch.setattr(setup, "load_student", must_not_run("load_student"))
+    args = (world / "audio.csv", world / "taxa.csv", audio, image)
+    with pytest.raises(SongsightError, match="already holds a run"):
+        distill(*args, tmp_path / "run", _cfg(), device="cpu", progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SongsightError, match="not a folder"):
+        distill(*args, blocker, _cfg(), device="cpu", progress=False)
+
+
 def test_resume_with_other_settings_is_refused(world, tiny_models, tmp_path):
     from songsight.distill.train import distill
     from songsight.errors import ProvenanceMismatchError, SongsightError

@@ -106,29 +106,49 @@ class TrainState:
     best: dict = field(default_factory=_no_best)
 
 
-def resume_state(run, resume: bool) -> TrainState:
-    """The state to start from (``run``: `songsight.distill.setup.DistillRun`): with ``resume``,
-    ``last``'s saved state, loaded into the run's module, optimiser, schedule and RNGs after
-    checking the settings match; without it, a fresh state, refusing a folder that holds a run."""
-    import torch
+def has_checkpoint(out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint a run can resume from (``last`` with its state)."""
+    return (out / "last" / STATE_FILE).is_file()
 
-    out = run.out
-    state_path = out / "last" / STATE_FILE
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        check_resumable(out, state["meta"], run.meta)
-        run.module.load_state_dict(state["module"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if torch.cuda.is_available() and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        return TrainState(state["epoch"], state["micro"], state["step"], state["best"])
-    if not resume and (out / "last").exists():
+
+def start_or_resume(out: Path, resume: bool) -> tuple[bool, str | None]:
+    """(whether the run in ``out`` resumes, a note to print or None), decided before any model
+    loads: it resumes when ``resume`` is asked and a checkpoint was saved. A fresh run into a
+    folder that holds one is refused; a resume with nothing saved yet starts exactly as a
+    fresh run does (the same probe, the same plan), and the note says so."""
+    if resume:
+        if has_checkpoint(out):
+            return True, None
+        return (
+            False,
+            f"nothing to resume in {out} (no checkpoint was saved yet): starting a fresh run",
+        )
+    if (out / "last").exists():
         raise SongsightError(
             f"{out} already holds a run; pass --resume to continue it or choose a new --out"
         )
-    return TrainState()
+    return False, None
+
+
+def resume_state(run, resuming: bool) -> TrainState:
+    """The state to start from (``run``: `songsight.distill.setup.DistillRun`): when
+    ``resuming`` (see `start_or_resume`), ``last``'s saved state, loaded into the run's module,
+    optimiser, schedule and RNGs after checking the settings match; else a fresh state."""
+    import torch
+
+    if not resuming:
+        return TrainState()
+    state = torch.load(run.out / "last" / STATE_FILE, map_location="cpu", weights_only=False)
+    check_resumable(run.out, state["meta"], run.meta)
+    # The head's starting fit ran in the interrupted run, not in this one: keep its record.
+    run.meta["head"]["init"] = state["meta"]["head"]["init"]
+    run.module.load_state_dict(state["module"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"])
+    if torch.cuda.is_available() and state.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return TrainState(state["epoch"], state["micro"], state["step"], state["best"])
 
 
 def save_state(run, state: TrainState, name: str, epoch: int, micro: int) -> float:

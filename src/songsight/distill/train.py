@@ -17,6 +17,8 @@ lets a caller watch it (timings, validation figures) without changing it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from songsight.config import DistillConfig
 from songsight.distill.hooks import DistillHooks
 
@@ -48,16 +50,28 @@ def distill(
     ``hooks``: a `songsight.distill.hooks.DistillHooks` told of each phase, step, validation
     and checkpoint (for benchmarks and monitors; it cannot change the run).
     """
-    from songsight.distill.checkpoint import resume_state
+    from contextlib import nullcontext
+
+    from songsight.distill.checkpoint import resume_state, start_or_resume
     from songsight.distill.loop import Trainer
-    from songsight.distill.setup import build_run
+    from songsight.distill.setup import build_run, dist_env, say
+    from songsight.outputs import claim
 
     hooks = hooks or DistillHooks()
-    run = build_run(
-        train_manifest, species_csv, audio_model, image_model, out_dir,
-        config or DistillConfig(), val_manifest, val_gallery, resume, device, progress,
-        cache_dir, hooks,
-    )  # fmt: skip
-    trainer = Trainer(run, resume_state(run, resume), hooks, progress, resume, stop_after_steps)
-    trainer.fit()
-    return trainer.summary(run.val_clips)
+    # The run folder is claimed (writable, one writer) and judged (a run to resume, or none
+    # to overwrite) before any model loads; only rank 0 writes it.
+    is_main = dist_env()[0] == 0
+    with claim(out_dir, folder=True, what="--out") if is_main else nullcontext():
+        resuming, note = start_or_resume(Path(out_dir), resume)
+        if note and is_main:
+            say(note)
+        run = build_run(
+            train_manifest, species_csv, audio_model, image_model, out_dir,
+            config or DistillConfig(), val_manifest, val_gallery, resuming, device, progress,
+            cache_dir, hooks,
+        )  # fmt: skip
+        trainer = Trainer(
+            run, resume_state(run, resuming), hooks, progress, resuming, stop_after_steps
+        )
+        trainer.fit()
+        return trainer.summary(run.val_clips)
