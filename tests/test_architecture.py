@@ -19,6 +19,7 @@ PACKAGE = ROOT / "src" / "songsight"
 # eval.metrics and distill.loss are pure numpy/torch functions that anything may use.
 RANK = {
     "errors": 0,
+    "outputs": 1,
     "provenance": 1,
     "config": 1,
     "prompt_templates": 1,

@@ -22,7 +22,7 @@ from songsight.index.gallery_format import (
     _write_json,
 )
 
-__all__ = ["CheckReport", "check_gallery"]
+__all__ = ["CheckReport", "check_gallery", "missing_note", "missing_photos"]
 
 _SHOW = 10
 
@@ -62,6 +62,22 @@ class CheckReport:
         return "\n".join([head, *lines])
 
 
+def missing_photos(paths) -> list[tuple[int, str]]:
+    """(id, path) of the photos whose file is gone, from a gallery's ``path`` column in id order."""
+    return [(i, p) for i, p in enumerate(paths) if not os.path.isfile(p)]
+
+
+def missing_note(gallery_dir: str | Path, n_missing: int, n_images: int) -> str | None:
+    """The one line a search or a server says about a gallery's photos that are gone, or None."""
+    if not n_missing:
+        return None
+    return (
+        f"{n_missing} of {n_images} photos of the gallery {gallery_dir} are no longer on disk: "
+        "their paths in the answers lead nowhere; `songsight index check --gallery "
+        f"{gallery_dir}` lists them and says how to find or drop them"
+    )
+
+
 def check_gallery(gallery_dir: str | Path, prune: bool = False) -> CheckReport:
     """List the gallery's photos whose file is gone; with ``prune``, remove them."""
     import pyarrow as pa
@@ -76,7 +92,7 @@ def check_gallery(gallery_dir: str | Path, prune: bool = False) -> CheckReport:
             f"`songsight index build PATHS --gallery {directory}`"
         )
     paths = pq.read_table(store, columns=["path"]).column("path").to_pylist()
-    missing = [(i, p) for i, p in enumerate(paths) if not os.path.isfile(p)]
+    missing = missing_photos(paths)
     if not prune or not missing:
         return CheckReport(directory, len(paths), missing)
     table = pq.read_table(store)
