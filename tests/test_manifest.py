@@ -246,3 +246,72 @@ def test_column_typos_are_named_and_paths_normalised(tmp_path):
     m = _write(sub / "m.csv", "PATH,Label,Split\nx/../a.wav,0,train\n")
     df = load_manifest(m)
     assert df["path"].tolist() == [str(sub / "a.wav")] and df["split"].tolist() == ["train"]
+
+
+# --- the one table reader: separators, BOM, line ends, ragged rows ---------------------------
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_manifests_are_read(tmp_path, sep):
+    # A BOM, CRLF line ends, and a comma inside a cell.
+    rows = [
+        ["path", "label", "Common Name", "start_s"],
+        ["a.wav", "0", "Canada Goose", "0.5"],
+        ["b.wav", "1", "Goose, Canada", "2"],
+    ]
+    text = "\r\n".join(sep.join(r) for r in rows) + "\r\n"
+    m = tmp_path / "m.csv"
+    m.write_bytes(("\ufeff" + text).encode("utf-8"))
+    df = load_manifest(m)
+    assert df["path"].tolist() == [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    assert df["label"].tolist() == [0, 1]
+    assert df["common_name"].tolist() == ["Canada Goose", "Goose, Canada"]
+    assert df["start_s"].tolist() == [0.5, 2.0]
+
+
+def test_semicolon_manifest_labels_and_species_names(tmp_path):
+    from songsight.taxonomy import Species
+
+    taxa = [Species(0, "Branta canadensis", "Canada Goose"), Species(4, "Aix sponsa", "Wood Duck")]
+    m = _write(tmp_path / "m.csv", "file;common_name\na.wav;Wood Duck\nb.wav;Canada Goose\n")
+    assert load_manifest(m, species=taxa)["label"].tolist() == [4, 0]
+    m = _write(tmp_path / "n.csv", "path;label;split\na.wav;3;train\nb.wav;1\n")
+    assert load_manifest(m)["split"].tolist() == ["train", ""]  # a short row, as with commas
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        # One header column holding ';', rows that split by it into more fields than the header.
+        ("path;label\na.wav;0;x\nb.wav;1;y\n", r"holding ';'.*do not split by ';'"),
+        # ';' and tab split the header and every row alike: no way to choose.
+        ("path;label\tsplit\na.wav;0\ttrain\n", r"holding ';' and tab.*';' and tab each split"),
+    ],
+)
+def test_an_ambiguous_separator_is_named(tmp_path, text, named):
+    with pytest.raises(DataNotFoundError, match=f"cannot tell the separator.*{named}"):
+        load_manifest(_write(tmp_path / "m.csv", text))
+
+
+def test_a_row_longer_than_the_header_is_refused_with_its_line(tmp_path):
+    # pandas would silently make the first column an index and shift every other one.
+    m = _write(tmp_path / "m.csv", "path,label\na.wav,0\nb.wav,1,extra\n")
+    with pytest.raises(
+        DataNotFoundError, match=r"m.csv, line 3: 3 fields where the header names 2"
+    ):
+        load_manifest(m)
+
+
+def test_one_alias_table_serves_manifests_and_species_tables():
+    from songsight.data.manifest import COLUMN_ALIASES, normalise_columns
+    from songsight.taxonomy import COLUMN_ALIASES as SAME
+    from songsight.taxonomy import SPECIES_OPTIONAL, SPECIES_REQUIRED
+
+    assert COLUMN_ALIASES is SAME
+    df = pd.DataFrame(columns=["Class", "Species", "start"])
+    manifest, _ = normalise_columns(df, "m", ("path", "label", "species", "start_s"))
+    assert list(manifest.columns) == ["label", "species", "start_s"]
+    # A name the table reads itself is never taken for an alias; an alias to a column the
+    # table does not read is just an unknown column, not a near miss.
+    species, unknown = normalise_columns(df, "t", (*SPECIES_REQUIRED, *SPECIES_OPTIONAL))
+    assert list(species.columns) == ["class", "scientific_name", "start"] and unknown == ["start"]

@@ -7,7 +7,7 @@ import pytest
 from songsight.errors import DataNotFoundError, SongsightError
 from songsight.prompt_templates import PROMPT_FORMATS, TEMPLATE_SETS
 from songsight.taxonomy import (
-    TAXA_COLUMNS,
+    SPECIES_REQUIRED,
     Species,
     build_prompts,
     load_species_csv,
@@ -103,12 +103,23 @@ def test_write_then_load_round_trips(taxa_csv, tmp_path):
     assert again[0].extra["inat_taxon_id"] == "7089"
 
 
-@pytest.mark.parametrize("dropped", TAXA_COLUMNS)
-def test_missing_column_is_data_not_found(tmp_path, dropped):
+def _without(tmp_path, dropped: str):
     keep = [i for i, c in enumerate(HEADER) if c != dropped]
-    path = write_csv(tmp_path / "taxa.csv", [[r[i] for i in keep] for r in SSW60_ROWS], [HEADER[i] for i in keep])  # fmt: skip
-    with pytest.raises(DataNotFoundError, match=dropped):
-        load_species_csv(path)
+    return write_csv(tmp_path / "taxa.csv", [[r[i] for i in keep] for r in SSW60_ROWS], [HEADER[i] for i in keep])  # fmt: skip
+
+
+@pytest.mark.parametrize("dropped", SPECIES_REQUIRED)
+def test_missing_name_column_is_data_not_found(tmp_path, dropped):
+    with pytest.raises(DataNotFoundError, match=f"missing column.s. {dropped}"):
+        load_species_csv(_without(tmp_path, dropped))
+
+
+@pytest.mark.parametrize("dropped", ["label", "order", "family", "species_code"])
+def test_optional_columns_may_be_left_out(tmp_path, dropped):
+    species = load_species_csv(_without(tmp_path, dropped))
+    assert [s.scientific_name for s in species] == [r[6] for r in SSW60_ROWS]
+    assert [s.label for s in species] == [0, 1, 2]
+    assert species[0].order == ("" if dropped == "order" else "Anseriformes")
 
 
 def test_missing_file_and_duplicate_labels(tmp_path):
@@ -144,8 +155,11 @@ def test_templates_expand_every_species(taxa_csv):
     "rows, expected",
     [
         ([["x", "cangoo", "", "", "", "Canada Goose", "Branta canadensis", "Anatidae", "Anseriformes"]],
-         "line 2: label 'x' is not an integer"),
-        ([SSW60_ROWS[0], ["1", "wooduc"]], "line 3: fewer fields"),
+         "'label' must hold integers.*row 0: 'x'"),
+        ([SSW60_ROWS[0], ["1", "wooduc", "", "", "", "Wood Duck", "Aix sponsa", "", "", ""], SSW60_ROWS[2]],
+         "line 3: 10 fields where the header names 9"),
+        ([SSW60_ROWS[0], ["1.5"] + SSW60_ROWS[1][1:]], "row 1: '1.5'"),
+        ([SSW60_ROWS[0], ["1", "wooduc"]], "line 3: 2 fields where the header names 9"),
     ],
 )  # fmt: skip
 def test_bad_rows_are_one_clear_error(tmp_path, rows, expected):
@@ -257,3 +271,78 @@ def test_bad_templates_files_name_the_line(tmp_path):
     latin1.write_bytes("{common} chante à l'aube\n".encode("latin-1"))
     with pytest.raises(SongsightError, match="cannot read templates file"):
         resolve_templates(str(latin1))
+
+
+# --- species tables as people write them -----------------------------------------------------
+
+
+def _text_file(path, text: str):
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Common Name,Scientific Name", "english_name,species", "Vernacular name,Latin-Name"],
+)
+def test_a_table_of_names_alone_is_numbered_in_row_order(tmp_path, header):
+    path = _text_file(
+        tmp_path / "birds.csv", f"{header}\nWood Duck,Aix sponsa\nCanada Goose,Branta canadensis\n"
+    )
+    duck, goose = load_species_csv(path)
+    assert (duck.label, duck.common_name, duck.scientific_name) == (0, "Wood Duck", "Aix sponsa")
+    assert (goose.label, goose.genus, goose.order, goose.family) == (1, "Branta", "", "")
+    assert goose.prompt("taxon_com") == (
+        "Animalia Chordata Aves Branta canadensis with common name Canada Goose"
+    )
+    assert duck.extra == {}
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_tables_read_as_the_comma_one(taxa_csv, tmp_path, sep):
+    # Written the way a spreadsheet exports: a BOM, CRLF, and commas inside the family cells.
+    lines = [sep.join(HEADER)] + [sep.join(row) for row in SSW60_ROWS]
+    path = tmp_path / "taxa_sep.csv"
+    path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    species = load_species_csv(path)
+    assert species == load_species_csv(taxa_csv)
+    assert species[0].family == "Anatidae" and species[0].extra["nabirds_labels"] == "57 457"
+
+
+@pytest.mark.parametrize(
+    ("header", "meant"),
+    [("label,Common Name,Scientific Nmae", "scientific_name"), ("common_name,scientific_name,familly", "family")],
+)  # fmt: skip
+def test_near_miss_species_column_is_named(tmp_path, header, meant):
+    path = _text_file(tmp_path / "t.csv", f"{header}\n0,Mallard,Anas platyrhynchos\n")
+    with pytest.raises(DataNotFoundError, match=f"is not one songsight reads; did you mean '{meant}'"):  # fmt: skip
+        load_species_csv(path)
+
+
+def test_a_frog_table_keeps_its_own_ranks(tmp_path):
+    path = _text_file(
+        tmp_path / "frogs.csv",
+        "Kingdom,Phylum,Class,Order,Family,Scientific Name,Common Name,call_type\n"
+        "Animalia,Chordata,Amphibia,Anura,Hylidae,Pseudacris crucifer,Spring Peeper,peep\n"
+        "Animalia,Chordata,,Anura,Ranidae,Lithobates sylvaticus,Wood Frog,clack\n",
+    )
+    peeper, wood_frog = load_species_csv(path)
+    assert (peeper.label, peeper.class_, peeper.order) == (0, "Amphibia", "Anura")
+    assert peeper.prompt("taxon") == "Animalia Chordata Amphibia Anura Hylidae Pseudacris crucifer"
+    # A blank cell in a column the table has is unknown, never the bird default.
+    assert wood_frog.class_ == "" and "Aves" not in wood_frog.prompt("taxon_com")
+    assert peeper.extra == {"call_type": "peep"}
+
+
+def test_a_parquet_table_with_labels(tmp_path):
+    pd = pytest.importorskip("pandas")
+    path = tmp_path / "taxa.parquet"
+    pd.DataFrame(
+        {"species_id": [7, 3], "Scientific_Name": ["Aix sponsa", "Branta canadensis"],
+         "common": ["Wood Duck", "Canada Goose"], "inat_taxon_id": [7107, 7089]}
+    ).to_parquet(path)  # fmt: skip
+    goose, duck = load_species_csv(path)
+    assert (goose.label, goose.common_name, duck.label, duck.scientific_name) == (
+        3, "Canada Goose", 7, "Aix sponsa"
+    )  # fmt: skip
+    assert duck.extra == {"inat_taxon_id": 7107}

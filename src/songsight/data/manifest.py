@@ -16,12 +16,14 @@ column     type     meaning
 
 Column names are read as people write them: case, spaces and hyphens do not matter
 (``Common name`` is ``common_name``) and `COLUMN_ALIASES` are known (``file`` for ``path``,
-``scientific_name`` for ``species`` ...); a column one letter or so away from a known name is
+``latin_name`` for ``scientific_name`` ...); a column one letter or so away from a known name is
 an error that names it, never silently ignored. A label is an integer, or, given a species table
 (``species=``), a species' scientific name, common name or code; a manifest may also name its
 species in a ``species`` / ``common_name`` / ``species_code`` column instead of a label.
 
-Stored as CSV or Parquet, chosen by suffix. CSV manifests are read as text first so that ids
+Stored as CSV or Parquet, chosen by suffix, and read by `songsight.taxonomy.read_table`, as
+species tables are: a CSV may start with a BOM, end its lines either way and be separated by
+``,``, ``;`` or tabs (sniffed). CSV manifests are read as text first so that ids
 such as ``1e5`` or ``0123`` are never turned into numbers; known columns are then converted, and
 extra columns stay text (use Parquet to keep their types). `manifest_sha256` hashes the content
 in a type-insensitive canonical form, so a manifest and its CSV or Parquet copy hash the same.
@@ -47,88 +49,15 @@ from songsight.data.cells import (
     to_float_or_nan,
 )
 from songsight.errors import DataNotFoundError
+from songsight.taxonomy import COLUMN_ALIASES as COLUMN_ALIASES
+from songsight.taxonomy import column_key as column_key
+from songsight.taxonomy import normalise_columns, read_table, table_format
 
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("split", "start_s", "end_s")
 SOUNDSCAPE_COLUMNS = ("path", "start_s", "end_s", "label")
 # Columns that can name a species instead of (or besides) an integer label.
 NAME_COLUMNS = ("species", "scientific_name", "common_name", "species_code")
-# What people call the columns -> the manifest's own name (compared after `column_key`).
-COLUMN_ALIASES = {
-    "file": "path", "filepath": "path", "file_path": "path", "filename": "path",
-    "file_name": "path", "class": "label", "class_id": "label", "label_id": "label",
-    "species_id": "label", "sci_name": "scientific_name", "latin_name": "scientific_name",
-    "common": "common_name", "english_name": "common_name", "vernacular_name": "common_name",
-    "code": "species_code", "ebird_code": "species_code", "start": "start_s",
-    "start_time": "start_s", "begin_time": "start_s", "end": "end_s", "end_time": "end_s",
-}  # fmt: skip
-
-_CSV_SUFFIXES = (".csv", ".csv.gz")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-def _format_of(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(_CSV_SUFFIXES):
-        return "csv"
-    if name.endswith(_PARQUET_SUFFIXES):
-        return "parquet"
-    raise DataNotFoundError(
-        f"{path}: unsupported manifest format; use one of "
-        f"{', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)}"
-    )
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (every column as text, empty cells as ``""``) or Parquet table."""
-    path = Path(path).expanduser()
-    fmt = _format_of(path)
-    if not path.is_file():
-        raise DataNotFoundError(f"manifest not found: {path}")
-    if fmt == "parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def column_key(column: object) -> str:
-    """How a column name is compared: trimmed, lower case, spaces and hyphens as ``_``."""
-    return "_".join(str(column).strip().lower().replace("-", " ").split())
-
-
-def normalise_columns(
-    df: pd.DataFrame, name: str, known: Sequence[str], aliases: Mapping[str, str] | None = None
-) -> tuple[pd.DataFrame, list[str]]:
-    """Rename ``df``'s columns to the ``known`` ones they mean; returns (df, unknown columns).
-
-    Raises `DataNotFoundError` for a column that is almost a known name (a typo would
-    otherwise lose that column without a word) or two columns that mean the same.
-    """
-    import difflib
-
-    aliases = COLUMN_ALIASES if aliases is None else aliases
-    renamed, unknown = {}, []
-    for column in df.columns:
-        key = column_key(column)
-        key = aliases.get(key, key)
-        if key in known:
-            renamed[column] = key
-            continue
-        close = difflib.get_close_matches(key, [*known, *aliases], n=1, cutoff=0.8)
-        if close:
-            meant = aliases.get(close[0], close[0])
-            raise DataNotFoundError(
-                f"{name}: column {str(column)!r} is not one songsight reads; did you mean "
-                f"{meant!r}? Known columns: {', '.join(known)}"
-            )
-        unknown.append(str(column))
-    targets = list(renamed.values())
-    twice = sorted({t for t in targets if targets.count(t) > 1})
-    if twice:
-        raise DataNotFoundError(
-            f"{name}: several columns mean {', '.join(twice)} "
-            f"({', '.join(str(c) for c, t in renamed.items() if t in twice)}); keep one"
-        )
-    return df.rename(columns=renamed), unknown
 
 
 def species_lookup(species) -> dict[str, int]:
@@ -312,7 +241,7 @@ def save_manifest(df: pd.DataFrame, path: str | Path, *, root: str | Path | None
     manifest can move with its data; load it back with the same ``root`` (or keep it there).
     """
     path = Path(path).expanduser()
-    fmt = _format_of(path)
+    fmt = table_format(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DataNotFoundError(
