@@ -670,6 +670,7 @@ def test_train_labels_accept_names_and_default_to_all():
         ({"gallery": "flickr"}, "gallery must be"),
         ({"templates": "poems"}, "unknown template set"),
         ({"limit_queries": 0}, "limit_queries"),
+        ({"audio": "a.csv", "photos": "p.csv"}, "two ways to give the data"),
     ],
 )
 def test_config_refuses_bad_options(options, message):

@@ -36,10 +36,37 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     from songsight.prompt_templates import PROMPT_FORMATS, TEMPLATE_SETS
 
     p = sub.add_parser(
-        "evaluate", help="SSW60 evaluation: retrieval, probes, zero-shot alignment, baselines"
+        "evaluate",
+        help="score on SSW60 or your own labelled recordings and photos: retrieval, probes, "
+        "zero-shot alignment, baselines",
+        description="Score songsight: audio-to-image retrieval of every method, probes, "
+        "zero-shot alignment and baselines, written to RESULTS.json / .md / .html and figures. "
+        "The data is SSW60 (--ssw60) or your own labelled recordings and photos (--audio, "
+        "--photos and --species together), scored the same way.",
     )
-    p.add_argument(
-        "--ssw60", required=True, metavar="ROOT", help="extracted SSW60 folder (or its parent)"
+    data = p.add_argument_group(
+        "data (--ssw60, or --audio, --photos and --species)",
+        "Manifests are CSV or Parquet with path and label columns; a label is an integer of "
+        "the species table or a species' scientific name, common name or code.",
+    )
+    data.add_argument("--ssw60", metavar="ROOT", help="extracted SSW60 folder (or its parent)")
+    data.add_argument(
+        "--audio",
+        metavar="MANIFEST",
+        help="your labelled recordings; with a split column its 'test' rows are the queries and "
+        "its 'train' rows train the probes; without one every row is a query and the probes "
+        "are skipped (noted in the results)",
+    )
+    data.add_argument(
+        "--photos",
+        metavar="MANIFEST",
+        help="your labelled photos, the gallery: its 'test' rows when it has a split column, "
+        "else every row; a source column, where given, is scored part by part",
+    )
+    data.add_argument(
+        "--species",
+        metavar="TAXA_CSV",
+        help="the species table the labels refer to (SSW60's taxa.csv columns)",
     )
     add_audio_model(p)
     add_image_model(p)
@@ -60,9 +87,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--soundscapes", metavar="MANIFEST", help="path,start_s,end_s,label rows (BirdSet style)"
     )
     p.add_argument(
-        "--focal", metavar="MANIFEST", help="focal clips for zero-shot (default SSW60 test audio)"
+        "--focal", metavar="MANIFEST", help="focal clips for zero-shot (default: the queries)"
     )
-    p.add_argument("--gallery", choices=("all", "nabirds", "inat"), default="all")
+    p.add_argument(
+        "--gallery",
+        choices=("all", "nabirds", "inat"),
+        default="all",
+        help="SSW60 only: which images are the gallery (default all)",
+    )
     sets = ", ".join(TEMPLATE_SETS)
     p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None)
     p.add_argument(
@@ -103,7 +135,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
     res = run_evaluation(
-        args.ssw60, args.out, audio_model=args.audio_model, image_model=args.image_model,
+        args.ssw60, args.out, audio=args.audio, photos=args.photos, species=args.species,
+        audio_model=args.audio_model, image_model=args.image_model,
         distilled=args.distilled, methods=split(args.methods), tasks=split(args.tasks),
         save_embeddings=args.save_embeddings, soundscapes=args.soundscapes, focal=args.focal,
         gallery=args.gallery, prompt_format=args.prompt_format, templates=args.templates,

@@ -20,6 +20,33 @@ from songsight.taxonomy import Species
 FORMAT_VERSION = 1
 TASKS = ("retrieval", "discriminability", "alignment")
 GALLERIES = ("all", "nabirds", "inat")
+DATA_FIELDS = ("ssw60", "audio", "photos", "species")
+USER_DATA_FLAGS = {"audio": "--audio MANIFEST", "photos": "--photos MANIFEST", "species": "--species TAXA_CSV"}  # fmt: skip
+
+
+def check_data_source(
+    ssw60: str | None, audio: str | None, photos: str | None, species: str | None
+) -> None:
+    """Exactly one source of data: SSW60, or all three of a user's audio, photos and species."""
+    given = {"audio": audio, "photos": photos, "species": species}
+    mine = [USER_DATA_FLAGS[k].split()[0] for k, v in given.items() if v]
+    if ssw60 and mine:
+        raise SongsightError(
+            f"--ssw60 and {'/'.join(mine)} are two ways to give the data: give --ssw60 ROOT, or "
+            "--audio, --photos and --species, not both"
+        )
+    lacking = [flag for k, flag in USER_DATA_FLAGS.items() if not given[k]]
+    if not ssw60 and not mine:
+        raise SongsightError(
+            "say what to evaluate: --ssw60 ROOT, or your own recordings and photos with "
+            "--audio MANIFEST --photos MANIFEST --species TAXA_CSV"
+        )
+    if not ssw60 and lacking:
+        raise SongsightError(
+            f"{' and '.join(mine)} also need{'s' if len(mine) == 1 else ''} "
+            f"{' and '.join(lacking)}: your own data is --audio, --photos and --species together "
+            "(or --ssw60 ROOT alone)"
+        )
 
 
 @dataclass
@@ -36,10 +63,16 @@ class EvalConfig:
     zero-shot top-1 on the train split is used. Mappings are fitted on every species' prompt in
     each of ``mapping_formats`` through ``audio_templates``, each paired with its image-model
     species embedding. ``cascade_temperature`` None uses BioLingual's learned logit scale.
+
+    The data is ``ssw60`` (an extracted SSW60) or ``audio`` + ``photos`` + ``species`` (a
+    user's audio and photo manifests and species table; `songsight.eval.datasets`), not both.
     """
 
-    ssw60: str
+    ssw60: str | None = None
     out: str = "RESULTS.json"
+    audio: str | None = None
+    photos: str | None = None
+    species: str | None = None
     audio_model: str = BIOLINGUAL_ID
     image_model: str = BIOCLIP2_ID
     distilled: str | None = None
@@ -74,10 +107,17 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("ssw60", "out", "distilled", "save_embeddings", "soundscapes", "focal"):
+        for name in DATA_FIELDS + ("out", "distilled", "save_embeddings", "soundscapes", "focal"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, str(value))
+        check_data_source(self.ssw60, self.audio, self.photos, self.species)
+        if not self.ssw60 and self.gallery != "all":
+            raise SongsightError(
+                f"--gallery {self.gallery} picks one of SSW60's image sources; with --photos the "
+                "gallery is the photo manifest's (its 'source' column, where given, is scored "
+                "part by part)"
+            )
         if self.gallery not in GALLERIES:
             raise SongsightError(
                 f"gallery must be one of {', '.join(GALLERIES)}, not {self.gallery!r}"

@@ -19,8 +19,10 @@ from songsight.errors import InputFileError
 from songsight.prompt_templates import resolve_templates
 from songsight.taxonomy import Species
 
-# Columns that identify an SSW60 row wherever the dataset lives (paths do not).
+# Columns that identify an SSW60 row wherever the dataset lives (paths do not); a manifest
+# without ids is identified by its paths instead.
 ID_COLUMNS = ("asset_id", "label", "split", "source")
+PATH_COLUMNS = ("path", "label", "split", "source")
 
 
 def limit_rows(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
@@ -34,10 +36,12 @@ def limit_rows(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 
 def table_sha256(df: pd.DataFrame) -> str:
-    """Content hash of the rows evaluated, over their id columns (location independent)."""
+    """Content hash of the rows evaluated, over their id columns (location independent), or,
+    in a manifest without ``asset_id``, over their paths (the same files elsewhere differ)."""
     from songsight.data.manifest import manifest_sha256
 
-    cols = [c for c in ID_COLUMNS if c in df.columns] or list(df.columns)
+    key = ID_COLUMNS if "asset_id" in df.columns else PATH_COLUMNS
+    cols = [c for c in key if c in df.columns] or list(df.columns)
     return manifest_sha256(df, cols)
 
 

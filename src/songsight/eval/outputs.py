@@ -3,9 +3,10 @@ stores.
 
 ``--save-embeddings DIR`` stores every vector a number was computed from, as Parquet files of
 ``path``, ``label`` and ``embedding`` (`songsight.index.store` format, with provenance):
-``gallery.parquet`` (plus ``source``: nabirds / inat), ``queries_<method>.parquet`` for each
-retrieval method and ``queries_original.parquet`` (BioLingual audio), the species text
-embeddings of both models, and ``train_<model>.parquet`` for the probes.
+``gallery.parquet`` (plus ``source`` where the gallery has one: nabirds / inat, or a photo
+manifest's), ``queries_<method>.parquet`` for each retrieval method and
+``queries_original.parquet`` (BioLingual audio), the species text embeddings of both models,
+and ``train_<model>.parquet`` for the probes.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def save_embeddings(run, folder: Path, kept: dict) -> None:
             kept["gallery"],
             kept["g_emb"],
             image_prov,
-            extra=("source",),
+            extra=tuple(c for c in ("source",) if c in kept["gallery"].columns),
         )
         for method, q in kept["queries"].items():
             save_store(

@@ -23,27 +23,12 @@ LABELS = {
     "ceiling": "Perfect (ceiling)",
 }  # fmt: skip
 RETRIEVAL_ROWS = (
-    "chance",
-    "cascade_top1",
-    "cascade_weighted",
-    "map_ridge",
-    "map_procrustes",
-    "map_mlp",
-    "original",
-    "distilled",
-    "distilled_proto",
-    "fused",
-    "oracle",
-)
+    "chance", "cascade_top1", "cascade_weighted", "map_ridge", "map_procrustes", "map_mlp",
+    "original", "distilled", "distilled_proto", "fused", "oracle",
+)  # fmt: skip
 ALIGNMENT_ROWS = (
-    "chance",
-    "original",
-    "map_ridge",
-    "map_procrustes",
-    "map_mlp",
-    "distilled",
-    "ceiling",
-)
+    "chance", "original", "map_ridge", "map_procrustes", "map_mlp", "distilled", "ceiling",
+)  # fmt: skip
 DISCRIMINABILITY_ROWS = ("chance", "original", "distilled", "ceiling")
 RETRIEVAL_COLUMNS = (
     ("mAP", "map"),
@@ -54,6 +39,7 @@ RETRIEVAL_COLUMNS = (
     ("nDCG@10", "ndcg@10"),
     ("MRR", "mrr"),
 )
+GALLERY_NAMES = {"nabirds": "NABirds", "inat": "iNat", "all": "All"}
 NA = "n/a"
 Run = tuple[str, dict]
 
@@ -140,16 +126,16 @@ def _retrieval_sections(runs: Sequence[Run]) -> list[str]:
     gallery = next(
         (r["retrieval"].get("gallery", "all") for _, r in runs if r.get("retrieval")), "all"
     )
+    unmatched = "".join(f" {n}" for n in dict.fromkeys(_unmatched_note(r) for _, r in runs) if n)
     out = _section(
         f"Audio-to-image retrieval (gallery: {gallery})",
-        "Queries: test recordings; relevant: every image of the same species. mAP with 95% bootstrap CI.",
+        "Queries: test recordings; relevant: every image of the same species. mAP with 95% "
+        "bootstrap CI." + unmatched,
         _table(runs, RETRIEVAL_ROWS, heads, _retrieval_cell("audio_to_image", "audio_to_image_ci")),
     )
-    galleries = [
-        g
-        for g in ("nabirds", "inat", "all")
-        if any(_dig(r, "retrieval", "audio_to_image_by_gallery", g) for _, r in runs)
-    ]
+    seen = [g for _, r in runs for g in _dig(r, "retrieval", "audio_to_image_by_gallery") or {}]
+    # The parts of the gallery, then the whole; nothing when the whole is the only part.
+    galleries = [*dict.fromkeys(g for g in seen if g != "all"), "all"] if len(set(seen)) > 1 else []
 
     def by_gallery(res, method, j):
         if not res.get("retrieval"):
@@ -159,11 +145,10 @@ def _retrieval_sections(runs: Sequence[Run]) -> list[str]:
         value = _dig(res, "retrieval", "audio_to_image_by_gallery", galleries[j], method, "map")
         return None if value is None else _pct(value)
 
-    names = {"nabirds": "NABirds", "inat": "iNat", "all": "Both"}
     out += _section(
         "mAP by gallery",
         "",
-        _table(runs, RETRIEVAL_ROWS, [names[g] for g in galleries], by_gallery),
+        _table(runs, RETRIEVAL_ROWS, [GALLERY_NAMES.get(g, g) for g in galleries], by_gallery),
     )
     if any(_dig(r, "retrieval", "audio_to_image_by_subset") for _, r in runs):
         cols = [("seen", "map"), ("seen", "recall@1"), ("heldout", "map"), ("heldout", "recall@1")]
@@ -217,7 +202,7 @@ def _scores_cell(section: tuple[str, ...], keys: Sequence[str]):
 def _other_sections(runs: Sequence[Run]) -> list[str]:
     out = _section(
         "Audio discriminability",
-        "Linear probe and k-NN, SSW60 train split -> test split.",
+        "Linear probe and k-NN, fitted on the train recordings, scored on the test recordings.",
         _table(
             runs,
             DISCRIMINABILITY_ROWS,
@@ -266,6 +251,33 @@ def _other_sections(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+def _unmatched_note(res: dict) -> str:
+    """Queries with no photo of their species, photos with no query of theirs: out of the means."""
+    c = _dig(res, "data", "counts") or {}
+    notes = [
+        f"{n} {what} left out of the {means} means"
+        for n, what, means in (
+            (c.get("queries_without_photos"), "recording(s) of species with no photo are", "audio-to-image"),
+            (c.get("photos_without_queries"), "image(s) of species with no recording are", "image-to-audio"),
+        )
+        if n
+    ]  # fmt: skip
+    return "; ".join(notes) + "." if notes else ""
+
+
+def _data_source(res: dict) -> str:
+    """What was scored: SSW60's folder, or the user's manifests (names and sha256 heads)."""
+    data = res.get("data") or {}
+    if data.get("kind") != "manifests":
+        return f"SSW60 at `{data['root']}`" if data.get("root") else ""
+    files = [
+        f"{what} `{Path(d['path']).name}` (sha256 {d['sha256'][:12]})"
+        for what, key in (("recordings", "audio"), ("photos", "photos"), ("species", "species_table"))
+        if (d := data.get(key))
+    ]  # fmt: skip
+    return "your " + ", ".join(files)
+
+
 def _describe(name: str, res: dict, multi: bool) -> list[str]:
     prov = res.get("provenance", {})
     counts = _dig(res, "data", "counts") or {}
@@ -277,13 +289,13 @@ def _describe(name: str, res: dict, multi: bool) -> list[str]:
     ]
     dist = _dig(prov, "distilled", "checkpoint")
     cfg = prov.get("config", {})
+    parts = ", ".join(f"{GALLERY_NAMES.get(k, k)} {v}" for k, v in g.items() if k != "all")
+    source = _data_source(res)
     text = (
-        f"{counts.get('queries', '?')} test recordings of {counts.get('species', '?')} species"
-        + (
-            f"; gallery {g.get('all')} test images (NABirds {g.get('nabirds')}, iNat {g.get('inat')})"
-            if g
-            else ""
-        )
+        (f"Data: {source}. " if source else "")
+        + f"{counts.get('queries', '?')} test recordings of {counts.get('species', '?')} species"
+        + (f"; gallery {g.get('all')} test images" + (f" ({parts})" if parts else "") if g else "")
+        + (f"; {counts['train']} train recordings" if counts.get("train") else "")
         + f"; bootstrap {cfg.get('bootstrap')}, seed {cfg.get('seed')}. Models: "
         + ", ".join(models)
         + (f"; distilled `{dist}`" if dist else "")
@@ -292,6 +304,8 @@ def _describe(name: str, res: dict, multi: bool) -> list[str]:
     skipped = len(_dig(res, "data", "skipped") or []) + len(_dig(res, "data", "missing") or [])
     if skipped:
         text += f" {skipped} listed or unreadable file(s) skipped (see RESULTS.json `data`)."
+    for task, why in (res.get("skipped_tasks") or {}).items():
+        text += f" Not run: {task} ({why})."
     return [f"- **{name}**: {text}" if multi else text]
 
 
@@ -393,4 +407,5 @@ def format_summary(results: dict) -> str:
     skipped = len(_dig(results, "data", "skipped") or [])
     if skipped:
         lines.append(f"{skipped} unreadable file(s) skipped (listed under data.skipped)")
+    lines += [f"not run: {t} ({why})" for t, why in (results.get("skipped_tasks") or {}).items()]
     return "\n".join(lines)

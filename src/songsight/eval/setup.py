@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from songsight.encoders.prompts import embed_species_text
+from songsight.errors import SongsightError
 from songsight.eval.audio_to_image import (
     MAPPING_METHODS,
     chance_queries,
@@ -25,6 +26,7 @@ from songsight.eval.config import (
     select_methods,
     train_labels_of,
 )
+from songsight.eval.datasets import TRAIN
 from songsight.eval.inputs import choose_templates, limit_rows, prompt_variants
 from songsight.eval.report import format_selection
 from songsight.taxonomy import Species
@@ -102,13 +104,18 @@ def load_encoders(cfg: EvalConfig):
 
 
 def load_run(cfg: EvalConfig, data, tasks: list[str]) -> tuple[EvalRun, list[str], dict | None]:
-    """(run, methods, template selection or None) for ``data`` (an `SSW60`).
+    """(run, methods, template selection or None) for ``data`` (an `EvalData`).
 
     Resolves ``cfg``'s open prompt settings in place (so the results record them): the
-    checkpoint's prompts, the audio templates chosen on the train split (never on the test
-    queries), BioLingual's own temperature for the cascade.
+    checkpoint's prompts, the audio templates chosen on the training recordings (never on
+    the queries), BioLingual's own temperature for the cascade.
     """
     species = data.species
+    if len(cfg.audio_candidates) > 1 and data.train is None:
+        raise SongsightError(
+            f"several --audio-templates are chosen between on the '{TRAIN}' recordings, and "
+            f"{data.no_train}: give one"
+        )
     bl, bc, dist = load_encoders(cfg)
     meta = dist.meta if dist else None
     ck_fmt, ck_tmpl = checkpoint_prompts(meta)
@@ -116,7 +123,7 @@ def load_run(cfg: EvalConfig, data, tasks: list[str]) -> tuple[EvalRun, list[str
     cfg.templates = cfg.templates or ck_tmpl or "none"
     selection, choice_skipped = None, []
     if len(cfg.audio_candidates) > 1:  # chosen on the train split, never on the test queries
-        val = limit_rows(data.audio("train"), cfg.limit_train, cfg.seed)
+        val = limit_rows(data.train, cfg.limit_train, cfg.seed)
         selection = choose_templates(bl, species, cfg.audio_prompt_format, cfg.audio_candidates, val, choice_skipped)  # fmt: skip
         if cfg.progress:
             print(format_selection(selection), file=sys.stderr, flush=True)

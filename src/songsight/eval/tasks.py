@@ -1,24 +1,32 @@
-"""The paper's evaluation on SSW60: embed once per model, score every task, write the results.
+"""The paper's evaluation: embed once per model, score every task, write the results.
 
-`run_evaluation` (what ``songsight evaluate`` calls) loads the models and the dataset
-(`songsight.eval.setup`: models, prompts, mappings, shared by every task), embeds
-each set of recordings once per model (BioLingual's audio embeddings serve the cascade, the
-mappings and the original model), embeds the test images once, and scores:
+`run_evaluation` (what ``songsight evaluate`` calls) reads the data (`songsight.eval.datasets`:
+SSW60, or a user's audio manifest, photo manifest and species table; the same `EvalData`
+either way), loads the models (`songsight.eval.setup`: models, prompts, mappings, shared by
+every task), embeds each set of recordings once per model (BioLingual's audio embeddings
+serve the cascade, the mappings and the original model), embeds the gallery once, and scores:
 
 - retrieval (`songsight.eval.audio_to_image`): audio -> image and image -> audio, every method,
-  per gallery (NABirds, iNat, both), with bootstrap CIs and per-species AP;
-- discriminability (`songsight.eval.alignment`): linear probe and k-NN, train -> test split;
+  per part of the gallery (SSW60: NABirds, iNat; a photo manifest: its ``source`` values) and
+  whole, with bootstrap CIs and per-species AP;
+- discriminability (`songsight.eval.alignment`): linear probe and k-NN, train -> test
+  recordings; skipped, with a note under ``skipped_tasks``, when there are no train recordings;
 - alignment: zero-shot species classification on focal clips, and class-wise mAP / AUROC on
   soundscape windows when a soundscape manifest is given.
+
+A query whose species has no photo in the gallery, and a photo whose species has no query,
+have no relevant item: they are left out of the means (`songsight.eval.metrics`), counted under
+``data.counts`` and named under ``retrieval.unmatched``.
 
 When the distilled checkpoint's ``train_labels`` leave species out, retrieval and zero-shot
 scores are also split into ``seen`` and ``heldout`` queries, and the mappings are fitted on
 the seen species only. Files that cannot be decoded are skipped, warned about and listed
 under ``data.skipped``; they never stop the run.
 
-Outputs: ``RESULTS.json`` (provenance, data counts, every number), ``RESULTS.md`` beside it
-(`songsight.eval.report`), figures in ``RESULTS_figures/`` (`songsight.eval.figures`), and
-with ``save_embeddings`` the Parquet files every number can be recomputed from.
+Outputs: ``RESULTS.json`` (provenance, what data was read, counts, every number),
+``RESULTS.md`` beside it (`songsight.eval.report`), figures in ``RESULTS_figures/``
+(`songsight.eval.figures`), and with ``save_embeddings`` the Parquet files every number can be
+recomputed from.
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from songsight.errors import InputFileError
+from songsight.errors import InputFileError, SongsightError
 from songsight.eval import alignment as align
 from songsight.eval.audio_to_image import build_queries, chance_queries, score_retrieval
 from songsight.eval.config import FORMAT_VERSION, TASKS, EvalConfig
+from songsight.eval.datasets import EvalData, load_eval_data
 from songsight.eval.inputs import (
     embed_image_set,
     embed_with_models,
@@ -46,34 +55,40 @@ from songsight.eval.outputs import jsonable, write_outputs
 from songsight.eval.setup import EvalRun, load_run
 
 
-def run_evaluation(ssw60: str | Path, out: str | Path = "RESULTS.json", **options) -> dict:
-    """Evaluate on an extracted SSW60 and write RESULTS.json, RESULTS.md and figures.
+def run_evaluation(
+    ssw60: str | Path | None = None, out: str | Path = "RESULTS.json", **options
+) -> dict:
+    """Evaluate on an extracted SSW60 (``ssw60``) or on a user's data (``audio=``,
+    ``photos=`` and ``species=``: manifests and a species table) and write RESULTS.json,
+    RESULTS.md and figures.
 
     ``options`` are `EvalConfig` fields (``audio_model``, ``image_model``, ``distilled``,
     ``methods``, ``save_embeddings``, ``soundscapes``, ``gallery``, ``bootstrap``, ``seed``,
     ``device``, ``batch_size``, ``limit_queries`` ...). Returns the results dict as written.
     """
-    return evaluate(EvalConfig(ssw60=str(ssw60), out=str(out), **options))
+    return evaluate(
+        EvalConfig(ssw60=None if ssw60 is None else str(ssw60), out=str(out), **options)
+    )
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation described by ``cfg``; see the module docstring. Returns the results."""
-    from songsight.data.ssw60 import SSW60
-
     # A copy: the defaults resolved below are recorded, and the caller's object is left alone.
     cfg = replace(cfg)
-    tasks = list(cfg.tasks or TASKS)
-    data = SSW60(cfg.ssw60)  # warns once about files listed but absent
+    data = load_eval_data(cfg)  # warns once about files listed but absent
+    tasks, skipped_tasks = _runnable(list(cfg.tasks or TASKS), data)
     run, methods, selection = load_run(cfg, data, tasks)
 
-    test = limit_rows(data.audio("test"), cfg.limit_queries, cfg.seed)
-    run.log(f"embedding {len(test)} test recordings with {', '.join(run.encoders)}")
+    test = limit_rows(data.queries, cfg.limit_queries, cfg.seed)
+    run.log(f"embedding {len(test)} query recordings with {', '.join(run.encoders)}")
     test, q_audio = embed_with_models(run.encoders, test, "audio test", run.skipped)
     run.hashes["audio_test"] = table_sha256(test)
     run.counts.update(species=len(run.species), queries=len(test))
     results: dict = {"format_version": FORMAT_VERSION}
     if selection:
         results["template_selection"] = selection
+    if skipped_tasks:
+        results["skipped_tasks"] = skipped_tasks
     kept: dict = {"test": test, "q_audio": q_audio}
     if "retrieval" in tasks:
         results["retrieval"] = _retrieval(run, data, methods, test, q_audio, kept)
@@ -84,7 +99,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     run.counts["skipped"] = len(run.skipped)
     results["data"] = {
-        "root": str(data.root),
+        **data.source,
         "counts": run.counts,
         "missing": data.missing,
         "skipped": run.skipped,
@@ -104,7 +119,23 @@ def evaluate(cfg: EvalConfig) -> dict:
     return results
 
 
-def _provenance(run: EvalRun, data) -> dict:
+def _runnable(tasks: list[str], data: EvalData) -> tuple[list[str], dict[str, str]]:
+    """The tasks the data allows, and {task: why not} for those it does not."""
+    skipped = {}
+    if data.train is None and "discriminability" in tasks:
+        skipped["discriminability"] = (
+            f"the probes need train recordings and {data.no_train}; give the audio manifest a "
+            "split column with 'train' and 'test' rows to run them"
+        )
+    left = [t for t in tasks if t not in skipped]
+    if not left:
+        raise SongsightError(f"no task left to run: {'; '.join(skipped.values())}")
+    for task, why in skipped.items():
+        warnings.warn(f"{task} skipped: {why}", stacklevel=3)
+    return left, skipped
+
+
+def _provenance(run: EvalRun, data: EvalData) -> dict:
     from songsight.provenance import environment, package_version
 
     cfg, dist = run.cfg, run.encoders.get("distilled")
@@ -118,7 +149,7 @@ def _provenance(run: EvalRun, data) -> dict:
             if dist
             else None
         ),
-        "dataset": {"root": str(data.root), "manifest_sha256": run.hashes},
+        "dataset": {**data.source, "manifest_sha256": run.hashes},
         "train_labels": run.train_labels,
         "prompts": cfg.prompts_provenance(),
         "config": cfg.to_dict(),
@@ -126,24 +157,21 @@ def _provenance(run: EvalRun, data) -> dict:
 
 
 def _retrieval(
-    run: EvalRun, data, methods: list[str], test: pd.DataFrame, q_audio: dict, kept: dict
+    run: EvalRun, data: EvalData, methods: list[str], test: pd.DataFrame, q_audio: dict, kept: dict
 ) -> dict:
     cfg = run.cfg
-    gallery = data.images(cfg.gallery, "test")
-    run.log(f"embedding {len(gallery)} test images")
+    gallery = data.gallery
+    run.log(f"embedding {len(gallery)} gallery images")
     g_emb, ok = embed_image_set(
         run.image_encoder, gallery["path"].tolist(), "images test", run.skipped
     )
     gallery, g_emb = gallery.loc[ok].reset_index(drop=True), g_emb[ok]
     run.hashes["gallery"] = table_sha256(gallery)
-    sources = gallery["source"].to_numpy()
-    run.counts["gallery"] = {
-        **{s: int((sources == s).sum()) for s in ("nabirds", "inat")},
-        "all": len(gallery),
-    }
-    galleries = {s: sources == s for s in ("nabirds", "inat") if (sources == s).any()}
-    galleries["all"] = np.ones(len(gallery), bool)
+    galleries = _gallery_parts(gallery)
+    run.counts["gallery"] = {name: int(mask.sum()) for name, mask in galleries.items()}
     q_labels = test["label"].to_numpy(np.int64)
+    g_labels = gallery["label"].to_numpy(np.int64)
+    unmatched = _unmatched(run, q_labels, g_labels)
     queries = build_queries(
         methods,
         labels=q_labels,
@@ -162,7 +190,7 @@ def _retrieval(
         queries,
         q_labels,
         g_emb,
-        gallery["label"].to_numpy(np.int64),
+        g_labels,
         n_boot=cfg.bootstrap,
         seed=cfg.seed,
         galleries=galleries,
@@ -174,8 +202,38 @@ def _retrieval(
         "methods": list(queries),
         "not_applicable": {"original": "BioLingual has no image space"},
         "cascade_temperature": cfg.cascade_temperature,
+        "unmatched": unmatched,
         **scored,
     }
+
+
+def _gallery_parts(gallery: pd.DataFrame) -> dict[str, np.ndarray]:
+    """{part: (G,) bool} for each named ``source`` of the gallery (in order), then ``all``."""
+    parts: dict[str, np.ndarray] = {}
+    if "source" in gallery.columns:
+        sources = gallery["source"].astype(str).str.strip().to_numpy()
+        for name in dict.fromkeys(sources.tolist()):
+            if name and name != "all":
+                parts[name] = sources == name
+    parts["all"] = np.ones(len(gallery), bool)
+    return parts
+
+
+def _unmatched(run: EvalRun, q_labels: np.ndarray, g_labels: np.ndarray) -> dict:
+    """Species of the queries with no photo, and of photos with no query: counted, named,
+    warned about; their queries (photos) have no relevant item and stay out of the means."""
+    no_photo = sorted(set(q_labels.tolist()) - set(g_labels.tolist()))
+    no_query = sorted(set(g_labels.tolist()) - set(q_labels.tolist()))
+    run.counts["queries_without_photos"] = int(np.isin(q_labels, no_photo).sum())
+    run.counts["photos_without_queries"] = int(np.isin(g_labels, no_query).sum())
+    if no_photo:
+        warnings.warn(
+            f"{run.counts['queries_without_photos']} query recording(s) of {len(no_photo)} "
+            f"species have no photo in the gallery (e.g. label {no_photo[0]}); they are left "
+            "out of the audio-to-image means",
+            stacklevel=3,
+        )
+    return {"query_species_without_photos": no_photo, "photo_species_without_queries": no_query}
 
 
 def _readout(run: EvalRun) -> dict | None:
@@ -199,9 +257,11 @@ def _readout(run: EvalRun) -> dict | None:
     }
 
 
-def _discriminability(run: EvalRun, data, test: pd.DataFrame, q_audio: dict, kept: dict) -> dict:
+def _discriminability(
+    run: EvalRun, data: EvalData, test: pd.DataFrame, q_audio: dict, kept: dict
+) -> dict:
     cfg = run.cfg
-    train = limit_rows(data.audio("train"), cfg.limit_train, cfg.seed)
+    train = limit_rows(data.train, cfg.limit_train, cfg.seed)
     run.log(f"embedding {len(train)} train recordings for the probes")
     train, t_audio = embed_with_models(run.encoders, train, "audio train", run.skipped)
     run.hashes["audio_train"] = table_sha256(train)
@@ -227,13 +287,13 @@ def _discriminability(run: EvalRun, data, test: pd.DataFrame, q_audio: dict, kep
 
 
 def _alignment(run: EvalRun, test: pd.DataFrame, q_audio: dict) -> dict:
-    """Zero-shot on focal clips (SSW60 test audio, or ``cfg.focal``) and on soundscape windows."""
+    """Zero-shot on focal clips (the query recordings, or ``cfg.focal``) and on soundscape windows."""
     from songsight.data.manifest import load_manifest
 
     cfg = run.cfg
     focal, f_audio = test, q_audio
     if cfg.focal:
-        focal = load_manifest(cfg.focal)
+        focal = load_manifest(cfg.focal, species=run.species)
         known = np.isin(focal["label"].to_numpy(), run.species_labels)
         if not known.all():
             warnings.warn(
@@ -269,7 +329,7 @@ def _soundscapes(run: EvalRun) -> dict:
     from songsight.data.manifest import load_soundscape_manifest
 
     cfg = run.cfg
-    ann = load_soundscape_manifest(cfg.soundscapes)
+    ann = load_soundscape_manifest(cfg.soundscapes, species=run.species)
     unknown = sorted(set(ann["label"].tolist()) - set(run.species_labels.tolist()))
     if unknown:
         warnings.warn(
