@@ -11,20 +11,41 @@ AUDIO_DEFAULT = "davidrrobinson/BioLingual"
 IMAGE_DEFAULT = "hf-hub:imageomics/bioclip-2"
 
 
+def _number(kind, text: str):
+    """``kind(text)``, or the argparse error that says what was wrong with the text."""
+    try:
+        return kind(text)
+    except ValueError:
+        pass
+    if kind is int:
+        try:
+            float(text)
+        except ValueError:
+            pass
+        else:  # "2.5", "1e3": a number, just not a whole one
+            raise argparse.ArgumentTypeError(f"needs a whole number, got {text!r}")
+    raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+
+
 def positive(kind):
     """An argparse type that accepts only numbers above zero (a clean exit 2 otherwise)."""
 
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        value = _number(kind, text)
         if not 0 < value < float("inf"):
             raise argparse.ArgumentTypeError(f"must be a finite number above zero, got {text}")
         return value
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def port(text: str) -> int:
+    """An argparse type for a TCP port: a whole number from 1 to 65535 (exit 2 otherwise)."""
+    value = _number(int, text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text}")
+    return value
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

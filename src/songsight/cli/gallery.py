@@ -9,6 +9,7 @@ from songsight.cli.common import (
     IMAGE_DEFAULT,
     add_device,
     add_engine,
+    port,
     positive,
     quiet_device,
 )
@@ -105,7 +106,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--gallery", required=True, metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="default: this machine only")
-    p.add_argument("--port", type=positive(int), default=8000)
+    p.add_argument("--port", type=port, default=8000)
     _add_query_models(p)
     _add_method(p)
     _add_cascade_prompts(p)

@@ -1,8 +1,8 @@
 """The web page and its HTTP API: ``create_app(searcher)`` and ``serve(gallery, host, port)``.
 
-Needs the ``ui`` extra (fastapi, uvicorn, python-multipart). Importing this package is free;
-the web stack is imported on first use of `create_app` or `serve`, which raise a
-`songsight.errors.SongsightError` naming the extra when it is missing.
+Needs the ``ui`` extra (fastapi, uvicorn, python-multipart, fastapi-offline). Importing this
+package is free; the web stack is imported on first use of `create_app` or `serve`, which
+raise a `songsight.errors.SongsightError` naming the extra when it is missing.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Routes: ``GET /`` (the page), ``GET /api/health``, ``POST /api/search`` (multipart field
 ``audio``; the body is the CLI's ``--format json`` list, the request's facts are headers),
 ``GET /api/images/{image_id}`` (gallery photos by integer id only, so no client
-text ever reaches the filesystem), ``GET /api/spectrogram/{result_id}``, and FastAPI's
-``/openapi.json`` and ``/docs``.
+text ever reaches the filesystem), ``GET /api/spectrogram/{result_id}``, FastAPI's
+``/openapi.json``, and ``/docs`` served from the package (`songsight.serve.routes.add_docs`:
+no CDN). An unknown form field or query parameter is refused (422) naming the accepted ones
+(`songsight.serve.upload.FORM_FIELDS`, `songsight.serve.guard.refuse_unknown_query`).
 
 Uploads are streamed to a temporary file and cut off at the size limit (413); the type is
 judged by content, magic bytes then libsndfile, never by name or Content-Type (415); see
@@ -15,6 +17,10 @@ before the body is read. A request past its deadline answers 504; if its search 
 it is dropped, else it finishes and frees its place and temp file. Errors reach the client as
 ``{"error", "message", "request_id"}``; tracebacks go to the server log only.
 
+Photos of the gallery whose file is gone are counted once, when the app is made: ``serve``
+says so on stderr, ``GET /api/health`` reports ``missing_photos``, and such a photo's URL
+answers a 404 that says its file is gone.
+
 Here: `create_app` (which assembles the pieces) and `serve`. The limits are
 `songsight.serve.limits`, the JSON errors `songsight.serve.guard`, the search route
 `songsight.serve.search_route`, the page, health, photo and spectrogram routes
@@ -24,19 +30,21 @@ Here: `create_app` (which assembles the pieces) and `serve`. The limits are
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from songsight.errors import SongsightError
+from songsight.index.gallery_check import missing_note, missing_photos
 from songsight.serve.batching import (
     DEFAULT_BATCH_WAIT_MS,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_QUEUE,
     SearchQueue,
 )
-from songsight.serve.guard import add_error_handlers
+from songsight.serve.guard import add_error_handlers, refuse_unknown_query
 from songsight.serve.limits import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DURATION_S,
@@ -44,13 +52,19 @@ from songsight.serve.limits import (
     DEFAULT_REQUEST_TIMEOUT_S,
     ServeLimits,
 )
-from songsight.serve.routes import SpectrogramCache, add_health, add_page, add_pictures
+from songsight.serve.routes import (
+    SpectrogramCache,
+    add_docs,
+    add_health,
+    add_page,
+    add_pictures,
+)
 from songsight.serve.search_route import add_search
 from songsight.serve.spectrogram import spectrogram_png
 from songsight.serve.upload import _missing_extra, decode_upload
 
 try:
-    from fastapi import FastAPI
+    from fastapi import Depends, FastAPI
 except ImportError as exc:
     raise _missing_extra(exc) from None
 
@@ -75,7 +89,9 @@ def create_app(
     ``to_records`` turns search results into the CLI's JSON records; by default
     `songsight.retrieval.writers.results_to_records`. ``max_concurrency`` batch workers; ``max_queue``
     searches admitted at once (one more answers 503); ``max_batch`` searches share a forward
-    pass, gathered over ``batch_wait_ms``. ``app.state.queue`` is the `SearchQueue`.
+    pass, gathered over ``batch_wait_ms``. ``app.state.queue`` is the `SearchQueue`;
+    ``app.state.missing_photos`` the (id, path) of the gallery's photos whose file was gone
+    when the app was made.
     """
     if to_records is None:
         from songsight.retrieval.writers import results_to_records as to_records
@@ -109,17 +125,31 @@ def create_app(
         version=_version(),
         description="Hear a bird, see it: photos of the species singing in a recording.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: `add_docs` serves /docs offline
+        redoc_url=None,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.queue = queue
     app.state.searcher = searcher
+    app.state.missing_photos = missing_photos(_photo_paths(searcher.gallery))
     add_error_handlers(app)
     # In this order: the OpenAPI document lists the routes as they were added.
     spectrograms = SpectrogramCache()
     add_page(app)
-    add_health(app, searcher, queue, limits, _version())
+    add_docs(app)
+    add_health(app, searcher, queue, limits, _version(), len(app.state.missing_photos))
     add_search(app, searcher, queue, limits, spectrograms, to_records, directory)
     add_pictures(app, searcher, spectrograms)
     return app
+
+
+def _photo_paths(gallery) -> list:
+    """The gallery's photo paths in id order: a `Gallery`'s ``path`` column, or for any other
+    gallery of the same shape, ``image_path`` of each id."""
+    metadata = getattr(gallery, "metadata", None)
+    if metadata is not None:
+        return list(metadata["path"])
+    return [gallery.image_path(i) for i in range(len(gallery))]
 
 
 def _version() -> str:
@@ -199,6 +229,9 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: anyone who can reach this port can upload", host)
+    note = missing_note(gallery, len(app.state.missing_photos), len(searcher.gallery))
+    if note:
+        print(f"songsight: {note}", file=sys.stderr)
     print(f"songsight: {len(searcher.gallery)} photos, answered by {searcher.answered_by}")
     print(f"songsight: open http://{host}:{port}/ (Ctrl+C to stop)")
     # uvicorn answers 503 itself (no Retry-After) past this many open connections: leave room

@@ -3,6 +3,12 @@
 `Guard` (ASGI middleware) gives every response a request id and nosniff, and turns any
 unhandled exception into a generic 500 with its traceback in the server log under that id;
 `add_error_handlers` maps deliberate `ApiError`s, 404/405 and invalid requests to the same body.
+
+`refuse_unknown_query` (an app-wide dependency) refuses a query parameter that the route's
+OpenAPI entry does not document (422, naming the accepted ones), so a misspelt option is never
+silently ignored, and what is accepted is what is documented. It checks the API's routes (those
+in the OpenAPI document); the page, its files and /docs are not the API, and a stray parameter
+there (a link's tracking tag) does no harm. Form fields: `songsight.serve.upload.FORM_FIELDS`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from fastapi.routing import APIRoute
     from starlette.datastructures import MutableHeaders
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:
@@ -93,3 +100,35 @@ def add_error_handlers(app: FastAPI) -> None:
     async def failed(request: Request, exc: Exception):  # reached only if `Guard` fails
         message = "the server failed; see its log"
         return error_response(500, "internal_error", message, request_id(request))
+
+
+def _documented(request: Request, route: APIRoute) -> tuple[list[str], list[str]]:
+    """(query parameters, multipart form fields) of this route and method, as documented."""
+    paths = request.app.openapi().get("paths", {})  # FastAPI builds it once, then caches it
+    operation = paths.get(route.path_format, {}).get(request.method.lower(), {})
+    query = [p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"]
+    content = operation.get("requestBody", {}).get("content", {})
+    form = content.get("multipart/form-data", {}).get("schema", {}).get("properties", {})
+    return query, list(form)
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """A FastAPI dependency: 422 naming the accepted parameters when the query has another."""
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    if not route.include_in_schema:
+        return
+    accepted, form = _documented(request, route)
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in accepted]
+    if not unknown:
+        return
+    given = ", ".join(repr(name[:40]) for name in unknown[:5])
+    where = f"{request.method} {route.path_format}"
+    if accepted:
+        message = f"unknown query parameter {given}: {where} accepts {', '.join(accepted)}"
+    else:
+        message = f"unknown query parameter {given}: {where} takes no query parameters"
+    if form:
+        message += f"; its options are form fields: {', '.join(form)}"
+    raise ApiError(422, "invalid_request", message)

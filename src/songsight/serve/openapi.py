@@ -79,7 +79,12 @@ _SEARCH_HEADERS = {
         "schema": {"type": "string"},
     },
     "X-Species-Unknown": {
-        "description": "entries of the species list that are not species of the gallery",
+        "description": (
+            "entries of the species list that are not species of the gallery, comma-separated; "
+            "UTF-8, percent-encoded: `%` and every byte outside printable ASCII is written "
+            "`%XX` (`Pájaro Niño` arrives as `P%C3%A1jaro Ni%C3%B1o`); decode with "
+            "JavaScript's `decodeURIComponent` or Python's `urllib.parse.unquote`"
+        ),
         "schema": {"type": "string"},
     },
     "X-K": {
@@ -99,6 +104,7 @@ def search_openapi(max_k: int) -> dict:
                     "schema": {
                         "type": "object",
                         "required": ["audio"],
+                        "additionalProperties": False,  # upload.FORM_FIELDS: others are refused
                         "properties": {
                             "audio": {"type": "string", "format": "binary", "description": "WAV, FLAC, Ogg or MP3"},
                             "k": {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10},
@@ -122,7 +128,7 @@ def search_openapi(max_k: int) -> dict:
             },
             "413": {"description": "upload or recording too large"},
             "415": {"description": "not WAV, FLAC, Ogg or MP3 (judged by content)"},
-            "422": {"description": "invalid field or undecodable audio"},
+            "422": {"description": "invalid or unknown field, a query parameter (this route takes none), or undecodable audio"},
             "503": {"description": "busy; retry after the Retry-After header"},
             "504": {"description": "the search passed the time limit"},
         },

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePath, PureWindowsPath
 from typing import Any
+from urllib.parse import quote
 
 
 def web_records(results: list, records: list[dict], filename: str) -> list[dict]:
@@ -31,8 +32,21 @@ def header_number(value: float) -> str:
 
 
 def header_text(value: Any) -> str:
-    """Printable ASCII only: header values are latin-1 and must not carry line breaks."""
+    """Printable ASCII only, other characters as ``?``: header values are latin-1 and must not
+    carry line breaks. For text whose every character matters, `header_utf8`."""
     return re.sub(r"[^\x20-\x7e]", "?", str(value))[:200]
+
+
+# Printable ASCII but "%": what `header_utf8` leaves as it is.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_utf8(value: Any, max_chars: int = 300) -> str:
+    """Any text as a header value, nothing lost: UTF-8, with ``%`` and every byte outside
+    printable ASCII percent-encoded (``Pájaro Niño`` -> ``P%C3%A1jaro Ni%C3%B1o``), so
+    ``decodeURIComponent`` or ``urllib.parse.unquote`` gives the text back; line breaks can
+    neither break the header nor add one. Cut to ``max_chars`` characters before encoding."""
+    return quote(str(value)[:max_chars], safe=_HEADER_SAFE, encoding="utf-8")
 
 
 def model_summary(searcher) -> dict:

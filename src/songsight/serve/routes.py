@@ -1,7 +1,15 @@
-"""The routes around the search: the page and its static files, health, photos, spectrograms.
+"""The routes around the search: the page and its static files, the API's docs page, health,
+photos, spectrograms.
 
 ``POST /api/search`` is `songsight.serve.search_route`; `songsight.serve.app.create_app`
 adds them all, in the order the OpenAPI document lists them.
+
+FastAPI's own /docs and /redoc load their scripts from a CDN (blank without the internet):
+`create_app` turns both off and `add_docs` serves /docs from the package. Its assets (Swagger UI
+5, which reads the OpenAPI 3.1 that FastAPI writes; Swagger UI 4 cannot) come from the
+``fastapi-offline`` package of the ``ui`` extra, under ``/docs/assets``; a
+Content-Security-Policy keeps every request of the page on this server, and Swagger UI's online
+validator is off.
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from songsight.serve.public import model_summary
 from songsight.serve.upload import ApiError, _missing_extra
 
 try:
+    import fastapi_offline
     from fastapi import FastAPI
-    from fastapi.responses import FileResponse, Response
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse, HTMLResponse, Response
     from fastapi.staticfiles import StaticFiles
 except ImportError as exc:
     raise _missing_extra(exc) from None
@@ -34,6 +44,14 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
     "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
+)
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/docs/assets"
+# Swagger UI's page runs one inline script (its configuration) and sets inline styles.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
 )
 
 
@@ -70,17 +88,39 @@ def add_page(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
+def add_docs(app: FastAPI) -> None:
+    """``GET /docs`` (Swagger UI) and its assets, from the package: nothing loads from elsewhere.
+    ``app`` was made with ``docs_url=None, redoc_url=None``."""
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title}: the HTTP API",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
+
 def add_health(app: FastAPI, searcher, queue: SearchQueue, limits: ServeLimits,
-               version: str) -> None:  # fmt: skip
-    """``GET /api/health``."""
+               version: str, n_missing: int = 0) -> None:  # fmt: skip
+    """``GET /api/health``; ``n_missing``: the gallery's photos whose file was gone at start."""
 
     @app.get("/api/health", tags=["api"])
     def health() -> dict:
-        """Status, gallery size, which model answers, model provenance and the limits."""
+        """Status, gallery size, photos whose file was gone when the server started
+        (``missing_photos``), which model answers, model provenance and the limits."""
         return {
             "status": "ok",
             "version": version,
             "gallery_size": len(searcher.gallery),
+            "missing_photos": n_missing,
             "answered_by": getattr(searcher, "answered_by", None),
             "models": model_summary(searcher),
             "busy": queue.full,
@@ -114,8 +154,9 @@ def add_pictures(app: FastAPI, searcher, spectrograms: SpectrogramCache) -> None
             raise ApiError(
                 404,
                 "image_missing",
-                f"photo {image_id} is in the gallery but its file is gone from the server "
-                "(moved or deleted?); `songsight index check` lists such photos",
+                f"photo {image_id} is in the gallery but its file is gone from the server's "
+                "disk (moved or deleted?); `songsight index check` on the server lists such "
+                "photos",
             )
         return photo_response(path)
 

@@ -19,7 +19,7 @@ from songsight.serve.batching import SearchJob, SearchQueue
 from songsight.serve.guard import request_id
 from songsight.serve.limits import MAX_K, ServeLimits
 from songsight.serve.openapi import search_openapi
-from songsight.serve.public import header_number, header_text, web_records
+from songsight.serve.public import header_number, header_text, header_utf8, web_records
 from songsight.serve.routes import SpectrogramCache
 from songsight.serve.upload import (
     ApiError,
@@ -115,7 +115,8 @@ def _fact_headers(searcher, asked: _Asked, result_id: str, audio, top_hz: float)
         headers["X-Answered-By"] = header_text(answered_by)
     chosen = asked.options.get("species") or getattr(searcher, "species", None)
     if chosen is not None and getattr(chosen, "unknown", None):
-        headers["X-Species-Unknown"] = header_text(", ".join(chosen.unknown))
+        # Species names are often not ASCII ("Pájaro Niño"): percent-encoded UTF-8.
+        headers["X-Species-Unknown"] = header_utf8(", ".join(chosen.unknown))
     return headers
 
 
@@ -132,7 +133,12 @@ def add_search(app: FastAPI, searcher, queue: SearchQueue, limits: ServeLimits,
         the whole recording then each window, with ``path`` the upload's name, ``image`` a
         file name only, and ``image_id`` and ``url`` added to each hit. The rest rides in
         headers: ``X-Request-ID``, ``Link`` (rel="spectrogram"), ``X-Spectrogram-Max-Hz``,
-        ``X-Duration-S``, ``X-Sample-Rate-Hz``, ``X-Silent``, ``X-Answered-By`` and ``X-K``.
+        ``X-Duration-S``, ``X-Sample-Rate-Hz``, ``X-Silent``, ``X-Answered-By``, ``X-K``, and
+        ``X-Species-Unknown`` (species-list entries the gallery does not know: UTF-8,
+        percent-encoded; `decodeURIComponent` reads it).
+
+        The options are the form fields ``k``, ``window_s``, ``hop_s``, ``min_score`` and
+        ``species_list``; an unknown field, or any query parameter, is refused (422).
         """
         deadline = time.monotonic() + limits.request_timeout_s
         rid = request_id(request)

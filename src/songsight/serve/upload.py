@@ -36,7 +36,11 @@ except ImportError as exc:
 if TYPE_CHECKING:
     from fastapi import Request
 
-__all__ = ["ApiError", "decode_upload", "search_options", "sniff_audio"]
+__all__ = ["FORM_FIELDS", "ApiError", "decode_upload", "search_options", "sniff_audio"]
+
+# The form fields of ``POST /api/search``, the recording first; any other is refused (422), so
+# a misspelt option is never silently ignored. `songsight.serve.openapi` documents these.
+FORM_FIELDS = ("audio", "k", "window_s", "hop_s", "min_score", "species_list")
 
 FORM_OVERHEAD_BYTES = 96 * 1024  # multipart boundaries, headers, the fields, a species list
 MAX_FIELD_BYTES = 256
@@ -124,6 +128,8 @@ class _Upload:
     def _headers_finished(self) -> None:
         _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if self._name not in FORM_FIELDS:
+            raise _unknown_field(self._name, b"filename" in opts)
         if self._name != "audio":
             self._value = bytearray()
             return
@@ -162,6 +168,17 @@ class _Upload:
             self._file.close()
             self._file = None
         self._value = None
+
+
+def _unknown_field(name: str, is_file: bool) -> ApiError:
+    shown = repr(name[:40])
+    if is_file:
+        message = (
+            f"the recording goes in the form field 'audio'; this request sent a file in {shown}"
+        )
+    else:
+        message = f"unknown form field {shown}; the fields are {', '.join(FORM_FIELDS)}"
+    return ApiError(422, "invalid_request", message)
 
 
 def _too_large(max_bytes: int) -> ApiError:
