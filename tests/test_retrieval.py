@@ -483,11 +483,11 @@ def test_raven_selection_tables(tmp_path):
     lines = written[0].read_text().splitlines()
     assert lines[0].split("\t") == list(RAVEN_COLUMNS) == [
         "Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-        "High Freq (Hz)", "Species", "Score", "Flags",
+        "High Freq (Hz)", "Begin Path", "File Offset (s)", "Species", "Score", "Flags",
     ]  # fmt: skip
-    assert lines[1].split("\t") == ["1", "Spectrogram 1", "1", "0.000", "10.000", "0.0", "24000.0", "Aix sponsa", "0.8000", ""]  # fmt: skip
+    assert lines[1].split("\t") == ["1", "Spectrogram 1", "1", "0.000", "10.000", "0.0", "24000.0", "/r/long.wav", "0.000", "Aix sponsa", "0.8000", ""]  # fmt: skip
     # A window without species names falls back to the best photo's (unknown) species.
-    assert lines[2].split("\t")[3:] == ["5.000", "15.000", "0.0", "24000.0", "", "0.2000", ""]
+    assert lines[2].split("\t")[3:] == ["5.000", "15.000", "0.0", "24000.0", "/r/long.wav", "5.000", "", "0.2000", ""]  # fmt: skip
     assert len(lines) == 3
     single = written[1].read_text().splitlines()
     assert single[1].split("\t")[3:5] == ["0.000", "3.000"]

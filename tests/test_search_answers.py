@@ -22,7 +22,7 @@ from songsight.retrieval.job import run_search
 from songsight.retrieval.results import keep_detections
 from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
 from songsight.retrieval.searcher import Searcher, search
-from songsight.retrieval.writers import format_table, write_raven
+from songsight.retrieval.writers import RAVEN_COLUMNS, format_table, write_raven
 from tests import test_retrieval as _base
 from tests.helpers import brute_force_one, warble
 from tests.test_retrieval import RATE, TAXA
@@ -85,7 +85,9 @@ def test_silent_and_too_short_are_flagged_everywhere_and_named_nothing(world, ch
     assert "SILENT" in table and "TOO SHORT" in table
     raven = (tmp_path / "raven-json" / "silent.selections.txt").read_text().splitlines()
     assert raven[0].endswith("Flags") and raven[1].split("\t")[-1] == "silent"
-    assert raven[1].split("\t")[7] == ""  # no species
+    row = dict(zip(raven[0].split("\t"), raven[1].split("\t"), strict=True))
+    assert row["Species"] == row["Score"] == ""  # no species, and no score (never nan)
+    assert row["Begin Path"] == str(paths[0].absolute())
 
 
 def test_silent_windows_of_a_long_recording_are_flagged(world, checkpoint, odd):
@@ -210,7 +212,7 @@ def test_min_score_is_honoured_by_every_format_and_raven(world, checkpoint, tmp_
             assert got.count("\n   [") == kept_windows
         raven = (tmp_path / f"rv-{fmt}" / "calls.selections.txt").read_text().splitlines()[1:]
         assert len(raven) == kept_windows and all(
-            float(x.split("\t")[8]) >= threshold for x in raven
+            float(x.split("\t")[RAVEN_COLUMNS.index("Score")]) >= threshold for x in raven
         )
     # Without min-score every window is a selection, as before.
     write_raven(results, tmp_path / "all", 8000.0)

@@ -75,6 +75,7 @@ def embed_windows(
     batch_size: int,
     decode_threads: int = 1,
     block_s: float = BLOCK_S,
+    on_progress: Callable[[int, float], None] | None = None,
 ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
     """``(index, ClipEmbedding)`` or ``(index, InputFileError)`` per source, in source order.
 
@@ -82,6 +83,9 @@ def embed_windows(
     float32 unit norm. ``sources``: paths or ``(waveform, rate)`` tuples. ``window_s`` and
     ``hop_s`` are used as given (resolve them with the encoder's ``windowing`` first). A source
     that fails part-way yields its error and none of its windows; the others go on.
+    ``on_progress(index, seconds)``: called after each model batch for every source with
+    windows in it, ``seconds`` the end of its last window embedded so far: a long recording
+    reports as it goes, not only once it is yielded.
     """
     sources = list(sources)
     ahead = max(1, decode_threads) + 1  # recordings decoding or decoded ahead of the model
@@ -107,6 +111,12 @@ def embed_windows(
             emb = forward(batch)
             for j, owner in enumerate(owners):
                 live[owner]["emb"].append(emb[j])
+            if on_progress is not None:
+                for owner in dict.fromkeys(owners):
+                    # Window ends never decrease (`window_bounds`): the last one embedded is
+                    # how far into the recording the model has got.
+                    acc = live[owner]
+                    on_progress(owner, acc["ends"][len(acc["emb"]) - 1] / sample_rate_hz)
             batch.clear()
             owners.clear()
 
@@ -241,17 +251,21 @@ class WindowedAudioEncoder:
         sources: Sequence,
         window_s: float | None = None,
         hop_s: float | None = None,
+        *,
+        on_progress: Callable[[int, float], None] | None = None,
     ) -> Iterator[tuple[int, ClipEmbedding | InputFileError]]:
         """Embed sources in order, yielding ``(index, ClipEmbedding)`` or ``(index, InputFileError)``.
 
         Sources are paths or ``(waveform, sample_rate_hz)`` tuples, cut by `windowing`'s rule.
         Windows of several files share a model batch; the next files decode in
         ``decode_threads`` threads while the model works (`songsight.encoders.windows`).
+        ``on_progress(index, seconds)``: after each model batch, the seconds of each recording
+        in it embedded so far (for a progress bar that moves within a long recording).
         """
         window_s, hop_s = self.windowing(window_s, hop_s)
         return embed_windows(
             self._forward, sources, self.sample_rate_hz, window_s, hop_s,
-            self.batch_size, self.decode_threads,
+            self.batch_size, self.decode_threads, on_progress=on_progress,
         )  # fmt: skip
 
     def embed_clips(

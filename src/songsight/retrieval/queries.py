@@ -7,7 +7,9 @@ Two ways, each checked against the gallery's image model:
   (`songsight.distill.readout`): ``distilled`` (the embedding queries the photos as it is),
   ``distilled_proto`` (the teacher text of its most probable gallery species) or ``fused``
   (with BioLingual's own posterior, so that species never distilled are named by the cascade);
-  the default is the method the checkpoint's validation chose;
+  the default is the method the checkpoint's validation chose. A ``fused`` readout at fusion
+  weight 0, which cannot change the cascade's answer, is run, and reported, as the cascade
+  itself (see `load_distilled_query_encoder`);
 - `build_cascade_query_encoder`: zero-shot, no training. BioLingual scores the recording
   against the gallery's species names (its own text space), and BioCLIP-2's text embedding of
   the answer (or the probability-weighted mix) queries the photos
@@ -31,20 +33,30 @@ if TYPE_CHECKING:
     from songsight.retrieval.gallery import Gallery
 
 __all__ = [
+    "BASE_METHODS",
     "SEARCH_METHODS",
     "QueryEncoder",
     "build_cascade_query_encoder",
+    "check_audio_model",
+    "check_model_choice",
+    "default_method",
     "load_distilled_query_encoder",
 ]
 
 SEARCH_METHODS = ("distilled", "distilled_proto", "fused", "cascade")
+# The methods that run the BioLingual a checkpoint was distilled from (its "base"), the only
+# ones ``audio_model`` (``--audio-model``) can mean anything to beside a distilled model.
+BASE_METHODS = ("fused", "cascade")
 
 
 @dataclass
 class QueryEncoder:
     """An audio encoder and the map from its embeddings to the gallery's image space.
 
-    ``answered_by``: ``"distilled"``, ``"cascade: top1"`` or ``"cascade: weighted"``.
+    ``answered_by``: ``"distilled"``, ``"distilled_proto"``, ``"fused"``, ``"cascade: top1"``
+    or ``"cascade: weighted"``: what computes the queries, whatever method was asked for.
+    ``method``: the distilled model's method asked for or chosen (None without a distilled
+    model); ``default_method``: the one it answers with when none is asked.
     ``cascade``: for the cascade, the species text embeddings (S, D_audio) in BioLingual's space
     and (S, D_gallery) in BioCLIP-2's, unit norm, same species rows, and the softmax temperature.
     ``info``: what else the results' provenance records about it. ``species_names``: the
@@ -61,6 +73,8 @@ class QueryEncoder:
     info: dict[str, Any] = field(default_factory=dict)
     species_names: list[str] | None = None
     readout: dict[str, Any] | None = None
+    method: str | None = None
+    default_method: str | None = None
 
     def queries(
         self, audio_emb: np.ndarray, allowed_species: Collection[str] | None = None
@@ -97,6 +111,75 @@ class QueryEncoder:
         )  # fmt: skip
 
 
+def default_method(meta: dict, gallery: Gallery) -> str:
+    """The method a distilled checkpoint (its ``meta``) answers ``gallery`` with when none is
+    asked: its recorded ``readout`` (``distilled`` for checkpoints that record none), except that
+    a gallery without species names is searched with ``distilled`` and a ``distilled_proto``
+    becomes ``fused`` when the gallery holds species it was not distilled on."""
+    recorded = (meta.get("readout") or {}).get("method") or "distilled"
+    if not gallery.has_species and recorded != "distilled":
+        # The posterior readouts name a species; photos without names leave only the raw
+        # embedding to search with.
+        return "distilled"
+    if recorded == "distilled_proto" and gallery.has_species:
+        # distilled_proto never names a species the model was not distilled on: a gallery
+        # holding such species is answered by fused, which names them through the cascade.
+        trained = {str(n).lower() for n in meta.get("train_species") or []}
+        if any(s.scientific_name.lower() not in trained for s in gallery.species_list()):
+            return "fused"
+    return recorded
+
+
+def check_audio_model(audio_model, method: str, asked: bool, model) -> None:
+    """``audio_model`` beside the distilled ``model`` says where the BioLingual it was
+    distilled from now is: accepted only when ``method`` runs that base (`BASE_METHODS`),
+    whether it was ``asked`` for or is the checkpoint's own; refused with the others, which
+    would silently ignore it."""
+    if audio_model is None or method in BASE_METHODS:
+        return
+    how = "asked for" if asked else f"the method {model} answers this gallery with"
+    raise SongsightError(
+        "--audio-model beside --model says where the BioLingual that model was distilled from "
+        f"now is, for the methods that run it (--method fused, cascade); {method!r} ({how}) "
+        "runs the distilled model alone and would ignore it: drop --audio-model, pass --method "
+        "fused or cascade, or drop --model for the zero-shot cascade with that audio model"
+    )
+
+
+def check_model_choice(model, method, audio_model, image_model) -> None:
+    """Refuse, before anything loads, a method without the model it needs, an image model
+    beside a distilled one, and an audio model beside a method that runs no BioLingual base.
+
+    ``audio_model`` beside ``model`` says where the BioLingual base lives, so it is taken by
+    the methods that run one (`check_audio_model`); with the checkpoint's own method it is
+    judged once that is known, in `load_distilled_query_encoder`.
+    """
+    if method is not None and method not in SEARCH_METHODS:
+        raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
+    if model is None and method not in (None, "cascade"):
+        raise SongsightError(f"method {method!r} needs a distilled model: pass --model DIR")
+    if model is not None and method is not None:
+        check_audio_model(audio_model, method, True, model)
+    if model is not None and image_model is not None:
+        raise SongsightError(
+            "--image-model chooses the zero-shot cascade's image model; a distilled model "
+            "(--model) has its teacher checked against the gallery's image model, which the "
+            "cascade through it uses too: drop --image-model, or drop --model"
+        )
+
+
+def _fused_as_cascade(weight: float) -> str | None:
+    """Why a fused readout answers exactly as the cascade, or None when it may not.
+
+    `songsight.distill.readout.fuse_posteriors` keeps the cascade's posterior where its answer
+    was not distilled and otherwise takes the most probable distilled species of
+    ``p_distilled^w * p_cascade^(1 - w)``: at ``w = 0`` that is the cascade's own answer.
+    """
+    if weight == 0.0:
+        return "its fused readout has fusion weight 0, which answers exactly as the cascade"
+    return None
+
+
 def load_distilled_query_encoder(
     gallery: Gallery,
     model: str | Path,
@@ -111,37 +194,41 @@ def load_distilled_query_encoder(
     image model (a mismatch is refused; a Hub commit against a local folder only warns).
 
     ``method``: ``distilled``, ``distilled_proto``, ``fused`` or ``cascade`` (the zero-shot
-    cascade through the checkpoint's own base model); default the checkpoint's recorded
-    ``readout`` (``distilled`` for checkpoints that record none; ``distilled_proto`` becomes
-    ``fused`` when the gallery holds species it was not distilled on, and a gallery without
-    species names is searched with ``distilled``). ``fused`` and ``cascade``
-    load the BioLingual the checkpoint was distilled from (``audio_model`` overrides where it
-    is, e.g. a moved folder)."""
+    cascade through the checkpoint's own base model); default `default_method`. ``fused`` and
+    ``cascade`` load the BioLingual the checkpoint was distilled from; ``audio_model`` says
+    where it is (e.g. a moved folder) and is refused with the other methods, whether they were
+    asked for or chosen by the checkpoint, since they would silently ignore it.
+
+    A ``fused`` readout that cannot change the cascade's answer (fusion weight 0:
+    `_fused_as_cascade`) is run as the cascade through the checkpoint's base and answers as
+    ``"cascade: top1"``, the cascade's own label rather than a new one: every output then says
+    what computed the queries, its results group and compare with the cascade's under one
+    label, and no distilled forward pass runs for nothing. Its ``info`` says why
+    (``fused_as_cascade``)."""
     from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
     from songsight.provenance import check_image_model
 
+    if method is not None and method not in SEARCH_METHODS:
+        raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
     meta = read_meta(model)
     teacher = dict(meta.get("image_model") or {})
     teacher.setdefault("dim", (meta.get("head") or {}).get("out_dim"))
     check_image_model(gallery.image_model, teacher, "the distilled model's teacher", strict=False)
-    recorded = (meta.get("readout") or {}).get("method") or "distilled"
-    if method is None and not gallery.has_species and recorded != "distilled":
-        # The posterior readouts name a species; photos without names leave only the raw
-        # embedding to search with.
-        recorded = "distilled"
-    if method is None and recorded == "distilled_proto" and gallery.has_species:
-        # distilled_proto never names a species the model was not distilled on: a gallery
-        # holding such species is answered by fused, which names them through the cascade.
-        trained = {str(n).lower() for n in meta.get("train_species") or []}
-        if any(s.scientific_name.lower() not in trained for s in gallery.species_list()):
-            recorded = "fused"
-    method = method or recorded
+    default = default_method(meta, gallery)
+    asked, method = method, method or default
     if method not in SEARCH_METHODS:
-        raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
+        raise SongsightError(
+            f"the distilled checkpoint {model} records the unknown readout {method!r}; choose "
+            f"one with --method ({', '.join(SEARCH_METHODS)})"
+        )
+    check_audio_model(audio_model, method, asked is not None, model)
     base_model = audio_model or (meta.get("audio_model") or {}).get("model_id") or BIOLINGUAL_ID
     prompts = meta.get("prompts") or {}
     cascade = meta.get("cascade") or {}
-    if method == "cascade":
+    trained = {str(n).lower() for n in meta.get("train_species") or []}
+    weight = float((meta.get("readout") or {}).get("fusion_weight", 0.5))
+    as_cascade = _fused_as_cascade(weight) if method == "fused" else None
+    if method == "cascade" or as_cascade is not None:
         query = build_cascade_query_encoder(
             gallery, base_model, None, device, batch_size=batch_size, precision=precision,
             prompt_format=prompts.get("prompt_format"),
@@ -151,10 +238,13 @@ def load_distilled_query_encoder(
             cascade_temperature=cascade.get("temperature"),
         )  # fmt: skip
         query.info["distilled_checkpoint"] = str(model)
+        if as_cascade is not None:
+            query.info["fused_as_cascade"] = as_cascade
+        query.method, query.default_method = method, default
         return query
     if method == "distilled":
         encoder = DistilledEncoder(model, device=device, batch_size=batch_size, precision=precision)
-        return QueryEncoder(encoder, "distilled")
+        return QueryEncoder(encoder, "distilled", method=method, default_method=default)
     if "logit_scale" not in meta:
         raise SongsightError(
             f"the distilled checkpoint {model} records no logit scale (it predates readouts), "
@@ -169,9 +259,7 @@ def load_distilled_query_encoder(
         prompts.get("template_strings") or prompts.get("templates") or "none",
         cascade.get("audio_prompt_format", "com"), cascade.get("audio_templates", "sound"),
     )  # fmt: skip
-    trained = {str(n).lower() for n in meta.get("train_species") or []}
     seen = np.array([s.scientific_name.lower() in trained for s in species], bool)
-    weight = float((meta.get("readout") or {}).get("fusion_weight", 0.5))
     temperature = float(cascade.get("temperature") or 1.0)
     readout = {
         "method": method,
@@ -188,7 +276,7 @@ def load_distilled_query_encoder(
     }
     return QueryEncoder(
         encoder, method, (audio_text, image_text, temperature), "top1", info,
-        [s.scientific_name for s in species], readout,
+        [s.scientific_name for s in species], readout, method, default,
     )  # fmt: skip
 
 

@@ -30,8 +30,8 @@ from songsight.encoders.base import ClipEmbedding
 from songsight.encoders.loading import BIOLINGUAL_ID
 from songsight.errors import InputFileError, SongsightError
 from songsight.retrieval.queries import (
-    SEARCH_METHODS,
     build_cascade_query_encoder,
+    check_model_choice,
     load_distilled_query_encoder,
 )
 from songsight.retrieval.results import WindowResult, keep_detections
@@ -44,55 +44,29 @@ __all__ = ["Searcher", "search"]
 MIN_DURATION_S = 0.5  # shorter recordings have too little sound to name a bird: flagged
 
 
-def _check_model_choice(model, method, audio_model, image_model) -> None:
-    """Refuse a method without the model it needs, and cascade models beside a distilled one."""
-    if method is not None and method not in SEARCH_METHODS:
-        raise SongsightError(f"unknown method {method!r}; choose from {', '.join(SEARCH_METHODS)}")
-    if model is None and method not in (None, "cascade"):
-        raise SongsightError(f"method {method!r} needs a distilled model: pass --model DIR")
-    base_override = method in ("fused", "cascade")
-    if model is not None and (
-        image_model is not None or (audio_model is not None and not base_override)
-    ):
-        raise SongsightError(
-            "--audio-model / --image-model choose the zero-shot cascade's models; a "
-            "distilled model (--model) brings its own audio encoder and its teacher is "
-            "checked against the gallery's image model: drop them, or drop --model "
-            "(with --method fused or cascade, --audio-model says where the BioLingual it "
-            "was distilled from is)"
-        )
-
-
-def _rollup_source(temperature_given: bool, calibration: dict | None) -> dict:
-    """Where the roll-up temperature came from, for the searcher's provenance."""
-    if temperature_given:
-        return {"temperature_source": "given"}
-    if calibration is not None:
-        return {
-            "temperature_source": "calibrated",
-            "calibration": {
-                k: calibration.get(k) for k in ("n_queries", "nll", "split", "fitted_utc")
-            },
-        }
-    return {"temperature_source": "default (not calibrated on validation data)"}
-
-
 class Searcher:
     """Recordings in, photos and species out, from one gallery.
 
     ``gallery``: a `Gallery` or its folder. ``model``: a distilled checkpoint folder; without
     it the zero-shot cascade answers, using ``audio_model`` (BioLingual by default) and the
     gallery's own image model (or ``image_model``, which must be the same weights) for species
-    text; a distilled model brings its own, so those two are refused with it.
+    text. A distilled model's teacher is the image model, so ``image_model`` is refused with
+    it; ``audio_model`` with it says where the BioLingual it was distilled from now is, and is
+    taken only by the methods that run that base (``fused``, ``cascade``), whether asked for or
+    the checkpoint's own, and refused with the others, which would ignore it.
     ``method`` (with ``model``): ``distilled``, ``distilled_proto``, ``fused`` or ``cascade``,
     default the checkpoint's validated readout (`songsight.retrieval.queries`). ``answered_by``
-    says which: the method's name, or ``"cascade: top1"`` / ``"cascade: weighted"``.
+    says what computes the queries: the method's name, or ``"cascade: top1"`` /
+    ``"cascade: weighted"``, which is also what a fused readout that cannot change the
+    cascade's answer (fusion weight 0) says, since it is the cascade.
 
     Species scores are probabilities whose temperature is the gallery's recorded calibration
-    for this model (``songsight index calibrate``), else the default (see `songsight.retrieval.rollup`);
-    ``rollup_temperature`` overrides both. ``species_list``: a file or names restricting every
-    search to those species (`songsight.retrieval.species_filter`). Recordings shorter than
-    ``min_duration_s`` or silent are flagged and get no answer.
+    for this model and method (``songsight index calibrate``), else the default (see
+    `songsight.retrieval.rollup`); ``rollup_temperature`` overrides both. A gallery calibrated
+    only for other methods or models is named in a warning and in ``provenance["rollup"]``
+    (`songsight.retrieval.calibration.calibration_note`). ``species_list``: a file or names
+    restricting every search to those species (`songsight.retrieval.species_filter`).
+    Recordings shorter than ``min_duration_s`` or silent are flagged and get no answer.
     """
 
     def __init__(
@@ -118,10 +92,10 @@ class Searcher:
         min_duration_s: float = MIN_DURATION_S,
         method: str | None = None,
     ):
-        from songsight.retrieval.calibration import model_key, recorded_calibration
+        from songsight.retrieval.calibration import rollup_calibration
         from songsight.retrieval.gallery import Gallery
 
-        _check_model_choice(model, method, audio_model, image_model)
+        check_model_choice(model, method, audio_model, image_model)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
         if len(self.gallery) == 0:
             raise SongsightError(
@@ -163,10 +137,11 @@ class Searcher:
             )
         self.encoder = self._query.encoder
         self.answered_by = self._query.answered_by
-        calibration = recorded_calibration(self.gallery.provenance, model_key(self))
-        rollup = _rollup_source(temperature_given, calibration)
-        if calibration is not None and not temperature_given:
-            self.rollup_temperature = float(calibration["temperature"])
+        temperature, rollup = rollup_calibration(
+            self, temperature_given, model, audio_model, cascade_mode
+        )
+        if temperature is not None:
+            self.rollup_temperature = temperature
         self.species = None if species_list is None else self.species_filter(species_list)
         self.provenance = {
             "answered_by": self.answered_by,
@@ -276,15 +251,16 @@ class Searcher:
         recording (the mean of its windows that are not silent), then each window."""
         allowed = None if chosen is None else set(chosen.names)
         allowed_ids = None if chosen is None else chosen.allowed_ids
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(sources), desc="searching", unit="recording", file=sys.stderr)
+        bar = _AudioProgress(sources) if progress else None
+        embedded = (
+            self.encoder.embed_windows(sources, window_s, hop_s)
+            if bar is None
+            else self.encoder.embed_windows(sources, window_s, hop_s, on_progress=bar.embedded)
+        )
         try:
-            for i, emb in self.encoder.embed_windows(sources, window_s, hop_s):
+            for i, emb in embedded:
                 if bar is not None:
-                    bar.update(1)
+                    bar.finished(i, emb)
                 if isinstance(emb, InputFileError):
                     yield i, emb, None, None
                     continue
@@ -324,6 +300,74 @@ class Searcher:
                 WindowResult(name, start, end, hits, taxa, window, None, self.answered_by, why)
             )
         return out
+
+
+def _duration_s(source) -> float | None:
+    """A recording's duration from its header (soundfile.info, no decoding) or its array;
+    None when it cannot be read that cheaply (a missing, broken or headerless file)."""
+    if isinstance(source, tuple):
+        wave, rate = source
+        try:
+            return float(np.shape(wave)[0]) / float(rate)
+        except (IndexError, TypeError, ValueError, ZeroDivisionError):
+            return None
+    import soundfile as sf
+
+    try:
+        duration = float(sf.info(str(source)).duration)
+    except Exception:  # noqa: BLE001 - any unreadable header: the bar learns it while decoding
+        return None
+    return duration if np.isfinite(duration) and duration > 0 else None
+
+
+class _AudioProgress:
+    """The search bar, in seconds of audio embedded, so that one long file moves it window by
+    window. Its total is the recordings' durations read from their headers; a recording whose
+    duration cannot be read adds to the total as its windows are embedded."""
+
+    def __init__(self, sources):
+        from tqdm.auto import tqdm
+
+        self.expected = [_duration_s(s) for s in sources]
+        self.done = [0.0] * len(sources)
+        self.bar = tqdm(
+            total=sum(d for d in self.expected if d is not None),
+            desc="searching",
+            unit="s",
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio "
+            "[{elapsed}<{remaining}]",
+        )
+
+    def _advance(self, i: int, to_s: float) -> None:
+        step = to_s - self.done[i]
+        if step <= 0:
+            return
+        self.done[i] = to_s
+        if self.expected[i] is None:
+            self.bar.total += step
+        self.bar.update(step)
+
+    def embedded(self, i: int, seconds: float) -> None:
+        """`songsight.encoders.windows.embed_windows`'s hook: ``i``'s audio embedded so far."""
+        expected = self.expected[i]
+        self._advance(i, seconds if expected is None else min(seconds, expected))
+
+    def finished(self, i: int, result) -> None:
+        """Recording ``i`` is done (embedded or failed): its whole duration counts."""
+        expected = self.expected[i]
+        if isinstance(result, InputFileError):
+            self._advance(i, expected if expected is not None else self.done[i])
+        else:
+            if expected is not None and abs(result.duration_s - expected) > 1e-6:
+                # The header's duration and the decoded one differ a little (resampling):
+                # the decoded one is what was searched.
+                self.bar.total += result.duration_s - expected
+                self.expected[i] = result.duration_s
+            self._advance(i, result.duration_s)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _sources(recordings) -> tuple[list, list[str]]:

@@ -43,6 +43,8 @@ RAVEN_COLUMNS = (
     "End Time (s)",
     "Low Freq (Hz)",
     "High Freq (Hz)",
+    "Begin Path",
+    "File Offset (s)",
     "Species",
     "Score",
     "Flags",
@@ -229,10 +231,14 @@ def write_raven(
 
     One selection per window (the whole recording when it has a single window), with the top
     species and its probability (the best photo's species and cosine when the gallery has no
-    species names) and the window's flags. With ``min_score`` only the selections whose top
-    species scores at least that are written: the table is a list of detections (pass the
-    results unfiltered, so a long recording is never mistaken for a one-window one).
-    Recordings that failed get no table.
+    species names) and the window's flags. A flagged window (silent, too short) has no species
+    and an empty score, never ``nan``. Each row names its recording in Raven's own columns,
+    ``Begin Path`` (the file, absolute; ``<array i>`` for in-memory audio) and ``File Offset
+    (s)`` (where the selection begins in it), so tables whose names collide
+    (``rec1.selections.txt``, ``rec1_2.selections.txt``) can be traced. With ``min_score``
+    only the selections whose top species scores at least that are written: the table is a
+    list of detections (pass the results unfiltered, so a long recording is never mistaken for
+    a one-window one). Recordings that failed get no table.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -246,24 +252,38 @@ def write_raven(
         windows = [r for r in rows if r.window is not None] or [r for r in rows if r.window is None]
         if min_score > 0:
             windows = [r for r in windows if (_top(r) is not None and _top(r).score >= min_score)]
+        begin_path = _begin_path(rows[0].path)
         with (directory / name).open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(RAVEN_COLUMNS)
             for sel, r in enumerate(windows, 1):
-                top = _top(r)
-                label, score = (
-                    (top.name, top.score)
-                    if top
-                    else (
-                        (r.hits[0].species or "", r.hits[0].score) if r.hits else ("", float("nan"))
-                    )
-                )
+                label, score = _raven_answer(r)
                 w.writerow(
                     [sel, "Spectrogram 1", 1, f"{r.start_s:.3f}", f"{r.end_s:.3f}", "0.0",
-                     f"{high_freq_hz:.1f}", label, f"{score:.4f}", ";".join(r.flags)]
+                     f"{high_freq_hz:.1f}", begin_path, f"{r.start_s:.3f}", label, score,
+                     ";".join(r.flags)]
                 )  # fmt: skip
         written.append(directory / name)
     return written
+
+
+def _raven_answer(r: WindowResult) -> tuple[str, str]:
+    """A selection's species and score text: the top species, else the best photo's; both
+    empty when there is neither (a flagged window: no signal, so no answer and no score)."""
+    top = _top(r)
+    if top is not None:
+        return top.name, f"{top.score:.4f}"
+    if r.hits:
+        return r.hits[0].species or "", f"{r.hits[0].score:.4f}"
+    return "", ""
+
+
+def _begin_path(path: str) -> str:
+    """Raven's ``Begin Path``: the recording's file made absolute (Raven opens it from there);
+    an in-memory recording's name (``<array i>``) as it is."""
+    if path.startswith("<") and path.endswith(">"):
+        return path
+    return str(Path(path).absolute())
 
 
 def raven_table_names(paths: Sequence[str]) -> list[str]:
