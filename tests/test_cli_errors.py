@@ -98,6 +98,14 @@ def test_an_unwritable_log_folder_falls_back_to_tmp(
         (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--config", "{tmp}/none.json"],
          "none.json: No such file or directory"),
         (["evaluate", "--ssw60", "x", "--audio-templates", "{{commonname}} calling"], "unknown field"),
+        (["report", "{tmp}/R.json", "{tmp}/R.json", "--names", "demo"], "--names gives 1 name(s) for 2"),
+        # Outputs that cannot be written: said before any work (once after 40-129 s of it).
+        (["search", "{tmp}", "--gallery", "g", "--out", "{blocked}/r.csv"], "cannot write --out in {blocked}"),
+        (["search", "{tmp}", "--gallery", "g", "--raven", "{blocked}"], "--raven {blocked} is a file"),
+        (["evaluate", "--ssw60", "x", "--out", "{blocked}/R.json"], "cannot write --out in {blocked}"),
+        (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "{blocked}/run"], "cannot write --out in {blocked}"),
+        (["index", "build", "{tmp}", "--gallery", "{blocked}/g"], "cannot write --gallery in {blocked}"),
+        (["embed", "audio", "{tmp}", "--out", "{blocked}/e.parquet"], "cannot write --out in {blocked}"),
     ],
 )  # fmt: skip
 def test_expected_errors_stay_one_line_exit_2(argv, expected, tmp_path, log_dir, capsys):
@@ -105,12 +113,56 @@ def test_expected_errors_stay_one_line_exit_2(argv, expected, tmp_path, log_dir,
     blocked.write_text("a file where a folder should be")
     (tmp_path / "list.json").write_text("[]")
     (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "R.json").write_text(json.dumps({"format_version": 1}))
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
     fill = {"tmp": str(tmp_path), "blocked": str(blocked)}
     argv = [a.format(**fill) for a in argv]
     assert cli.main(argv) == 2
     err = lines(capsys.readouterr().err)
     assert len(err) == 1 and expected.format(**fill) in err[0], err
     assert not log_dir.exists()
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, log_dir, capsys):
+    """`songsight search ... | head`: the pipe closes under us; no internal error, no log."""
+
+    def run(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(cli, "_quiet_broken_pipe", lambda: 141)  # pytest owns the real stdout
+    assert cli.main(["report", "x.json"]) == 141
+    assert capsys.readouterr().err == "" and not log_dir.exists()
+
+
+def test_a_real_broken_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    results = tmp_path / "R.json"
+    results.write_text(json.dumps({"format_version": 1}))
+    code = (
+        f"from songsight.cli import main; raise SystemExit(main(['report'] + ['{results}'] * 4000))"
+    )
+    proc = subprocess.run(
+        f"{sys.executable} -c \"{code}\" | head -c 10 > /dev/null; exit ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", capture_output=True, text=True,
+        env={"SONGSIGHT_LOG_DIR": str(tmp_path / "logs"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_songsight_warnings_are_one_line_notes(tmp_path, capsys):
+    import warnings
+
+    from songsight.cli import _show_warning
+
+    _show_warning(UserWarning("3 photos are gone"), UserWarning, "/x/songsight/eval/tasks.py", 9)
+    assert capsys.readouterr().err == "songsight: 3 photos are gone\n"
+    _show_warning(UserWarning("from torch"), UserWarning, "/x/torch/nn.py", 9)
+    assert "nn.py:9: UserWarning: from torch" in capsys.readouterr().err
+    assert warnings  # the CLI installs it for every command (cli.main)
 
 
 class _SlowRay:

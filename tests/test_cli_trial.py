@@ -144,6 +144,39 @@ def test_search_refuses_distilled_model_with_cascade_models(tmp_path, capsys):
     g.mkdir()
     (g / "gallery.parquet").write_bytes(b"")
     _write_json(g / "gallery.json", {"format": FORMAT, "format_version": FORMAT_VERSION})
-    code = main(["search", "x.wav", "--gallery", str(g), "--model", "m", "--audio-model", "a"])
+    code = main(["search", "x.wav", "--gallery", str(g), "--model", "m", "--audio-model", "a", "--method", "distilled"])  # fmt: skip
     assert code == 2
     assert "cascade" in capsys.readouterr().err
+
+
+def test_search_of_nothing_is_an_error_as_index_build_is(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    assert main(["search", str(tmp_path / "empty"), "--gallery", str(tmp_path / "g")]) == 2
+    assert "no recordings found" in capsys.readouterr().err
+
+
+def test_search_says_when_the_photos_it_answers_with_are_gone(tiny_models, tmp_path, capsys):
+    """Photos moved after the gallery was built: the answers' paths lead nowhere, and the
+    search says so (count and `index check`) instead of a silent exit 0."""
+    import soundfile as sf
+
+    from songsight.taxonomy import Species, write_species_csv
+    from tests.helpers import warble
+
+    taxa = [Species(0, "Branta canadensis", "Canada Goose"), Species(1, "Aix sponsa", "Wood Duck")]
+    write_species_csv(taxa, tmp_path / "taxa.csv")
+    photos = [write_noise_photo(tmp_path / "p" / f"{i}.png", 70 + i, (18, 18)) for i in range(4)]
+    (tmp_path / "m.csv").write_text(
+        "path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(photos))
+    )
+    g, audio, image = str(tmp_path / "g"), str(tiny_models[0]), str(tiny_models[1])
+    assert main(["index", "build", "--manifest", str(tmp_path / "m.csv"), "--species", str(tmp_path / "taxa.csv"), "--gallery", g, "--image-model", image, "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    sf.write(tmp_path / "call.wav", warble(2000, 2.0), 16_000)
+    search = ["search", str(tmp_path / "call.wav"), "--gallery", g, "--audio-model", audio, "--k", "4", "--device", "cpu", "--quiet", "--format", "json"]  # fmt: skip
+    assert main(search) == 0
+    assert "no longer on disk" not in capsys.readouterr().err
+    (tmp_path / "p").rename(tmp_path / "elsewhere")
+    assert main(search) == 0
+    err = capsys.readouterr().err
+    assert "4 of 4 photos in these answers" in err and "index check" in err

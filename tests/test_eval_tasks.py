@@ -474,7 +474,7 @@ def test_merge_reports_merges_two_runs(full, small):
     assert "did not use the same image gallery" not in md
     with pytest.raises(DataNotFoundError):
         merge_reports([full.out, full.out.with_name("nope.json")])
-    with pytest.raises(ValueError, match="names"):
+    with pytest.raises(SongsightError, match="names"):
         merge_reports([full.out, small.out], names=["only one"])
 
 

@@ -219,8 +219,10 @@ def test_unmatched_species_bad_and_absent_files_are_counted_not_fatal(world, tmp
 def _error(capsys, *args: str) -> str:
     assert main(["evaluate", *args, "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("songsight: error: ")
-    return err[0]
+    # One error line, after any one-line notes (files absent, tasks skipped) that led to it.
+    assert err[-1].startswith("songsight: error: ")
+    assert all(line.startswith("songsight: ") for line in err), err
+    return err[-1]
 
 
 @pytest.mark.parametrize(

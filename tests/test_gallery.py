@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from songsight.encoders.bioclip import BioCLIPEncoder
-from songsight.errors import DataNotFoundError, ProvenanceMismatchError
+from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
 from songsight.index.search import ExactIndex, HNSWIndex
 from songsight.index.store import load_embeddings
 from songsight.provenance import package_version
@@ -280,7 +280,10 @@ def test_other_image_model_is_refused(photos, tiny_models, tmp_path):
     assert (
         add_to_gallery(good[2:3], out, image_model=tiny_models[1], progress=False).n_embedded == 1
     )
-    gallery = Gallery.build(good[:1], out, other, overwrite=True, progress=False)
+    with pytest.raises(SongsightError, match="--overwrite would remove all 3 photos.*--yes"):
+        Gallery.build(good[:1], out, other, overwrite=True, progress=False)
+    assert len(Gallery.open(out)) == 3  # shown, not removed
+    gallery = Gallery.build(good[:1], out, other, overwrite=True, yes=True, progress=False)
     assert len(gallery) == 1 and gallery.image_model["model_id"] == str(other.resolve())
     with pytest.raises(DataNotFoundError, match="no gallery"):
         add_to_gallery(good, tmp_path / "nowhere", progress=False)

@@ -159,3 +159,62 @@ def test_build_on_an_existing_gallery_uses_its_own_image_model(tiny_models, tmp_
     assert main(["index", "build", str(tmp_path / "p"), "--gallery", g, "--device", "cpu", "--quiet"]) == 0  # fmt: skip
     assert len(Gallery.open(g)) == 2
     assert "1 embedded, 1 already in the gallery" in capsys.readouterr().out
+
+
+def test_prune_of_a_moved_folder_shows_the_photos_and_needs_yes(tiny_image_encoder, tmp_path, capsys):  # fmt: skip
+    """A photo folder that moved looks like every photo deleted: --prune once emptied the
+    gallery without asking (60 of 60). It now shows them, changes nothing, and needs --yes."""
+    photos = [write_noise_photo(tmp_path / "p" / f"{i}.png", 30 + i, (18, 18)) for i in range(3)]
+    build_gallery([tmp_path / "p"], tmp_path / "g", image_model=tiny_image_encoder, progress=False)  # fmt: skip
+    shutil.move(tmp_path / "p", tmp_path / "moved")
+    g = str(tmp_path / "g")
+    assert main(["index", "check", "--gallery", g, "--prune"]) == 2
+    err = capsys.readouterr().err
+    assert "--prune would remove all 3 photos" in err and "--yes" in err and "index add" in err
+    assert str(photos[0]) in err
+    assert len(Gallery.open(g)) == 3  # nothing changed
+    # Found again by content instead, nothing removed:
+    assert main(["index", "add", str(tmp_path / "moved"), "--gallery", g, "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    assert check_gallery(g).missing == []
+    shutil.rmtree(tmp_path / "moved")
+    assert main(["index", "check", "--gallery", g, "--prune", "--yes"]) == 0
+    assert "pruned 3" in capsys.readouterr().out and len(Gallery.open(g)) == 0
+
+
+def test_removing_many_photos_needs_yes_and_a_few_do_not(tiny_image_encoder, tmp_path, capsys):
+    from songsight.index.gallery_format import FEW_PHOTOS
+
+    n = FEW_PHOTOS + 3
+    photos = [write_noise_photo(tmp_path / "p" / f"{i}.png", 50 + i, (18, 18)) for i in range(n)]
+    build_gallery([tmp_path / "p"], tmp_path / "g", image_model=tiny_image_encoder, progress=False)  # fmt: skip
+    g = str(tmp_path / "g")
+    many = [str(p) for p in photos[: FEW_PHOTOS + 1]]
+    assert main(["index", "remove", *many, "--gallery", g]) == 2
+    assert f"index remove would remove {FEW_PHOTOS + 1} of the {n} photos" in capsys.readouterr().err  # fmt: skip
+    assert len(Gallery.open(g)) == n
+    assert main(["index", "remove", str(photos[0]), "--gallery", g]) == 0  # a few: no question
+    assert main(["index", "remove", *many[1:], "--gallery", g, "--yes"]) == 0
+    assert len(Gallery.open(g)) == n - FEW_PHOTOS - 1
+
+
+def test_removed_photos_stay_removed_until_added_by_name(tiny_image_encoder, tmp_path):
+    """`index remove` a photo, then `index add` its folder: it once came back, without its
+    species. A folder walk now leaves it out (and says so); naming it brings it back."""
+    write_species_csv(TAXA, tmp_path / "taxa.csv")
+    a = write_noise_photo(tmp_path / "p" / "a.png", 61, (18, 18))
+    b = write_noise_photo(tmp_path / "p" / "b.png", 62, (18, 18))
+    manifest = _csv(tmp_path / "m.csv", f"path,label\n{a},0\n{b},1\n")
+    gallery = Gallery.build(manifest=manifest, species_csv=tmp_path / "taxa.csv", gallery_dir=tmp_path / "g",
+                            image_model=tiny_image_encoder, progress=False)  # fmt: skip
+    from songsight.index.gallery_edit import remove_from_gallery
+
+    remove_from_gallery([a], tmp_path / "g", progress=False)
+    report = gallery.add([tmp_path / "p"], image_model=tiny_image_encoder, progress=False)
+    assert len(gallery) == 1 and report.n_embedded == 0
+    assert "removed earlier with `index remove` left out" in report.summary() and str(a) in report.summary()  # fmt: skip
+    report = gallery.add(manifest=manifest, species_csv=tmp_path / "taxa.csv", image_model=tiny_image_encoder, progress=False)  # fmt: skip
+    assert len(gallery) == 2 and report.n_embedded == 1
+    back = [gallery.record(i) for i in range(2) if gallery.record(i)["path"] == str(a)][0]
+    assert back["species"] == "Branta canadensis"  # named again, with its species
+    assert gallery.add([tmp_path / "p"], image_model=tiny_image_encoder, progress=False).n_embedded == 0  # fmt: skip
+    assert len(gallery) == 2  # no longer held back, and not embedded twice

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from songsight.cli import main
 from songsight.encoders.windows import embed_windows
 from songsight.errors import SongsightError
 from songsight.index.store import load_embeddings
@@ -181,17 +182,26 @@ def test_a_search_calibrated_only_for_another_method_says_so(
     assert len(caught) == 1
     note = other.provenance["rollup"]["note"]
     assert other.provenance["rollup"]["temperature_source"].startswith("default")
-    assert "takes no --method" in note and "method='distilled'" in note
+    assert f"index calibrate --gallery {gallery_dir} --recordings VAL.csv --model {ckpt} --method distilled" in note  # fmt: skip
+    # ... which the command line takes: that calibration is then the search's own.
+    assert main(["index", "calibrate", "--gallery", str(gallery_dir), "--recordings",
+                 str(tmp_path / "val.csv"), "--split", "", "--model", str(ckpt),
+                 "--method", "distilled", "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = Searcher(gallery_dir, model=ckpt, device="cpu", method="distilled")
+    assert again.provenance["rollup"]["temperature_source"] == "calibrated"
     # Another model (the zero-shot cascade): named with its model, and the CLI that calibrates it.
-    with pytest.warns(UserWarning, match=f"calibrated for fused with {ckpt}") as caught:
+    with pytest.warns(UserWarning, match=f"calibrated for .*fused with {ckpt}") as caught:
         cascade = Searcher(gallery_dir, audio_model=tiny_models[0], device="cpu")
     assert (
         f"songsight index calibrate --gallery {gallery_dir} --recordings VAL.csv"
         in (cascade.provenance["rollup"]["note"])
     )
     # Calibrations record the model's revision, which is what "this model" means.
-    (entry,) = json.loads((gallery_dir / "gallery.json").read_text())["calibration"].values()
-    assert entry["revision"] == own.encoder.provenance()["revision"]
+    entries = json.loads((gallery_dir / "gallery.json").read_text())["calibration"].values()
+    assert len(entries) == 2  # fused, then distilled
+    assert all(e["revision"] == own.encoder.provenance()["revision"] for e in entries)
     # A gallery calibrated for nothing, and a temperature given, say nothing.
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -80,8 +80,9 @@ class Claim:
 
     _held: dict[Path, Claim] = {}  # per process: a job's own nested claims share one lock
 
-    def __init__(self, path: Path, lock: Path, fd: int | None):
+    def __init__(self, path: Path, lock: Path, fd: int | None, made_folder: bool = False):
         self.path, self.lock, self._fd, self._depth = path, lock, fd, 1
+        self._made_folder = made_folder  # the claim made the lock's folder: gone if left empty
 
     def __enter__(self) -> Claim:
         return self
@@ -100,6 +101,11 @@ class Claim:
             pass
         os.close(self._fd)
         self._fd = None
+        if self._made_folder:
+            try:  # a job that stopped before writing anything leaves no empty folder behind
+                os.rmdir(self.lock.parent)
+            except OSError:
+                pass
 
 
 def _lock_file(lock: Path) -> int | None:
@@ -147,6 +153,7 @@ def claim(
     if held is not None:
         held._depth += 1
         return held
+    made_folder = not lock.parent.exists()
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = _lock_file(lock)
@@ -165,7 +172,7 @@ def claim(
     }
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(info).encode())
-    held = Claim(path, lock, fd)
+    held = Claim(path, lock, fd, made_folder)
     if exists is not None and path.exists():  # checked under the lock: no writer can race it
         held.release()
         raise SongsightError(f"{path} already exists; {exists}")

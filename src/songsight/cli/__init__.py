@@ -120,6 +120,29 @@ def _expected(exc: BaseException) -> str | None:
     return None
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """songsight's own warnings as the one-line notes the CLI prints (``songsight: ...``);
+    other libraries' in Python's usual form."""
+    import warnings
+
+    if "songsight" in Path(filename).parts:
+        print(f"songsight: {message}", file=file or sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="",
+              file=file or sys.stderr)  # fmt: skip
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``songsight search ... | head``): stop quietly,
+    with stdout pointed at nothing so Python's own flush at exit does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, as a shell tool killed by the broken pipe would report
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command not in _COMMANDS:
         raise AssertionError(f"unhandled command {args.command}")
@@ -139,10 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    import warnings
+
     from songsight.errors import SongsightError, one_line
 
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return _run(args)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except SongsightError as exc:
         if args.debug:
             import traceback
@@ -177,3 +205,5 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BUG
+    finally:
+        warnings.showwarning = shown

@@ -90,13 +90,18 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    if args.engine == "ray":
-        if args.runtime == "onnxruntime":
-            from songsight.errors import SongsightError
+    from songsight.jobs.embed import claim_store
 
-            raise SongsightError("--runtime onnxruntime runs --engine local jobs; Ray's workers run torch")  # fmt: skip
-        return _run_embed_ray(args)
+    if args.engine == "ray" and args.runtime == "onnxruntime":
+        from songsight.errors import SongsightError
 
+        raise SongsightError("--runtime onnxruntime runs --engine local jobs; Ray's workers run torch")  # fmt: skip
+    # --out judged and claimed before any model loads; the job takes the claim over.
+    with claim_store(args.out, args.resume, args.overwrite):
+        return _run_embed_ray(args) if args.engine == "ray" else _run_embed_local(args)
+
+
+def _run_embed_local(args: argparse.Namespace) -> int:
     from songsight.encoders.runtime import open_audio_encoder, open_image_encoder
     from songsight.jobs import embed
 

@@ -196,9 +196,22 @@ def add_index(sub: argparse._SubParsersAction) -> None:
             help="build an HNSW index now (default: exact, HNSW past 200,000 photos; re-ranked exactly)",
         )
         if build:
-            q.add_argument("--vector-dtype", choices=("float32", "float16"), default="float32")
-            q.add_argument("--preprocess", choices=("model", "squash"), default="model")
-            q.add_argument("--overwrite", action="store_true", help="start the gallery again")
+            q.add_argument(
+                "--vector-dtype", choices=("float32", "float16"), default="float32",
+                help="how the photos' vectors are stored: float16 halves the gallery's size "
+                "(answers re-ranked from it; default float32)",
+            )  # fmt: skip
+            q.add_argument(
+                "--preprocess", choices=("model", "squash"), default="model",
+                help="model: the image model's own transform (open_clip: resize the short side, "
+                "centre-crop); squash: resize the whole photo to the model's size, no crop, "
+                "as pybioclip does (default model)",
+            )  # fmt: skip
+            q.add_argument(
+                "--overwrite", action="store_true",
+                help="start the gallery again (removes its photos: with --yes when it holds any)",
+            )  # fmt: skip
+            _add_yes(q)
         add_engine(q)
         q.add_argument("--batch-size", type=positive(int), default=32)
         q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
@@ -206,6 +219,25 @@ def add_index(sub: argparse._SubParsersAction) -> None:
         add_device(q)
         add_milvus(q)
     add_index_edits(isub)
+
+
+def _add_yes(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--yes",
+        action="store_true",
+        help="remove the photos without stopping to show them first (needed when more than "
+        "5 photos, or all of them, would go)",
+    )
+
+
+def _add_cascade_mode(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--cascade",
+        choices=("top1", "weighted"),
+        default="top1",
+        help="zero-shot cascade: top1 queries with the text of BioLingual's most probable "
+        "species; weighted with every species' text weighted by its probability (default top1)",
+    )
 
 
 def _add_check(isub) -> None:
@@ -218,6 +250,7 @@ def _add_check(isub) -> None:
         action="store_true",
         help="remove them from the gallery (the photos after them get new ids)",
     )
+    _add_yes(q)
 
 
 def _add_calibrate(isub) -> None:
@@ -236,7 +269,8 @@ def _add_calibrate(isub) -> None:
         "--split", default="val", help="rows of this split, if the manifest has one (default val)"
     )
     _add_query_models(q)
-    q.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
+    _add_method(q)
+    _add_cascade_mode(q)
     q.add_argument("--batch-size", type=positive(int), default=16)
     q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
     q.add_argument("--quiet", action="store_true")
@@ -249,7 +283,7 @@ def run_index(args: argparse.Namespace) -> int:
     if args.index_command == "check":
         from songsight.index.gallery_check import check_gallery
 
-        report = check_gallery(args.gallery, prune=args.prune)
+        report = check_gallery(args.gallery, prune=args.prune, yes=args.yes)
         print(report.summary())
         return report.exit_code
     if args.index_command == "calibrate":
@@ -259,7 +293,7 @@ def run_index(args: argparse.Namespace) -> int:
                            progress=not args.quiet, audio_model=args.audio_model,
                            image_model=args.image_model, device=quiet_device(args),
                            cascade_mode=args.cascade, batch_size=args.batch_size,
-                           precision=args.precision)  # fmt: skip
+                           precision=args.precision, method=args.method)  # fmt: skip
         print(result.summary())
         return 0
     from songsight.retrieval.gallery import add_to_gallery, build_gallery
@@ -271,7 +305,8 @@ def run_index(args: argparse.Namespace) -> int:
                   progress=not args.quiet, milvus=milvus_target(args))  # fmt: skip
     if args.index_command == "build":
         report = build_gallery(args.paths, args.gallery, vector_dtype=args.vector_dtype,
-                               preprocess=args.preprocess, overwrite=args.overwrite, **common)  # fmt: skip
+                               preprocess=args.preprocess, overwrite=args.overwrite,
+                               yes=args.yes, **common)  # fmt: skip
     else:
         report = add_to_gallery(args.paths, args.gallery, **common)
     print(report.summary())
@@ -285,7 +320,7 @@ def add_search(sub: argparse._SubParsersAction) -> None:
     _add_query_models(p)
     _add_method(p)
     _add_cascade_prompts(p)
-    p.add_argument("--cascade", choices=("top1", "weighted"), default="top1")
+    _add_cascade_mode(p)
     p.add_argument("--k", type=positive(int), default=10, help="photos per result (default 10)")
     p.add_argument("--window-s", type=positive(float), default=None)
     p.add_argument("--hop-s", type=positive(float), default=None)

@@ -76,6 +76,12 @@ def add_index_edits(isub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("items", nargs="+", metavar="PATH_OR_SHA256")
     q.add_argument("--gallery", required=True, metavar="DIR")
+    q.add_argument(
+        "--yes",
+        action="store_true",
+        help="remove them without stopping to show them first (needed when more than 5 "
+        "photos, or all of them, would go)",
+    )
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q = isub.add_parser(
         "move",
@@ -91,7 +97,9 @@ def run_index_edit(args: argparse.Namespace) -> int:
     from songsight.index.gallery_edit import move_gallery, remove_from_gallery
 
     if args.index_command == "remove":
-        report = remove_from_gallery(args.items, args.gallery, progress=not args.quiet)
+        report = remove_from_gallery(
+            args.items, args.gallery, progress=not args.quiet, yes=args.yes
+        )
         print(report.summary())
         return report.exit_code
     kind = move_gallery(args.gallery, milvus_target(args), progress=not args.quiet)

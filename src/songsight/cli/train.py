@@ -162,14 +162,16 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from songsight.eval.report import merge_reports
     from songsight.eval.report_html import merge_reports_html
+    from songsight.outputs import claim, write_text_atomically
 
     names = [x.strip() for x in args.names.split(",")] if args.names else None
     html = bool(args.out) and Path(args.out).suffix.lower() in (".html", ".htm")
-    text = (merge_reports_html if html else merge_reports)(args.results, names)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-    else:
-        print(text)
+    if not args.out:
+        print(merge_reports(args.results, names))
+        return 0
+    with claim(args.out, what="--out"):
+        text = (merge_reports_html if html else merge_reports)(args.results, names)
+        write_text_atomically(args.out, text)
     return 0
 
 

@@ -12,12 +12,13 @@ and ``train_<model>.parquet`` for the probes.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from songsight.outputs import write_text_atomically
 
 
 def jsonable(obj):
@@ -37,10 +38,7 @@ def jsonable(obj):
 
 def write_json(path: Path, obj: dict) -> None:
     """Strict JSON (NaN -> null), written to a temporary name then renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(jsonable(obj), indent=1, allow_nan=False))
 
 
 def save_store(
@@ -75,7 +73,7 @@ def write_outputs(run, out: Path, results: dict, kept: dict) -> None:
 
     cfg = run.cfg
     write_json(out, results)
-    out.with_suffix(".md").write_text(render_markdown(results), encoding="utf-8")
+    write_text_atomically(out.with_suffix(".md"), render_markdown(results))
     run.log(f"wrote {out} and {out.with_suffix('.md')}")
     written = []
     if cfg.figures and "sims" in kept:
@@ -92,7 +90,7 @@ def write_outputs(run, out: Path, results: dict, kept: dict) -> None:
             seed=cfg.seed,
         )
         run.log(f"wrote {len(written)} figure(s) to {folder}")
-    out.with_suffix(".html").write_text(render_results_html(results, written), encoding="utf-8")
+    write_text_atomically(out.with_suffix(".html"), render_results_html(results, written))
     if cfg.save_embeddings:
         save_embeddings(run, Path(cfg.save_embeddings), kept)
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from songsight.errors import DataNotFoundError
+from songsight.errors import DataNotFoundError, SongsightError
 
 LABELS = {
     "chance": "Chance (floor)", "cascade_top1": "Cascade, top-1", "cascade_weighted": "Cascade, weighted",
@@ -370,7 +370,10 @@ def merge_reports(paths: Sequence[str | Path], names: Sequence[str] | None = Non
         runs.append(res)
     names = list(names) if names else _run_names(paths)
     if len(names) != len(paths):
-        raise ValueError(f"{len(names)} names for {len(paths)} results files")
+        raise SongsightError(
+            f"--names gives {len(names)} name(s) for {len(paths)} results file(s): one a file, "
+            "comma-separated, in the same order"
+        )
     return render_runs(
         list(zip(names, runs, strict=True)), title="songsight evaluation: merged runs"
     )

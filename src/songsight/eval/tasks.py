@@ -72,7 +72,22 @@ def run_evaluation(
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluation described by ``cfg``; see the module docstring. Returns the results."""
+    """Run the evaluation described by ``cfg``; see the module docstring. Returns the results.
+
+    Its outputs (``out`` and ``save_embeddings``) are claimed before any data or model is read
+    (`songsight.outputs.claim`): writable, and written by this job alone."""
+    from contextlib import ExitStack
+
+    from songsight.outputs import claim
+
+    with ExitStack() as held:
+        held.enter_context(claim(cfg.out, what="--out"))
+        if cfg.save_embeddings:
+            held.enter_context(claim(cfg.save_embeddings, folder=True, what="--save-embeddings"))
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: EvalConfig) -> dict:
     # A copy: the defaults resolved below are recorded, and the caller's object is left alone.
     cfg = replace(cfg)
     data = load_eval_data(cfg)  # warns once about files listed but absent

@@ -20,7 +20,10 @@ from songsight.index.gallery_format import (
     _read_json,
     _update_index,
     _write_json,
+    confirm_removal,
+    stored_paths,
 )
+from songsight.outputs import claim
 
 __all__ = ["CheckReport", "check_gallery", "missing_note", "missing_photos"]
 
@@ -78,12 +81,20 @@ def missing_note(gallery_dir: str | Path, n_missing: int, n_images: int) -> str 
     )
 
 
-def check_gallery(gallery_dir: str | Path, prune: bool = False) -> CheckReport:
-    """List the gallery's photos whose file is gone; with ``prune``, remove them."""
+def check_gallery(gallery_dir: str | Path, prune: bool = False, yes: bool = False) -> CheckReport:
+    """List the gallery's photos whose file is gone; with ``prune``, remove them (more than
+    `FEW_PHOTOS`, or all of them, only with ``yes``: a moved folder looks like this too)."""
+    report = _check(Path(gallery_dir), False, yes)
+    if not prune or not report.missing:
+        return report
+    with claim(gallery_dir, folder=True, what="--gallery"):
+        return _check(Path(gallery_dir), prune, yes)
+
+
+def _check(directory: Path, prune: bool, yes: bool) -> CheckReport:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    directory = Path(gallery_dir)
     meta = _read_json(directory)
     store = directory / STORE_FILE
     if meta is None or not store.is_file():
@@ -91,10 +102,15 @@ def check_gallery(gallery_dir: str | Path, prune: bool = False) -> CheckReport:
             f"no gallery at {directory} (no {META_FILE} or {STORE_FILE}); build one with "
             f"`songsight index build PATHS --gallery {directory}`"
         )
-    paths = pq.read_table(store, columns=["path"]).column("path").to_pylist()
+    paths = stored_paths(directory)
     missing = missing_photos(paths)
     if not prune or not missing:
         return CheckReport(directory, len(paths), missing)
+    confirm_removal(
+        directory, [p for _, p in missing], len(paths), "--prune", yes,
+        f" (moved, not deleted? `songsight index add NEW_FOLDER --gallery {directory}` finds "
+        "them by content instead)",
+    )  # fmt: skip
     table = pq.read_table(store)
     gone = {i for i, _ in missing}
     kept = table.filter(pa.array([i not in gone for i in range(len(paths))]))

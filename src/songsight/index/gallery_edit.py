@@ -21,8 +21,10 @@ from songsight.index.gallery_format import (
     STORE_FILE,
     _read_json,
     _update_index,
+    confirm_removal,
     record_update,
 )
+from songsight.outputs import claim
 
 __all__ = ["RemoveReport", "move_gallery", "remove_from_gallery"]
 
@@ -63,16 +65,27 @@ def _finish(directory: Path, meta: dict, hashes: list[str], progress: bool) -> s
 
 
 def remove_from_gallery(
-    items: Iterable[str | Path], gallery_dir: str | Path, progress: bool = True
+    items: Iterable[str | Path],
+    gallery_dir: str | Path,
+    progress: bool = True,
+    yes: bool = False,
 ) -> RemoveReport:
-    """Remove photos given by path or sha256 (64 hex digits) from the store and the index."""
+    """Remove photos given by path or sha256 (64 hex digits) from the store and the index.
+
+    More than `FEW_PHOTOS` photos, or all of them, are removed only with ``yes``. A removed
+    photo stays removed: `songsight index add` of its folder leaves it out, until it is added
+    by name (its path, or a manifest row); the gallery records it in ``removed``."""
+    _open_meta(Path(gallery_dir))  # no gallery: said before a claim could make its folder
+    with claim(gallery_dir, folder=True, what="--gallery"):
+        return _remove(Path(gallery_dir), [str(i) for i in items], progress, yes)
+
+
+def _remove(directory: Path, items: list[str], progress: bool, yes: bool) -> RemoveReport:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    directory = Path(gallery_dir)
     meta = _open_meta(directory)
-    items = [str(i) for i in items]
     if not items:
         raise DataNotFoundError("nothing to remove: give photo paths or sha256 hashes")
     hashes = {i.lower() for i in items if _SHA256.match(i.lower())}
@@ -88,7 +101,13 @@ def remove_from_gallery(
     not_found = [
         i for i in items if i.lower() not in found and str(Path(i).absolute()) not in found
     ]
+    confirm_removal(directory, dropped["path"].to_pylist(), table.num_rows, "index remove", yes)
     if dropped.num_rows:
+        removed = meta.setdefault("removed", {})
+        for sha, path in zip(
+            dropped["sha256"].to_pylist(), dropped["path"].to_pylist(), strict=True
+        ):
+            removed[sha] = path
         kept = table.filter(pc.invert(drop)).replace_schema_metadata(table.schema.metadata)
         tmp = store.with_name(store.name + ".tmp")
         pq.write_table(kept, tmp)
@@ -106,9 +125,14 @@ def move_gallery(gallery_dir: str | Path, milvus: dict | None = None, progress: 
     """Search the gallery through the Milvus collection ``milvus`` describes
     (`gallery_milvus.milvus_config` arguments: ``uri``, ``collection``, ``settings``), or with
     ``milvus=None`` through songsight's own index; returns the gallery's search kind."""
+    _open_meta(Path(gallery_dir))
+    with claim(gallery_dir, folder=True, what="--gallery"):
+        return _move(Path(gallery_dir), milvus, progress)
+
+
+def _move(directory: Path, milvus: dict | None, progress: bool) -> str:
     import pyarrow.parquet as pq
 
-    directory = Path(gallery_dir)
     meta = _open_meta(directory)
     if milvus is None:
         meta["index"] = {"requested": "auto", "kind": "exact", "hnsw_options": {}}

@@ -25,6 +25,9 @@ PENDING_FILE = "pending-metadata.parquet"
 FORMAT = "songsight-gallery"
 FORMAT_VERSION = 1
 INDEX_KINDS = ("auto", "exact", "hnsw", "milvus")
+# A command that would remove more photos than this, or every photo, shows them and needs --yes.
+FEW_PHOTOS = 5
+_SHOW_DOOMED = 10
 VECTOR_DTYPES = ("float32", "float16")
 
 
@@ -70,6 +73,33 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def confirm_removal(directory: Path, doomed: list[str], n_images: int, action: str,
+                    yes: bool, hint: str = "") -> None:  # fmt: skip
+    """Refuse, listing them, to remove ``doomed`` photos (paths) of the ``n_images`` a gallery
+    holds when they are more than `FEW_PHOTOS` or all of them, unless ``yes``."""
+    n = len(doomed)
+    if yes or n == 0 or (n <= FEW_PHOTOS and n < n_images):
+        return
+    shown = [f"  {p}" for p in doomed[:_SHOW_DOOMED]]
+    if n > _SHOW_DOOMED:
+        shown.append(f"  ... and {n - _SHOW_DOOMED} more")
+    whole = "all" if n == n_images else f"{n} of the"
+    raise SongsightError(
+        f"{action} would remove {whole} {n_images} photos of {directory}; nothing was changed. "
+        f"Pass --yes to remove them{hint}. They are:\n" + "\n".join(shown)
+    )
+
+
+def stored_paths(directory: Path) -> list[str]:
+    """The gallery's photo paths in id order (none when it has no store yet)."""
+    import pyarrow.parquet as pq
+
+    store = directory / STORE_FILE
+    if not store.is_file():
+        return []
+    return pq.read_table(store, columns=["path"]).column("path").to_pylist()
 
 
 # --- the index --------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from songsight.errors import InputFileError
+from songsight.errors import InputFileError, SongsightError
 from songsight.index.store import EmbeddingWriter, audio_rows, image_rows
 from songsight.inputs.audio import AUDIO_SUFFIXES
 from songsight.inputs.files import ErrorLog, collect_files, errors_path_for, sha256_file
 from songsight.inputs.images import IMAGE_SUFFIXES
+from songsight.outputs import Claim, claim
 from songsight.provenance import environment
 
 
@@ -61,11 +62,28 @@ def _progress(total: int, desc: str, enabled: bool):
     )
 
 
+def claim_store(out: str | Path, resume: bool, overwrite: bool) -> Claim:
+    """Claim a store before its job loads a model (`songsight.outputs.claim`): writable, one
+    writer, and an existing store (or an interrupted run's parts) only with ``resume`` or
+    ``overwrite``. Release it when the job ends (``with``)."""
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    held = claim(out, what="--out")
+    if not (resume or overwrite) and (out.exists() or parts.exists()):
+        held.release()
+        raise SongsightError(
+            f"{out} already exists (or an interrupted run left {parts.name}); "
+            "pass --resume to continue it or --overwrite to start again"
+        )
+    return held
+
+
 def open_store(
     out: Path, provenance: dict, resume: bool, overwrite: bool, vector_dtype: str = "float32"
 ) -> tuple[EmbeddingWriter, Path]:
     """The store a job writes into (provenance and the package versions recorded, a resume
-    refused on any mismatch) and its errors file's path."""
+    refused on any mismatch) and its errors file's path. The caller holds its claim
+    (`claim_store`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = EmbeddingWriter(
         out,
@@ -146,15 +164,16 @@ def embed_audio_files(
     window_s, hop_s = encoder.windowing(window_s, hop_s)
     prov = {**encoder.provenance()}
     prov["preprocessing"] = {**prov["preprocessing"], "window_s": window_s, "hop_s": hop_s}
-    prepared = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)
 
     def rows_for(f, digest, res):
         return audio_rows(
             str(f), digest, res.windows, res.starts_s, res.ends_s, res.duration_s, res.silent
         )
 
-    results = encoder.embed_windows(prepared[3], window_s, hop_s)
-    return _run_job(prepared, results, rows_for, "embedding audio", progress)
+    with claim_store(out, resume, overwrite):
+        prepared = _prepare(paths, AUDIO_SUFFIXES, out, prov, resume, overwrite)
+        results = encoder.embed_windows(prepared[3], window_s, hop_s)
+        return _run_job(prepared, results, rows_for, "embedding audio", progress)
 
 
 def embed_image_files(
@@ -167,13 +186,14 @@ def embed_image_files(
     vector_dtype: str = "float32",
 ) -> EmbedReport:
     """Embed photos into ``out`` (Parquet): columns ``path``, ``sha256``, ``embedding``."""
-    prepared = _prepare(
-        paths, IMAGE_SUFFIXES, out, encoder.provenance(), resume, overwrite, vector_dtype
-    )
 
     def rows_for(f, digest, res):
         return image_rows(str(f), digest, res)
 
-    return _run_job(
-        prepared, encoder.iter_images(prepared[3]), rows_for, "embedding images", progress
-    )
+    with claim_store(out, resume, overwrite):
+        prepared = _prepare(
+            paths, IMAGE_SUFFIXES, out, encoder.provenance(), resume, overwrite, vector_dtype
+        )
+        return _run_job(
+            prepared, encoder.iter_images(prepared[3]), rows_for, "embedding images", progress
+        )

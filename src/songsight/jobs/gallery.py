@@ -42,6 +42,7 @@ from songsight.index.gallery_manifest import (
 )
 from songsight.inputs.files import read_errors, write_errors
 from songsight.inputs.images import IMAGE_SUFFIXES
+from songsight.outputs import claim
 from songsight.provenance import check_image_model
 
 __all__ = ["GalleryReport", "add_to_gallery"]
@@ -105,23 +106,50 @@ def _spec_of(image_model) -> str | None:
 
 
 def _collect_inputs(paths, manifest, species_csv):
-    """(files to embed, metadata DataFrame or None, errors for manifest files that are absent)."""
+    """(files to embed, metadata DataFrame or None, errors for manifest files that are absent,
+    the files given by name: a file path, or a manifest row, rather than found in a folder)."""
     from songsight.data.manifest import check_files
     from songsight.inputs.files import collect_files
 
     files = [Path(os.path.abspath(f)) for f in collect_files(list(paths), IMAGE_SUFFIXES)]
+    named = {Path(os.path.abspath(p)) for p in paths if not Path(p).is_dir()}
     meta, missing = None, []
     if manifest is not None:
         meta = read_gallery_manifest(manifest, species_csv)
         present, missing = check_files(meta)
         files += [Path(p) for p in present["path"]]
+        named |= {Path(p) for p in present["path"]}
     elif species_csv is not None:
         raise DataNotFoundError(
             "a species table (--species) needs a manifest (--manifest) of photos"
         )
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
-    return unique, meta, [(p, "file not found") for p in missing]
+    return unique, meta, [(p, "file not found") for p in missing], named
+
+
+def _leave_out_removed(meta: dict | None, files: list[Path], hashes: dict[Path, str],
+                       named: set[Path]) -> tuple[list[Path], str | None]:  # fmt: skip
+    """(the files to take, a note or None): photos removed with ``index remove`` stay out when
+    a folder walk meets them again; one given by name comes back (and leaves ``removed``)."""
+    removed = (meta or {}).get("removed") or {}
+    if not removed:
+        return files, None
+    kept, left_out = [], []
+    for f in files:
+        sha = hashes.get(f)
+        if sha in removed and f not in named:
+            left_out.append(f)
+            continue
+        removed.pop(sha, None)
+        kept.append(f)
+    if not left_out:
+        return kept, None
+    shown = ", ".join(map(str, left_out[:3])) + (" ..." if len(left_out) > 3 else "")
+    return kept, (
+        f"{len(left_out)} photo(s) removed earlier with `index remove` left out: {shown} "
+        "(add one by its path, or a manifest row, to bring it back)"
+    )
 
 
 def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, milvus=None) -> dict:
@@ -264,23 +292,36 @@ def _update(
     progress: bool,
     milvus: dict | None = None,
 ) -> GalleryReport:
-    """Embed new photos into the gallery at ``directory`` (created if ``creating``)."""
-    paths = list(paths)
+    """Embed new photos into the gallery at ``directory`` (created if ``creating``), which
+    this job claims first (`songsight.outputs.claim`): one writer at a time, and a folder
+    that cannot be written is said before any photo is read."""
     if engine not in ("local", "ray"):
         raise SongsightError(f"engine must be 'local' or 'ray', not {engine!r}")
-    meta = _read_json(directory)
-    if meta is None and not creating:
+    if _read_json(directory) is None and not creating:
         raise DataNotFoundError(
             f"no gallery at {directory} (no {META_FILE}); "
             f"create one with `songsight index build PATHS --gallery {directory}`"
         )
+    with claim(directory, folder=True, what="--gallery"):
+        return _update_claimed(
+            directory, list(paths), manifest=manifest, species_csv=species_csv,
+            image_model=image_model, ann=ann, vector_dtype=vector_dtype, preprocess=preprocess,
+            device=device, batch_size=batch_size, precision=precision, engine=engine,
+            workers=workers, hnsw_options=hnsw_options, progress=progress, milvus=milvus,
+        )  # fmt: skip
+
+
+def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, image_model, ann,
+                    vector_dtype, preprocess, device, batch_size, precision, engine, workers,
+                    hnsw_options, progress, milvus) -> GalleryReport:  # fmt: skip
+    meta = _read_json(directory)
     if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise SongsightError(f"vector dtype must be one of {VECTOR_DTYPES}, not {vector_dtype!r}")
     if meta is not None:
         image_model, preprocess = _existing_model(directory, meta, image_model, vector_dtype)
     if not paths and manifest is None:
         raise DataNotFoundError("nothing to index: give photo folders or files, or --manifest")
-    files, pending, missing_errors = _collect_inputs(paths, manifest, species_csv)
+    files, pending, missing_errors, named = _collect_inputs(paths, manifest, species_csv)
     if not files and not missing_errors:
         where = ", ".join(map(str, paths)) or str(manifest)
         raise DataNotFoundError(
@@ -290,7 +331,11 @@ def _update(
     notes = []
     if pending is not None and pending.attrs.get("ignored_columns"):
         notes.append(f"manifest columns not used: {', '.join(pending.attrs['ignored_columns'])}")
-    sorted_ = sort_photos(files, hash_files(files), stored_photos(directory))
+    hashes_of, n_given = hash_files(files), len(files)
+    files, held_back = _leave_out_removed(meta, files, hashes_of, named)
+    if held_back:
+        notes.append(held_back)
+    sorted_ = sort_photos(files, hashes_of, stored_photos(directory))
     rewrite_paths(directory, sorted_.moved)
     pending, conflicts = merge_names(pending, sorted_.copies)
     notes += sorted_.notes() + conflicts + contradictions(directory, pending)
@@ -322,9 +367,9 @@ def _update(
     record_update(directory, meta, kind, len(hashes))
     return GalleryReport(
         gallery=directory,
-        n_files=len(files) + len(missing_errors),
+        n_files=n_given + len(missing_errors),
         n_embedded=report.n_embedded,
-        n_skipped=report.n_skipped + sorted_.unchanged + len(sorted_.moved),
+        n_skipped=report.n_skipped + sorted_.unchanged + len(sorted_.moved) + n_given - len(files),
         n_failed=len(run_errors),
         n_images=len(hashes),
         index_kind=kind,

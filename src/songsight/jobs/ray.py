@@ -224,7 +224,15 @@ def _row(
     }
 
 
-def _embed_files_ray(
+def _embed_files_ray(kind: str, paths, out, model: str, options: dict, **job):
+    """`_embed_claimed` with ``out`` claimed for the job (`songsight.jobs.embed.claim_store`)."""
+    from songsight.jobs.embed import claim_store
+
+    with claim_store(out, job["resume"], job["overwrite"]):
+        return _embed_claimed(kind, paths, out, model, options, **job)
+
+
+def _embed_claimed(
     kind: str,
     paths: Iterable[str | Path],
     out: str | Path,

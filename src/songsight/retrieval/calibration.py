@@ -12,9 +12,8 @@ A temperature is fitted per model *and method*: a distilled checkpoint calibrate
 default method (``fused``, say) is not calibrated for ``--method distilled``. A searcher that
 finds no calibration of its own where the gallery holds others says so once (`calibration_note`:
 a warning, and ``rollup.note`` in its provenance) with the way to calibrate what it answers
-with (`calibrate_hint`). ``songsight index calibrate`` takes no ``--method`` today: it
-calibrates a checkpoint's default method; another method is calibrated through `calibrate`
-(``method=...``).
+with (`calibrate_hint`): ``songsight index calibrate --model M --method X`` (the method
+defaults to the checkpoint's own, as for a search).
 
 The recordings manifest has ``path`` and the species, as an integer ``label`` (the gallery's
 labels) or a name (``label``, ``species`` or ``common_name``); rows of ``split == val`` are used
@@ -81,21 +80,12 @@ def calibrate_hint(
     audio_model: str | Path | None = None,
     cascade_mode: str = "top1",
 ) -> str:
-    """How to calibrate a search with ``model`` (None: the cascade) answering by ``method``.
-
-    ``songsight index calibrate`` takes no ``--method``: it fits a checkpoint's
-    ``default_method``, so another method is pointed at `calibrate` from Python.
-    """
+    """How to calibrate a search with ``model`` (None: the cascade) answering by ``method``
+    (``--method`` only when it is not the checkpoint's ``default_method``)."""
     audio = f" --audio-model {audio_model}" if audio_model is not None else ""
-    if model is not None and method is not None and method != default_method:
-        extra = f", audio_model={str(audio_model)!r}" if audio_model is not None else ""
-        return (
-            f"`songsight index calibrate` takes no --method and calibrates {model}'s default "
-            f"method ({default_method}); calibrate {method} from Python: "
-            f"songsight.retrieval.calibration.calibrate({str(gallery_dir)!r}, 'VAL.csv', "
-            f"{str(model)!r}, method={method!r}{extra})"
-        )
     chosen = f" --model {model}" if model is not None else ""
+    if model is not None and method is not None and method != default_method:
+        chosen += f" --method {method}"
     mode = " --cascade weighted" if model is None and cascade_mode == "weighted" else ""
     return (
         f"run `songsight index calibrate --gallery {gallery_dir} --recordings VAL.csv"
@@ -275,6 +265,16 @@ def calibrate(
 
     ``searcher_options`` go to `songsight.retrieval.searcher.Searcher` (audio model, device ...).
     """
+    from songsight.outputs import claim
+    from songsight.retrieval.gallery import Gallery
+
+    # The fit is recorded in the gallery: claimed (one writer) before any model loads.
+    directory = gallery.directory if isinstance(gallery, Gallery) else Path(gallery)
+    with claim(directory, folder=True, what="--gallery"):
+        return _calibrate(gallery, recordings_manifest, model, split, progress, searcher_options)
+
+
+def _calibrate(gallery, recordings_manifest, model, split, progress, searcher_options):
     from songsight.index.gallery_format import META_FILE, _now, _read_json, _write_json
     from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
     from songsight.retrieval.searcher import Searcher

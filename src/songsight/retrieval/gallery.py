@@ -42,9 +42,12 @@ from songsight.index.gallery_format import (
     _new_hnsw,
     _read_json,
     _read_vectors,
+    confirm_removal,
+    stored_paths,
 )
 from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank, read_gallery_manifest
 from songsight.jobs.gallery import GalleryReport, _update, add_to_gallery
+from songsight.outputs import claim
 
 __all__ = [
     "METADATA_COLUMNS",
@@ -97,12 +100,14 @@ class Gallery:
         hnsw_options: dict | None = None,
         milvus: dict | None = None,
         overwrite: bool = False,
+        yes: bool = False,
         progress: bool = True,
     ) -> Gallery:
         """Embed photos (folders, files and/or a manifest) into a gallery at ``gallery_dir``.
 
         Rerunning on an existing gallery resumes or extends it (same model and vector dtype
-        only); ``overwrite`` starts again. ``ann``: True builds an HNSW index now, None
+        only); ``overwrite`` starts again (on a gallery of more than `FEW_PHOTOS` photos,
+        only with ``yes``: it removes them all). ``ann``: True builds an HNSW index now, None
         builds it once the gallery passes `search.ANN_THRESHOLD` photos. ``image_model``: Hub
         id, folder, or a `BioCLIPEncoder`; default the gallery's own when it exists, else
         BioCLIP-2 (`BIOCLIP2_ID`). ``engine="ray"`` embeds with Ray Data actors
@@ -110,27 +115,30 @@ class Gallery:
         instead, `gallery_milvus.milvus_config` (server URI or the embedded file, collection).
         """
         directory = Path(gallery_dir)
-        if overwrite:
-            _clear(directory)
-        report = _update(
-            directory,
-            paths,
-            manifest=manifest,
-            species_csv=species_csv,
-            image_model=image_model,
-            creating=True,
-            ann=ann,
-            vector_dtype=vector_dtype,
-            preprocess=preprocess,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
-            engine=engine,
-            workers=workers,
-            hnsw_options=hnsw_options,
-            milvus=milvus,
-            progress=progress,
-        )
+        with claim(directory, folder=True, what="--gallery"):
+            if overwrite:
+                held = stored_paths(directory)
+                confirm_removal(directory, held, len(held), "--overwrite", yes)
+                _clear(directory)
+            report = _update(
+                directory,
+                paths,
+                manifest=manifest,
+                species_csv=species_csv,
+                image_model=image_model,
+                creating=True,
+                ann=ann,
+                vector_dtype=vector_dtype,
+                preprocess=preprocess,
+                device=device,
+                batch_size=batch_size,
+                precision=precision,
+                engine=engine,
+                workers=workers,
+                hnsw_options=hnsw_options,
+                milvus=milvus,
+                progress=progress,
+            )
         gallery = cls.open(directory)
         gallery.report = report
         return gallery

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from songsight.errors import SongsightError
+from songsight.outputs import replace_atomically, write_text_atomically
 
 if TYPE_CHECKING:
     from songsight.retrieval.results import SpeciesScore, WindowResult
@@ -201,8 +202,8 @@ def write_results(
             else pa.table({"path": pa.array([], pa.string())})
         )
         meta = {b"songsight": json.dumps(provenance or {}, sort_keys=True, default=str).encode()}
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.replace_schema_metadata(meta), out)
+        with replace_atomically(out) as tmp:
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
         return
     if fmt == "table":
         text = format_table(results)
@@ -217,8 +218,7 @@ def write_results(
     if out is None:
         sys.stdout.write(text)
     else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
+        write_text_atomically(out, text)
 
 
 def write_raven(
@@ -253,7 +253,7 @@ def write_raven(
         if min_score > 0:
             windows = [r for r in windows if (_top(r) is not None and _top(r).score >= min_score)]
         begin_path = _begin_path(rows[0].path)
-        with (directory / name).open("w", newline="", encoding="utf-8") as fh:
+        with replace_atomically(directory / name) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:  # fmt: skip
             w = csv.writer(fh, delimiter="\t", lineterminator="\n")
             w.writerow(RAVEN_COLUMNS)
             for sel, r in enumerate(windows, 1):
