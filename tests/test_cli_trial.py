@@ -180,3 +180,22 @@ def test_search_says_when_the_photos_it_answers_with_are_gone(tiny_models, tmp_p
     assert main(search) == 0
     err = capsys.readouterr().err
     assert "4 of 4 photos in these answers" in err and "index check" in err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--templates", "a photo of {common}"],
+        ["--audio-templates", "sound"],
+        ["--prompt-format", "sci", "--audio-prompt-format", "com"],
+        ["--cascade", "weighted"],
+    ],
+)
+def test_cascade_settings_beside_a_distilled_model_are_refused(extra, tmp_path, capsys):
+    """`--templates "a photo of {common}"` with --model once changed nothing, silently: the
+    checkpoint answers with the prompts it was distilled with."""
+    argv = ["search", str(tmp_path / "x.wav"), "--gallery", str(tmp_path / "g"), "--model", "m"]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "would change nothing" in err and "drop --model" in err
+    assert extra[0] in err

@@ -61,11 +61,11 @@ def _add_cascade_prompts(p: argparse.ArgumentParser) -> None:
         help="cascade: image-model prompt templates: a set name, a template with fields such "
         "as '{scientific} with common name {common}', or a file of them (default none)",
     )
-    p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default="com",
+    p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default=None,
                    help="cascade: BioLingual's species text (default com)")  # fmt: skip
     p.add_argument(
         "--audio-templates",
-        default="sound",
+        default=None,
         metavar="SET|TEMPLATE|FILE",
         help="cascade: BioLingual prompt templates, as --templates, e.g. the caption style your "
         "model was taught ('the sound of {article} {common_lower}') (default sound)",

@@ -146,9 +146,14 @@ def check_audio_model(audio_model, method: str, asked: bool, model) -> None:
     )
 
 
-def check_model_choice(model, method, audio_model, image_model) -> None:
+def check_model_choice(
+    model, method, audio_model, image_model, cascade: dict | None = None
+) -> None:
     """Refuse, before anything loads, a method without the model it needs, an image model
-    beside a distilled one, and an audio model beside a method that runs no BioLingual base.
+    beside a distilled one, an audio model beside a method that runs no BioLingual base, and
+    the zero-shot cascade's settings (``cascade``: name -> value, None when not given) beside
+    a distilled model, which answers with the prompts recorded in its checkpoint and would
+    silently ignore them.
 
     ``audio_model`` beside ``model`` says where the BioLingual base lives, so it is taken by
     the methods that run one (`check_audio_model`); with the checkpoint's own method it is
@@ -165,6 +170,15 @@ def check_model_choice(model, method, audio_model, image_model) -> None:
             "--image-model chooses the zero-shot cascade's image model; a distilled model "
             "(--model) has its teacher checked against the gallery's image model, which the "
             "cascade through it uses too: drop --image-model, or drop --model"
+        )
+    given = [k for k, v in (cascade or {}).items() if v is not None]
+    if model is not None and given:
+        flags = ", ".join("--" + ("cascade" if k == "cascade_mode" else k).replace("_", "-") for k in given)  # fmt: skip
+        raise SongsightError(
+            f"{flags} set the zero-shot cascade's prompts and posterior; a distilled model "
+            "(--model) answers with the prompts it was distilled with, recorded in its "
+            f"checkpoint, so {'they' if len(given) > 1 else 'it'} would change nothing: drop "
+            f"{'them' if len(given) > 1 else 'it'}, or drop --model"
         )
 
 

@@ -86,8 +86,8 @@ class Searcher:
         precision: str = "auto",
         prompt_format: str | None = None,
         templates: str | None = None,
-        audio_prompt_format: str = "com",
-        audio_templates: str = "sound",
+        audio_prompt_format: str | None = None,
+        audio_templates: str | None = None,
         species_list: str | Path | Sequence[str] | None = None,
         min_duration_s: float = MIN_DURATION_S,
         method: str | None = None,
@@ -95,7 +95,14 @@ class Searcher:
         from songsight.retrieval.calibration import rollup_calibration
         from songsight.retrieval.gallery import Gallery
 
-        check_model_choice(model, method, audio_model, image_model)
+        check_model_choice(
+            model, method, audio_model, image_model,
+            cascade={"prompt_format": prompt_format, "templates": templates,
+                     "audio_prompt_format": audio_prompt_format,
+                     "audio_templates": audio_templates,
+                     "cascade_mode": None if cascade_mode == "top1" else cascade_mode,
+                     "cascade_temperature": cascade_temperature},
+        )  # fmt: skip
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery.open(gallery)
         if len(self.gallery) == 0:
             raise SongsightError(
@@ -132,8 +139,8 @@ class Searcher:
                 precision=precision,
                 prompt_format=prompt_format,
                 templates=templates,
-                audio_prompt_format=audio_prompt_format,
-                audio_templates=audio_templates,
+                audio_prompt_format=audio_prompt_format or "com",
+                audio_templates=audio_templates or "sound",
             )
         self.encoder = self._query.encoder
         self.answered_by = self._query.answered_by
