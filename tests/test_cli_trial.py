@@ -39,7 +39,9 @@ def test_interruption_names_what_is_kept_and_a_command_that_parses(
     monkeypatch.setitem(_COMMANDS, argv[0], (add, interrupted))
     assert main(argv) == 130
     err = capsys.readouterr().err.strip()
-    assert "interrupted" in err and "kept" in err or "nothing was written" in err
+    assert "interrupted" in err and (
+        "kept" in err or "nothing was written" in err or "saved yet" in err
+    )
     command = re.search(r"(?:continue with(?: \([^)]*\))?|run it again): (songsight .*)$", err)
     assert command, err
     tokens = shlex.split(command[1])
@@ -199,3 +201,19 @@ def test_cascade_settings_beside_a_distilled_model_are_refused(extra, tmp_path, 
     err = capsys.readouterr().err
     assert "would change nothing" in err and "drop --model" in err
     assert extra[0] in err
+
+
+def test_embed_interrupted_names_only_what_exists(tmp_path):
+    """Ctrl-C advice once named `emb/audio.parquet.parts` before it existed."""
+    import argparse
+
+    from songsight.cli.interrupt import interrupted_message
+
+    out = tmp_path / "emb" / "audio.parquet"
+    args = argparse.Namespace(command="embed", out=str(out))
+    argv = ["embed", "audio", "r/", "--out", str(out)]
+    assert "no file was embedded and saved yet" in interrupted_message(args, argv)
+    assert ".parts" not in interrupted_message(args, argv)
+    (tmp_path / "emb" / "audio.parquet.parts").mkdir(parents=True)
+    (tmp_path / "emb" / "audio.parquet.parts" / "part-00000.parquet").write_bytes(b"x")
+    assert f"kept in {out}.parts" in interrupted_message(args, argv)

@@ -285,12 +285,48 @@ def test_fewer_clips_than_a_batch_train_and_say_so(world, tiny_models, tmp_path,
     assert clips < 32 and summary["plan"]["batch_size"] == clips and summary["steps"] == 1
     err = capsys.readouterr().err
     assert f"{clips} training clips are fewer than a batch of 32" in err and "--batch-size" in err
-    # Validation carved from the manifest (1 of 4 recordings per species) and, with no photos,
-    # only the posterior readouts are candidates: the raw embedding cannot be judged.
+    # Validation carved from the manifest: 1 of 4 recordings per species, too few to choose a
+    # readout on (4 clips once chose one worse than the cascade): the stated default, and why.
+    from songsight.distill.checkpoint import default_readout
+    from songsight.distill.monitor import MIN_READOUT_CLIPS_PER_SPECIES
     from songsight.encoders.distilled import read_meta
 
     meta = read_meta(tmp_path / "run")
     assert summary["val_clips"] == 3 and meta["validation"]["source"] == "carved"
+    default = default_readout()
+    assert meta["readout"]["method"] == default["method"]
+    assert meta["readout"]["fusion_weight"] == default["fusion_weight"]
+    assert meta["readout"]["validation_counts"] == {"clips": 3, "species": 3, "min_clips_per_species": 1}  # fmt: skip
+    assert "too small" in meta["readout"]["chosen_on"]
+    assert f"readouts are chosen with at least {MIN_READOUT_CLIPS_PER_SPECIES} of each" in err
+
+
+def test_readout_is_chosen_on_a_large_enough_validation(world, tiny_models, tmp_path, capsys):
+    """With enough clips of each species, the readout (and fusion weight) is validation's
+    choice; with no photos only the posterior readouts are candidates. The set-up says what
+    it does before the progress bar (it once showed nothing for a minute)."""
+    import pandas as pd
+
+    from songsight.distill.monitor import MIN_READOUT_CLIPS_PER_SPECIES
+    from songsight.distill.train import distill
+    from songsight.encoders.distilled import read_meta
+
+    audio, image = tiny_models
+    rows = pd.read_csv(world / "audio.csv")
+    test = rows[rows["split"] == "test"]
+    val = pd.concat([test] * -(-MIN_READOUT_CLIPS_PER_SPECIES // 4))  # each clip listed twice
+    val.to_csv(tmp_path / "val.csv", index=False)
+    distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "run",
+        DistillConfig(epochs=1, batch_size=32), val_manifest=tmp_path / "val.csv",
+        device="cpu", progress=True, cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    said = ["teacher", "student", "decoding training audio", f"embedding {len(val)} validation clips", "fitting the head's starting point", "distilling"]  # fmt: skip
+    at = [err.find(s) for s in said]
+    assert all(i >= 0 for i in at) and at == sorted(at), err
+    meta = read_meta(tmp_path / "run")
+    assert meta["readout"]["chosen_on"].startswith("validation split")
     figures = meta["readout"]["validation"]
     posterior = {m: figures[f"val_{m}"] for m in ("distilled_proto", "fused")}
     assert meta["readout"]["method"] == max(posterior, key=posterior.get)

@@ -138,10 +138,13 @@ def test_run_plan_follows_the_data_size():
     assert small.batch_size == 24 and small.steps_per_epoch == 1
     assert small.total_steps == small.epochs == DistillConfig().max_epochs
     assert any("fewer than a batch" in n for n in small.notes)
+    # It once read "100 epochs of 1 steps": counts agree, and a run short of min_steps says so.
+    assert "100 epochs of 1 step, 100 steps in all (fewer than the 1,000 steps asked" in small.notes[-1]  # fmt: skip
     mid = plan_run(1920, DistillConfig())
     assert mid.batch_size == 32 and mid.steps_per_epoch == 60
     assert mid.total_steps >= DistillConfig().min_steps and mid.epochs == -(-1000 // 60)
     assert mid.warmup_steps == round(0.05 * mid.total_steps)
+    assert "17 epochs of 60 steps, 1,020 steps in all (at least 1,000 steps" in mid.notes[-1]
     big = plan_run(1_000_000, DistillConfig())
     assert big.epochs == 1 and big.total_steps == 1_000_000 // 32
     fixed = plan_run(1920, DistillConfig(epochs=3, warmup_steps=7))

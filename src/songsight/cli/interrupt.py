@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 __all__ = ["interrupted_message"]
 
@@ -28,13 +29,23 @@ def _command(argv: list[str], drop: str | None = None, add: str | None = None) -
     return shlex.join(["songsight", *tokens])
 
 
+def _embedded_so_far(out: Path) -> str:
+    """What an interrupted ``embed`` kept, as it is on disk now (a part is written every
+    couple of thousand rows, so the first ones may not have reached it yet)."""
+    parts = out.with_name(out.name + ".parts")
+    if any(parts.glob("part-*.parquet")):
+        return f"the files embedded so far are kept in {parts} (merged into {out} when the run finishes)"  # fmt: skip
+    if out.is_file():
+        return f"{out} is kept as it was; no new file was embedded yet"
+    return "no file was embedded and saved yet"
+
+
 def interrupted_message(args: argparse.Namespace, argv: list[str]) -> str:
     """One paragraph for stderr: what was kept, and the command that continues."""
     command = getattr(args, "command", None)
     same = _command(argv)
     if command == "embed":
-        out = getattr(args, "out", "the output")
-        kept = f"the files embedded so far are kept (in {out}.parts until the run finishes)"
+        kept = _embedded_so_far(Path(args.out))
         todo = f"continue with: {_command(argv, drop='--overwrite', add='--resume')}"
     elif command == "index" and args.index_command in ("build", "add"):
         kept = f"the photos embedded so far are kept in {args.gallery}"

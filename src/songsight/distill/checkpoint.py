@@ -24,11 +24,19 @@ def default_readout() -> dict:
     return {"method": "fused", "fusion_weight": 0.5, "chosen_on": None, "validation": {}}
 
 
-def readout_record(val: dict, n_clips: int) -> dict:
+def readout_record(val: dict, counts: dict) -> dict:
+    """The checkpoint's readout: chosen on validation, or the default when validation was too
+    small to choose (``val_readout_default`` says why); ``counts`` of the validation clips."""
+    why = val.get("val_readout_default")
     return {
         "method": val["val_readout"],
         "fusion_weight": val.get("val_fusion_weight", 0.5),
-        "chosen_on": f"validation split ({n_clips} clips)",
+        "chosen_on": (
+            f"nothing: the default, since validation is too small ({why})"
+            if why
+            else f"validation split ({counts['clips']} clips)"
+        ),
+        "validation_counts": counts,
         "validation": {k: v for k, v in val.items() if k not in ("val_readout",)},
     }
 

@@ -41,10 +41,17 @@ class AudioCrops:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def check(self) -> list[tuple[str, str]]:
-        """Decode every file once (filling the cache); returns (path, reason) of the unusable ones."""
+    def check(self, progress: bool = False) -> list[tuple[str, str]]:
+        """Decode every file once (filling the cache); returns (path, reason) of the unusable
+        ones. ``progress``: a bar by file on stderr."""
+        import sys
+
+        from tqdm.auto import tqdm
+
         bad = []
-        for i in range(len(self)):
+        bar = tqdm(range(len(self)), desc="decoding training audio", unit="file",
+                   disable=not progress, file=sys.stderr, leave=False)  # fmt: skip
+        for i in bar:
             try:
                 self.waveform(i)
             except InputFileError as exc:

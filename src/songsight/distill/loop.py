@@ -214,7 +214,7 @@ class Trainer:
                 "epoch": epoch,
                 "step": st.step,
                 "stale": 0,
-                "readout": readout_record(val, len(self.run.validator.labels)),
+                "readout": readout_record(val, self.run.validator.counts),
             }
             self._save("best", epoch + 1, 0)
         else:

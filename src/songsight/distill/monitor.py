@@ -13,6 +13,10 @@ from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION
 from songsight.inputs.audio import window_bounds
 
 METRICS_FILE = "metrics.csv"
+# Readouts are chosen on validation only with at least this many clips of each validation
+# species: on fewer, the choice is noise (4 clips once chose a readout worse than the
+# cascade) and the run keeps the stated default (`songsight.distill.checkpoint.default_readout`).
+MIN_READOUT_CLIPS_PER_SPECIES = 5
 
 
 class Validator:
@@ -47,6 +51,24 @@ class Validator:
         self.p_cascade = None  # (N, S) the cascade's posterior, from the original model
         self.species_labels = np.array(sorted(by_label, key=by_label.get))
         self.seen = np.isin(self.species_labels, train_labels)
+        per_species = np.unique(self.labels, return_counts=True)[1]
+        self.counts = {
+            "clips": int(len(self.labels)),
+            "species": int(len(per_species)),
+            "min_clips_per_species": int(per_species.min()) if len(per_species) else 0,
+        }
+
+    def can_choose_readout(self) -> bool:
+        """Whether validation is large enough to choose a readout and its fusion weight."""
+        return self.counts["min_clips_per_species"] >= MIN_READOUT_CLIPS_PER_SPECIES
+
+    def too_small(self) -> str:
+        c = self.counts
+        return (
+            f"{c['clips']} validation clip(s) of {c['species']} species, as few as "
+            f"{c['min_clips_per_species']} of one; readouts are chosen with at least "
+            f"{MIN_READOUT_CLIPS_PER_SPECIES} of each"
+        )
 
     def embed(self, student, output: int = 0) -> np.ndarray:
         """(N, D) clip embeddings of the validation clips: the student's head output
@@ -134,7 +156,18 @@ class Validator:
             # world it chose distilled_proto, whose held-out mAP on test was then 4.7 against
             # the cascade's 89.7. Such a run answers with fused or the raw embedding.
             candidates.pop("distilled_proto", None)
-        best = max(candidates, key=candidates.get)
+        if self.can_choose_readout():
+            best = max(candidates, key=candidates.get)
+        else:  # too few clips to choose: the stated default, judged as it will answer
+            from songsight.distill.checkpoint import default_readout
+
+            default = default_readout()
+            best = default["method"] if default["method"] in readouts else "distilled_proto"
+            if best == "fused":
+                w = default["fusion_weight"]
+                readouts["fused"], res["val_fusion_weight"] = fused[w], w
+                res["val_fused"] = fused[w]
+            res["val_readout_default"] = self.too_small()
         res["val_readout"], res["val_score"] = best, readouts[best]
         if self.gallery is not None:
             res["val_map"] = readouts["distilled"]

@@ -128,9 +128,15 @@ def plan_run(n_clips: int, cfg: DistillConfig, world_size: int = 1) -> RunPlan:
     steps_per_epoch = max(1, n_clips // (batch * cfg.grad_accum))
     if cfg.epochs is None:
         epochs = min(cfg.max_epochs, max(1, math.ceil(cfg.min_steps / steps_per_epoch)))
+        total = epochs * steps_per_epoch
+        why = (
+            f"at least {cfg.min_steps:,} steps"
+            if total >= cfg.min_steps
+            else f"fewer than the {cfg.min_steps:,} steps asked: at most {cfg.max_epochs} epochs"
+        )
         notes.append(
-            f"{epochs} epochs of {steps_per_epoch} steps (at least {cfg.min_steps} steps, "
-            f"at most {cfg.max_epochs} epochs; --epochs to choose)"
+            f"{_count(epochs, 'epoch')} of {_count(steps_per_epoch, 'step')}, {total:,} steps "
+            f"in all ({why}; --epochs and --max-epochs to choose)"
         )
     else:
         epochs = cfg.epochs
@@ -141,6 +147,10 @@ def plan_run(n_clips: int, cfg: DistillConfig, world_size: int = 1) -> RunPlan:
         else max(1, int(round(cfg.warmup_fraction * total)))
     )
     return RunPlan(batch, epochs, steps_per_epoch, total, min(warmup, total), notes)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 
 # Decoded training audio kept in memory at most (float32 at the model's rate): 4 GiB, or a

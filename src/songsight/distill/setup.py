@@ -107,7 +107,7 @@ def init_ranks(device: str | None, progress: bool) -> tuple[int, int, int, str]:
 
 
 def load_crops(train_df, rows: list[int], features, window_s: float, cfg: DistillConfig,
-               is_main: bool, hooks: DistillHooks) -> AudioCrops:  # fmt: skip
+               is_main: bool, hooks: DistillHooks, progress: bool = False) -> AudioCrops:  # fmt: skip
     """The training clips as augmented crops (``rows``: each clip's target row), decoded into
     memory up front when they fit; a clip that cannot be decoded is a one-line error."""
     cache_audio = cfg.cache_audio
@@ -129,7 +129,7 @@ def load_crops(train_df, rows: list[int], features, window_s: float, cfg: Distil
     bad = []
     if cache_audio:
         with timed_phase(hooks, "decode"):
-            bad = data.check()
+            bad = data.check(progress=progress and is_main)
     if bad:
         raise DataNotFoundError(
             f"{len(bad)} training file(s) cannot be decoded, e.g. {bad[0][0]}: {bad[0][1]}. "
@@ -225,26 +225,43 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
     species, train_df, val_df, split_info, train_labels, plan = load_inputs(
         train_manifest, species_csv, val_manifest, cfg, world, rank == 0
     )
+    # Set-up takes a minute or more before the first step: each phase says what it does.
+    tell = say if rank == 0 and progress else (lambda _: None)
     by_label = {s.label: i for i, s in enumerate(species)}
     audio_res = resolve_model(str(audio_model), "audio")
+    tell(f"teacher {image_model}: the species' text targets" + (
+        " and the validation photos" if val_gallery is not None else ""))  # fmt: skip
     all_targets, target_info, teacher_prov, gallery = load_teacher(
         image_model, species, cfg, device, cache_dir, val_gallery, hooks
     )
     rows_of, train_targets = loss_candidates(all_targets, by_label, train_labels, cfg, device)
 
     torch.manual_seed(cfg.seed)  # before the head is initialised: same seed, same run
+    tell(f"student {audio_model}: loading it and its text view of {len(species)} species")
     st = load_student(audio_res, species, cfg, all_targets.shape[1], device, hooks)
     rows = [rows_of[int(x)] for x in train_df["label"]]
-    data = load_crops(train_df, rows, st.features, st.window_s, cfg, rank == 0, hooks)
+    data = load_crops(train_df, rows, st.features, st.window_s, cfg, rank == 0, hooks, progress)
     autocast = autocast_dtype(cfg.precision, device)
     validator = None
     if val_df is not None:
+        tell(f"embedding {len(val_df)} validation clips with the untouched student")
         validator = Validator(
             val_df, st.features, st.window_s, torch.from_numpy(all_targets).to(device), by_label,
             train_labels, gallery, device, autocast, cascade=(st.audio_text, st.cascade_temperature),
         )  # fmt: skip
         validator.prepare(st.student)  # the untouched model: the cascade's view of the clips
+        if rank == 0 and not validator.can_choose_readout():
+            from songsight.distill.checkpoint import default_readout
+
+            d = default_readout()
+            say(
+                f"{validator.too_small()}: the run answers with the default readout, "
+                f"{d['method']} at fusion weight {d['fusion_weight']} (give more validation "
+                "clips, e.g. --val MANIFEST, to let validation choose)"
+            )
     logit_scale, loss_fn = build_loss(cfg, device)
+    if not resume:
+        tell("fitting the head's starting point on the untouched embeddings")
     head_note = init_head(
         st, logit_scale, data, train_targets, cfg, plan.batch_size, device, resume
     )
