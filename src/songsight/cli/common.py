@@ -91,3 +91,13 @@ def add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=positive(int), default=2, help="model workers for --engine ray"
     )
+
+
+def add_yes(p: argparse.ArgumentParser, what: str = "the photos") -> None:
+    """``--yes``: a command that would remove many photos, or all, shows them and stops without it."""
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"remove {what} without stopping to show them first (needed when more than 5 "
+        "photos, or all of them, would go)",
+    )

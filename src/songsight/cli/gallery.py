@@ -9,6 +9,7 @@ from songsight.cli.common import (
     IMAGE_DEFAULT,
     add_device,
     add_engine,
+    add_yes,
     port,
     positive,
     quiet_device,
@@ -211,7 +212,7 @@ def add_index(sub: argparse._SubParsersAction) -> None:
                 "--overwrite", action="store_true",
                 help="start the gallery again (removes its photos: with --yes when it holds any)",
             )  # fmt: skip
-            _add_yes(q)
+            add_yes(q)
         add_engine(q)
         q.add_argument("--batch-size", type=positive(int), default=32)
         q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
@@ -219,15 +220,6 @@ def add_index(sub: argparse._SubParsersAction) -> None:
         add_device(q)
         add_milvus(q)
     add_index_edits(isub)
-
-
-def _add_yes(q: argparse.ArgumentParser) -> None:
-    q.add_argument(
-        "--yes",
-        action="store_true",
-        help="remove the photos without stopping to show them first (needed when more than "
-        "5 photos, or all of them, would go)",
-    )
 
 
 def _add_cascade_mode(q: argparse.ArgumentParser) -> None:
@@ -250,7 +242,7 @@ def _add_check(isub) -> None:
         action="store_true",
         help="remove them from the gallery (the photos after them get new ids)",
     )
-    _add_yes(q)
+    add_yes(q)
 
 
 def _add_calibrate(isub) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from songsight.cli.common import add_yes
+
 
 def add_milvus(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -76,12 +78,7 @@ def add_index_edits(isub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("items", nargs="+", metavar="PATH_OR_SHA256")
     q.add_argument("--gallery", required=True, metavar="DIR")
-    q.add_argument(
-        "--yes",
-        action="store_true",
-        help="remove them without stopping to show them first (needed when more than 5 "
-        "photos, or all of them, would go)",
-    )
+    add_yes(q, "them")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q = isub.add_parser(
         "move",
