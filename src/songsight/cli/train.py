@@ -66,7 +66,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     data.add_argument(
         "--species",
         metavar="TAXA_CSV",
-        help="the species table the labels refer to (SSW60's taxa.csv columns)",
+        help="the species table the labels refer to: scientific_name and common_name, "
+        "optionally label, species_code, order, family ... (SSW60's taxa.csv reads as it is)",
     )
     add_audio_model(p)
     add_image_model(p)
@@ -208,7 +209,8 @@ def add_distill(sub: argparse._SubParsersAction) -> None:
         "--species",
         required=True,
         metavar="TAXA_CSV",
-        help="species table with SSW60's taxa.csv columns",
+        help="the species table the labels refer to: scientific_name and common_name, "
+        "optionally label, species_code, order, family ... (SSW60's taxa.csv reads as it is)",
     )
     add_audio_model(p)
     add_image_model(p)
