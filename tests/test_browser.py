@@ -418,7 +418,7 @@ def demo_report(tmp_path_factory):
 
 
 def test_report_page_shows_tables_figures_and_calls(browser, demo_report, tmp_path):
-    from songsight.eval.report import LABELS, RETRIEVAL_ROWS
+    from songsight.eval.report_tables import LABELS, RETRIEVAL_ROWS
 
     report, results = demo_report
     context = browser.new_context(viewport={"width": 1200, "height": 900})

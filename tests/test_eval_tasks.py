@@ -34,7 +34,8 @@ from songsight.eval.audio_to_image import (
 )
 from songsight.eval.config import EvalConfig, check_teacher, train_labels_of
 from songsight.eval.inputs import limit_rows
-from songsight.eval.report import LABELS, RETRIEVAL_ROWS, format_summary, merge_reports
+from songsight.eval.report import format_summary, merge_reports
+from songsight.eval.report_tables import LABELS, RETRIEVAL_ROWS
 from songsight.eval.tasks import run_evaluation
 from songsight.index.store import load_embeddings
 from songsight.taxonomy import Species
@@ -267,8 +268,18 @@ def test_results_json_has_every_method_and_metric(full):
     for scores in res["discriminability"].values():
         assert set(scores) == {"probe_accuracy", "probe_macro_f1", "knn_accuracy"}
     models = {"chance", "original", "map_ridge", "map_procrustes", "map_mlp", "distilled"}
-    assert set(res["alignment"]["focal"]) == models
-    assert set(res["alignment"]["soundscape"]) == models
+    readouts = {"distilled_proto", "fused"}  # the product's answers, as posteriors
+    assert set(res["alignment"]["focal"]) == models | readouts
+    assert set(res["alignment"]["soundscape"]) == models | readouts
+    # Paired differences with the cascade, query by query: the same queries for both, so the
+    # mean difference is the difference of the means; the interval brackets it.
+    versus = ret["audio_to_image_vs_cascade"]
+    assert set(versus) == set(ret["audio_to_image"]) - {"cascade_top1"}
+    for method, d in versus.items():
+        expected = ret["audio_to_image"][method]["map"] - ret["audio_to_image"]["cascade_top1"]["map"]
+        assert d["diff"] == pytest.approx(expected, abs=1e-9)
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    assert ret["recorded_readout"]["method"] in ("distilled", "distilled_proto", "fused")
     prov = res["provenance"]
     assert prov["distilled"]["meta"]["train_labels"] == TRAIN_LABELS
     assert prov["image_model"]["model_id"] and prov["audio_model"]["revision"]
@@ -463,9 +474,11 @@ def test_run_without_distilled_and_with_a_focal_manifest(small):
 def test_merge_reports_merges_two_runs(full, small):
     md = merge_reports([full.out, small.out])
     assert "| Method | Run |" in md
-    # Retrieval: main, by gallery, seen/held-out, image-to-audio; probes; focal, its subsets, soundscapes.
-    assert md.count("| Distilled | full |") == 8
-    assert md.count("| Oracle (ceiling) | small |") == 3  # no held-out split in the small run
+    # Retrieval: main, against the cascade, by gallery, seen/held-out, image-to-audio; probes;
+    # focal, its subsets, soundscapes.
+    assert md.count("| Distilled | full |") == 9
+    assert "## Against the cascade, query by query" in md
+    assert md.count("| Oracle (ceiling) | small |") == 4  # no held-out split in the small run
     assert "| Cascade, top-1 | full |" in md and "| Cascade, top-1 | small |" in md
     assert "| Mapping, MLP | small |" not in md
     assert "**full**" in md and "**small**" in md

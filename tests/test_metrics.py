@@ -339,3 +339,31 @@ def test_classwise_edges():
     assert math.isnan(classwise_map(np.zeros((3, 1)), np.zeros((3, 1), bool)).mean)
     with pytest.raises(ValueError, match="match"):
         classwise_map(np.zeros((3, 2)), np.zeros((3, 1), bool))
+
+
+def test_paired_difference_resamples_both_methods_together():
+    """Against a brute-force loop: the same query indices for both methods in every resample;
+    queries either method cannot score (NaN) are left out of both."""
+    from songsight.eval.metrics import _BLOCK_ELEMENTS, paired_difference
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random(50), rng.random(50)
+    a[3] = np.nan
+    got = paired_difference(a, b, n_boot=200, seed=7)
+    keep = ~np.isnan(a)
+    d = a[keep] - b[keep]
+    assert got["n"] == 49 and got["diff"] == pytest.approx(d.mean())
+    boot = np.random.default_rng(7)
+    per_block = max(1, _BLOCK_ELEMENTS // 49)
+    means = []
+    for b0 in range(0, 200, per_block):
+        idx = boot.integers(0, 49, size=(min(b0 + per_block, 200) - b0, 49))
+        means += [(a[keep][i] - b[keep][i]).mean() for i in idx]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi))
+    # Two methods that always move together: a tight interval, though each alone is wide.
+    c = rng.random(200)
+    tight = paired_difference(c + 0.01, c, n_boot=300, seed=0)
+    assert tight["ci_low"] == pytest.approx(0.01) and tight["ci_high"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="same queries"):
+        paired_difference(a, b[:10])

@@ -54,6 +54,44 @@ def test_fused_posterior_routes_by_the_cascade_answer():
     assert (fuse_posteriors(p_d, p_c, seen, 0.0).argmax(1) == p_c.argmax(1)).all()
 
 
+def test_soft_gate_keeps_the_cascade_mass_on_species_never_learnt():
+    """Brute force: unseen species keep the cascade's probability; the rest of the row is the
+    weighted geometric mix over the seen species, scaled to the cascade's seen mass."""
+    rng = np.random.default_rng(11)
+    p_d, p_c = _posterior(rng, 30, 6), _posterior(rng, 30, 6)
+    seen = np.array([1, 1, 0, 1, 0, 1], bool)
+    for w in (0.0, 0.4, 1.0):
+        got = fuse_posteriors(p_d, p_c, seen, w, gate="soft")
+        for i in range(30):
+            mix = np.array([p_d[i, s] ** w * p_c[i, s] ** (1 - w) if seen[s] else 0.0 for s in range(6)])  # fmt: skip
+            ref = np.where(seen, mix / mix.sum() * p_c[i, seen].sum(), p_c[i])
+            np.testing.assert_allclose(got[i], ref, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(fuse_posteriors(p_d, p_c, seen, 0.0, gate="soft"), p_c, rtol=1e-5)
+
+
+def test_poe_gate_multiplies_likelihood_ratios():
+    """Brute force: p(s) ~ p_cascade(s) * (p_distilled(s) / prior(s))^w over every species;
+    weight 0 is the cascade, and a species at its prior keeps the cascade's say."""
+    from songsight.distill.readout import species_prior
+
+    rng = np.random.default_rng(12)
+    p_d, p_c = _posterior(rng, 25, 5), _posterior(rng, 25, 5)
+    seen = np.array([1, 1, 1, 0, 0], bool)
+    prior = species_prior(p_d)
+    np.testing.assert_allclose(prior, p_d.mean(0), rtol=1e-6)
+    got = fuse_posteriors(p_d, p_c, seen, 0.6, gate="poe", prior=prior)
+    for i in range(25):
+        ref = p_c[i] * (p_d[i] / prior) ** 0.6
+        np.testing.assert_allclose(got[i], ref / ref.sum(), rtol=1e-4)
+    np.testing.assert_allclose(fuse_posteriors(p_d, p_c, seen, 0.0, gate="poe", prior=prior), p_c, rtol=1e-5)  # fmt: skip
+    at_prior = np.tile(prior, (25, 1))
+    np.testing.assert_allclose(fuse_posteriors(at_prior, p_c, seen, 1.0, gate="poe", prior=prior), p_c, rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="prior"):
+        fuse_posteriors(p_d, p_c, seen, 0.5, gate="poe")
+    with pytest.raises(ValueError, match="gate"):
+        fuse_posteriors(p_d, p_c, seen, 0.5, gate="sometimes")
+
+
 def test_fused_with_nothing_seen_is_the_cascade_and_bad_input_is_refused():
     rng = np.random.default_rng(2)
     p_d, p_c = _posterior(rng, 3, 4), _posterior(rng, 3, 4)
@@ -118,6 +156,22 @@ def test_validation_split_is_stratified_grouped_and_spares_small_species():
     assert len(capped) == 6 and capped["label"].nunique() == 3  # one recording of 3 species
     assert not set(capped_train["recording_id"]) & set(capped["recording_id"])
     assert len(capped_train) + len(capped) == len(df)
+
+
+def test_gate_species_go_to_validation_whole_and_only_when_needed():
+    from songsight.distill.plan import gate_species_count
+
+    assert gate_species_count(48, table_has_untrained=True) == 5
+    assert gate_species_count(9, table_has_untrained=True) == 0  # too few to spare any
+    assert gate_species_count(48, table_has_untrained=False) == 0  # nothing to gate
+    df = _manifest({i: 6 for i in range(12)})
+    train, val, info = split_train_val(df, 0.15, seed=0, gate_species=2)
+    gate = info["gate_species"]
+    assert len(gate) == 2 and not set(gate) & set(train["label"])
+    assert (val[val["label"].isin(gate)].groupby("label").size() == 6).all()  # whole
+    assert set(train["label"]) | set(gate) == set(range(12))
+    assert sorted(train["path"].tolist() + val["path"].tolist()) == sorted(df["path"].tolist())
+    assert split_train_val(df, 0.15, seed=0, gate_species=2)[2]["gate_species"] == gate
 
 
 def test_audio_cache_only_when_it_fits(tmp_path, monkeypatch):

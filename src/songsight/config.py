@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 TRAIN_CHOICES = ("head", "projection", "top-k-blocks", "all")
+HEADS = ("auto", "linear", "mlp", "cascade")
 HEAD_INITS = ("probe", "random")
 # What a None default means, for --help.
 NONE_DEFAULTS = {
@@ -38,11 +39,14 @@ class DistillConfig:
     # what learns
     train: str = "all"  # head | projection | top-k-blocks | all
     top_k_blocks: int = 1  # HTSAT stages unfrozen (from the top) with train=top-k-blocks
-    head: str = "linear"  # linear | mlp
+    # auto: the starting head validation likes best of a linear probe, the zero-shot cascade
+    # as a head, and that cascade head fitted (`songsight.distill.models.init_head`);
+    # linear | mlp | cascade: that head only
+    head: str = "auto"
     head_hidden: int | None = None
-    # probe: least-squares fit of the original audio embeddings onto their species' targets
-    # before fine-tuning (LP-FT, Kumar et al. 2022: a random head distorts the features);
-    # random: PyTorch's default initialisation.
+    # probe: fitted on the untouched embeddings before fine-tuning (LP-FT, Kumar et al. 2022:
+    # a random head distorts the features); random: PyTorch's default initialisation (a
+    # cascade head then starts as the cascade itself)
     head_init: str = "probe"
     # targets
     prompt_format: str = "taxon_com"  # BioCLIP's richest text form: taxonomy + common name
@@ -102,6 +106,8 @@ class DistillConfig:
             raise ValueError(f"loss must be 'class' or 'batch', not {self.loss!r}")
         if self.candidates not in ("all", "train"):
             raise ValueError(f"candidates must be 'all' or 'train', not {self.candidates!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init must be one of {HEAD_INITS}, not {self.head_init!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -283,7 +283,7 @@ def _distill_flags(parser, defaults) -> None:
     """
     from dataclasses import fields
 
-    from songsight.config import HEAD_INITS, NONE_DEFAULTS, TRAIN_CHOICES, DistillConfig
+    from songsight.config import HEAD_INITS, HEADS, NONE_DEFAULTS, TRAIN_CHOICES, DistillConfig
 
     for f in fields(DistillConfig):
         flag = "--train-mode" if f.name == "train" else "--" + f.name.replace("_", "-")
@@ -300,6 +300,8 @@ def _distill_flags(parser, defaults) -> None:
             kw["choices"] = TRAIN_CHOICES
         elif f.name == "head_init":
             kw["choices"] = HEAD_INITS
+        elif f.name == "head":
+            kw["choices"] = HEADS
         elif f.name == "templates":
             kw["metavar"] = "SET|TEMPLATE|FILE"
             kw["help"] = (

@@ -21,23 +21,39 @@ STATE_FILE = "trainer_state.pt"
 def default_readout() -> dict:
     """The readout of a run with nothing to validate on: the fused one, which answers species
     outside the distillation set through the cascade, at the middle fusion weight."""
-    return {"method": "fused", "fusion_weight": 0.5, "chosen_on": None, "validation": {}}
+    return {
+        "method": "fused",
+        "fusion_weight": 0.5,
+        "fusion_gate": "hard",
+        "chosen_on": None,
+        "validation": {},
+    }
 
 
-def readout_record(val: dict, counts: dict) -> dict:
+def readout_record(val: dict, counts: dict, names: list[str]) -> dict:
     """The checkpoint's readout: chosen on validation, or the default when validation was too
-    small to choose (``val_readout_default`` says why); ``counts`` of the validation clips."""
+    small to choose (``val_readout_default`` says why); ``counts`` of the validation clips;
+    ``names``: the scientific names of the species table's rows (the poe gate's prior is
+    recorded by name, so a gallery of other species can look it up)."""
     why = val.get("val_readout_default")
     return {
         "method": val["val_readout"],
         "fusion_weight": val.get("val_fusion_weight", 0.5),
+        "fusion_gate": val.get("val_fusion_gate", "hard"),
+        **(
+            {"fusion_prior": dict(zip(names, val["val_fusion_prior"], strict=True))}
+            if "val_fusion_prior" in val
+            else {}
+        ),
         "chosen_on": (
             f"nothing: the default, since validation is too small ({why})"
             if why
             else f"validation split ({counts['clips']} clips)"
         ),
         "validation_counts": counts,
-        "validation": {k: v for k, v in val.items() if k not in ("val_readout",)},
+        "validation": {
+            k: v for k, v in val.items() if k not in ("val_readout", "val_fusion_prior")
+        },
     }
 
 
@@ -86,8 +102,9 @@ def run_meta(cfg, audio_res, teacher_prov: dict, target_info: dict, species, tra
         "head": {
             "in_dim": int(st.clap.config.projection_dim),
             "out_dim": int(out_dim),
-            "kind": cfg.head,
+            "kind": head_kind(st.head),
             "hidden": cfg.head_hidden,
+            "n_species": len(species),
             "init": head_note,
         },
         "cascade": {
@@ -97,6 +114,15 @@ def run_meta(cfg, audio_res, teacher_prov: dict, target_info: dict, species, tra
         },
         "window_s": st.window_s,
     }
+
+
+def head_kind(head) -> str:
+    """``linear``, ``mlp`` or ``cascade``: what a checkpoint needs to build ``head`` again."""
+    from torch import nn
+
+    if isinstance(head, nn.Linear):
+        return "linear"
+    return "cascade" if hasattr(head, "species_logits") else "mlp"
 
 
 def _no_best() -> dict:
@@ -117,6 +143,15 @@ class TrainState:
 def has_checkpoint(out: Path) -> bool:
     """Whether ``out`` holds a checkpoint a run can resume from (``last`` with its state)."""
     return (out / "last" / STATE_FILE).is_file()
+
+
+def saved_head_kind(out: Path) -> str:
+    """The head kind of the run saved in ``out/last`` (``linear``, ``mlp`` or ``cascade``)."""
+    import json
+
+    from songsight.encoders.loading import DISTILLED_MARKER
+
+    return json.loads((out / "last" / DISTILLED_MARKER).read_text())["head"]["kind"]
 
 
 def start_or_resume(out: Path, resume: bool) -> tuple[bool, str | None]:

@@ -214,7 +214,9 @@ class Trainer:
                 "epoch": epoch,
                 "step": st.step,
                 "stale": 0,
-                "readout": readout_record(val, self.run.validator.counts),
+                "readout": readout_record(
+                    val, self.run.validator.counts, [s.scientific_name for s in self.run.species]
+                ),
             }
             self._save("best", epoch + 1, 0)
         else:

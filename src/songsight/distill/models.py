@@ -113,9 +113,11 @@ def load_student(audio_res, species, cfg: DistillConfig, out_dim: int, device: s
         base_encoder, species, cfg.audio_prompt_format, cfg.audio_templates
     )
     cascade_temperature = float(1.0 / clap.logit_scale_a.detach().float().exp().cpu())
-    head = build_head(int(clap.config.projection_dim), out_dim, cfg.head, cfg.head_hidden).to(
-        device
-    )
+    # A placeholder of the configured shape; `init_head` puts the starting head in its place.
+    kind = "linear" if cfg.head == "auto" else cfg.head
+    head = build_head(
+        int(clap.config.projection_dim), out_dim, kind, cfg.head_hidden, len(species)
+    ).to(device)
     student = make_student(clap, head).eval()
     return Student(
         clap, features, extractor, base_encoder.tokenizer, window_s, audio_text,
@@ -123,24 +125,103 @@ def load_student(audio_res, species, cfg: DistillConfig, out_dim: int, device: s
     )  # fmt: skip
 
 
-def init_head(st: Student, logit_scale, data: AudioCrops, train_targets, cfg: DistillConfig,
-              batch_size: int, device: str, resume: bool) -> dict | str:  # fmt: skip
-    """Start the linear head (and the temperature) as a probe on the untouched embeddings
-    (`songsight.distill.probe_init`); returns the checkpoint's record of how the head began."""
+def head_candidates(cfg: DistillConfig) -> tuple[str, ...]:
+    """The starting heads a run tries (`init_head`), by name: ``probe`` (a linear head fitted
+    on the untouched embeddings), ``cascade`` (the zero-shot cascade as it is) and
+    ``cascade_fit`` (the cascade head fitted on the untouched embeddings)."""
+    if cfg.head == "auto":
+        return ("probe", "cascade", "cascade_fit")
+    if cfg.head == "cascade":
+        return ("cascade_fit",) if cfg.head_init == "probe" else ("cascade",)
+    if cfg.head == "linear" and cfg.head_init == "probe":
+        return ("probe",)
+    return ("random",)
+
+
+def _start(name: str, st: Student, all_targets: np.ndarray, cfg: DistillConfig, device: str):
+    """A fresh head for candidate ``name`` (before any fitting)."""
+    from songsight.encoders.distilled import init_cascade_head
+
+    in_dim, out_dim, n = int(st.clap.config.projection_dim), all_targets.shape[1], len(all_targets)
+    if name.startswith("cascade"):
+        head = build_head(in_dim, out_dim, "cascade", n_species=n)
+        return init_cascade_head(head, st.audio_text, all_targets, st.cascade_temperature).to(
+            device
+        )
+    kind = "linear" if cfg.head == "auto" else cfg.head
+    return build_head(in_dim, out_dim, kind, cfg.head_hidden, n).to(device)
+
+
+def init_head(st: Student, logit_scale, data: AudioCrops, train_targets, all_targets: np.ndarray,
+              cfg: DistillConfig, batch_size: int, device: str, resume_kind: str | None,
+              validator=None) -> dict | str:  # fmt: skip
+    """Put the run's starting head (and temperature) in place; returns the checkpoint's record
+    of how the head began.
+
+    Each of `head_candidates` is built and, where it says so, fitted on the untouched
+    embeddings (`songsight.distill.probe_init`: Kumar et al.'s LP-FT); with several, the one
+    whose validation score is best starts the run (no validation: the cascade as it is, which
+    cannot start below the cascade). ``resume_kind``: the head kind of a run being resumed,
+    built empty for its saved weights.
+    """
+    import copy
+
+    import torch
+
     from songsight.distill.loss import DistillationLoss
 
-    if cfg.head_init == "probe" and cfg.head == "linear" and not resume:
+    if resume_kind is not None:
+        _set_head(st, _start("cascade" if resume_kind == "cascade" else "random", st, all_targets, cfg, device))  # fmt: skip
+        return "resumed"
+    names = head_candidates(cfg)
+    base = labels = None
+    if names != ("random",):
         rows = probe_rows(data.labels, cfg.seed)
         base = embed_base(st.student, data, rows, st.features, device, batch_size)
-        note = fit_probe_head(
-            st.head, logit_scale, DistillationLoss("class", target_weight=cfg.target_weight,
-            target_kind=cfg.target_kind), base, data.labels[rows], train_targets, cfg.seed,
-        )  # fmt: skip
-        note["kind"] = "probe"
-        return note
-    if cfg.head_init == "probe" and cfg.head != "linear":
-        return "random (the probe initialisation needs the linear head)"
-    return cfg.head_init
+        labels = data.labels[rows]
+    loss = DistillationLoss("class", target_weight=cfg.target_weight, target_kind=cfg.target_kind)
+    tried: dict[str, tuple] = {}
+    for name in names:
+        head, scale = _start(name, st, all_targets, cfg, device), copy.deepcopy(logit_scale)
+        kind = "cascade" if name.startswith("cascade") else ("linear" if cfg.head == "auto" else cfg.head)  # fmt: skip
+        note: dict = {"kind": kind, "start": name}
+        if name != "random":  # the temperature always, the head itself unless "cascade"
+            note.update(fit_probe_head(
+                head, scale, loss, base, labels, train_targets, cfg.seed,
+                fit_head=name != "cascade",
+            ))  # fmt: skip
+        tried[name] = (head, scale, note)
+    chosen = names[0]
+    if len(names) > 1:
+        scores = {}
+        for name, (head, scale, _) in tried.items():
+            _set_head(st, head)
+            scores[name] = (
+                float(validator(st.student, float(scale().detach().cpu()))["val_score"])
+                if validator is not None
+                else None
+            )
+        if validator is not None:
+            chosen = max(scores, key=scores.get)
+        else:
+            chosen = "cascade"
+        tried[chosen][2]["candidates"] = scores
+    head, scale, note = tried[chosen]
+    _set_head(st, head)
+    with torch.no_grad():
+        logit_scale.log_scale.copy_(scale.log_scale)
+    if chosen == "random":
+        return (
+            "random (the probe initialisation needs the linear head)"
+            if cfg.head_init == "probe"
+            else "random"
+        )
+    return note
+
+
+def _set_head(st: Student, head) -> None:
+    st.head = head
+    st.student.head = head
 
 
 def wrap_trainable(st: Student, logit_scale, cfg: DistillConfig, device: str, world: int,

@@ -110,7 +110,7 @@ class Validator:
 
     def __call__(self, student, logit_scale: float) -> dict:
         """Metrics of ``student`` (already in eval mode) on the validation clips."""
-        from songsight.distill.readout import FUSION_WEIGHTS, readout_queries
+        from songsight.distill.readout import readout_queries
         from songsight.eval.metrics import topk_accuracy
 
         emb = self.embed(student)
@@ -123,55 +123,100 @@ class Validator:
         if seen.any() and not seen.all():
             res["val_zero_shot_top1_seen"] = topk_accuracy(scores[seen], idx[seen], 1)
             res["val_zero_shot_top1_heldout"] = topk_accuracy(scores[~seen], idx[~seen], 1)
+        res.update(self._where_it_lands(emb, idx))
         readouts = {}
         for name in ("distilled", "distilled_proto"):
             q = readout_queries(name, emb, species_emb, logit_scale=logit_scale)
             readouts[name] = self._score(q, idx)
         if self.p_cascade is not None:
             res["val_cascade"] = self._score(species_emb[self.p_cascade.argmax(1)], idx)
-            fused = {
-                w: self._score(
-                    readout_queries(
-                        "fused", emb, species_emb, logit_scale=logit_scale,
-                        p_cascade=self.p_cascade, seen=self.seen, weight=w,
-                    ),
-                    idx,
-                )
-                for w in FUSION_WEIGHTS
-            }  # fmt: skip
-            # The largest weight among the best: ties go to the distilled side.
-            best_w = max(fused, key=lambda w: (fused[w], w))
-            readouts["fused"], res["val_fusion_weight"] = fused[best_w], best_w
+            readouts["fused"], fusion = self._best_fusion(emb, idx, logit_scale)
+            res.update(fusion)
         for name, value in readouts.items():
             res[f"val_{name}"] = value
-        # Without photos, the raw embedding cannot be judged as an image query: its rank of
-        # the species' text credits near misses that land between photos of several species.
-        # The posterior readouts query with a species' text, which the text score does judge.
-        candidates = readouts if self.gallery is not None else {
-            k: v for k, v in readouts.items() if k != "distilled"
-        }  # fmt: skip
-        if not self.seen.all() and "fused" in candidates:
-            # Species of the table without training audio are never named by distilled_proto,
-            # and validation (distilled species only) cannot see that cost: in the simulated
-            # world it chose distilled_proto, whose held-out mAP on test was then 4.7 against
-            # the cascade's 89.7. Such a run answers with fused or the raw embedding.
-            candidates.pop("distilled_proto", None)
+        candidates = self._candidates(readouts, seen)
         if self.can_choose_readout():
             best = max(candidates, key=candidates.get)
         else:  # too few clips to choose: the stated default, judged as it will answer
-            from songsight.distill.checkpoint import default_readout
-
-            default = default_readout()
-            best = default["method"] if default["method"] in readouts else "distilled_proto"
-            if best == "fused":
-                w = default["fusion_weight"]
-                readouts["fused"], res["val_fusion_weight"] = fused[w], w
-                res["val_fused"] = fused[w]
-            res["val_readout_default"] = self.too_small()
+            best = self._default(readouts, res)
         res["val_readout"], res["val_score"] = best, readouts[best]
         if self.gallery is not None:
             res["val_map"] = readouts["distilled"]
         return res
+
+    def _where_it_lands(self, emb: np.ndarray, idx: np.ndarray) -> dict:
+        """The raw embedding's mean cosine to its own species' teacher text and, with photos,
+        to the (normalised) centroid of its species' photos: whether it lands on them."""
+        out = {"val_cos_text": float(np.mean(np.sum(emb * self.species_emb[idx], axis=1)))}
+        if self.gallery is not None:
+            g_emb, g_labels = self.gallery
+            cos = []
+            for label in np.unique(self.labels):
+                photos = g_emb[g_labels == label]
+                if len(photos):
+                    centroid = l2_normalize(photos.mean(0, keepdims=True))[0]
+                    cos.append(emb[self.labels == label] @ centroid)
+            if cos:
+                out["val_cos_photos"] = float(np.mean(np.concatenate(cos)))
+        return out
+
+    def _best_fusion(self, emb, idx, logit_scale: float) -> tuple[float, dict]:
+        """(score, record) of the best fused readout over every gate and weight; ties go to
+        the larger weight (the distilled side). The poe gate's prior is the distilled
+        posterior's mean over these clips."""
+        from songsight.distill.readout import (
+            FUSION_GATES,
+            FUSION_WEIGHTS,
+            prototype_posterior,
+            readout_queries,
+            species_prior,
+        )
+
+        prior = species_prior(prototype_posterior(emb, self.species_emb, logit_scale))
+        scored = {}
+        for gate in FUSION_GATES:
+            for w in FUSION_WEIGHTS:
+                q = readout_queries(
+                    "fused", emb, self.species_emb, logit_scale=logit_scale,
+                    p_cascade=self.p_cascade, seen=self.seen, weight=w, gate=gate, prior=prior,
+                )  # fmt: skip
+                scored[(gate, w)] = self._score(q, idx)
+        gate, w = max(scored, key=lambda k: (scored[k], k[1]))
+        self.fusions = scored
+        record = {"val_fusion_weight": w, "val_fusion_gate": gate}
+        if gate == "poe":
+            record["val_fusion_prior"] = [round(float(x), 8) for x in prior]
+        return scored[(gate, w)], record
+
+    def _candidates(self, readouts: dict, seen: np.ndarray) -> dict:
+        # Without photos, the raw embedding cannot be judged as an image query: its rank of
+        # the species' text credits near misses that land between photos of several species.
+        # The posterior readouts query with a species' text, which the text score does judge.
+        candidates = dict(readouts)
+        if self.gallery is None:
+            candidates.pop("distilled")
+        if not self.seen.all() and seen.all() and "fused" in candidates:
+            # Species of the table without training audio, and none among the validation
+            # clips (no gate species: too few trained): distilled_proto never names them and
+            # validation cannot see that cost (in the simulated world it once chose it, whose
+            # held-out mAP on test was then 4.7 against the cascade's 89.7).
+            candidates.pop("distilled_proto", None)
+        return candidates
+
+    def _default(self, readouts: dict, res: dict) -> str:
+        """The stated default readout (`songsight.distill.checkpoint.default_readout`), its
+        score recorded as it will answer."""
+        from songsight.distill.checkpoint import default_readout
+
+        default = default_readout()
+        best = default["method"] if default["method"] in readouts else "distilled_proto"
+        if best == "fused":
+            w, gate = default["fusion_weight"], default["fusion_gate"]
+            readouts["fused"] = res["val_fused"] = self.fusions[(gate, w)]
+            res.update(val_fusion_weight=w, val_fusion_gate=gate)
+            res.pop("val_fusion_prior", None)
+        res["val_readout_default"] = self.too_small()
+        return best
 
 
 class MetricsLog:
@@ -195,6 +240,9 @@ class MetricsLog:
         "val_distilled_proto",
         "val_fused",
         "val_fusion_weight",
+        "val_fusion_gate",
+        "val_cos_text",
+        "val_cos_photos",
         "val_cascade",
         "val_readout",
         "val_score",

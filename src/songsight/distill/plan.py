@@ -24,6 +24,19 @@ from songsight.config import DistillConfig
 GROUP_COLUMNS = ("recording_id", "recording", "group")
 # A species needs this many groups before one of them goes to validation.
 MIN_GROUPS_FOR_VAL = 3
+# Gate species: when the species table names species without training audio, this share of
+# the trained species (at least 2, from 10 trained species on) is held out of training and
+# validated on whole, so that how the fused readout answers species it never learnt (its
+# gate) is chosen on data like the test's held-out species rather than guessed.
+GATE_FRACTION = 0.1
+MIN_TRAINED_FOR_GATE = 10
+
+
+def gate_species_count(n_trained: int, table_has_untrained: bool) -> int:
+    """How many trained species a carved validation split holds out of training whole."""
+    if not table_has_untrained or n_trained < MIN_TRAINED_FOR_GATE:
+        return 0
+    return max(2, int(round(GATE_FRACTION * n_trained)))
 
 
 def group_keys(df: pd.DataFrame, group_column: str | None = None) -> tuple[np.ndarray, str]:
@@ -44,20 +57,31 @@ def split_train_val(
     seed: int,
     group_column: str | None = None,
     max_val_clips: int | None = None,
+    gate_species: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Split a training manifest into (train, val, info), stratified by ``label``.
 
-    Each species with at least `MIN_GROUPS_FOR_VAL` groups sends ``round(val_fraction * groups)``
-    of them (at least one) to validation; species with fewer stay whole in training. Past
-    ``max_val_clips`` clips, groups go back to training (species in turn) until it fits. ``info``
-    records the group column, the counts and the species with no validation clip.
+    ``gate_species`` species (seeded, among those with at least `MIN_GROUPS_FOR_VAL` groups)
+    go to validation whole (see `GATE_FRACTION`). Each other species with at least
+    `MIN_GROUPS_FOR_VAL` groups sends ``round(val_fraction * groups)`` of them (at least one)
+    to validation; species with fewer stay whole in training. Past ``max_val_clips`` clips,
+    groups go back to training (species in turn) until it fits. ``info`` records the group
+    column, the counts, the species with no validation clip and the gate species.
     """
     keys, used = group_keys(df, group_column)
     rng = np.random.default_rng([seed, 0x5A1])
     val_rows = np.zeros(len(df), bool)
     short = []
     labels = df["label"].to_numpy()
-    for label in sorted(set(labels.tolist())):
+    eligible = [
+        lab for lab in sorted(set(labels.tolist()))
+        if len(set(keys[labels == lab].tolist())) >= MIN_GROUPS_FOR_VAL
+    ]  # fmt: skip
+    gate = sorted(
+        int(x) for x in np.random.default_rng([seed, 0x6A7E]).permutation(eligible)[:gate_species]
+    ) if val_fraction > 0 else []  # fmt: skip
+    val_rows[np.isin(labels, gate)] = True
+    for label in sorted(set(labels.tolist()) - set(gate)):
         rows = np.flatnonzero(labels == label)
         groups = sorted(set(keys[rows].tolist()))
         n_val = int(round(val_fraction * len(groups)))
@@ -80,7 +104,7 @@ def split_train_val(
         )
         fits = sizes.loc[groups["key"]].cumsum().to_numpy() <= max_val_clips
         kept = groups["key"].to_numpy()[fits] if fits.any() else groups["key"].to_numpy()[:1]
-        val_rows &= np.isin(keys, kept)
+        val_rows &= np.isin(keys, kept) | np.isin(labels, gate)
     train, val = df.loc[~val_rows].reset_index(drop=True), df.loc[val_rows].reset_index(drop=True)
     info = {
         "group_column": used,
@@ -88,6 +112,7 @@ def split_train_val(
         "train_clips": len(train),
         "val_clips": len(val),
         "species_without_val": short,
+        "gate_species": gate,
     }
     return train, val, info
 

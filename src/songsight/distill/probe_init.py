@@ -68,14 +68,17 @@ def fit_probe_head(
     class_text_emb,
     seed: int,
     steps: int = PROBE_STEPS,
+    fit_head: bool = True,
 ) -> dict:
-    """Initialise a linear ``head`` (and the learnable ``logit_scale``) as a probe, in place.
+    """Fit ``head`` (and the learnable ``logit_scale``) on frozen embeddings, in place.
 
     ``base_emb`` (N, d) frozen base embeddings; ``labels`` (N,) rows of ``class_text_emb``
     (C, D) (a tensor on the head's device); ``loss_fn`` a class-level `DistillationLoss` with
-    the run's target term (no preservation term: the backbone is frozen here). Ridge
-    fit, then ``steps`` AdamW steps of ``PROBE_BATCH`` clips with a cosine schedule. Returns
-    a summary for the checkpoint.
+    the run's target term (no preservation term: the backbone is frozen here). A linear head
+    starts from the ridge fit; then ``steps`` AdamW steps of ``PROBE_BATCH`` clips with a
+    cosine schedule train the head (unless ``fit_head`` is False: then only the temperature,
+    for a head that starts where it should, the cascade). Returns a summary for the
+    checkpoint.
     """
     import math
 
@@ -84,13 +87,14 @@ def fit_probe_head(
     from songsight.encoders.base import l2_normalize
 
     device = class_text_emb.device
-    w, b = fit_probe(base_emb, class_text_emb.cpu().numpy()[labels])
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(w))
-        head.bias.copy_(torch.from_numpy(b))
+    if fit_head and isinstance(head, torch.nn.Linear):
+        w, b = fit_probe(base_emb, class_text_emb.cpu().numpy()[labels])
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(w))
+            head.bias.copy_(torch.from_numpy(b))
     x = torch.from_numpy(np.asarray(base_emb, np.float32)).to(device)
     y = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
-    params = [*head.parameters(), *logit_scale.parameters()]
+    params = [*(head.parameters() if fit_head else ()), *logit_scale.parameters()]
     opt = torch.optim.AdamW(params, lr=PROBE_LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / max(1, steps))))

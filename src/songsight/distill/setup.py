@@ -29,7 +29,13 @@ from songsight.distill.models import (
     wrap_trainable,
 )
 from songsight.distill.monitor import Validator
-from songsight.distill.plan import RunPlan, cache_fits, plan_run, split_train_val
+from songsight.distill.plan import (
+    RunPlan,
+    cache_fits,
+    gate_species_count,
+    plan_run,
+    split_train_val,
+)
 from songsight.encoders.base import autocast_dtype
 from songsight.errors import DataNotFoundError
 from songsight.taxonomy import load_species_csv
@@ -83,8 +89,10 @@ def training_data(train_manifest, val_manifest, species, species_csv, cfg: Disti
     if "split" in full.columns and (full["split"] == "val").any():
         val_df = full[full["split"] == "val"].reset_index(drop=True)
         return train_df, val_df, {"source": "the manifest's val rows"}
+    trained = set(int(x) for x in train_df["label"])
+    gate = gate_species_count(len(trained), bool(set(by_label) - trained))
     train_df, val_df, info = split_train_val(
-        train_df, cfg.val_fraction, cfg.seed, cfg.group_column, cfg.val_max_clips
+        train_df, cfg.val_fraction, cfg.seed, cfg.group_column, cfg.val_max_clips, gate
     )
     return train_df, (val_df if len(val_df) else None), {"source": "carved", **info}
 
@@ -218,7 +226,7 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
     before the student loads, so that a seed gives one run."""
     import torch
 
-    from songsight.distill.checkpoint import run_meta
+    from songsight.distill.checkpoint import run_meta, saved_head_kind
     from songsight.encoders.loading import resolve_model
 
     rank, world, local_rank, device = init_ranks(device, progress)
@@ -263,8 +271,9 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
     if not resume:
         tell("fitting the head's starting point on the untouched embeddings")
     head_note = init_head(
-        st, logit_scale, data, train_targets, cfg, plan.batch_size, device, resume
-    )
+        st, logit_scale, data, train_targets, all_targets, cfg, plan.batch_size, device,
+        saved_head_kind(Path(out_dir)) if resume else None, validator,
+    )  # fmt: skip
     module, model, original = wrap_trainable(st, logit_scale, cfg, device, world, local_rank)
     optimizer, scheduler = build_optimizer(module, cfg, plan)
     meta = run_meta(

@@ -20,11 +20,20 @@ from songsight.encoders.biolingual import BioLingualEncoder
 from songsight.encoders.loading import DISTILLED_MARKER, ResolvedModel, _dir_revision
 from songsight.errors import ModelNotFoundError
 
-HEAD_KINDS = ("linear", "mlp")
+HEAD_KINDS = ("linear", "mlp", "cascade")
 
 
-def build_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int | None = None):
-    """Head from BioLingual's 512-d projection to the teacher's 768-d space."""
+def build_head(
+    in_dim: int,
+    out_dim: int,
+    kind: str = "linear",
+    hidden: int | None = None,
+    n_species: int | None = None,
+):
+    """Head from BioLingual's 512-d projection to the teacher's 768-d space.
+
+    ``cascade`` (`cascade_head`) needs ``n_species``, the rows of its species tables; it is
+    built empty here and filled by `init_cascade_head` or a checkpoint's weights."""
     from torch import nn
 
     if kind == "linear":
@@ -32,7 +41,60 @@ def build_head(in_dim: int, out_dim: int, kind: str = "linear", hidden: int | No
     if kind == "mlp":
         hidden = hidden or max(in_dim, out_dim)
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    if kind == "cascade":
+        if not n_species:
+            raise ValueError("a cascade head needs n_species")
+        return cascade_head(in_dim, out_dim, int(n_species))
     raise ValueError(f"head kind must be one of {HEAD_KINDS}, not {kind!r}")
+
+
+def cascade_head(in_dim: int, out_dim: int, n_species: int):
+    """The zero-shot cascade as a trainable head (S species, d = ``in_dim``, D = ``out_dim``).
+
+    ``forward(base (B, d)) -> (B, D)``: species logits ``scale * cos(base, text) + bias`` over
+    the student's own text embedding of every species (``text`` (S, d), trainable), their
+    softmax, then the probability-weighted mean of the teacher's text embeddings of those
+    species (``targets`` (S, D), fixed). Filled by `init_cascade_head` with BioLingual's
+    species text, its own temperature and zero biases, it *is* the weighted zero-shot
+    cascade: distillation starts from what the untouched student knows about every species
+    of the table, held-out ones included, and its output stays among the teacher's species
+    texts, where their photos are. ``species_logits(base)`` gives the (B, S) logits.
+    """
+    import torch
+    from torch import nn
+
+    class CascadeHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text = nn.Parameter(torch.zeros(n_species, in_dim))
+            self.bias = nn.Parameter(torch.zeros(n_species))
+            self.log_scale = nn.Parameter(torch.zeros(()))
+            self.register_buffer("targets", torch.zeros(n_species, out_dim))
+
+        def species_logits(self, base):
+            x = nn.functional.normalize(base, dim=-1)
+            text = nn.functional.normalize(self.text, dim=-1)
+            return self.log_scale.exp() * (x @ text.T) + self.bias
+
+        def forward(self, base):
+            return self.species_logits(base).softmax(dim=-1) @ self.targets
+
+    return CascadeHead()
+
+
+def init_cascade_head(head, audio_text: np.ndarray, targets: np.ndarray, temperature: float):
+    """Make ``head`` (`cascade_head`) the weighted zero-shot cascade: BioLingual's species text
+    ``audio_text`` (S, d) and temperature, the teacher's species text ``targets`` (S, D)."""
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        head.text.copy_(torch.from_numpy(np.asarray(audio_text, np.float32)))
+        head.targets.copy_(torch.from_numpy(np.asarray(targets, np.float32)))
+        head.bias.zero_()
+        head.log_scale.fill_(math.log(1.0 / float(temperature)))
+    return head
 
 
 def _student_module():
@@ -154,7 +216,9 @@ class DistilledEncoder(BioLingualEncoder):
         )
         h = self.meta["head"]
         self.head = (
-            build_head(h["in_dim"], h["out_dim"], h["kind"], h.get("hidden")).to(self.device).eval()
+            build_head(h["in_dim"], h["out_dim"], h["kind"], h.get("hidden"), h.get("n_species"))
+            .to(self.device)
+            .eval()
         )
         self.head.load_state_dict(load_file(str(ckpt / "head.safetensors")))
         self.head.requires_grad_(False)

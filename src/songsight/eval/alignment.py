@@ -31,11 +31,21 @@ def zero_shot(
     ``mask`` (N,) bool restricts the recordings scored (the classes stay all S).
     Returns ``{"top1", "top5", "n"}`` (k above S counts as S).
     """
-    audio = np.asarray(audio_emb, dtype=np.float32)
+    scores = np.asarray(audio_emb, dtype=np.float32) @ np.asarray(species_emb, np.float32).T
+    return zero_shot_scores(scores, labels, species_labels, mask)
+
+
+def zero_shot_scores(
+    scores: np.ndarray,
+    labels: Sequence[int],
+    species_labels: Sequence[int],
+    mask: np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """`zero_shot` from (N, S) species scores (cosines, or a readout's posterior)."""
+    scores = np.asarray(scores, dtype=np.float32)
     rows = label_rows(labels, species_labels)
     if mask is not None:
-        audio, rows = audio[np.asarray(mask, bool)], rows[np.asarray(mask, bool)]
-    scores = audio @ np.asarray(species_emb, dtype=np.float32).T
+        scores, rows = scores[np.asarray(mask, bool)], rows[np.asarray(mask, bool)]
     out: dict[str, float | int] = {
         f"top{k}": topk_accuracy(scores, rows, k) if len(rows) else float("nan")
         for k in ZERO_SHOT_KS
@@ -73,6 +83,11 @@ def soundscape_scores(window_emb: np.ndarray, targets: np.ndarray, species_emb: 
     with no positive window (and for AUROC no negative one) are skipped, and counted.
     """
     scores = np.asarray(window_emb, dtype=np.float32) @ np.asarray(species_emb, dtype=np.float32).T
+    return soundscape_from_scores(scores, targets)
+
+
+def soundscape_from_scores(scores: np.ndarray, targets: np.ndarray) -> dict:
+    """`soundscape_scores` from (W, S) species scores (cosines, or a readout's posterior)."""
     cmap = classwise_map(scores, targets)
     auroc = classwise_auroc(scores, targets)
     return {

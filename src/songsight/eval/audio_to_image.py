@@ -31,7 +31,7 @@ from songsight.baselines.cascade import cascade_queries, species_probabilities
 from songsight.baselines.text_mapping import TextMapping, fit_mlp, fit_procrustes, fit_ridge
 from songsight.distill.readout import readout_queries
 from songsight.encoders.base import l2_normalize
-from songsight.eval.metrics import per_class_ap, retrieval_metrics, summarize
+from songsight.eval.metrics import paired_difference, per_class_ap, retrieval_metrics, summarize
 
 RETRIEVAL_METHODS = (
     "chance", "cascade_top1", "cascade_weighted", "map_ridge", "map_procrustes", "map_mlp",
@@ -188,6 +188,8 @@ def build_queries(
                 p_cascade=species_probabilities(audio_emb, audio_species_emb, cascade_temperature),
                 seen=readout["seen"],
                 weight=readout["fusion_weight"],
+                gate=readout.get("fusion_gate", "hard"),
+                prior=readout.get("fusion_prior"),
             )
         elif m not in RETRIEVAL_METHODS:
             raise ValueError(f"unknown retrieval method {m!r}; choose from {RETRIEVAL_METHODS}")
@@ -254,10 +256,12 @@ def score_retrieval(
         res["audio_to_image_by_subset"] = {name: {} for name in subsets}
         res["audio_to_image_by_subset_ci"] = {name: {} for name in subsets}
     sims: dict[str, np.ndarray] = {}
+    ap: dict[str, np.ndarray] = {}  # each method's per-query AP, for the paired differences
     for method, q in queries.items():
         sim = np.asarray(q, dtype=np.float32) @ gallery.T
         sims[method] = sim
         per_query = per_query_metrics(sim, q_labels, g_labels)
+        ap[method] = per_query["map"]
         res["audio_to_image"][method], res["audio_to_image_ci"][method] = summarise(
             per_query, n_boot, seed
         )
@@ -281,5 +285,32 @@ def score_retrieval(
         res["image_to_audio"][method], res["image_to_audio_ci"][method] = summarise(
             reverse, n_boot, seed
         )
+    if REFERENCE in ap:
+        res.update(_versus_reference(ap, subsets or {}, n_boot, seed))
     res["_similarity"] = sims
     return res
+
+
+# The zero-shot cascade every method is compared with, query by query.
+REFERENCE = "cascade_top1"
+
+
+def _versus_reference(ap: dict, subsets: Mapping, n_boot: int, seed: int) -> dict:
+    """``audio_to_image_vs_cascade`` {method: {diff, ci_low, ci_high, n}}: mAP minus the
+    cascade's over the same queries, with a paired bootstrap interval (the same resamples for
+    both methods), as fractions like every other figure; and the same per subset of queries
+    (``..._by_subset``)."""
+    ref = ap[REFERENCE]
+    out: dict = {"audio_to_image_vs_cascade": {}}
+    for method, values in ap.items():
+        if method != REFERENCE:
+            out["audio_to_image_vs_cascade"][method] = paired_difference(values, ref, n_boot, seed)
+    if subsets:
+        out["audio_to_image_vs_cascade_by_subset"] = {
+            name: {
+                m: paired_difference(v[np.asarray(mask, bool)], ref[np.asarray(mask, bool)], n_boot, seed)  # fmt: skip
+                for m, v in ap.items() if m != REFERENCE
+            }
+            for name, mask in subsets.items()
+        }  # fmt: skip
+    return out

@@ -284,6 +284,26 @@ def summarize(
     return result
 
 
+def paired_difference(
+    a: ArrayLike, b: ArrayLike, n_boot: int = 1000, seed: int = 0, ci: float = 0.95
+) -> dict[str, float | int]:
+    """Mean of ``a - b`` over the same queries, with a paired percentile-bootstrap CI.
+
+    ``a``, ``b``: (Q,) per-query scores of two methods on the same queries (NaN where a query
+    has no relevant item: such queries are left out of both). Each bootstrap resample draws
+    queries with replacement and takes the mean difference on them, so both methods are
+    always judged on the same resample: the interval of a difference, not two intervals.
+    Returns {"diff", "ci_low", "ci_high", "n"}.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must score the same queries, got {a.shape} and {b.shape}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    out = summarize({"diff": a[keep] - b[keep]}, n_boot, seed, ci)["diff"]
+    return {"diff": out["mean"], "ci_low": out["ci_low"], "ci_high": out["ci_high"], "n": out["n"]}
+
+
 def topk_accuracy(scores: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
     """Fraction of samples whose true class is among the k highest scores.
 

@@ -130,12 +130,12 @@ def selection_html(results: dict) -> str:
     sel = results.get("template_selection")
     if not sel:
         return ""
-    from songsight.eval.report import _pct
+    from songsight.eval.report_tables import pct
 
     rows = "".join(
         f"<tr><td>{'✔' if c['spec'] == sel['chosen'] else ''}</td>"
         f"<td><code>{html.escape(str(c['spec']))}</code></td>"
-        f"<td class=num>{len(c['templates'])}</td><td class=num>{_pct(c['top1'])}</td></tr>"
+        f"<td class=num>{len(c['templates'])}</td><td class=num>{pct(c['top1'])}</td></tr>"
         for c in sel["candidates"]
     )
     return (

@@ -52,6 +52,7 @@ from songsight.eval.inputs import (
     warn_skipped,
 )
 from songsight.eval.outputs import jsonable, write_outputs
+from songsight.eval.readouts import readout_inputs, readout_posteriors, recorded_readout
 from songsight.eval.setup import EvalRun, load_run
 
 
@@ -197,7 +198,7 @@ def _retrieval(
         cascade_temperature=cfg.cascade_temperature,
         mappings=run.maps,
         distilled_emb=q_audio.get("distilled"),
-        readout=_readout(run),
+        readout=readout_inputs(run),
         seed=cfg.seed,
     )
     run.log(f"scoring retrieval: {', '.join(queries)}")
@@ -218,6 +219,7 @@ def _retrieval(
         "not_applicable": {"original": "BioLingual has no image space"},
         "cascade_temperature": cfg.cascade_temperature,
         "unmatched": unmatched,
+        **({"recorded_readout": recorded} if (recorded := recorded_readout(run)) else {}),
         **scored,
     }
 
@@ -249,27 +251,6 @@ def _unmatched(run: EvalRun, q_labels: np.ndarray, g_labels: np.ndarray) -> dict
             stacklevel=3,
         )
     return {"query_species_without_photos": no_photo, "photo_species_without_queries": no_query}
-
-
-def _readout(run: EvalRun) -> dict | None:
-    """What the distilled checkpoint's readouts need: its learned logit scale, the fusion
-    weight its validation chose, and which species it was distilled on (None without one)."""
-    dist = run.encoders.get("distilled")
-    if dist is None:
-        return None
-    meta = dist.meta
-    if "logit_scale" not in meta:
-        warnings.warn(
-            "the distilled checkpoint records no logit scale (made before readouts existed): "
-            "distilled_proto and fused are left out",
-            stacklevel=3,
-        )
-        return None
-    return {
-        "logit_scale": float(meta["logit_scale"]),
-        "fusion_weight": float((meta.get("readout") or {}).get("fusion_weight", 0.5)),
-        "seen": np.isin(run.species_labels, run.train_labels),
-    }
 
 
 def _discriminability(
@@ -325,6 +306,12 @@ def _alignment(run: EvalRun, test: pd.DataFrame, q_audio: dict) -> dict:
     overall, by_subset = align.zero_shot_all(
         audio, text, labels, run.species_labels, run.subsets(labels)
     )
+    for method, posterior in readout_posteriors(run, f_audio).items():
+        overall[method] = align.zero_shot_scores(posterior, labels, run.species_labels)
+        for name, mask in run.subsets(labels).items():
+            by_subset[name][method] = align.zero_shot_scores(
+                posterior, labels, run.species_labels, mask
+            )
     res: dict = {
         "focal": overall,
         "prompts": {
@@ -378,9 +365,13 @@ def _soundscapes(run: EvalRun) -> dict:
         )
     run.counts["soundscape_windows"] = len(targets["original"])
     audio, text = run.scored_sets(windows)
-    return {
+    scores = {
         m: align.soundscape_scores(
             audio[m], targets["distilled" if m == "distilled" else "original"], text[m]
         )
         for m in audio
     }
+    same_windows = "distilled" in targets and np.array_equal(targets["distilled"], targets["original"])  # fmt: skip
+    for method, posterior in (readout_posteriors(run, windows) if same_windows else {}).items():
+        scores[method] = align.soundscape_from_scores(posterior, targets["original"])
+    return scores

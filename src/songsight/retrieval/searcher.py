@@ -29,11 +29,8 @@ import numpy as np
 from songsight.encoders.base import ClipEmbedding
 from songsight.encoders.loading import BIOLINGUAL_ID
 from songsight.errors import InputFileError, SongsightError
-from songsight.retrieval.queries import (
-    build_cascade_query_encoder,
-    check_model_choice,
-    load_distilled_query_encoder,
-)
+from songsight.retrieval.methods import check_model_choice
+from songsight.retrieval.queries import build_cascade_query_encoder, load_distilled_query_encoder
 from songsight.retrieval.results import WindowResult, keep_detections
 from songsight.retrieval.rollup import ROLLUP_K, ROLLUP_TEMPERATURE, TOP_SPECIES, GalleryTaxa
 from songsight.retrieval.species_filter import SpeciesFilter
