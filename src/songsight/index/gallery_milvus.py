@@ -28,7 +28,7 @@ from songsight.errors import ProvenanceMismatchError, SongsightError
 from songsight.index.gallery_format import STORE_FILE
 from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank
 from songsight.index.milvus import MilvusIndex
-from songsight.index.milvus_connect import _import_pymilvus, release_embedded
+from songsight.index.milvus_connect import _import_pymilvus, release_embedded, server_failures
 from songsight.index.milvus_options import MilvusSettings, _literal, species_filter
 
 __all__ = [
@@ -272,10 +272,25 @@ def sync_milvus(directory: Path, meta: dict, *, full: bool = False, progress: bo
     ``full`` checks every row, as after a remove or a move to another collection.
     """
     directory = Path(directory)
-    config = meta["index"]["milvus"]
     hashes, fields = _store_rows(directory)
-    n = len(hashes)
     index = _open(directory, meta, hashes)
+    # A server lost half-way: every photo is in the store, and a rerun writes what is missing.
+    again = (
+        f"Every photo is stored in {directory / STORE_FILE}; once the server is back, run the "
+        "same command again: it writes only what the collection lacks."
+    )
+    with server_failures(index.uri, again):
+        _sync(index, directory, meta, hashes, fields, full, progress)
+    return "milvus"
+
+
+def _sync(
+    index: MilvusIndex, directory: Path, meta: dict, hashes: list[str], fields: list[dict],
+    full: bool, progress: bool,
+) -> None:  # fmt: skip
+    """`sync_milvus`'s work on the open ``index`` (closed here)."""
+    config = meta["index"]["milvus"]
+    n = len(hashes)
     try:
         state = config.get("synced") or {}
         m = int(state.get("rows", -1))
@@ -293,16 +308,18 @@ def sync_milvus(directory: Path, meta: dict, *, full: bool = False, progress: bo
         if changed:
             _write_rows(index, directory, hashes, fields, changed, model, progress, set(held))
             index.flush()  # sealed segments are the ones Milvus indexes
-        if not prefix_ok:
-            # Rows the store no longer has (removed photos, or a collection reused).
-            keep = set(hashes)
+        keep = set(hashes)
+        # Every store row is in the collection now, so it holds rows the store lacks (removed
+        # photos, or a collection reused) only if it holds more rows than the store: the scan
+        # for them is skipped otherwise, as after every build into a new collection.
+        if not prefix_ok and len(index) > len(keep):
             stale = [r["key"] for b in index.iter_rows() for r in b if r["key"] not in keep]
             index.remove(stale)
+        index.tune_index()  # new build knobs (an `index move` to the same place) take effect
         config["synced"] = {"rows": n, "digest": _digest(hashes, fields)}
         config["index_type"] = index.index_type
     finally:
         index.close()
-    return "milvus"
 
 
 def forget_rows(directory: Path, meta: dict, removed: list[str], old_table) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ from songsight.index.milvus_connect import (
     disconnect,
     is_embedded,
     quiet_embedded,
+    quiet_iterator,
 )
 from songsight.index.milvus_options import (
     MilvusSettings,
@@ -138,6 +140,8 @@ class MilvusIndex:
         if self._client.has_collection(self.collection):
             self._check_schema()
             self._index_type = self._current_index_type()
+            if self._index_type is None:  # a create that the server refused half-way
+                self._declare(choose_index_type(0, self.settings, self.embedded))
             # A collection is searchable only once loaded (after a restart, or a reopened file).
             self._client.load_collection(self.collection)
 
@@ -180,13 +184,24 @@ class MilvusIndex:
         index_type = choose_index_type(0, self.settings, self.embedded)
         # Strong consistency: a search right after an add sees it (the contract of the
         # in-process backends); a server would otherwise answer from a slightly stale view.
-        with quiet_embedded(self.embedded):
-            self._client.create_collection(
-                self.collection,
-                schema=schema,
-                index_params=self._index_params(index_type, 0),
-                consistency_level="Strong",
-            )
+        self._client.create_collection(self.collection, schema=schema, consistency_level="Strong")
+        try:
+            self._declare(index_type)
+        except SongsightError:
+            self._client.drop_collection(self.collection)  # no half-made collection left behind
+            raise
+        self._client.load_collection(self.collection)
+
+    def _declare(self, index_type: str, n_rows: int = 0) -> None:
+        """Create the vector index; a type or parameter the server refuses is one clear error."""
+        try:
+            with quiet_embedded(self.embedded):
+                self._client.create_index(self.collection, self._index_params(index_type, n_rows))
+        except Exception as err:  # pymilvus's MilvusException: the server's own words
+            reason = getattr(err, "message", None) or str(err)
+            raise SongsightError(
+                f"Milvus at {self.uri} refused a {index_type} index {self._built}: {reason}"
+            ) from None
         self._index_type = index_type
 
     def _index_params(self, index_type: str, n_rows: int):
@@ -198,9 +213,12 @@ class MilvusIndex:
         self._built = built
         return params
 
-    def _current_index_type(self) -> str:
+    def _current_index_type(self) -> str | None:
+        """The vector index Milvus holds (None: none), its build parameters into ``_built``."""
         info = self._client.describe_index(self.collection, VECTOR_FIELD)
-        self._built = {"nlist": int(info["nlist"])} if "nlist" in info else {}
+        if not info:
+            return None
+        self._built = {k: int(info[k]) for k in _BUILD_PARAMS if k in info}
         return str(info.get("index_type") or "FLAT")
 
     def index_params(self) -> dict[str, Any]:
@@ -218,8 +236,35 @@ class MilvusIndex:
     def _check_schema(self) -> None:
         check_schema(self._client, self.collection, self.uri, self.dim, self._schema.fields)
 
+    def tune_index(self) -> None:
+        """Rebuild the vector index if the collection's size or the build knobs call for
+        another one (FLAT -> HNSW, IVF lists, a new ``hnsw_m``); only an index that manages
+        the collection does."""
+        if self.manage_index and self._index_type is not None:
+            self._retune()
+
+    def wait_for_index(self, timeout_s: float = 3600.0) -> float:
+        """Wait until Milvus has indexed every sealed row (a server builds the index after a
+        flush, in the background; until then it scans those rows); returns seconds waited.
+        The embedded file builds no index (`choose_index_type`): nothing to wait for."""
+        t0 = time.perf_counter()
+        if self.embedded or self._index_type is None:
+            return 0.0
+        while time.perf_counter() - t0 < timeout_s:
+            info = self._client.describe_index(self.collection, VECTOR_FIELD) or {}
+            if int(info.get("pending_index_rows", 0)) == 0 and int(
+                info.get("indexed_rows", 0)
+            ) >= int(info.get("total_rows", 0)):
+                return time.perf_counter() - t0
+            time.sleep(0.5)
+        raise SongsightError(
+            f"Milvus at {self.uri} has not indexed collection {self.collection!r} "
+            f"after {timeout_s:.0f} s"
+        )
+
     def _retune(self) -> None:
-        """Rebuild the vector index when the size calls for another type (FLAT -> HNSW)."""
+        """Rebuild the vector index when the size calls for another type (FLAT -> HNSW), or
+        the build knobs changed (``index move`` to the same place with new options)."""
         n_rows = len(self)
         want = choose_index_type(n_rows, self.settings, self.embedded)
         nlist = self._built.get("nlist")
@@ -234,14 +279,15 @@ class MilvusIndex:
             and not self.settings.ivf_nlist
             and not (nlist / 2 < ideal_nlist(n_rows) < nlist * 2)
         )
-        if want == self._index_type and not stale:
+        wanted = _index_params(want, n_rows, self.settings)
+        if nlist and not self.settings.ivf_nlist:
+            wanted["nlist"] = nlist  # lists chosen by size are retrained by `stale` alone
+        if want == self._index_type and not stale and wanted == self._built:
             return
         self._client.release_collection(self.collection)
         self._client.drop_index(self.collection, VECTOR_FIELD)
-        with quiet_embedded(self.embedded):
-            self._client.create_index(self.collection, self._index_params(want, n_rows))
+        self._declare(want, n_rows)
         self._client.load_collection(self.collection)
-        self._index_type = want
 
     # --- writing ----------------------------------------------------------------------------
     def fetch(self, keys: Sequence[str], output_fields: Sequence[str] = ()) -> dict[str, dict]:
@@ -328,7 +374,7 @@ class MilvusIndex:
         """Every row's key and ``output_fields``, in batches of dicts (any order)."""
         if self._index_type is None:
             return
-        with quiet_embedded(self.embedded):
+        with quiet_embedded(self.embedded), quiet_iterator():
             it = self._client.query_iterator(
                 self.collection, batch_size=batch_rows, output_fields=[KEY_FIELD, *output_fields]
             )
@@ -391,6 +437,10 @@ class MilvusIndex:
     def close(self) -> None:
         """Drop the connection; an embedded file is released for other processes."""
         self._finalizer()  # runs once, here or when the index is garbage collected
+
+
+# Build parameters read back from ``describe_index`` (Milvus returns them as text).
+_BUILD_PARAMS = ("M", "efConstruction", "nlist")
 
 
 def _decimal_id(key: str) -> int | None:

@@ -1,6 +1,11 @@
 """Connections to Milvus: a server by URI, or an embedded Milvus Lite file (``*.db``) whose
 server this process starts, shares between its `MilvusIndex` objects and stops (releasing
 the file's lock) when the last one closes.
+
+Versions: pymilvus 2.6 to 3.0 as the client, Milvus Lite 2.5 for the file, and a Milvus
+server 2.3 or newer (upsert and ``count(*)`` came with 2.3; a 2.2 server is refused by name).
+Both ends were tested against PyPI's ``milvus`` package, 2.3.0 and 2.3.5
+(tests/test_milvus_server.py).
 """
 
 from __future__ import annotations
@@ -8,12 +13,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import sys
 import warnings
 from pathlib import Path
 
 from songsight.errors import SongsightError
 
-__all__ = ["connect", "disconnect", "is_embedded", "release_embedded"]
+__all__ = [
+    "MIN_SERVER_VERSION",
+    "connect",
+    "disconnect",
+    "is_embedded",
+    "release_embedded",
+    "server_failures",
+]
+
+# The oldest Milvus server songsight works with: 2.2 has no upsert (a rerun after a kill would
+# duplicate rows) and no count(*).
+MIN_SERVER_VERSION = (2, 3)
 
 
 def _import_pymilvus():
@@ -57,7 +75,8 @@ def connect(uri: str):
         if is_embedded(uri):
             key = str(Path(uri).absolute())
             _OPEN_EMBEDDED[key] = _OPEN_EMBEDDED.get(key, 0) + 1
-        return client
+        else:
+            version = str(client.get_server_version())
     except Exception as err:  # pymilvus raises its own types for every connection failure
         if is_embedded(uri):
             raise SongsightError(
@@ -68,6 +87,27 @@ def connect(uri: str):
         raise SongsightError(f"cannot reach the Milvus server at {uri}: {reason}") from None
     finally:
         logging.getLogger().removeFilter(quiet)
+    if not is_embedded(uri):
+        _check_server_version(client, uri, version)
+    return client
+
+
+def server_version_tuple(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a release's version string (``v2.3.5-lite`` -> (2, 3)); None for
+    other builds (PyPI's ``milvus`` 2.3.0 says ``v2.2-testing-20230824-...``)."""
+    found = re.match(r"v?(\d+)\.(\d+)\.\d+", version)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def _check_server_version(client, uri: str, version: str) -> None:
+    have = server_version_tuple(version)
+    if have is not None and have < MIN_SERVER_VERSION:
+        client.close()
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        raise SongsightError(
+            f"the Milvus server at {uri} runs {version}; songsight needs Milvus {need} or newer "
+            "(it writes by upsert and counts rows with count(*), both new in 2.3)"
+        )
 
 
 # MilvusIndex objects open on each embedded file in this process: the file's in-process
@@ -100,12 +140,51 @@ def release_embedded(uri: str) -> None:
 
 
 @contextlib.contextmanager
+def server_failures(uri: str, advice: str = ""):
+    """pymilvus's errors from a Milvus server (gone, restarting, refusing) as one
+    `SongsightError` naming the server, followed by ``advice``; the embedded file's are left
+    as they are."""
+    try:
+        yield
+    except SongsightError:
+        raise
+    except Exception as err:
+        pymilvus = sys.modules.get("pymilvus")
+        failed = pymilvus is not None and isinstance(err, pymilvus.exceptions.MilvusException)
+        if not failed or is_embedded(uri):
+            raise
+        reason = getattr(err, "message", None) or str(err)
+        raise SongsightError(f"the Milvus server at {uri} failed: {reason}. {advice}".strip()) from None  # fmt: skip
+
+
+# Where pymilvus's query iterator logs: 3.0, then 2.6.
+_ITERATOR_LOGGERS = ("pymilvus.client.iterator.query_iterator", "pymilvus.orm.iterator")
+
+
+@contextlib.contextmanager
+def quiet_iterator():
+    """Milvus servers before 2.4 and Milvus Lite 2.5 return no snapshot timestamp to pymilvus's
+    query iterator, which then warns "failed to get mvccTs from milvus server, use client-side
+    ts instead" and reads as of this machine's clock plus 1 s: every row written before the
+    scan, which is what songsight's scans (after its own writes) need. Not the user's business."""
+    loggers = [logging.getLogger(name) for name in _ITERATOR_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def quiet_embedded(embedded: bool):
     """Some Milvus Lite releases lack the timestamp call that pymilvus makes before waiting
     for an index build and before a query iterator: the gRPC server logs a traceback and
     pymilvus a warning, then pymilvus goes on without it (the client's clock, right for a
     file only this process writes). Keep that noise off the user's screen."""
-    loggers = ["grpc._server", "pymilvus.client.iterator.query_iterator"] if embedded else []
+    loggers = ["grpc._server", *_ITERATOR_LOGGERS] if embedded else []
     levels = {name: logging.getLogger(name).level for name in loggers}
     for name in loggers:
         logging.getLogger(name).setLevel(logging.CRITICAL)

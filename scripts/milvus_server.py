@@ -1,0 +1,141 @@
+"""Run a real Milvus standalone server on loopback, from PyPI's ``milvus`` package.
+
+The ``milvus`` package ("embedded Milvus", 2.3.x on linux x86_64) ships the Milvus
+standalone binary, compressed, with embedded etcd and RocksMQ: no Docker, no other service.
+Its launcher pins old helpers (pymilvus < 2.4 for its ``client`` extra), so it lives in a
+virtual environment of its own (``scripts/milvus_server_setup.sh``) and this script runs with
+that environment's Python, using nothing but the standard library and the package.
+
+It writes the server's config into ``--data`` (ports chosen free, etcd's too, so two servers can
+run side by side) and then *becomes* the server (``exec``): the process started is the Milvus
+process itself, so a test can ``kill -9`` it and start this script again on the same ``--data``
+and ``--port`` to restart it with what it had stored. Logs go to ``DATA/logs``.
+
+    .venv/milvus-server/bin/python scripts/milvus_server.py --data /tmp/m --port 19530
+    curl http://127.0.0.1:HEALTH_PORT/healthz        # "OK" once it serves (DATA/ports.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    """Free to listen on, as Milvus (Go) listens: with SO_REUSEADDR, so a port whose last
+    connections are in TIME_WAIT (a server just killed) counts as free."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ports(data: Path, names: list[str], given: dict[str, int]) -> dict[str, int]:
+    """Every listening port: the ones given, else those of the last start (a restart keeps its
+    addresses; etcd's member record names its peer port), else new free ones."""
+    record = data / "ports.json"
+    old = json.loads(record.read_text()) if record.is_file() else {}
+    ports: dict[str, int] = {}
+    for name in names:
+        if given.get(name):
+            ports[name] = int(given[name])
+        elif old.get(name) and _bindable(int(old[name])):
+            ports[name] = int(old[name])
+        else:
+            ports[name] = _free_port()
+    record.write_text(json.dumps(ports, indent=1, sort_keys=True))
+    return ports
+
+
+def binaries(venv_prefix: Path) -> Path:
+    """Decompress the package's binaries once into ``PREFIX/milvus-server/bin`` (the package
+    skips files whose checksum it has already seen); returns that folder."""
+    import milvus
+
+    base = venv_prefix / "milvus-server"
+    milvus._initialize_data_files(str(base))
+    return base / "bin"
+
+
+def write_config(data: Path, ports: dict[str, int]) -> Path:
+    """``DATA/configs/milvus.yaml`` from the package's template, every port set, and an
+    embedded-etcd config of its own (etcd's URLs are otherwise fixed at 2379/2380)."""
+    import milvus
+
+    config = milvus.MilvusServerConfig(data_dir=str(data))
+    # Not the package's resolve(): its bind check (no SO_REUSEADDR) refuses a port a server
+    # killed a moment ago still holds in TIME_WAIT, and a restart must keep its ports.
+    config.resolve_storage()
+    for name, value in ports.items():
+        if name in config.configurable_items:
+            config.configurable_items[name][1] = value
+    config.write_config()
+    path = data / "configs" / "milvus.yaml"
+    etcd = data / "configs" / "embed_etcd.yaml"
+    client = f"http://127.0.0.1:{ports['etcd_port']}"
+    peer = f"http://127.0.0.1:{ports['etcd_peer_port']}"
+    etcd.write_text(
+        f"listen-client-urls: {client}\nadvertise-client-urls: {client}\n"
+        f"listen-peer-urls: {peer}\ninitial-advertise-peer-urls: {peer}\n"
+        f"initial-cluster: default={peer}\n"
+    )
+    text = path.read_text()
+    text = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd}\n", 1)
+    path.write_text(text)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="the server's folder (config, data, logs)")
+    p.add_argument("--port", type=int, default=0, help="gRPC port clients connect to (0: free)")
+    p.add_argument("--health-port", type=int, default=0, help="/healthz port (0: free)")
+    p.add_argument("--print-ports", action="store_true", help="print ports.json and exit")
+    args = p.parse_args(argv)
+    import milvus
+
+    data = Path(args.data).absolute()
+    data.mkdir(parents=True, exist_ok=True)
+    template = milvus.MilvusServerConfig()
+    names = [k for k in template.configurable_items if k.endswith("_port")]
+    names += ["etcd_peer_port", "health_port"]
+    ports = _ports(data, names, {"proxy_port": args.port, "health_port": args.health_port})
+    if args.print_ports:
+        print(json.dumps(ports))
+        return
+    write_config(data, ports)
+    bin_dir = binaries(Path(sys.prefix))
+    env = dict(os.environ)
+    env.update(
+        DEPLOY_MODE="STANDALONE",
+        METRICS_PORT=str(ports["health_port"]),
+        MILVUS_RUN_DIR=str(data / "run"),
+        LD_LIBRARY_PATH=":".join(filter(None, [str(bin_dir), env.get("LD_LIBRARY_PATH")])),
+    )
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+    # The server reads configs/milvus.yaml below its working directory.
+    os.chdir(data)
+    for fd, name in ((1, "milvus-stdout.log"), (2, "milvus-stderr.log")):
+        log = os.open(logs / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, fd)
+        os.close(log)
+    exe = str(bin_dir / "milvus")
+    os.execve(exe, [exe, "run", "standalone"], env)
+
+
+if __name__ == "__main__":
+    main()
