@@ -1,5 +1,5 @@
-"""Exact search vs HNSW + exact re-rank vs embedded Milvus, side by side on species-like
-clustered embeddings.
+"""Exact search vs HNSW + exact re-rank vs embedded Milvus vs a Milvus server, side by side on
+species-like clustered embeddings.
 
 For each gallery size this builds every index over the same unit vectors and prints build
 time, memory per vector, single-query latency (p50 / p99), batched throughput, recall@10
@@ -7,13 +7,18 @@ against exact search, the p50 speed-up and the load average when the row was mea
 Milvus rows (an embedded Milvus Lite file, `songsight.index.milvus.MilvusIndex`, re-ranked
 exactly) add the ingest rate, the time to reopen the file (what `songsight search` pays
 first) and the file's size; their memory is the Milvus Lite process's RSS (with its fixed
-start-up share, ~200 MB, so small N overstate it). Queries are
-held-out draws from the same distribution as the gallery.
+start-up share, ~200 MB, so small N overstate it). Server rows (``--backends server``) run a
+real Milvus standalone server started for the run from PyPI's ``milvus`` package
+(``scripts/milvus_server_setup.sh``), or the one ``--milvus-uri`` names: ingest rate, the
+time the server takes to index the rows after the last write, the server process's memory
+(resident, its start-up share included) and its data folder, one row per ``--server-ef``.
+Queries are held-out draws from the same distribution as the gallery.
 
     python benchmarks/search.py                     # 100k and 1M, 768-d
     python benchmarks/search.py --quick             # smoke run, seconds
     python benchmarks/search.py --sizes 100000 --expansion-search 128 256
     python benchmarks/search.py --sizes 100000 --milvus-index FLAT IVF_FLAT --nprobe 16 64
+    python benchmarks/search.py --sizes 100000 --backends hnsw milvus server --milvus-index auto
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.machine import load_average
-from harness.memory import children_rss_bytes, rss_bytes
+from harness.memory import children_rss_bytes, rss_bytes, status_kib
 from harness.timing import latencies_ms
 from harness.vectors import make_embeddings, recall_at_k
 
@@ -74,9 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backends",
         nargs="+",
-        default=["hnsw", "milvus"],
-        choices=["hnsw", "milvus"],
-        help="measured after exact, in this order",
+        default=["hnsw", "milvus", "server"],
+        choices=["hnsw", "milvus", "server"],
+        help="measured after exact, in this order (milvus: the embedded file; server: a Milvus "
+        "server)",
     )
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     parser.add_argument("--dim", type=int, default=768)
@@ -103,8 +109,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--milvus-uri",
         default=None,
-        help="measure a Milvus server (e.g. http://host:19530) instead of the embedded file; "
-        "its collection 'songsight_bench' is dropped first",
+        help="the server rows measure this Milvus server (e.g. http://host:19530) instead of "
+        "one started for the run; its collection 'songsight_bench' is dropped first",
+    )
+    parser.add_argument(
+        "--milvus-server-venv",
+        default=str(Path(__file__).resolve().parents[1] / ".venv" / "milvus-server"),
+        help="where PyPI's milvus package is (scripts/milvus_server_setup.sh): the server the "
+        "server rows start, on loopback, in --work-dir",
+    )
+    parser.add_argument(
+        "--server-index",
+        nargs="+",
+        default=["auto"],
+        help="server index types (auto: what a gallery picks by size, HNSW past 200,000), "
+        "one build each",
+    )
+    parser.add_argument(
+        "--server-ef",
+        type=int,
+        nargs="+",
+        default=[128, 512],
+        help="HNSW rows besides the default hnsw_ef (ef is at least the candidate count, 100)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
@@ -189,6 +215,13 @@ def main(argv: list[str] | None = None) -> None:
             return index
 
         for backend in args.backends:
+            if backend == "server":
+                for index_type in args.server_index:
+                    bench_server(
+                        n, index_type, gallery, (queries, tune), single, (truth, tune_truth),
+                        exact["p50"], args, row,
+                    )  # fmt: skip
+                continue
             if backend == "milvus":
                 for index_type in args.milvus_index:
                     bench_milvus(
@@ -228,8 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         "(score, id) (FLAT and IVF_FLAT score exactly); np is nprobe (*: the default one, "
         "ivf_nprobe=0, chosen from nlist); tune: recall@10 on a second held-out query set; "
         "build_s is ingest + flush; B/vec rss is the Milvus Lite process's RSS / N and B/vec "
-        "held the file's size on disk / N; searched after reopening the file. load: 1-min load "
-        "average when the row was printed."
+        "held the file's size on disk / N; searched after reopening the file. Server rows: a "
+        "Milvus standalone server on loopback (2 cores shared with this process), build_s is "
+        "ingest + flush + the server's indexing after it; B/vec rss the server process's RSS / "
+        "N, B/vec held its data folder / N; ef rows per hnsw_ef (*: the default). load: 1-min "
+        "load average when the row was printed."
     )
     print("\n".join(["", *rows]))
 
@@ -297,6 +333,107 @@ def bench_milvus(n, index_type, gallery, query_sets, single, truths, exact_p50, 
             )
         index.close()
     finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _launcher():
+    """scripts/milvus_server.py (`MilvusServer`), which starts a server from PyPI's package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "milvus_server.py"
+    spec = importlib.util.spec_from_file_location("milvus_server_launcher", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, args, row) -> None:
+    """Ingest ``gallery`` into a Milvus server (started here unless ``--milvus-uri``), wait
+    for it to index the rows, reopen the collection and time searches, one row per ef.
+
+    Ingest is `MilvusIndex.add`, songsight's write path to a server (upserts of 2,000 rows).
+    The server's memory is its process's resident set (with its start-up share, ~0.3 GB)."""
+    import shutil
+    import tempfile
+
+    from songsight.index.milvus import MilvusIndex
+
+    work = Path(tempfile.mkdtemp(prefix="songsight-bench-server-", dir=args.work_dir))
+    queries, tune = query_sets
+    truth, tune_truth = truths
+    server = None
+    try:
+        if args.milvus_uri:
+            uri = args.milvus_uri
+        else:
+            launcher = _launcher()
+            server = launcher.MilvusServer(Path(args.milvus_server_venv), work / "server").start()
+            uri = server.uri
+            print(
+                f"# N={n}: Milvus server {server.version} (pid {server.pid}) at {uri}, "
+                f"{status_kib('VmRSS', server.pid) / 1024:.0f} MiB resident at start; "
+                f"load average {load_average():.1f}",
+                flush=True,
+            )
+        settings = {"index_type": index_type}
+        index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
+        index.drop()  # a run before this one's (a server of your own)
+        index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
+        t0 = time.perf_counter()
+        index.add(gallery, np.arange(n, dtype=np.int64))
+        ingest_s = time.perf_counter() - t0
+        index.flush()
+        flush_s = time.perf_counter() - t0 - ingest_s
+        index_s = index.wait_for_index(timeout_s=6 * 3600)
+        build_s = time.perf_counter() - t0
+        index.close()
+        print(
+            f"# N={n}: server {index_type}: ingest {n / ingest_s:.0f} vectors/s "
+            f"({ingest_s:.1f} s), flush {flush_s:.1f} s, indexed {index_s:.1f} s after; "
+            f"load average {load_average():.1f}",
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
+        index.search(single[:1], args.k)
+        open_s = time.perf_counter() - t0
+        rss_b = status_kib("VmRSS", server.pid) * 1024 if server else 0
+        held_b = _dir_bytes(work / "server" / "data") if server else 0
+        print(
+            f"# N={n}: server {index_type}: {index.index_type} {index.index_params()}; reopened "
+            f"and first search in {open_s:.1f} s; server RSS {rss_b / 2**20:.0f} MiB, data "
+            f"{held_b / 1e6:.0f} MB; load average {load_average():.1f}",
+            flush=True,
+        )
+        memory = {"rss_b": rss_b / n, "held_b": held_b / n}
+        hnsw = str(index.index_type).startswith("HNSW")
+        default_ef = index.settings.hnsw_ef
+        for i, ef in enumerate([None, *args.server_ef] if hnsw else [None]):
+            index.settings.hnsw_ef = default_ef if ef is None else ef
+            found, timing = time_searches(index, queries, single, args.k)
+            name = f"server {index.index_type}"
+            if hnsw:
+                name += f" ef={index.search_params()['ef']}" + ("*" if ef is None else "")
+            if server:
+                memory["rss_b"] = status_kib("VmRSS", server.pid) * 1024 / n
+            row(
+                n,
+                name,
+                {**memory, **timing},
+                build_s if i == 0 else None,
+                recall_at_k(found, truth),
+                exact_p50 / timing["p50"],
+                recall_at_k(index.search(tune, args.k)[1], tune_truth),
+            )
+        index.drop()
+        index.close()
+    finally:
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

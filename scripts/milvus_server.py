@@ -13,6 +13,10 @@ and ``--port`` to restart it with what it had stored. Logs go to ``DATA/logs``.
 
     .venv/milvus-server/bin/python scripts/milvus_server.py --data /tmp/m --port 19530
     curl http://127.0.0.1:HEALTH_PORT/healthz        # "OK" once it serves (DATA/ports.json)
+
+`MilvusServer` starts, waits for, kills and stops one from any Python (the tests' fixture and
+benchmarks/search.py use it; waiting for the proxy needs pymilvus, which songsight's own
+environment has).
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+
+LAUNCHER = Path(__file__).resolve()
 
 
 def _free_port() -> int:
@@ -96,6 +106,92 @@ def write_config(data: Path, ports: dict[str, int]) -> Path:
     text = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd}\n", 1)
     path.write_text(text)
     return path
+
+
+def installed_version(venv: Path) -> str | None:
+    """The ``milvus`` package version in ``venv`` (None: not installed there)."""
+    found = sorted((Path(venv) / "lib").glob("python3*/site-packages/milvus-*.dist-info"))
+    return found[-1].name.removeprefix("milvus-").removesuffix(".dist-info") if found else None
+
+
+class MilvusServer:
+    """One Milvus standalone server run from the ``milvus`` package in ``venv``: ``data`` its
+    folder, ``port`` its gRPC port (0: a free one, kept across restarts, so a gallery that
+    recorded ``uri`` finds it again). The process is the server itself (`pid`)."""
+
+    def __init__(self, venv: Path, data: Path, port: int = 0):
+        self.venv, self.data = Path(venv), Path(data)
+        self.version = installed_version(self.venv)
+        self.proc: subprocess.Popen | None = None
+        self.port = port
+        self.health_port = 0
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 240.0) -> MilvusServer:
+        """Start (or restart on the same folder), and wait until a client can list collections."""
+        python = self.venv / "bin" / "python"
+        args = [str(python), str(LAUNCHER), "--data", str(self.data), "--port", str(self.port)]
+        self.data.mkdir(parents=True, exist_ok=True)
+        ports = json.loads(
+            subprocess.run(
+                [*args, "--print-ports"], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        self.port, self.health_port = ports["proxy_port"], ports["health_port"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self._wait(timeout_s)
+        return self
+
+    def _wait(self, timeout_s: float) -> None:
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + timeout_s
+        error = "not started"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Milvus {self.version} exited ({self.proc.returncode}): {self.log_tail()}")  # fmt: skip
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:  # fmt: skip
+                    healthy = b"OK" in r.read()
+                if healthy:  # /healthz says OK before the proxy serves: ask it for real
+                    client = MilvusClient(uri=self.uri, timeout=10)
+                    client.list_collections()
+                    client.close()
+                    return
+            except Exception as err:  # refused, reset or not ready yet: retry until the deadline
+                error = str(err)
+            time.sleep(0.5)
+        self.kill()
+        raise RuntimeError(f"Milvus {self.version} not serving after {timeout_s:.0f} s: {error}; {self.log_tail()}")  # fmt: skip
+
+    def log_tail(self, n_chars: int = 2000) -> str:
+        logs = [self.data / "logs" / n for n in ("milvus-stderr.log", "milvus-stdout.log")]
+        return " | ".join(p.read_text(errors="replace")[-n_chars:] for p in logs if p.is_file())
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, whatever was in flight is lost to the server's recovery."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s (its graceful stop can take a minute)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ if not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")):
 
 from songsight.index.gallery_milvus import milvus_config  # noqa: E402
 from songsight.index.milvus import MilvusIndex  # noqa: E402
-from songsight.index.milvus_connect import connect  # noqa: E402
+from songsight.index.milvus_connect import MIN_SERVER_VERSION, connect  # noqa: E402
 from tests.milvus_server import (  # noqa: E402
     OTHER_VENVS,
     REPO,
@@ -434,13 +434,14 @@ def test_kill_9_of_the_server_mid_ingest_then_rerun_loses_nothing(milvus_server,
 
 # --- versions -------------------------------------------------------------------------------
 # .ci/run installs the other ends (scripts/milvus_versions_setup.sh): the oldest server songsight
-# supports, the newest one it refuses, and the oldest pymilvus it allows.
+# supports (2.3.4), two it refuses (2.3.3, and 2.3.0 which calls itself "v2.2-testing"), and
+# the oldest pymilvus it allows (2.6.0).
 CLIENT_OVERLAYS = sorted((REPO / ".venv").glob("pymilvus-*"))
 
 
 def test_server_versions_at_both_ends(tmp_path_factory):
-    """Each other installed server: a 2.3 runs this module's gallery tests (in a child pytest
-    pointed at it); an older one is refused by name when songsight connects."""
+    """Each other installed server: a supported one runs this module's gallery tests (in a
+    child pytest pointed at it); an older one is refused by name when songsight connects."""
     if os.environ.get("SONGSIGHT_MILVUS_URI"):
         pytest.skip("runs inside the version test itself")
     if not OTHER_VENVS:
@@ -451,8 +452,8 @@ def test_server_versions_at_both_ends(tmp_path_factory):
         version = installed_version(venv)
         server = MilvusServer(venv, tmp_path_factory.mktemp(f"milvus-{version}")).start()
         try:
-            if tuple(int(x) for x in version.split(".")[:2]) < (2, 3):
-                with pytest.raises(SongsightError, match="needs Milvus 2.3 or newer"):
+            if tuple(int(x) for x in version.split(".")[:3]) < MIN_SERVER_VERSION:
+                with pytest.raises(SongsightError, match="needs Milvus 2.3.4 or newer"):
                     connect(server.uri)
             else:
                 _child_pytest(server.uri, {})

@@ -44,6 +44,7 @@ from songsight.index.milvus_connect import (
     is_embedded,
     quiet_embedded,
     quiet_iterator,
+    quiet_logger,
 )
 from songsight.index.milvus_options import (
     MilvusSettings,
@@ -195,7 +196,8 @@ class MilvusIndex:
     def _declare(self, index_type: str, n_rows: int = 0) -> None:
         """Create the vector index; a type or parameter the server refuses is one clear error."""
         try:
-            with quiet_embedded(self.embedded):
+            # pymilvus logs a refusal with its traceback; the error below says it once.
+            with quiet_embedded(self.embedded), quiet_logger("pymilvus.decorators"):
                 self._client.create_index(self.collection, self._index_params(index_type, n_rows))
         except Exception as err:  # pymilvus's MilvusException: the server's own words
             reason = getattr(err, "message", None) or str(err)

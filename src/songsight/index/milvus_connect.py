@@ -3,9 +3,9 @@ server this process starts, shares between its `MilvusIndex` objects and stops (
 the file's lock) when the last one closes.
 
 Versions: pymilvus 2.6 to 3.0 as the client, Milvus Lite 2.5 for the file, and a Milvus
-server 2.3 or newer (upsert and ``count(*)`` came with 2.3; a 2.2 server is refused by name).
-Both ends were tested against PyPI's ``milvus`` package, 2.3.0 and 2.3.5
-(tests/test_milvus_server.py).
+server 2.3.4 or newer; older servers are refused by name (`MIN_SERVER_VERSION`). Both ends are
+tested against PyPI's ``milvus`` package (tests/test_milvus_server.py): servers 2.3.4 and
+2.3.5 with pymilvus 2.6.0 and 3.0.2; 2.3.3 and 2.3.0 refused.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ __all__ = [
     "server_failures",
 ]
 
-# The oldest Milvus server songsight works with: 2.2 has no upsert (a rerun after a kill would
-# duplicate rows) and no count(*).
-MIN_SERVER_VERSION = (2, 3)
+# The oldest Milvus server songsight works with. Before 2.3.4 a dropped index blocks a new one
+# on the same field ("at most one distinct index is allowed per field", measured on 2.3.0 to
+# 2.3.3 for over a minute), so a gallery's index could not grow from FLAT to HNSW; 2.2 has no
+# upsert (a rerun after a kill would duplicate rows) and no count(*).
+MIN_SERVER_VERSION = (2, 3, 4)
 
 
 def _import_pymilvus():
@@ -92,11 +94,12 @@ def connect(uri: str):
     return client
 
 
-def server_version_tuple(version: str) -> tuple[int, int] | None:
-    """(major, minor) of a release's version string (``v2.3.5-lite`` -> (2, 3)); None for
-    other builds (PyPI's ``milvus`` 2.3.0 says ``v2.2-testing-20230824-...``)."""
-    found = re.match(r"v?(\d+)\.(\d+)\.\d+", version)
-    return (int(found[1]), int(found[2])) if found else None
+def server_version_tuple(version: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a server's version string (``v2.3.5-lite`` -> (2, 3, 5));
+    a missing patch is 0 (PyPI's ``milvus`` 2.3.0 says ``v2.2-testing-20230824-...``, the
+    branch it was cut from); None when there is no number to read."""
+    found = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(found[1]), int(found[2]), int(found[3] or 0)) if found else None
 
 
 def _check_server_version(client, uri: str, version: str) -> None:
@@ -106,7 +109,7 @@ def _check_server_version(client, uri: str, version: str) -> None:
         need = ".".join(map(str, MIN_SERVER_VERSION))
         raise SongsightError(
             f"the Milvus server at {uri} runs {version}; songsight needs Milvus {need} or newer "
-            "(it writes by upsert and counts rows with count(*), both new in 2.3)"
+            "(older servers cannot replace a collection's index, which a growing gallery needs)"
         )
 
 
@@ -162,20 +165,27 @@ _ITERATOR_LOGGERS = ("pymilvus.client.iterator.query_iterator", "pymilvus.orm.it
 
 
 @contextlib.contextmanager
+def quiet_logger(*names: str, level: int = logging.CRITICAL):
+    """Raise these loggers' level while the block runs (their news is said another way)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, levels, strict=True):
+            logger.setLevel(old)
+
+
+@contextlib.contextmanager
 def quiet_iterator():
     """Milvus servers before 2.4 and Milvus Lite 2.5 return no snapshot timestamp to pymilvus's
     query iterator, which then warns "failed to get mvccTs from milvus server, use client-side
     ts instead" and reads as of this machine's clock plus 1 s: every row written before the
     scan, which is what songsight's scans (after its own writes) need. Not the user's business."""
-    loggers = [logging.getLogger(name) for name in _ITERATOR_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
+    with quiet_logger(*_ITERATOR_LOGGERS, level=logging.ERROR):
         yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 @contextlib.contextmanager
