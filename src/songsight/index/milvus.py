@@ -3,7 +3,8 @@
 `MilvusIndex` answers the search contract of `songsight.index.search` (inner product, best
 first, ties to the lower id, ``-inf`` / ``-1`` padding) through ``pymilvus.MilvusClient``;
 Milvus proposes candidates and `songsight.index.milvus_search` re-ranks them exactly. The
-collection's schema and its rows are `songsight.index.milvus_rows`'.
+collection's schema and its rows are `songsight.index.milvus_rows`', its vector index
+`songsight.index.milvus_vector_index`'s.
 
 Rows are keyed by a string primary key (a gallery uses the photo's sha256, so re-adding a
 photo is a no-op); without keys an int id is its own key. Writes are upserts of the keys the
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,7 +44,6 @@ from songsight.index.milvus_connect import (
     is_embedded,
     quiet_embedded,
     quiet_iterator,
-    quiet_logger,
 )
 from songsight.index.milvus_options import (
     MilvusSettings,
@@ -65,6 +64,11 @@ from songsight.index.milvus_rows import (
     write_rows,
 )
 from songsight.index.milvus_search import search_collection
+from songsight.index.milvus_vector_index import (
+    create_vector_index,
+    held_vector_index,
+    wait_indexed,
+)
 
 log = logging.getLogger("songsight.milvus")
 
@@ -140,7 +144,7 @@ class MilvusIndex:
         self._built: dict[str, Any] = {}  # the vector index's build parameters (nlist ...)
         if self._client.has_collection(self.collection):
             self._check_schema()
-            self._index_type = self._current_index_type()
+            self._index_type, self._built = held_vector_index(self._client, self.collection)
             if self._index_type is None:  # a create that the server refused half-way
                 self._declare(choose_index_type(0, self.settings, self.embedded))
             # A collection is searchable only once loaded (after a restart, or a reopened file).
@@ -194,34 +198,11 @@ class MilvusIndex:
         self._client.load_collection(self.collection)
 
     def _declare(self, index_type: str, n_rows: int = 0) -> None:
-        """Create the vector index; a type or parameter the server refuses is one clear error."""
-        try:
-            # pymilvus logs a refusal with its traceback; the error below says it once.
-            with quiet_embedded(self.embedded), quiet_logger("pymilvus.decorators"):
-                self._client.create_index(self.collection, self._index_params(index_type, n_rows))
-        except Exception as err:  # pymilvus's MilvusException: the server's own words
-            reason = getattr(err, "message", None) or str(err)
-            raise SongsightError(
-                f"Milvus at {self.uri} refused a {index_type} index {self._built}: {reason}"
-            ) from None
-        self._index_type = index_type
-
-    def _index_params(self, index_type: str, n_rows: int):
-        params = self._client.prepare_index_params()
-        built = _index_params(index_type, n_rows, self.settings)
-        params.add_index(
-            field_name=VECTOR_FIELD, index_type=index_type, metric_type="IP", params=built
+        self._built = _index_params(index_type, n_rows, self.settings)
+        create_vector_index(
+            self._client, self.collection, self.uri, index_type, self._built, self.embedded
         )
-        self._built = built
-        return params
-
-    def _current_index_type(self) -> str | None:
-        """The vector index Milvus holds (None: none), its build parameters into ``_built``."""
-        info = self._client.describe_index(self.collection, VECTOR_FIELD)
-        if not info:
-            return None
-        self._built = {k: int(info[k]) for k in _BUILD_PARAMS if k in info}
-        return str(info.get("index_type") or "FLAT")
+        self._index_type = index_type
 
     def index_params(self) -> dict[str, Any]:
         """The vector index's build parameters as Milvus holds them (e.g. ``{"nlist": 4000}``)."""
@@ -249,20 +230,9 @@ class MilvusIndex:
         """Wait until Milvus has indexed every sealed row (a server builds the index after a
         flush, in the background; until then it scans those rows); returns seconds waited.
         The embedded file builds no index (`choose_index_type`): nothing to wait for."""
-        t0 = time.perf_counter()
         if self.embedded or self._index_type is None:
             return 0.0
-        while time.perf_counter() - t0 < timeout_s:
-            info = self._client.describe_index(self.collection, VECTOR_FIELD) or {}
-            if int(info.get("pending_index_rows", 0)) == 0 and int(
-                info.get("indexed_rows", 0)
-            ) >= int(info.get("total_rows", 0)):
-                return time.perf_counter() - t0
-            time.sleep(0.5)
-        raise SongsightError(
-            f"Milvus at {self.uri} has not indexed collection {self.collection!r} "
-            f"after {timeout_s:.0f} s"
-        )
+        return wait_indexed(self._client, self.collection, self.uri, timeout_s)
 
     def _retune(self) -> None:
         """Rebuild the vector index when the size calls for another type (FLAT -> HNSW), or
@@ -439,10 +409,6 @@ class MilvusIndex:
     def close(self) -> None:
         """Drop the connection; an embedded file is released for other processes."""
         self._finalizer()  # runs once, here or when the index is garbage collected
-
-
-# Build parameters read back from ``describe_index`` (Milvus returns them as text).
-_BUILD_PARAMS = ("M", "efConstruction", "nlist")
 
 
 def _decimal_id(key: str) -> int | None:
