@@ -8,9 +8,12 @@ Two axes, in generated worlds (docs/simulation.md), every point the whole demo p
 - how many labelled clips per species distillation gets (a subsample of the world's training
   clips; with fewer than 3 per species no validation split can be carved and the run says so).
 
-Prints one Markdown table (audio-to-image mAP, mean ± s.d. over seeds, and which songsight
-method beats the cascade) and writes a figure (mAP against clips per species, one panel per
-student level). Nothing is tuned per point; the world generator is the demo's.
+Prints one Markdown table (audio-to-image mAP, mean ± s.d. over seeds, the readout each run
+answers with and its paired difference with the cascade) and writes a figure (mAP against
+clips per species, one panel per student level, and the answered readout's gain over the
+cascade against the untouched student's headroom: its linear probe's accuracy minus its own
+zero-shot top-1 on the distilled species). Nothing is tuned per point; the world generator is
+the demo's.
 
     python benchmarks/regime_map.py --seeds 0 1 2 --out /tmp/regime --figure docs/regime_map.png
 """
@@ -49,9 +52,18 @@ def run_point(out: Path, seed: int, pretrain_calls: int, clips: int, species: in
     for m in ("cascade_top1", "fused"):
         row[f"{m} held-out"] = sub.get("heldout", {}).get(m, {}).get("map", float("nan"))
     row["student zero-shot"] = (pre.get("ssw_test") or {}).get("zero_shot_acc", float("nan"))
-    row["readout"] = json.loads(
-        (out / "models" / "distilled" / "best" / "songsight_distilled.json").read_text()
-    )["readout"]["method"]
+    recorded = res["retrieval"].get("recorded_readout") or {}
+    row["readout"] = recorded.get("answers_as") or recorded.get("method") or "fused"
+    row["readout chosen"] = not str(recorded.get("chosen_on") or "").startswith("nothing")
+    # What a user gets: the readout the run answers with, against the cascade, query by query.
+    versus = res["retrieval"].get("audio_to_image_vs_cascade", {}).get(row["readout"], {})
+    row["gain"] = versus.get("diff", 0.0)
+    row["gain_ci"] = [versus.get("ci_low", 0.0), versus.get("ci_high", 0.0)]
+    probe = res.get("discriminability", {}).get("original", {}).get("probe_accuracy")
+    zero = res.get("alignment", {}).get("focal_by_subset", {}).get("seen", {}).get("original", {})
+    row["headroom"] = (
+        (probe - zero["top1"]) if probe is not None and "top1" in zero else float("nan")
+    )
     return row
 
 
@@ -95,18 +107,19 @@ def main(argv=None) -> int:
     lines = [
         "| pretraining calls / species | distillation clips / species | "
         + " | ".join(cols)
-        + " | readout chosen on validation | chosen − cascade |",
-        "|" + "---|" * (len(cols) + 4),
+        + " | student headroom | readout answered with | answered − cascade |",
+        "|" + "---|" * (len(cols) + 5),
     ]
     for key, rows in raw.items():
         calls, clips = key.split("/")
-        # What a user gets: the readout the run's own validation chose, against the cascade.
-        gain = [r[r["readout"]] - r["cascade_top1"] for r in rows]
-        chosen = ", ".join(sorted({r["readout"] for r in rows}))
+        gain = [r["gain"] for r in rows]
+        chosen = ", ".join(
+            sorted({f"{r['readout']}{'' if r['readout chosen'] else ' (default)'}" for r in rows})
+        )
         lines.append(
             f"| {calls} | {clips} | "
             + " | ".join(cell([r[c] for r in rows]) for c in cols)
-            + f" | {chosen} | {cell(gain)} |"
+            + f" | {cell([r['headroom'] for r in rows])} | {chosen} | {cell(gain)} |"
         )
     seeds = ", ".join(map(str, args.seeds))
     caption = (
@@ -127,9 +140,10 @@ def plot(raw: dict, args, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2 * len(args.pretrain_calls), 3.4), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(args.pretrain_calls), sharey=True, squeeze=False)[0]
-    for ax, calls in zip(axes, args.pretrain_calls, strict=True):
+    n = len(args.pretrain_calls)
+    fig = Figure(figsize=(4.2 * (n + 1), 3.4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, n + 1, squeeze=False)[0]
+    for ax, calls in zip(axes[:n], args.pretrain_calls, strict=True):
         for m in ("cascade_top1", "distilled", "distilled_proto", "fused"):
             means = [np.mean([r[m] for r in raw[f"{calls}/{c}"]]) * 100 for c in args.clips]
             sds = [np.std([r[m] for r in raw[f"{calls}/{c}"]]) * 100 for c in args.clips]
@@ -141,6 +155,18 @@ def plot(raw: dict, args, path: Path) -> None:
         ax.set_xlabel("labelled clips per species for distillation")
     axes[0].set_ylabel("audio-to-image mAP (%)")
     axes[0].legend(fontsize=8)
+    ax = axes[n]  # the answered readout's gain against the student's headroom, every run
+    for calls, marker in zip(args.pretrain_calls, "os^v", strict=False):
+        for c in args.clips:
+            rows = raw[f"{calls}/{c}"]
+            ax.scatter([r["headroom"] * 100 for r in rows], [r["gain"] * 100 for r in rows],
+                       marker=marker, s=12 + 6 * c, alpha=0.7,
+                       label=f"{calls} calls" if c == args.clips[-1] else None)  # fmt: skip
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("student headroom: linear probe − zero-shot, distilled species (points)")
+    ax.set_ylabel("answered readout − cascade (mAP points)")
+    ax.set_title("marker size: clips per species", fontsize=9)
+    ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
 

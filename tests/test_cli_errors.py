@@ -84,7 +84,7 @@ def test_an_unwritable_log_folder_falls_back_to_tmp(
         (["data", "ssw60", "{blocked}/ssw60"], "{blocked}/ssw60: Not a directory"),
         (["report", "{tmp}/list.json"], "is not a RESULTS.json"),
         (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--loss", "foo"],
-         "loss must be 'class' or 'batch'"),
+         "loss must be one of ('auto', 'class', 'batch', 'species')"),
         (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--val-fraction", "1.5"],
          "val_fraction must be in [0, 1)"),
         (["distill", "--train", "t.csv", "--species", "t.csv", "--out", "o", "--candidates", "some"],

@@ -210,6 +210,38 @@ def test_the_cascade_head_starts_as_the_weighted_cascade():
         build_head(16, 24, "cascade")
 
 
+def test_a_clip_is_read_by_the_head_from_its_mean_audio_embedding(world, tiny_models, tmp_path):
+    """The distilled clip vector is the head reading the clip's mean audio embedding (as
+    BioLingual's own zero-shot does), not the mean of the head's window answers; windows stay
+    the head's answers, window by window. Reference: the checkpoint's own tower run as a plain
+    BioLingual encoder."""
+    import pandas as pd
+    import torch
+
+    from songsight.distill.train import distill
+    from songsight.encoders.base import l2_normalize
+    from songsight.encoders.biolingual import BioLingualEncoder
+    from songsight.encoders.distilled import DistilledEncoder, find_checkpoint
+
+    audio, image = tiny_models
+    distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "run",
+        _cfg(epochs=1, head="cascade"), device="cpu", progress=False, cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    path = pd.read_csv(world / "audio.csv")["path"].iloc[0]
+    enc = DistilledEncoder(tmp_path / "run", device="cpu", window_s=1.0, hop_s=0.5)
+    clip = enc.embed_clips([path])[0]
+    tower = BioLingualEncoder(find_checkpoint(tmp_path / "run") / "clap", device="cpu", window_s=1.0, hop_s=0.5)  # fmt: skip
+    base = tower.embed_clips([path])[0].windows  # unit window embeddings of the same tower
+    assert len(base) == len(clip.windows) > 1
+    with torch.no_grad():
+        ref_clip = l2_normalize(enc.head(torch.from_numpy(base.mean(0, keepdims=True))).numpy())[0]
+        ref_windows = l2_normalize(enc.head(torch.from_numpy(base)).numpy())
+    np.testing.assert_allclose(clip.clip, ref_clip, atol=1e-5)
+    np.testing.assert_allclose(clip.heard_clip(), ref_clip, atol=1e-5)
+    np.testing.assert_allclose(clip.windows, ref_windows, atol=1e-5)
+
+
 def test_auto_head_tries_each_start_on_validation_and_the_checkpoint_reloads(world, tiny_models, tmp_path):  # fmt: skip
     from songsight.distill.train import distill
     from songsight.encoders.distilled import DistilledEncoder, read_meta
@@ -340,7 +372,7 @@ def test_fewer_clips_than_a_batch_train_and_say_so(world, tiny_models, tmp_path,
     # Validation carved from the manifest: 1 of 4 recordings per species, too few to choose a
     # readout on (4 clips once chose one worse than the cascade): the stated default, and why.
     from songsight.distill.checkpoint import default_readout
-    from songsight.distill.monitor import MIN_READOUT_CLIPS_PER_SPECIES
+    from songsight.distill.plan import MIN_READOUT_CLIPS_PER_SPECIES
     from songsight.encoders.distilled import read_meta
 
     meta = read_meta(tmp_path / "run")
@@ -359,7 +391,7 @@ def test_readout_is_chosen_on_a_large_enough_validation(world, tiny_models, tmp_
     it does before the progress bar (it once showed nothing for a minute)."""
     import pandas as pd
 
-    from songsight.distill.monitor import MIN_READOUT_CLIPS_PER_SPECIES
+    from songsight.distill.plan import MIN_READOUT_CLIPS_PER_SPECIES
     from songsight.distill.train import distill
     from songsight.encoders.distilled import read_meta
 

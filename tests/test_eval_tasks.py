@@ -276,7 +276,9 @@ def test_results_json_has_every_method_and_metric(full):
     versus = ret["audio_to_image_vs_cascade"]
     assert set(versus) == set(ret["audio_to_image"]) - {"cascade_top1"}
     for method, d in versus.items():
-        expected = ret["audio_to_image"][method]["map"] - ret["audio_to_image"]["cascade_top1"]["map"]
+        expected = (
+            ret["audio_to_image"][method]["map"] - ret["audio_to_image"]["cascade_top1"]["map"]
+        )
         assert d["diff"] == pytest.approx(expected, abs=1e-9)
         assert d["ci_low"] <= d["diff"] <= d["ci_high"]
     assert ret["recorded_readout"]["method"] in ("distilled", "distilled_proto", "fused")

@@ -356,3 +356,29 @@ def test_gather_with_grad_two_gloo_processes():
             for process in ctx.processes:
                 process.kill()
             pytest.fail("gloo workers did not finish within 60 s")
+
+
+def test_species_form_is_cross_entropy_of_the_heads_logits_and_fits_only_the_temperature():
+    """form="species": the contrastive term is plain cross-entropy of the head's own logits
+    (a loop reference); the calibration term reads the output detached, so its gradient
+    reaches the temperature and nothing upstream."""
+    from songsight.distill.loss import DistillationLoss, LogitScale
+
+    rng = np.random.default_rng(4)
+    logits = torch.tensor(rng.standard_normal((6, 5)), dtype=torch.float32, requires_grad=True)
+    emb = torch.tensor(unit_rows(6, 8, rng), requires_grad=True)
+    text = torch.tensor(unit_rows(5, 8, rng))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    scale = LogitScale(0.07)
+    loss, comps = DistillationLoss("species")(emb, labels, text, scale(), species_logits=logits)
+    ref = np.mean([
+        -math.log(math.exp(logits[i, labels[i]].item()) / np.exp(logits[i].detach().numpy()).sum())
+        for i in range(6)
+    ])  # fmt: skip
+    assert comps["contrastive"] == pytest.approx(ref, rel=1e-5)
+    assert comps["total"] == pytest.approx(comps["contrastive"] + comps["calibration"], rel=1e-6)
+    loss.backward()
+    assert emb.grad is None or float(emb.grad.abs().max()) == 0.0  # calibration: detached
+    assert logits.grad is not None and scale.log_scale.grad is not None
+    with pytest.raises(ValueError, match="species_logits"):
+        DistillationLoss("species")(emb, labels, text, scale())

@@ -159,11 +159,14 @@ def test_validation_split_is_stratified_grouped_and_spares_small_species():
 
 
 def test_gate_species_go_to_validation_whole_and_only_when_needed():
-    from songsight.distill.plan import gate_species_count
+    from songsight.distill.plan import carved_val_per_species, gate_species_count
 
-    assert gate_species_count(48, table_has_untrained=True) == 5
-    assert gate_species_count(9, table_has_untrained=True) == 0  # too few to spare any
-    assert gate_species_count(48, table_has_untrained=False) == 0  # nothing to gate
+    assert gate_species_count(48, True, 6) == 5
+    assert gate_species_count(9, True, 6) == 0  # too few to spare any
+    assert gate_species_count(48, False, 6) == 0  # nothing to gate
+    assert gate_species_count(48, True, 2) == 0  # validation too small to choose on: no cost
+    assert carved_val_per_species(_manifest({0: 40, 1: 20}), 0.15) == 3  # round(0.15 * 20)
+    assert carved_val_per_species(_manifest({0: 40, 1: 2}), 0.15) == 0  # one gives none
     df = _manifest({i: 6 for i in range(12)})
     train, val, info = split_train_val(df, 0.15, seed=0, gate_species=2)
     gate = info["gate_species"]
@@ -205,3 +208,42 @@ def test_run_plan_follows_the_data_size():
     assert (fixed.epochs, fixed.total_steps, fixed.warmup_steps) == (3, 180, 7)
     two_ranks = plan_run(5, DistillConfig(), world_size=2)
     assert two_ranks.batch_size == 4
+
+
+def test_fusion_is_chosen_among_those_that_keep_the_unlearnt_species():
+    """On validation with gate species, the fusion chosen is the best of those answering the
+    gate species within the tolerance of the cascade (a brute-force pass over the grid), not
+    the best overall when that one buys the learnt species with the others."""
+    from songsight.distill.monitor import UNSEEN_TOLERANCE, Validator, clip_weights
+
+    rng = np.random.default_rng(9)
+    text = unit_rows(5, 16, rng)
+    labels = np.array([0, 1, 2, 3] * 6 + [4] * 6)
+    v = object.__new__(Validator)
+    v.labels, v.train_labels, v.species_emb, v.gallery = labels, [0, 1, 2, 3], text, None
+    v.seen = np.isin(np.arange(5), v.train_labels)
+    v.weights = clip_weights(labels, v.train_labels, 5)
+    # The cascade: right on the gate species (species 0 its runner-up); on the others it
+    # mistakes half the clips for the gate species.
+    p_c = np.full((len(labels), 5), 0.02)
+    for i, lab in enumerate(labels):
+        if lab == 4:
+            p_c[i, 4], p_c[i, 0] = 0.5, 0.4
+        else:
+            p_c[i, lab], p_c[i, 4] = (0.8, 0.1) if i % 2 else (0.35, 0.55)
+    v.p_cascade = p_c / p_c.sum(1, keepdims=True)
+    # The distilled model: right on its own species, sure of species 0 on the gate species.
+    emb = np.where((labels == 4)[:, None], text[0], text[np.minimum(labels, 3)])
+    emb = emb + 0.05 * rng.standard_normal(emb.shape)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    idx = labels
+    score, record = v._best_fusion(emb, idx, logit_scale=20.0)
+    grid = {tuple(k.split()): val for k, val in record["val_fusion_grid"].items()}
+    cascade_unseen = v._score(text[v.p_cascade.argmax(1)], idx, "unseen")
+    allowed = {k: val for k, val in grid.items() if float(k[1]) == 0 or val[1] >= cascade_unseen - UNSEEN_TOLERANCE}  # fmt: skip
+    best = max(allowed, key=lambda k: (allowed[k][0], float(k[1])))
+    assert (record["val_fusion_gate"], record["val_fusion_weight"]) == (best[0], float(best[1]))
+    assert score == pytest.approx(allowed[best][0])
+    assert (
+        max(v[0] for v in grid.values()) > score
+    )  # a fusion that loses the gate species scored higher overall

@@ -13,6 +13,7 @@ from pathlib import Path
 
 TRAIN_CHOICES = ("head", "projection", "top-k-blocks", "all")
 HEADS = ("auto", "linear", "mlp", "cascade")
+LOSSES = ("auto", "class", "batch", "species")
 HEAD_INITS = ("probe", "random")
 # What a None default means, for --help.
 NONE_DEFAULTS = {
@@ -56,7 +57,10 @@ class DistillConfig:
     audio_prompt_format: str = "com"
     audio_templates: str = "sound"
     # loss
-    loss: str = "class"  # class: cross-entropy over the candidates; batch: symmetric in-batch
+    # class: cross-entropy of the output over the candidates' texts; batch: symmetric in-batch;
+    # species: cross-entropy of a cascade head's own species logits; auto: species for a
+    # cascade head, class for the others
+    loss: str = "auto"
     candidates: str = "all"  # class loss: every species of the table (all) or the trained ones
     positives: str = "exclusive"  # batch loss: same-species columns excluded from negatives
     init_temperature: float = 0.07
@@ -102,8 +106,8 @@ class DistillConfig:
     def __post_init__(self):
         if self.train not in TRAIN_CHOICES:
             raise ValueError(f"train must be one of {TRAIN_CHOICES}, not {self.train!r}")
-        if self.loss not in ("class", "batch"):
-            raise ValueError(f"loss must be 'class' or 'batch', not {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, not {self.loss!r}")
         if self.candidates not in ("all", "train"):
             raise ValueError(f"candidates must be 'all' or 'train', not {self.candidates!r}")
         if self.head not in HEADS:

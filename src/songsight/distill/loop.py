@@ -28,7 +28,8 @@ from songsight.encoders.base import l2_normalize
 class TrainModule(torch.nn.Module):
     """The student and the temperature as one module, so that DDP syncs both.
 
-    ``forward(feats)``: (head output (B, D), base embedding (B, d), logit scale), unnormalised.
+    ``forward(feats)``: (head output (B, D), base embedding (B, d), logit scale, the head's
+    species logits (B, S) for a head that scores species, else None), unnormalised.
     """
 
     def __init__(self, student: torch.nn.Module, logit_scale: torch.nn.Module):
@@ -38,7 +39,9 @@ class TrainModule(torch.nn.Module):
 
     def forward(self, feats):
         emb, base = self.student(feats)
-        return emb, base, self.logit_scale()
+        head = self.student.head
+        logits = head.species_logits(base) if hasattr(head, "species_logits") else None
+        return emb, base, self.logit_scale(), logits
 
 
 class Trainer:
@@ -140,13 +143,17 @@ class Trainer:
         labels = torch.from_numpy(run.data.labels[batch]).to(device)
         autocast = run.autocast
         with torch.autocast(device.split(":")[0], dtype=autocast, enabled=autocast is not None):
-            emb, base, scale = run.model(feats)
+            emb, base, scale, logits = run.model(feats)
         emb, base = l2_normalize(emb.float()), l2_normalize(base.float())
         orig = None
         if run.original is not None:
             with torch.no_grad():
                 orig = l2_normalize(run.original(feats)[1].float())
-        loss, comps = run.loss_fn(emb, labels, run.train_targets, scale, base, orig)
+        if logits is not None and run.candidate_rows is not None:
+            logits = logits[:, run.candidate_rows]
+        loss, comps = run.loss_fn(
+            emb, labels, run.train_targets, scale, base, orig, species_logits=logits
+        )
         (loss / cfg.grad_accum).backward()
         self.seen_items += len(batch) * run.world
         return comps

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 INIT_TEMPERATURE = 0.07
 MAX_LOGIT_SCALE = 100.0
 
-LossForm = Literal["class", "batch"]
+LossForm = Literal["class", "batch", "species"]
 PositiveMode = Literal["exclusive", "supcon"]
 PreserveKind = Literal["cosine", "mse"]
 
@@ -275,6 +275,13 @@ class DistillationLoss(nn.Module):
     """Contrastive distillation term plus an optional preservation term.
 
     ``form="class"``: :func:`class_level_infonce` against every species' teacher embedding.
+    ``form="species"``: for a head that scores species itself (the cascade head,
+    `songsight.encoders.distilled.cascade_head`): cross-entropy of its species logits over the
+    candidates (``species_logits`` (B, C), given to `forward`), the contrastive term of audio
+    against the species prototypes it starts from BioLingual's text; the output, a mix of the
+    teacher's species texts, lands on its species' text as the right species' share grows.
+    The temperature (``logit_scale``) is then fitted by the class-level term on the output
+    held fixed (detached): it is the readouts' (`songsight.distill.readout`), not the head's.
     ``form="batch"``: :func:`batch_level_infonce` against the teacher embeddings of the
     batch's own species, over the batch gathered from all ranks when ``gather`` is set and
     torch.distributed is running (every rank then computes the same global loss).
@@ -293,8 +300,8 @@ class DistillationLoss(nn.Module):
         target_kind: PreserveKind = "cosine",
     ):
         super().__init__()
-        if form not in ("class", "batch"):
-            raise ValueError(f"form must be 'class' or 'batch', got {form!r}")
+        if form not in ("class", "batch", "species"):
+            raise ValueError(f"form must be 'class', 'batch' or 'species', got {form!r}")
         for name, kind in (("preserve_kind", preserve_kind), ("target_kind", target_kind)):
             if kind not in ("cosine", "mse"):
                 raise ValueError(f"{name} must be 'cosine' or 'mse', got {kind!r}")
@@ -319,6 +326,7 @@ class DistillationLoss(nn.Module):
         logit_scale: Tensor | float,
         student_base_emb: Tensor | None = None,
         original_emb: Tensor | None = None,
+        species_logits: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Total loss (0-d) and its components as floats.
 
@@ -326,10 +334,20 @@ class DistillationLoss(nn.Module):
         ``class_text_emb`` (C, D) teacher species embeddings, unit norm; ``student_base_emb``
         and ``original_emb`` (B, d): the student's and the frozen original BioLingual audio
         embeddings, needed only when ``preserve_weight`` > 0.
-        Components: ``contrastive``, ``target`` and ``preserve`` (when weighted), ``total``,
-        ``logit_scale``.
+        ``species_logits`` (B, C): the head's own species logits, for ``form="species"``.
+        Components: ``contrastive``, ``calibration`` (species form), ``target`` and
+        ``preserve`` (when weighted), ``total``, ``logit_scale``.
         """
-        if self.form == "class":
+        extra = {}
+        if self.form == "species":
+            if species_logits is None:
+                raise ValueError("form='species' needs the head's species_logits (a cascade head)")
+            contrastive = F.cross_entropy(species_logits.float(), labels)
+            calibration = class_level_infonce(
+                audio_emb.detach(), class_text_emb, labels, logit_scale
+            )
+            extra["calibration"] = calibration
+        elif self.form == "class":
             contrastive = class_level_infonce(audio_emb, class_text_emb, labels, logit_scale)
         else:
             if self.gather:
@@ -341,6 +359,9 @@ class DistillationLoss(nn.Module):
             )
         total = contrastive
         components = {"contrastive": float(contrastive.detach())}
+        for name, term in extra.items():  # trains the temperature alone (the output is detached)
+            total = total + term
+            components[name] = float(term.detach())
         if self.target_weight > 0:
             # On the same rows as the contrastive term: gathered across ranks in batch form, so
             # every rank logs and differentiates the same global loss.

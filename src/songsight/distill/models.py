@@ -154,7 +154,7 @@ def _start(name: str, st: Student, all_targets: np.ndarray, cfg: DistillConfig, 
 
 def init_head(st: Student, logit_scale, data: AudioCrops, train_targets, all_targets: np.ndarray,
               cfg: DistillConfig, batch_size: int, device: str, resume_kind: str | None,
-              validator=None) -> dict | str:  # fmt: skip
+              validator=None, candidate_rows=None) -> dict | str:  # fmt: skip
     """Put the run's starting head (and temperature) in place; returns the checkpoint's record
     of how the head began.
 
@@ -168,8 +168,6 @@ def init_head(st: Student, logit_scale, data: AudioCrops, train_targets, all_tar
 
     import torch
 
-    from songsight.distill.loss import DistillationLoss
-
     if resume_kind is not None:
         _set_head(st, _start("cascade" if resume_kind == "cascade" else "random", st, all_targets, cfg, device))  # fmt: skip
         return "resumed"
@@ -179,7 +177,6 @@ def init_head(st: Student, logit_scale, data: AudioCrops, train_targets, all_tar
         rows = probe_rows(data.labels, cfg.seed)
         base = embed_base(st.student, data, rows, st.features, device, batch_size)
         labels = data.labels[rows]
-    loss = DistillationLoss("class", target_weight=cfg.target_weight, target_kind=cfg.target_kind)
     tried: dict[str, tuple] = {}
     for name in names:
         head, scale = _start(name, st, all_targets, cfg, device), copy.deepcopy(logit_scale)
@@ -187,8 +184,8 @@ def init_head(st: Student, logit_scale, data: AudioCrops, train_targets, all_tar
         note: dict = {"kind": kind, "start": name}
         if name != "random":  # the temperature always, the head itself unless "cascade"
             note.update(fit_probe_head(
-                head, scale, loss, base, labels, train_targets, cfg.seed,
-                fit_head=name != "cascade",
+                head, scale, build_loss(cfg, head, frozen=True), base, labels, train_targets,
+                cfg.seed, fit_head=name != "cascade", columns=candidate_rows,
             ))  # fmt: skip
         tried[name] = (head, scale, note)
     chosen = names[0]
@@ -250,8 +247,9 @@ def wrap_trainable(st: Student, logit_scale, cfg: DistillConfig, device: str, wo
 
 def loss_candidates(all_targets: np.ndarray, by_label: dict, train_labels: list[int],
                     cfg: DistillConfig, device: str):  # fmt: skip
-    """(target row of each label, (C, D) candidate targets on ``device``) for the class-level
-    loss: every species of the table (the default) or only the trained ones.
+    """(target row of each label, (C, D) candidate targets on ``device``, the candidates' rows
+    among every species (a tensor, or None for all of them)) for the class-level loss: every
+    species of the table (the default) or only the trained ones.
 
     The names of species without audio are negatives that cost nothing, and without them
     nothing keeps a clip away from those species' targets: in the simulated world, a probe's
@@ -260,24 +258,49 @@ def loss_candidates(all_targets: np.ndarray, by_label: dict, train_labels: list[
     import torch
 
     if cfg.candidates == "all":
-        return by_label, torch.from_numpy(all_targets).to(device)
-    rows = all_targets[[by_label[lab] for lab in train_labels]]
-    return {lab: i for i, lab in enumerate(train_labels)}, torch.from_numpy(rows).to(device)
+        return by_label, torch.from_numpy(all_targets).to(device), None
+    rows = [by_label[lab] for lab in train_labels]
+    return (
+        {lab: i for i, lab in enumerate(train_labels)},
+        torch.from_numpy(all_targets[rows]).to(device),
+        torch.tensor(rows, device=device),
+    )
 
 
-def build_loss(cfg: DistillConfig, device: str):
-    """(temperature module on ``device``, the distillation loss) as ``cfg`` sets them."""
-    from songsight.distill.loss import DistillationLoss, LogitScale
+def build_temperature(cfg: DistillConfig, device: str):
+    """The readouts' temperature module (`songsight.distill.loss.LogitScale`) on ``device``."""
+    from songsight.distill.loss import LogitScale
 
-    logit_scale = LogitScale(
+    return LogitScale(
         cfg.init_temperature, learnable=cfg.learn_temperature, max_scale=1.0 / cfg.min_temperature
     ).to(device)
-    loss_fn = DistillationLoss(
-        cfg.loss,
-        cfg.preserve_weight,
+
+
+def loss_form(cfg: DistillConfig, head) -> str:
+    """The loss form for ``head``: ``cfg.loss``, where ``auto`` is ``species`` for a cascade
+    head (its own species logits) and ``class`` for the others."""
+    cascade = hasattr(head, "species_logits")
+    form = ("species" if cascade else "class") if cfg.loss == "auto" else cfg.loss
+    if form == "species" and not cascade:
+        from songsight.errors import SongsightError
+
+        raise SongsightError("--loss species needs a head that scores species: --head cascade")
+    return form
+
+
+def build_loss(cfg: DistillConfig, head, frozen: bool = False):
+    """The distillation loss for ``head`` as ``cfg`` sets it. ``frozen``: for a fit on frozen
+    embeddings (`init_head`), where the backbone does not move (no preservation term) and
+    each process fits alone (the class-level form, never the batch form's gather across
+    ranks)."""
+    from songsight.distill.loss import DistillationLoss
+
+    form = loss_form(cfg, head)
+    return DistillationLoss(
+        "class" if frozen and form == "batch" else form,
+        0.0 if frozen else cfg.preserve_weight,
         cfg.preserve_kind,
         cfg.positives,
         target_weight=cfg.target_weight,
         target_kind=cfg.target_kind,
     )
-    return logit_scale, loss_fn

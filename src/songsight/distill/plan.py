@@ -30,13 +30,39 @@ MIN_GROUPS_FOR_VAL = 3
 # gate) is chosen on data like the test's held-out species rather than guessed.
 GATE_FRACTION = 0.1
 MIN_TRAINED_FOR_GATE = 10
+# Readouts (and the fusion's gate) are chosen on validation only with at least this many
+# clips of each validation species: on fewer, the choice is noise (4 clips once chose a
+# readout worse than the cascade) and the run keeps the stated default
+# (`songsight.distill.checkpoint.default_readout`); gate species would then cost training
+# data for nothing, so none are held out.
+MIN_READOUT_CLIPS_PER_SPECIES = 5
 
 
-def gate_species_count(n_trained: int, table_has_untrained: bool) -> int:
-    """How many trained species a carved validation split holds out of training whole."""
-    if not table_has_untrained or n_trained < MIN_TRAINED_FOR_GATE:
+def gate_species_count(n_trained: int, table_has_untrained: bool, val_per_species: int) -> int:
+    """How many trained species a carved validation split holds out of training whole:
+    none unless the table has species without training audio, at least
+    `MIN_TRAINED_FOR_GATE` species train, and the carved split will be large enough to choose
+    a readout on (``val_per_species``: the fewest validation clips a species will get)."""
+    if (
+        not table_has_untrained
+        or n_trained < MIN_TRAINED_FOR_GATE
+        or val_per_species < MIN_READOUT_CLIPS_PER_SPECIES
+    ):
         return 0
     return max(2, int(round(GATE_FRACTION * n_trained)))
+
+
+def carved_val_per_species(df: pd.DataFrame, val_fraction: float, group_column: str | None = None) -> int:  # fmt: skip
+    """The fewest validation groups (recordings) `split_train_val` will carve from a species
+    (0 when some species is too small to give any)."""
+    keys, _ = group_keys(df, group_column)
+    labels = df["label"].to_numpy()
+    fewest = None
+    for label in set(labels.tolist()):
+        groups = len(set(keys[labels == label].tolist()))
+        n = max(1, int(round(val_fraction * groups))) if groups >= MIN_GROUPS_FOR_VAL else 0
+        fewest = n if fewest is None else min(fewest, n)
+    return 0 if fewest is None or val_fraction <= 0 else fewest
 
 
 def group_keys(df: pd.DataFrame, group_column: str | None = None) -> tuple[np.ndarray, str]:

@@ -69,6 +69,7 @@ def fit_probe_head(
     seed: int,
     steps: int = PROBE_STEPS,
     fit_head: bool = True,
+    columns=None,
 ) -> dict:
     """Fit ``head`` (and the learnable ``logit_scale``) on frozen embeddings, in place.
 
@@ -104,7 +105,10 @@ def fit_probe_head(
     for _ in range(steps):
         idx = torch.randint(0, len(x), (min(PROBE_BATCH, len(x)),), generator=gen).to(device)
         emb = l2_normalize(head(x[idx]))
-        loss, _ = loss_fn(emb, y[idx], class_text_emb, logit_scale())
+        logits = head.species_logits(x[idx]) if hasattr(head, "species_logits") else None
+        if logits is not None and columns is not None:
+            logits = logits[:, columns]
+        loss, _ = loss_fn(emb, y[idx], class_text_emb, logit_scale(), species_logits=logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -67,9 +67,9 @@ def fuse_posteriors(
     - ``soft``: by the cascade's mass on them: they keep the cascade's probabilities, and the
       rest of each row, ``1 -`` that mass, is shared among the distilled species as in ``hard``;
     - ``poe``: a product of experts, ``p_cascade * (p_distilled / prior)^w`` over every
-      species, where ``prior`` (S,) is the distilled posterior's mean over clips of every kind
-      (`species_prior`): the distilled model's likelihood ratio, which is about 1 for species
-      it never learnt, so those keep the cascade's say.
+      species, where ``prior`` (S,) is the distilled posterior's mean over clips of the
+      species it learnt (`species_prior`): the distilled model's likelihood ratio, about 1 for
+      species it never learnt, so that those keep the cascade's say.
     """
     pd_ = np.asarray(p_distilled, dtype=np.float64)
     pc = np.asarray(p_cascade, dtype=np.float64)
@@ -113,7 +113,8 @@ def fuse_posteriors(
 
 
 def species_prior(p_distilled: np.ndarray) -> np.ndarray:
-    """(S,) float32: the distilled posterior's mean over clips (for the ``poe`` gate)."""
+    """(S,) float32: the distilled posterior's mean over clips (for the ``poe`` gate): clips
+    of the species the model learnt, so that no species it never learnt sets its own."""
     return np.asarray(p_distilled, np.float64).mean(axis=0).astype(np.float32)
 
 

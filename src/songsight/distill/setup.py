@@ -22,6 +22,7 @@ from songsight.distill.hooks import DistillHooks, timed_phase
 from songsight.distill.models import (
     Student,
     build_loss,
+    build_temperature,
     init_head,
     load_student,
     load_teacher,
@@ -32,6 +33,7 @@ from songsight.distill.monitor import Validator
 from songsight.distill.plan import (
     RunPlan,
     cache_fits,
+    carved_val_per_species,
     gate_species_count,
     plan_run,
     split_train_val,
@@ -90,7 +92,10 @@ def training_data(train_manifest, val_manifest, species, species_csv, cfg: Disti
         val_df = full[full["split"] == "val"].reset_index(drop=True)
         return train_df, val_df, {"source": "the manifest's val rows"}
     trained = set(int(x) for x in train_df["label"])
-    gate = gate_species_count(len(trained), bool(set(by_label) - trained))
+    gate = gate_species_count(
+        len(trained), bool(set(by_label) - trained),
+        carved_val_per_species(train_df, cfg.val_fraction, cfg.group_column),
+    )  # fmt: skip
     train_df, val_df, info = split_train_val(
         train_df, cfg.val_fraction, cfg.seed, cfg.group_column, cfg.val_max_clips, gate
     )
@@ -202,6 +207,7 @@ class DistillRun:
     val_clips: int
     all_targets: np.ndarray  # (S, D) teacher species targets, row i for species[i], unit rows
     train_targets: Any  # (C, D) tensor on the device: the class-level loss's candidates
+    candidate_rows: Any  # the candidates' rows among every species (tensor), or None: all
     st: Student
     module: Any  # TrainModule: the student and the temperature
     model: Any  # module, or its DDP wrapper
@@ -242,7 +248,9 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
     all_targets, target_info, teacher_prov, gallery = load_teacher(
         image_model, species, cfg, device, cache_dir, val_gallery, hooks
     )
-    rows_of, train_targets = loss_candidates(all_targets, by_label, train_labels, cfg, device)
+    rows_of, train_targets, candidate_rows = loss_candidates(
+        all_targets, by_label, train_labels, cfg, device
+    )
 
     torch.manual_seed(cfg.seed)  # before the head is initialised: same seed, same run
     tell(f"student {audio_model}: loading it and its text view of {len(species)} species")
@@ -267,13 +275,14 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
                 f"{d['method']} at fusion weight {d['fusion_weight']} (give more validation "
                 "clips, e.g. --val MANIFEST, to let validation choose)"
             )
-    logit_scale, loss_fn = build_loss(cfg, device)
+    logit_scale = build_temperature(cfg, device)
     if not resume:
         tell("fitting the head's starting point on the untouched embeddings")
     head_note = init_head(
         st, logit_scale, data, train_targets, all_targets, cfg, plan.batch_size, device,
-        saved_head_kind(Path(out_dir)) if resume else None, validator,
+        saved_head_kind(Path(out_dir)) if resume else None, validator, candidate_rows,
     )  # fmt: skip
+    loss_fn = build_loss(cfg, st.head)
     module, model, original = wrap_trainable(st, logit_scale, cfg, device, world, local_rank)
     optimizer, scheduler = build_optimizer(module, cfg, plan)
     meta = run_meta(
@@ -284,7 +293,7 @@ def build_run(train_manifest, species_csv, audio_model, image_model, out_dir, cf
         cfg=cfg, out=Path(out_dir), device=device, rank=rank, world=world,
         local_rank=local_rank, species=species, train_labels=train_labels, plan=plan, data=data,
         val_clips=0 if val_df is None else len(val_df), all_targets=all_targets,
-        train_targets=train_targets, st=st, module=module, model=model, original=original,
+        train_targets=train_targets, candidate_rows=candidate_rows, st=st, module=module, model=model, original=original,
         loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, autocast=autocast,
         validator=validator, meta=meta,
     )  # fmt: skip

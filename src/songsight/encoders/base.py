@@ -7,7 +7,7 @@ that normalises, and encoders call it on their way out.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -90,7 +90,9 @@ class ClipEmbedding:
 
     ``windows`` (W, D) float32 unit norm; ``starts_s``/``ends_s`` (W,) window times in the
     recording; ``clip`` (D,) the re-normalised mean of the windows; ``window_silent`` (W,) bool,
-    the window's peak is under `songsight.inputs.audio.SILENCE_PEAK`.
+    the window's peak is under `songsight.inputs.audio.SILENCE_PEAK`. ``pool``: how an encoder
+    whose clip vector is not the mean of its windows forms it from a (W,) bool mask of windows
+    (None: all of them); None for the mean.
     """
 
     windows: np.ndarray
@@ -101,13 +103,18 @@ class ClipEmbedding:
     silent: bool = False
     flags: list[str] = field(default_factory=list)
     window_silent: np.ndarray | None = None
+    pool: Callable[[np.ndarray | None], np.ndarray] | None = None
 
     def heard_clip(self) -> np.ndarray:
-        """(D,) unit norm: the mean of the windows that are not silent (all when every one is)."""
-        heard = self.windows
+        """(D,) unit norm: the clip vector of the windows that are not silent (all when every
+        one is)."""
+        heard = None
         if self.window_silent is not None and (~self.window_silent).any():
-            heard = self.windows[~self.window_silent]
-        return l2_normalize(heard.mean(axis=0, keepdims=True))[0]
+            heard = ~self.window_silent
+        if self.pool is not None:
+            return self.pool(heard)
+        windows = self.windows if heard is None else self.windows[heard]
+        return l2_normalize(windows.mean(axis=0, keepdims=True))[0]
 
 
 @runtime_checkable

@@ -304,6 +304,39 @@ def paired_difference(
     return {"diff": out["mean"], "ci_low": out["ci_low"], "ci_high": out["ci_high"], "n": out["n"]}
 
 
+def landing(
+    emb: ArrayLike,
+    labels: ArrayLike,
+    species_emb: ArrayLike,
+    species_labels: ArrayLike,
+    photos: ArrayLike | None = None,
+    photo_labels: ArrayLike | None = None,
+) -> dict[str, float]:
+    """Where unit embeddings land: their mean cosine to their own species' text embedding
+    (``cos_text``) and, given photos, to the normalised mean of their species' photo
+    embeddings (``cos_photos``, over embeddings whose species has photos).
+
+    ``emb`` (N, D) and ``labels`` (N,); ``species_emb`` (S, D) rows for ``species_labels``
+    (S,); ``photos`` (G, D) with ``photo_labels`` (G,). All unit norm. NaN when nothing counts.
+    """
+    emb = np.asarray(emb, np.float64)
+    labels = np.asarray(labels)
+    row = {lab: i for i, lab in enumerate(np.asarray(species_labels).tolist())}
+    known = np.array([lab in row for lab in labels.tolist()], bool)
+    text = np.asarray(species_emb, np.float64)[[row[lab] for lab in labels[known].tolist()]]
+    out = {"cos_text": float(np.sum(emb[known] * text, axis=1).mean()) if known.any() else float("nan")}  # fmt: skip
+    if photos is not None:
+        photos, photo_labels = np.asarray(photos, np.float64), np.asarray(photo_labels)
+        cos = []
+        for lab in np.unique(labels):
+            mine = photos[photo_labels == lab]
+            if len(mine):
+                centroid = mine.mean(0) / max(np.linalg.norm(mine.mean(0)), 1e-12)
+                cos.append(emb[labels == lab] @ centroid)
+        out["cos_photos"] = float(np.concatenate(cos).mean()) if cos else float("nan")
+    return out
+
+
 def topk_accuracy(scores: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
     """Fraction of samples whose true class is among the k highest scores.
 

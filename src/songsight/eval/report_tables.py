@@ -130,7 +130,22 @@ def _recorded_note(runs: Sequence[Run]) -> str:
             how += f", which answers as {LABELS.get(r['answers_as'], r['answers_as'])}"
         chosen = f"; chosen on {r['chosen_on']}" if r.get("chosen_on") else ""
         notes.append(f"{name + ': ' if len(runs) > 1 else ''}{how}{chosen}")
-    return f" The distilled checkpoint answers with: {'; '.join(notes)}." if notes else ""
+    text = f" The distilled checkpoint answers with: {'; '.join(notes)}." if notes else ""
+    lands = []
+    for name, res in runs:
+        land = dig(res, "retrieval", "distilled_landing")
+        if land:
+            where = ", ".join(
+                f"{part} {v['cos_text']:.2f} / {v.get('cos_photos', float('nan')):.2f}"
+                for part, v in land.items()
+            )
+            lands.append(f"{name + ': ' if len(runs) > 1 else ''}{where}")
+    if lands:
+        text += (
+            " Where the raw distilled embedding lands (mean cosine to its species' text / to "
+            f"its species' photo centroid): {'; '.join(lands)}."
+        )
+    return text
 
 
 def _versus_cascade_section(runs: Sequence[Run]) -> list[str]:

@@ -51,6 +51,7 @@ from songsight.eval.inputs import (
     table_sha256,
     warn_skipped,
 )
+from songsight.eval.metrics import landing
 from songsight.eval.outputs import jsonable, write_outputs
 from songsight.eval.readouts import readout_inputs, readout_posteriors, recorded_readout
 from songsight.eval.setup import EvalRun, load_run
@@ -220,8 +221,24 @@ def _retrieval(
         "cascade_temperature": cfg.cascade_temperature,
         "unmatched": unmatched,
         **({"recorded_readout": recorded} if (recorded := recorded_readout(run)) else {}),
+        **(
+            {"distilled_landing": _landing(run, queries["distilled"], q_labels, g_emb, g_labels)}
+            if "distilled" in queries
+            else {}
+        ),
         **scored,
     }
+
+
+def _landing(run: EvalRun, emb, q_labels, g_emb, g_labels) -> dict:
+    """Where the raw distilled embedding lands, per subset of queries (all, seen, held-out):
+    its mean cosine to its species' text and to its species' photo centroid."""
+    parts = {"all": np.ones(len(q_labels), bool), **run.subsets(q_labels)}
+    return {
+        name: landing(emb[mask], q_labels[mask], run.teacher_text, run.species_labels, g_emb, g_labels)
+        for name, mask in parts.items()
+        if mask.any()
+    }  # fmt: skip
 
 
 def _gallery_parts(gallery: pd.DataFrame) -> dict[str, np.ndarray]:
