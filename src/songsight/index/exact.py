@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from songsight.errors import DataNotFoundError, SongsightError
 
@@ -25,8 +24,8 @@ _FORMAT_VERSION = 1
 # large galleries and large query batches alike.
 _BLOCK_ELEMENTS = 1 << 24
 _QUERY_ROWS = 1024
-# float16 gallery rows are upcast in chunks of this many before the matmul: torch's float16
-# CPU matmul rounds its output to float16 (~1e-3 error), which would make ranking inexact.
+# float16 gallery rows are upcast in chunks of this many before the matmul: a float16 matmul
+# rounds its output to float16 (~1e-3 error), which would make ranking inexact.
 _F16_CHUNK_ROWS = 16_384
 _DTYPES = {"float32": np.float32, "f32": np.float32, "float16": np.float16, "f16": np.float16}
 
@@ -156,20 +155,24 @@ def _select_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarra
     return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
-def _block_topk(scores: torch.Tensor, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _block_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top `k` of one `(q, g)` score block with `ids (g,)`, ties to the lower id."""
     q, g = scores.shape
-    if g <= k:
-        return _select_topk(scores.numpy(), np.broadcast_to(ids, (q, g)), k)
+    if g <= k + 1:
+        return _select_topk(scores, np.broadcast_to(ids, (q, g)), k)
     # Taking k + 1 shows whether the k-th score ties with one left out; only such rows need
     # the full (score, id) ordering, so near-tie-free real data stays on the fast path.
-    values, cols = torch.topk(scores, k + 1, dim=1)
-    values, cols = values.numpy(), cols.numpy()
-    top_scores, top_ids = values[:, :k], ids[cols[:, :k]]
+    cols = np.argpartition(-scores, k, axis=1)[:, : k + 1]
+    values = np.take_along_axis(scores, cols, 1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    values, cols = np.take_along_axis(values, order, 1), np.take_along_axis(cols, order, 1)
+    top_scores, top_ids = values[:, :k].copy(), ids[cols[:, :k]]
     for row in np.flatnonzero(values[:, k] == values[:, k - 1]):
-        row_scores = scores[row].numpy()
-        tied = np.flatnonzero(row_scores >= values[row, k - 1])
-        s, i = _select_topk(row_scores[tied][None], ids[tied][None], k)
+        tied = np.flatnonzero(scores[row] >= values[row, k - 1])
+        s, i = _select_topk(scores[row, tied][None], ids[tied][None], k)
+        top_scores[row], top_ids[row] = s[0], i[0]
+    for row in np.flatnonzero((values[:, :k][:, 1:] == values[:, :k][:, :-1]).any(axis=1)):
+        s, i = _select_topk(top_scores[row][None], top_ids[row][None], k)  # ties inside: by id
         top_scores[row], top_ids[row] = s[0], i[0]
     return top_scores, top_ids
 
@@ -198,7 +201,6 @@ def _exact_search(
     gallery_rows = max(1, _BLOCK_ELEMENTS // query_rows)
     if store.dtype is np.float16:
         gallery_rows = min(gallery_rows, _F16_CHUNK_ROWS)
-    queries_t = torch.from_numpy(queries)
     vectors, ids = store.vectors, store.ids
     # Gallery outermost so each float16 chunk is upcast once for all queries.
     for g0 in range(0, store.count, gallery_rows):
@@ -208,10 +210,10 @@ def _exact_search(
             if not keep.any():
                 continue
             chunk_vectors, chunk_ids = chunk_vectors[keep], chunk_ids[keep]
-        chunk = torch.from_numpy(np.ascontiguousarray(chunk_vectors)).float()
+        chunk = np.ascontiguousarray(chunk_vectors, dtype=np.float32)
         for q0 in range(0, n_queries, query_rows):
             q1 = q0 + query_rows
-            block = queries_t[q0:q1] @ chunk.T
+            block = queries[q0:q1] @ chunk.T
             s, i = _block_topk(block, chunk_ids, k)
             best_scores[q0:q1], best_ids[q0:q1] = _select_topk(
                 np.concatenate([best_scores[q0:q1], s], 1),
