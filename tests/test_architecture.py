@@ -24,6 +24,7 @@ RANK = {
     "config": 1,
     "prompt_templates": 1,
     "eval.metrics": 1,
+    "eval.statistics": 1,
     "taxonomy": 2,
     "inputs": 3,
     "data": 3,
@@ -163,3 +164,22 @@ def test_no_module_past_the_limit(limit):
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > limit
     }
     assert not long, f"modules past ~400 lines: {long}"
+
+
+ENCODER_CLASSES = {
+    "BioLingualEncoder", "BioCLIPEncoder", "DistilledEncoder", "FusedAudioEncoder",
+    "OnnxAudioEncoder", "OnnxImageEncoder", "OnnxDistilledEncoder", "OnnxFusedEncoder",
+}  # fmt: skip
+
+
+def test_only_the_factory_builds_encoders():
+    """Jobs ask `songsight.encoders.runtime` for an encoder (the fastest runtime the machine
+    allows, one log line saying which); nothing outside `encoders/` builds one itself."""
+    built = []
+    for path in _all_modules():
+        if "encoders" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in ENCODER_CLASSES:  # fmt: skip
+                built.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not built, "encoders built outside the factory:\n" + "\n".join(built)

@@ -195,7 +195,7 @@ def test_the_cascade_head_starts_as_the_weighted_cascade():
 
     from songsight.baselines.cascade import queries_from_probabilities, species_probabilities
     from songsight.encoders.base import l2_normalize
-    from songsight.encoders.distilled import build_head, init_cascade_head
+    from songsight.encoders.heads import build_head, init_cascade_head
     from tests.helpers import unit_rows
 
     rng = np.random.default_rng(0)

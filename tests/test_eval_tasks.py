@@ -54,7 +54,8 @@ def _fake_checkpoint(out: Path, tiny_models, train_labels: list[int]) -> Path:
     from transformers import ClapFeatureExtractor
 
     from songsight.encoders.biolingual import load_clap
-    from songsight.encoders.distilled import build_head, save_checkpoint
+    from songsight.encoders.distilled import save_checkpoint
+    from songsight.encoders.heads import build_head
     from songsight.encoders.loading import resolve_model
 
     audio_dir, image_dir = tiny_models

@@ -281,7 +281,8 @@ def test_distilled_checkpoint_with_a_processor_layout_clap(
     import torch
     from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-    from songsight.encoders.distilled import DistilledEncoder, build_head, save_checkpoint
+    from songsight.encoders.distilled import DistilledEncoder, save_checkpoint
+    from songsight.encoders.heads import build_head
 
     torch.manual_seed(0)
     meta = {"head": {"in_dim": 32, "out_dim": 48, "kind": "linear"}}

@@ -20,9 +20,9 @@ from songsight.eval.metrics import (
     mean_average_precision,
     per_class_ap,
     retrieval_metrics,
-    summarize,
     topk_accuracy,
 )
+from songsight.eval.statistics import summarize
 
 KS = (1, 3, 5, 50)
 
@@ -344,7 +344,7 @@ def test_classwise_edges():
 def test_paired_difference_resamples_both_methods_together():
     """Against a brute-force loop: the same query indices for both methods in every resample;
     queries either method cannot score (NaN) are left out of both."""
-    from songsight.eval.metrics import _BLOCK_ELEMENTS, paired_difference
+    from songsight.eval.statistics import BLOCK_ELEMENTS, paired_difference
 
     rng = np.random.default_rng(5)
     a, b = rng.random(50), rng.random(50)
@@ -354,7 +354,7 @@ def test_paired_difference_resamples_both_methods_together():
     d = a[keep] - b[keep]
     assert got["n"] == 49 and got["diff"] == pytest.approx(d.mean())
     boot = np.random.default_rng(7)
-    per_block = max(1, _BLOCK_ELEMENTS // 49)
+    per_block = max(1, BLOCK_ELEMENTS // 49)
     means = []
     for b0 in range(0, 200, per_block):
         idx = boot.integers(0, 49, size=(min(b0 + per_block, 200) - b0, 49))

@@ -87,7 +87,8 @@ def _checkpoint(out: Path, audio_dir: Path, teacher: dict, extra: dict | None = 
     from transformers import ClapFeatureExtractor
 
     from songsight.encoders.biolingual import load_clap
-    from songsight.encoders.distilled import build_head, save_checkpoint
+    from songsight.encoders.distilled import save_checkpoint
+    from songsight.encoders.heads import build_head
 
     clap, _, tokenizer, resolved = load_clap(audio_dir)
     torch.manual_seed(0)

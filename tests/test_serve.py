@@ -617,7 +617,12 @@ def test_serve_builds_the_searcher_and_runs_uvicorn(monkeypatch, gallery, capsys
     from songsight.serve import serve
 
     serve("some/gallery", "127.0.0.1", 8123, model="ckpt", device="cpu", max_concurrency=2)
-    assert made == {"gallery_dir": "some/gallery", "model": "ckpt", "device": "cpu"}
+    assert made == {
+        "gallery_dir": "some/gallery",
+        "model": "ckpt",
+        "device": "cpu",
+        "runtime": "auto",
+    }
     assert ran["host"] == "127.0.0.1" and ran["port"] == 8123
     health = TestClient(ran["app"]).get("/api/health").json()
     assert health["gallery_size"] == 6 and health["limits"]["max_concurrency"] == 2

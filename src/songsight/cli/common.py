@@ -54,15 +54,6 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )
 
 
-def quiet_device(args: argparse.Namespace) -> str:
-    """``--device``, chosen here without the CPU notice when ``--quiet`` asks for silence."""
-    if getattr(args, "quiet", False) and args.device in (None, "auto"):
-        from songsight.encoders.base import choose_device
-
-        return choose_device("auto", quiet=True)
-    return args.device
-
-
 def add_audio_model(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audio-model",
@@ -100,4 +91,22 @@ def add_yes(p: argparse.ArgumentParser, what: str = "the photos") -> None:
         action="store_true",
         help=f"remove {what} without stopping to show them first (needed when more than 5 "
         "photos, or all of them, would go)",
+    )
+
+
+def add_precision_runtime(p: argparse.ArgumentParser, ray: bool = False) -> None:
+    """``--precision`` and ``--runtime``: how every command that encodes runs its models."""
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="auto: bf16 on CUDA, fp32 on CPU; int8: CPU only, quantised Linear layers",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="auto: ONNX Runtime for fp32 on a CPU when installed (starts without torch; a "
+        "model's tower is exported once into songsight's cache), else torch"
+        + (". --engine ray: torch" if ray else ""),
     )

@@ -11,6 +11,7 @@ from songsight.cli.common import (
     add_device,
     add_engine,
     add_image_model,
+    add_precision_runtime,
     positive,
 )
 
@@ -51,20 +52,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
         add_engine(q)
-        q.add_argument(
-            "--precision",
-            choices=("auto", "fp32", "bf16", "int8"),
-            default="auto",
-            help="auto: bf16 on CUDA, fp32 on CPU; int8: CPU only, quantised Linear layers",
-        )
-        q.add_argument(
-            "--runtime",
-            choices=("auto", "torch", "onnxruntime"),
-            default="auto",
-            help="auto: ONNX Runtime for fp32 on a CPU when installed (starts without torch; "
-            "the model's tower is exported once into songsight's cache), else torch. "
-            "--engine ray: torch",
-        )
+        add_precision_runtime(q, ray=True)
         if name == "audio":
             add_audio_model(q)
             q.add_argument(

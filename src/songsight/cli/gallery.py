@@ -9,10 +9,10 @@ from songsight.cli.common import (
     IMAGE_DEFAULT,
     add_device,
     add_engine,
+    add_precision_runtime,
     add_yes,
     port,
     positive,
-    quiet_device,
 )
 from songsight.cli.milvus import add_index_edits, add_milvus, milvus_target, run_index_edit
 
@@ -119,7 +119,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout-s", type=positive(float), default=120.0, help="per search (default 120)"
     )
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
+    add_precision_runtime(p)
     p.add_argument(
         "--workers", type=positive(int), default=1, help="batches searched at once (default 1)"
     )
@@ -151,7 +151,7 @@ def run_serve(args: argparse.Namespace) -> int:
           request_timeout_s=args.timeout_s, max_concurrency=args.workers,
           max_duration_s=args.max_duration_s, species_list=args.species_list,
           method=args.method, max_queue=args.queue, max_batch=args.batch,
-          batch_wait_ms=args.batch_wait_ms, precision=args.precision,
+          batch_wait_ms=args.batch_wait_ms, precision=args.precision, runtime=args.runtime,
           **_cascade_prompts(args))  # fmt: skip
     return 0
 
@@ -215,7 +215,7 @@ def add_index(sub: argparse._SubParsersAction) -> None:
             add_yes(q)
         add_engine(q)
         q.add_argument("--batch-size", type=positive(int), default=32)
-        q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
+        add_precision_runtime(q)
         q.add_argument("--quiet", action="store_true", help="no progress bar")
         add_device(q)
         add_milvus(q)
@@ -264,7 +264,7 @@ def _add_calibrate(isub) -> None:
     _add_method(q)
     _add_cascade_mode(q)
     q.add_argument("--batch-size", type=positive(int), default=16)
-    q.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
+    add_precision_runtime(q)
     q.add_argument("--quiet", action="store_true")
     add_device(q)
 
@@ -283,16 +283,17 @@ def run_index(args: argparse.Namespace) -> int:
 
         result = calibrate(args.gallery, args.recordings, args.model, split=args.split or None,
                            progress=not args.quiet, audio_model=args.audio_model,
-                           image_model=args.image_model, device=quiet_device(args),
+                           image_model=args.image_model, device=args.device,
                            cascade_mode=args.cascade, batch_size=args.batch_size,
-                           precision=args.precision, method=args.method)  # fmt: skip
+                           precision=args.precision, method=args.method, runtime=args.runtime,
+                           quiet=args.quiet)  # fmt: skip
         print(result.summary())
         return 0
     from songsight.retrieval.gallery import add_to_gallery, build_gallery
 
     common = dict(manifest=args.manifest, species_csv=args.species, image_model=args.image_model,
                   ann=args.ann or None, batch_size=args.batch_size,
-                  device=quiet_device(args) if args.engine == "local" else args.device,
+                  device=args.device, quiet=args.quiet, runtime=args.runtime,
                   precision=args.precision, engine=args.engine, workers=args.workers,
                   progress=not args.quiet, milvus=milvus_target(args))  # fmt: skip
     if args.index_command == "build":
@@ -334,7 +335,7 @@ def add_search(sub: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing --out (and Raven tables)"
     )
     p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
+    add_precision_runtime(p)
     p.add_argument("--quiet", action="store_true")
     add_device(p)
 
@@ -346,7 +347,7 @@ def run_search(args: argparse.Namespace) -> int:
                                 image_model=args.image_model, k=args.k, window_s=args.window_s, hop_s=args.hop_s,
                                 fmt=args.format, out=args.out, raven=args.raven, overwrite=args.overwrite,
                                 min_score=args.min_score, species_list=args.species_list,
-                                device=quiet_device(args), cascade_mode=args.cascade,
+                                device=args.device, cascade_mode=args.cascade,
                                 batch_size=args.batch_size, precision=args.precision,
-                                progress=not args.quiet, method=args.method,
+                                progress=not args.quiet, method=args.method, runtime=args.runtime,
                                 **_cascade_prompts(args))  # fmt: skip

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from songsight.cli.common import add_audio_model, add_device, add_image_model, positive
+from songsight.cli.common import (
+    add_audio_model,
+    add_device,
+    add_image_model,
+    add_precision_runtime,
+    positive,
+)
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
@@ -121,7 +127,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     p.add_argument("--batch-size", type=positive(int), default=16)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto")
+    add_precision_runtime(p)
     p.add_argument("--limit-queries", type=positive(int))
     p.add_argument("--limit-train", type=positive(int))
     p.add_argument("--no-figures", action="store_true")
@@ -143,7 +149,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         gallery=args.gallery, prompt_format=args.prompt_format, templates=args.templates,
         audio_prompt_format=args.audio_prompt_format, audio_templates=args.audio_templates,
         cascade_temperature=args.cascade_temperature, bootstrap=args.bootstrap, seed=args.seed,
-        device=args.device, batch_size=args.batch_size, precision=args.precision,
+        device=args.device, batch_size=args.batch_size, precision=args.precision, runtime=args.runtime,
         limit_queries=args.limit_queries, limit_train=args.limit_train,
         figures=not args.no_figures, progress=not args.quiet,
     )  # fmt: skip

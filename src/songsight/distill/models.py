@@ -18,7 +18,7 @@ from songsight.distill.data import AudioCrops
 from songsight.distill.hooks import DistillHooks, timed_phase
 from songsight.distill.probe_init import fit_probe_head, probe_rows
 from songsight.distill.targets import teacher_targets
-from songsight.encoders.distilled import build_head, make_student
+from songsight.encoders.heads import build_head, make_student
 
 
 def select_trainable(student, clap, cfg: DistillConfig) -> None:
@@ -64,10 +64,12 @@ def load_teacher(image_model, species, cfg: DistillConfig, device: str, cache_di
     """(targets (S, D) float32 unit rows, prompt record, teacher provenance, gallery or None):
     everything the frozen teacher gives, after which it is dropped (it never runs in the loop).
     ``gallery``: ((G, D) image embeddings, (G,) labels) of ``val_gallery``'s photos."""
-    from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.runtime import open_torch_encoder
 
-    with timed_phase(hooks, "teacher_load"):
-        teacher = BioCLIPEncoder(image_model, device=device if device.startswith("cuda") else "cpu")
+    with timed_phase(hooks, "teacher_load"):  # frozen, and text and photos: torch's
+        teacher = open_torch_encoder(
+            image_model, "image", device=device if device.startswith("cuda") else "cpu"
+        )
     with timed_phase(hooks, "teacher_targets"):
         targets, target_info = teacher_targets(
             teacher, species, cfg.prompt_format, cfg.templates, cache_dir
@@ -101,11 +103,11 @@ def load_student(audio_res, species, cfg: DistillConfig, out_dim: int, device: s
     embeddings, its audio tower and projection become the student under a new head."""
     from transformers import ClapFeatureExtractor
 
-    from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.prompts import embed_species_text
+    from songsight.encoders.runtime import open_torch_encoder
 
-    with timed_phase(hooks, "student_load"):
-        base_encoder = BioLingualEncoder(audio_res, device=device)
+    with timed_phase(hooks, "student_load"):  # it trains: torch
+        base_encoder = open_torch_encoder(audio_res, "audio", device=device)
     clap, features = base_encoder.model, base_encoder.features
     extractor = ClapFeatureExtractor.from_pretrained(audio_res.path)
     window_s = cfg.window_s or features.max_samples / features.sample_rate_hz
@@ -140,7 +142,7 @@ def head_candidates(cfg: DistillConfig) -> tuple[str, ...]:
 
 def _start(name: str, st: Student, all_targets: np.ndarray, cfg: DistillConfig, device: str):
     """A fresh head for candidate ``name`` (before any fitting)."""
-    from songsight.encoders.distilled import init_cascade_head
+    from songsight.encoders.heads import init_cascade_head
 
     in_dim, out_dim, n = int(st.clap.config.projection_dim), all_targets.shape[1], len(all_targets)
     if name.startswith("cascade"):

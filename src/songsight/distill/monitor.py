@@ -92,7 +92,7 @@ class Validator:
         (``output=1``)."""
         import torch
 
-        from songsight.encoders.distilled import clip_input
+        from songsight.encoders.heads import clip_input
 
         sr, embs = self.features.sample_rate_hz, []
         with torch.inference_mode():
@@ -181,7 +181,7 @@ class Validator:
         """The raw embedding's mean cosine, over clips of the species the run learns, to its
         own species' teacher text and, with photos, to the (normalised) centroid of its
         species' photos: whether it lands on them (`songsight.eval.metrics.landing`)."""
-        from songsight.eval.metrics import landing
+        from songsight.eval.statistics import landing
 
         learnt = np.isin(self.labels, self.train_labels)
         photos = self.gallery if self.gallery is not None else (None, None)

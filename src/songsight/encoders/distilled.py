@@ -12,123 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from songsight.encoders.base import ClipEmbedding, l2_normalize
+from songsight.encoders.base import l2_normalize
 from songsight.encoders.biolingual import BioLingualEncoder
+from songsight.encoders.heads import FusedReadout, HeadReadout, build_head
 from songsight.encoders.loading import DISTILLED_MARKER, ResolvedModel, _dir_revision
-from songsight.errors import InputFileError, ModelNotFoundError
-
-HEAD_KINDS = ("linear", "mlp", "cascade")
-
-
-def build_head(
-    in_dim: int,
-    out_dim: int,
-    kind: str = "linear",
-    hidden: int | None = None,
-    n_species: int | None = None,
-):
-    """Head from BioLingual's 512-d projection to the teacher's 768-d space.
-
-    ``cascade`` (`cascade_head`) needs ``n_species``, the rows of its species tables; it is
-    built empty here and filled by `init_cascade_head` or a checkpoint's weights."""
-    from torch import nn
-
-    if kind == "linear":
-        return nn.Linear(in_dim, out_dim)
-    if kind == "mlp":
-        hidden = hidden or max(in_dim, out_dim)
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-    if kind == "cascade":
-        if not n_species:
-            raise ValueError("a cascade head needs n_species")
-        return cascade_head(in_dim, out_dim, int(n_species))
-    raise ValueError(f"head kind must be one of {HEAD_KINDS}, not {kind!r}")
-
-
-def cascade_head(in_dim: int, out_dim: int, n_species: int):
-    """The zero-shot cascade as a trainable head (S species, d = ``in_dim``, D = ``out_dim``).
-
-    ``forward(base (B, d)) -> (B, D)``: species logits ``scale * cos(base, text) + bias`` over
-    the student's own text embedding of every species (``text`` (S, d), trainable), their
-    softmax, then the probability-weighted mean of the teacher's text embeddings of those
-    species (``targets`` (S, D), fixed). Filled by `init_cascade_head` with BioLingual's
-    species text, its own temperature and zero biases, it *is* the weighted zero-shot
-    cascade: distillation starts from what the untouched student knows about every species
-    of the table, held-out ones included, and its output stays among the teacher's species
-    texts, where their photos are. ``species_logits(base)`` gives the (B, S) logits.
-    """
-    import torch
-    from torch import nn
-
-    class CascadeHead(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.text = nn.Parameter(torch.zeros(n_species, in_dim))
-            self.bias = nn.Parameter(torch.zeros(n_species))
-            self.log_scale = nn.Parameter(torch.zeros(()))
-            self.register_buffer("targets", torch.zeros(n_species, out_dim))
-
-        def species_logits(self, base):
-            x = nn.functional.normalize(base, dim=-1)
-            text = nn.functional.normalize(self.text, dim=-1)
-            return self.log_scale.exp() * (x @ text.T) + self.bias
-
-        def forward(self, base):
-            return self.species_logits(base).softmax(dim=-1) @ self.targets
-
-    return CascadeHead()
-
-
-def init_cascade_head(head, audio_text: np.ndarray, targets: np.ndarray, temperature: float):
-    """Make ``head`` (`cascade_head`) the weighted zero-shot cascade: BioLingual's species text
-    ``audio_text`` (S, d) and temperature, the teacher's species text ``targets`` (S, D)."""
-    import math
-
-    import torch
-
-    with torch.no_grad():
-        head.text.copy_(torch.from_numpy(np.asarray(audio_text, np.float32)))
-        head.targets.copy_(torch.from_numpy(np.asarray(targets, np.float32)))
-        head.bias.zero_()
-        head.log_scale.fill_(math.log(1.0 / float(temperature)))
-    return head
-
-
-def _student_module():
-    from torch import nn
-
-    class DistilledStudent(nn.Module):
-        """features -> HTSAT -> audio projection (512) -> head (768); unnormalised outputs."""
-
-        def __init__(self, clap, head):
-            super().__init__()
-            self.audio_model = clap.audio_model
-            self.audio_projection = clap.audio_projection
-            self.head = head
-
-        def forward(self, feats):
-            base = self.audio_projection(self.audio_model(input_features=feats).pooler_output)
-            return self.head(base), base
-
-    return DistilledStudent
-
-
-def make_student(clap, head):
-    """An nn.Module sharing ``clap``'s audio tower and projection, plus ``head``."""
-    return _student_module()(clap, head)
-
-
-def clip_input(base_windows):
-    """(1, d) torch: what the head reads for a whole recording from its windows' audio
-    embeddings (W, d) as the tower gives them: their mean as unit vectors (BioLingual's own
-    clip embedding), scaled to their mean length (what the head was trained on)."""
-    norms = base_windows.norm(dim=1, keepdim=True)
-    return (base_windows / norms.clamp_min(1e-12)).mean(0, keepdim=True) * norms.mean()
+from songsight.errors import ModelNotFoundError
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -190,11 +82,30 @@ def save_checkpoint(
     return out
 
 
+def distilled_provenance(tower: dict, meta: dict) -> dict:
+    """A distilled encoder's provenance: its tower's (``tower``), and from the checkpoint's
+    ``meta`` what it was distilled from and towards (the same whatever runs the tower)."""
+    return {
+        **tower,
+        "distilled_from": meta.get("audio_model"),
+        "teacher": meta.get("image_model"),
+        "prompts": meta.get("prompts"),
+        "train_manifest_sha256": meta.get("train_manifest_sha256"),
+    }
+
+
+def checkpoint_model(checkpoint: str | Path) -> ResolvedModel:
+    """The checkpoint folder's tower as a model to load or export: its ``clap/`` folder, named
+    by the checkpoint's path and revised by its files."""
+    ckpt = find_checkpoint(checkpoint)
+    return ResolvedModel(ckpt / "clap", str(ckpt.resolve()), _dir_revision(ckpt), "local")
+
+
 def read_meta(path: str | Path) -> dict:
     return json.loads((find_checkpoint(path) / DISTILLED_MARKER).read_text())
 
 
-class DistilledEncoder(BioLingualEncoder):
+class DistilledEncoder(HeadReadout, BioLingualEncoder):
     """Audio -> BioCLIP-2 space (768-d, unit norm). Same windowing and batching as BioLingual."""
 
     name = "distilled"
@@ -214,7 +125,7 @@ class DistilledEncoder(BioLingualEncoder):
         ckpt = find_checkpoint(checkpoint)
         self.meta = json.loads((ckpt / DISTILLED_MARKER).read_text())
         self.checkpoint = ckpt
-        resolved = ResolvedModel(ckpt / "clap", str(ckpt.resolve()), _dir_revision(ckpt), "local")
+        resolved = checkpoint_model(ckpt)
         super().__init__(
             resolved,
             device=device,
@@ -240,11 +151,12 @@ class DistilledEncoder(BioLingualEncoder):
     def _embed_features(self, feats):
         return self.head(super()._embed_features(feats))
 
-    # A recording's clip vector is the head reading the clip's audio embedding (the mean of
-    # its windows' unit embeddings, at their mean length), as BioLingual's own zero-shot
-    # classifies a clip, not the mean of the head's window outputs: averaging a cascade head's
-    # per-window answers is a vote, and voting lost 4.6 points of top-1 against reading the
-    # mean (simulated world, 4 s windows over 10 s clips; validation split).
+    def _head_numpy(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.head(torch.from_numpy(np.asarray(x, np.float32)).to(self.device)).float().cpu().numpy()  # fmt: skip
+
     def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
         """(W, D + d): each window's head output (unit norm) beside its audio embedding as the
         tower gives it; `embed_windows` splits them."""
@@ -265,41 +177,8 @@ class DistilledEncoder(BioLingualEncoder):
         width = self.dim + int(self.meta["head"]["in_dim"])
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
-    def embed_windows(self, sources, window_s=None, hop_s=None, *, on_progress=None):
-        """As `BioLingualEncoder.embed_windows`, each recording's clip vector read by the head
-        from its mean audio embedding (see `pool_head`)."""
-        for i, res in super().embed_windows(sources, window_s, hop_s, on_progress=on_progress):
-            yield i, res if isinstance(res, InputFileError) else self._read_out(res)
-
-    def _read_out(self, res: ClipEmbedding) -> ClipEmbedding:
-        head_w, base_w = res.windows[:, : self.dim], res.windows[:, self.dim :]
-
-        def pool(mask: np.ndarray | None) -> np.ndarray:
-            return self.pool_head(base_w if mask is None else base_w[mask])
-
-        return replace(res, windows=head_w, clip=pool(None), pool=pool)
-
-    def pool_head(self, base_windows: np.ndarray) -> np.ndarray:
-        """(D,) unit norm: the head's output for the mean of ``base_windows`` (W, d) (the
-        tower's window embeddings) taken as unit vectors and scaled to their mean length."""
-        import torch
-
-        with torch.inference_mode():
-            x = clip_input(torch.from_numpy(np.asarray(base_windows, np.float32)).to(self.device))
-            return l2_normalize(self.head(x).float()).cpu().numpy()[0]
-
     def provenance(self) -> dict:
-        prov = super().provenance()
-        m = self.meta
-        prov.update(
-            {
-                "distilled_from": m.get("audio_model"),
-                "teacher": m.get("image_model"),
-                "prompts": m.get("prompts"),
-                "train_manifest_sha256": m.get("train_manifest_sha256"),
-            }
-        )
-        return prov
+        return distilled_provenance(super().provenance(), self.meta)
 
     def species_embeddings(self) -> tuple[list[int], np.ndarray] | None:
         """The teacher targets the model was distilled on, if saved: (labels, (S, 768))."""
@@ -310,7 +189,7 @@ class DistilledEncoder(BioLingualEncoder):
         return z["labels"].tolist(), z["embeddings"].astype(np.float32)
 
 
-class FusedAudioEncoder(DistilledEncoder):
+class FusedAudioEncoder(FusedReadout, DistilledEncoder):
     """A distilled encoder and the BioLingual it was distilled from, over the same windows
     (decoded once): embeddings ``[distilled (D) | BioLingual (d)]``, each part unit norm.
 
@@ -341,21 +220,6 @@ class FusedAudioEncoder(DistilledEncoder):
         """(W, D + d + d'): the distilled head output and audio embedding (as
         `DistilledEncoder._forward`), then BioLingual's unit embedding."""
         return np.concatenate([super()._forward(windows), self.base._forward(windows)], axis=1)
-
-    def _read_out(self, res: ClipEmbedding) -> ClipEmbedding:
-        d = self.distilled_dim
-        head_w, own = res.windows[:, :d], res.windows[:, d : d + self.base_in_dim]
-        orig = res.windows[:, d + self.base_in_dim :]
-
-        def pool(mask: np.ndarray | None) -> np.ndarray:
-            keep = slice(None) if mask is None else mask
-            return np.concatenate(
-                [self.pool_head(own[keep]), l2_normalize(orig[keep].mean(0, keepdims=True))[0]]
-            )
-
-        return replace(
-            res, windows=np.concatenate([head_w, orig], axis=1), clip=pool(None), pool=pool
-        )
 
     def provenance(self) -> dict:
         return {**super().provenance(), "encoder": self.name, "base": self.base.provenance()}

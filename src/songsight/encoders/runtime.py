@@ -173,3 +173,78 @@ def open_image_encoder(
     return OnnxImageEncoder(
         build, resolved, session, batch_size=batch_size or 32, preprocess=preprocess
     )
+
+
+def open_distilled_encoder(
+    checkpoint, *, fused_with=None, device: str | None = None, precision: str = "auto",
+    runtime: str = "auto", batch_size: int | None = None, window_s: float | None = None,
+    hop_s: float | None = None, quiet: bool = False,
+):  # fmt: skip
+    """A distilled checkpoint's audio encoder, per `choose_runtime`: `OnnxDistilledEncoder`
+    (its tower from a cached export, its head in numpy) or the torch `DistilledEncoder`; both
+    answer alike. ``fused_with``: the BioLingual it was distilled from, run beside it for the
+    ``fused`` readout (`OnnxFusedEncoder` / `FusedAudioEncoder`)."""
+    from songsight.encoders.distilled import checkpoint_model, find_checkpoint
+
+    ckpt = find_checkpoint(checkpoint)
+    resolved = checkpoint_model(ckpt)
+    windows = dict(window_s=window_s, hop_s=hop_s)
+
+    def load_torch(dev=device):
+        from songsight.encoders.base import choose_device
+        from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder
+
+        dev = choose_device(dev, quiet=quiet)
+        enc = DistilledEncoder(ckpt, device=dev, batch_size=batch_size or 16, precision=precision, **windows)  # fmt: skip
+        return enc if fused_with is None else FusedAudioEncoder(enc, fused_with)
+
+    if choose_runtime(runtime, device, precision) == "torch":
+        return load_torch()
+    check_model_folder(resolved.path, "audio")
+    from songsight.encoders.ort_cache import build_audio
+    from songsight.encoders.ort_distilled import OnnxDistilledEncoder, OnnxFusedEncoder
+
+    def tower():  # the checkpoint's tower alone, as BioLingual's is exported
+        from songsight.encoders.biolingual import BioLingualEncoder
+
+        return BioLingualEncoder(resolved, device="cpu", precision=precision)
+
+    build, session, _ = _exported("clap_audio", resolved, tower, build_audio)
+    if build is None:
+        return load_torch("cpu")
+    _cpu_notice(device, quiet)
+    enc = OnnxDistilledEncoder(build, resolved, ckpt, session, batch_size=batch_size or 16, **windows)  # fmt: skip
+    if fused_with is None:
+        return enc
+    base = open_audio_encoder(
+        fused_with, device="cpu", precision=precision, runtime=runtime,
+        batch_size=batch_size or 16, quiet=True, **windows,
+    )  # fmt: skip
+    if base.sample_rate_hz != enc.sample_rate_hz:
+        raise SongsightError(
+            f"the base model {fused_with} reads {base.sample_rate_hz} Hz audio and the distilled "
+            f"one {enc.sample_rate_hz} Hz: it is not the model it was distilled from"
+        )
+    return OnnxFusedEncoder(enc, base)
+
+
+def open_torch_encoder(model, kind: str, *, device: str | None = None, quiet: bool = True,
+                       **options):  # fmt: skip
+    """A model's whole torch encoder, ``kind`` ``audio`` (`BioLingualEncoder`) or ``image``
+    (`BioCLIPEncoder`), with its text tower: for what only torch does (training, the Ray
+    workers, text). Songsight runs text towers only to embed species names, which a gallery
+    caches (`songsight.retrieval.species_text`), so a search on a CPU with ONNX Runtime needs
+    them once per model and prompts, not per search. ``options``: the encoder's own
+    (``batch_size``, ``precision``, ``preprocess``, ``window_s``, ``hop_s`` ...)."""
+    from songsight.encoders.base import choose_device
+
+    dev = choose_device(device, quiet=quiet)
+    if kind == "audio":
+        from songsight.encoders.biolingual import BioLingualEncoder
+
+        return BioLingualEncoder(model, device=dev, **options)
+    if kind == "image":
+        from songsight.encoders.bioclip import BioCLIPEncoder
+
+        return BioCLIPEncoder(model, device=dev, **options)
+    raise ValueError(f"kind must be 'audio' or 'image', not {kind!r}")

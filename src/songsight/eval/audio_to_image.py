@@ -31,7 +31,8 @@ from songsight.baselines.cascade import cascade_queries, species_probabilities
 from songsight.baselines.text_mapping import TextMapping, fit_mlp, fit_procrustes, fit_ridge
 from songsight.distill.readout import readout_queries
 from songsight.encoders.base import l2_normalize
-from songsight.eval.metrics import paired_difference, per_class_ap, retrieval_metrics, summarize
+from songsight.eval.metrics import per_class_ap, retrieval_metrics
+from songsight.eval.statistics import paired_difference, summarize
 
 RETRIEVAL_METHODS = (
     "chance", "cascade_top1", "cascade_weighted", "map_ridge", "map_procrustes", "map_mlp",

@@ -97,6 +97,7 @@ class EvalConfig:
     device: str = "auto"
     batch_size: int = 16
     precision: str = "auto"
+    runtime: str = "auto"  # the audio and image towers: ONNX Runtime on a CPU when it can
     preprocess: str = "model"
     limit_queries: int | None = None
     limit_train: int | None = None

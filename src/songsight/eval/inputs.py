@@ -126,9 +126,11 @@ def choose_templates(
     rows: pd.DataFrame,
     skipped: list[dict],
     what: str = "audio train",
+    text_encoder=None,
 ) -> dict:
     """Zero-shot top-1 of ``encoder``'s audio of ``rows`` (``path``, ``label``) against the
-    species text built by each candidate template set; the best (first on ties) is ``chosen``.
+    species text built by each candidate template set (by ``text_encoder``, default
+    ``encoder``); the best (first on ties) is ``chosen``.
 
     Returns ``{"prompt_format", "n", "candidates": [{"spec", "templates", "top1"}], "chosen"}``
     (``chosen`` is the winning candidate's spec as given).
@@ -141,7 +143,7 @@ def choose_templates(
     scored = []
     for cand in candidates:
         tmpl = resolve_templates(cand)
-        text = embed_species_text(encoder, species, fmt, tmpl)
+        text = embed_species_text(text_encoder or encoder, species, fmt, tmpl)
         top1 = zero_shot(emb[ok], labels[ok], text, species_labels)["top1"]
         scored.append({"spec": cand, "templates": list(tmpl.templates), "top1": top1})
     best = max(range(len(scored)), key=lambda i: (np.nan_to_num(scored[i]["top1"], nan=-1.0), -i))

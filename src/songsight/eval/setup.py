@@ -75,32 +75,31 @@ class EvalRun:
 
 
 def load_encoders(cfg: EvalConfig):
-    """(BioLingual, BioCLIP-2, the distilled encoder or None): on one device, the distilled
-    checkpoint's teacher checked against the image model."""
-    from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.encoders.biolingual import BioLingualEncoder
+    """(BioLingual, BioCLIP-2, the distilled encoder or None, BioLingual's text tower,
+    BioCLIP-2's text tower), opened by `songsight.encoders.runtime` (the towers on ONNX
+    Runtime where ``cfg.runtime`` allows, the text towers on torch, the same objects where
+    torch runs both); the distilled checkpoint's teacher checked against the image model."""
+    from songsight.encoders.runtime import (
+        open_audio_encoder,
+        open_distilled_encoder,
+        open_image_encoder,
+        open_torch_encoder,
+    )
 
     if cfg.progress:
         print("songsight evaluate: loading models", file=sys.stderr, flush=True)
-    bl = BioLingualEncoder(
-        cfg.audio_model, device=cfg.device, batch_size=cfg.batch_size, precision=cfg.precision
-    )
-    bc = BioCLIPEncoder(
-        cfg.image_model,
-        device=bl.device,
-        batch_size=cfg.batch_size,
-        precision=cfg.precision,
-        preprocess=cfg.preprocess,
-    )
+    opened = dict(device=cfg.device, precision=cfg.precision, runtime=cfg.runtime,
+                  batch_size=cfg.batch_size, quiet=not cfg.progress)  # fmt: skip
+    bl = open_audio_encoder(cfg.audio_model, **opened)
+    bc = open_image_encoder(cfg.image_model, preprocess=cfg.preprocess, **opened)
+    text = dict(device=bl.device, precision=cfg.precision)
+    bl_text = bl if hasattr(bl, "embed_texts") else open_torch_encoder(cfg.audio_model, "audio", **text)  # fmt: skip
+    bc_text = bc if hasattr(bc, "embed_texts") else open_torch_encoder(cfg.image_model, "image", **text)  # fmt: skip
     dist = None
     if cfg.distilled:
-        from songsight.encoders.distilled import DistilledEncoder
-
-        dist = DistilledEncoder(
-            cfg.distilled, device=bl.device, batch_size=cfg.batch_size, precision=cfg.precision
-        )
+        dist = open_distilled_encoder(cfg.distilled, **opened)
         check_teacher(dist.meta, bc.provenance(), bl.provenance())
-    return bl, bc, dist
+    return bl, bc, dist, bl_text, bc_text
 
 
 def load_run(cfg: EvalConfig, data, tasks: list[str]) -> tuple[EvalRun, list[str], dict | None]:
@@ -116,7 +115,7 @@ def load_run(cfg: EvalConfig, data, tasks: list[str]) -> tuple[EvalRun, list[str
             f"several --audio-templates are chosen between on the '{TRAIN}' recordings, and "
             f"{data.no_train}: give one"
         )
-    bl, bc, dist = load_encoders(cfg)
+    bl, bc, dist, bl_text, bc_text = load_encoders(cfg)
     meta = dist.meta if dist else None
     ck_fmt, ck_tmpl = checkpoint_prompts(meta)
     cfg.prompt_format = cfg.prompt_format or ck_fmt or "taxon_com"
@@ -124,23 +123,25 @@ def load_run(cfg: EvalConfig, data, tasks: list[str]) -> tuple[EvalRun, list[str
     selection, choice_skipped = None, []
     if len(cfg.audio_candidates) > 1:  # chosen on the train split, never on the test queries
         val = limit_rows(data.train, cfg.limit_train, cfg.seed)
-        selection = choose_templates(bl, species, cfg.audio_prompt_format, cfg.audio_candidates, val, choice_skipped)  # fmt: skip
+        selection = choose_templates(bl, species, cfg.audio_prompt_format, cfg.audio_candidates, val, choice_skipped, text_encoder=bl_text)  # fmt: skip
         if cfg.progress:
             print(format_selection(selection), file=sys.stderr, flush=True)
         cfg.audio_templates = selection["chosen"]
     if cfg.cascade_temperature is None:
         # BioLingual's own zero-shot posterior: softmax(logit_scale_a.exp() * cosine).
-        cfg.cascade_temperature = float(1.0 / bl.model.logit_scale_a.detach().float().exp().cpu())
+        cfg.cascade_temperature = float(
+            1.0 / bl_text.model.logit_scale_a.detach().float().exp().cpu()
+        )
     methods = select_methods(cfg, dist is not None)
     species_labels = np.array([s.label for s in species], dtype=np.int64)
     train_labels = train_labels_of(meta, species)
 
-    teacher_text = embed_species_text(bc, species, cfg.prompt_format, cfg.templates)
-    audio_text = embed_species_text(bl, species, cfg.audio_prompt_format, cfg.audio_templates)
+    teacher_text = embed_species_text(bc_text, species, cfg.prompt_format, cfg.templates)
+    audio_text = embed_species_text(bl_text, species, cfg.audio_prompt_format, cfg.audio_templates)
     maps = {}
     wanted = [m for m in methods if m in MAPPING_METHODS]
     if wanted and ("retrieval" in tasks or "alignment" in tasks):
-        variants = prompt_variants(bl, species, list(cfg.mapping_formats), cfg.audio_templates)
+        variants = prompt_variants(bl_text, species, list(cfg.mapping_formats), cfg.audio_templates)
         x, y = mapping_pairs(variants, teacher_text, np.isin(species_labels, train_labels))
         maps = fit_mappings(
             x,

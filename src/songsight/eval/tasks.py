@@ -51,10 +51,10 @@ from songsight.eval.inputs import (
     table_sha256,
     warn_skipped,
 )
-from songsight.eval.metrics import landing
 from songsight.eval.outputs import jsonable, write_outputs
 from songsight.eval.readouts import readout_inputs, readout_posteriors, recorded_readout
 from songsight.eval.setup import EvalRun, load_run
+from songsight.eval.statistics import landing
 
 
 def run_evaluation(

@@ -24,6 +24,7 @@ __all__ = [
     "Sorted",
     "contradictions",
     "hash_files",
+    "leave_out_removed",
     "merge_names",
     "rewrite_paths",
     "sort_photos",
@@ -203,3 +204,27 @@ def rewrite_paths(directory: Path, moved: dict[str, str]) -> None:
         tmp = f.with_name(f.name + ".tmp")
         pq.write_table(out.replace_schema_metadata(table.schema.metadata), tmp)
         os.replace(tmp, f)
+
+
+def leave_out_removed(meta: dict | None, files: list[Path], hashes: dict[Path, str],
+                       named: set[Path]) -> tuple[list[Path], str | None]:  # fmt: skip
+    """(the files to take, a note or None): photos removed with ``index remove`` stay out when
+    a folder walk meets them again; one given by name comes back (and leaves ``removed``)."""
+    removed = (meta or {}).get("removed") or {}
+    if not removed:
+        return files, None
+    kept, left_out = [], []
+    for f in files:
+        sha = hashes.get(f)
+        if sha in removed and f not in named:
+            left_out.append(f)
+            continue
+        removed.pop(sha, None)
+        kept.append(f)
+    if not left_out:
+        return kept, None
+    shown = ", ".join(map(str, left_out[:3])) + (" ..." if len(left_out) > 3 else "")
+    return kept, (
+        f"{len(left_out)} photo(s) removed earlier with `index remove` left out: {shown} "
+        "(add one by its path, or a manifest row, to bring it back)"
+    )

@@ -14,13 +14,10 @@ gaps. Scalar fields (species, path, model provenance ...) live beside the vector
 
 The index type follows the collection's size (`choose_index_type`): FLAT (exact) up to
 ``flat_threshold`` rows; past it IVF_FLAT in the embedded file, HNSW on a Milvus server and
-DISKANN past ``diskann_threshold``. The embedded engine is Milvus Lite 2.5 (Milvus's own C++
-engine in a child process; it accepts only FLAT, IVF_FLAT and AUTOINDEX). It keeps every row
-in one growing segment and searches it through Milvus's fixed "interim" IVF index whenever the
-declared index is not FLAT: the declared type's parameters (nlist, nprobe) change nothing,
-neither answers nor latency (benchmarks/milvus_lite_probe.py, docs/scale.md). Milvus Lite 3.x, a
-rewrite in Python, walks every row's key in Python on each search (0.4 s a query at 100k
-vectors, measured), so the ``milvus`` extra keeps 2.5. pymilvus is imported on first use.
+DISKANN past ``diskann_threshold``. The embedded engine is Milvus Lite 2.5, which searches
+an interim index whatever is declared (`choose_index_type`; Lite 3.x is ~8x slower, so the
+``milvus`` extra keeps 2.5); a server builds what is declared. pymilvus is imported on first
+use.
 """
 
 from __future__ import annotations
@@ -63,7 +60,7 @@ from songsight.index.milvus_rows import (
     round_to_storage,
     write_rows,
 )
-from songsight.index.milvus_search import search_collection
+from songsight.index.milvus_search import SERVER_SEARCH_CONSISTENCY, search_collection
 from songsight.index.milvus_vector_index import (
     create_vector_index,
     held_vector_index,
@@ -179,10 +176,19 @@ class MilvusIndex:
         return self._index_type
 
     def __len__(self) -> int:
+        return self._count()
+
+    def _count(self, **consistency) -> int:
         if self._index_type is None:
             return 0
-        rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+        rows = self._client.query(self.collection, "", output_fields=["count(*)"], **consistency)
         return int(rows[0]["count(*)"])
+
+    @property
+    def _session(self) -> dict[str, str]:
+        """ "Session" reads on a server (see `SERVER_SEARCH_CONSISTENCY`), for the write path's
+        reads, which only save work: a key thought absent is upserted again, harmlessly."""
+        return {} if self.embedded else {"consistency_level": SERVER_SEARCH_CONSISTENCY}
 
     def _create(self) -> None:
         schema = collection_schema(_import_pymilvus(), self.dim, self._schema.fields)
@@ -220,9 +226,8 @@ class MilvusIndex:
         check_schema(self._client, self.collection, self.uri, self.dim, self._schema.fields)
 
     def tune_index(self) -> None:
-        """Rebuild the vector index if the collection's size or the build knobs call for
-        another one (FLAT -> HNSW, IVF lists, a new ``hnsw_m``); only an index that manages
-        the collection does."""
+        """Rebuild the vector index if the size or the build knobs call for another one (FLAT
+        -> HNSW, IVF lists, a new ``hnsw_m``); only an index that manages the collection does."""
         if self.manage_index and self._index_type is not None:
             self._retune()
 
@@ -237,7 +242,7 @@ class MilvusIndex:
     def _retune(self) -> None:
         """Rebuild the vector index when the size calls for another type (FLAT -> HNSW), or
         the build knobs changed (``index move`` to the same place with new options)."""
-        n_rows = len(self)
+        n_rows = self._count(**self._session)
         want = choose_index_type(n_rows, self.settings, self.embedded)
         nlist = self._built.get("nlist")
         # An IVF index keeps the lists it was trained with: rebuilt once the size calls for
@@ -266,7 +271,7 @@ class MilvusIndex:
         """key -> ``output_fields`` of the rows of ``keys`` the collection holds."""
         if self._index_type is None or not len(keys):
             return {}
-        return fetch_rows(self._client, self.collection, keys, output_fields)
+        return fetch_rows(self._client, self.collection, keys, output_fields, **self._session)
 
     def existing_keys(self, keys: Sequence[str]) -> set[str]:
         """The subset of ``keys`` the collection holds."""

@@ -82,9 +82,10 @@ def keys_filter(keys: Sequence[str]) -> str:
 
 
 def fetch_rows(
-    client, collection: str, keys: Sequence[str], output_fields: Sequence[str] = ()
+    client, collection: str, keys: Sequence[str], output_fields: Sequence[str] = (), **consistency
 ) -> dict[str, dict]:
-    """key -> ``output_fields`` of the rows of ``keys`` the collection holds."""
+    """key -> ``output_fields`` of the rows of ``keys`` the collection holds (``consistency``:
+    ``consistency_level=...`` for the queries, default the collection's)."""
     found: dict[str, dict] = {}
     keys = list(keys)
     for start in range(0, len(keys), _KEYS_PER_QUERY):
@@ -92,6 +93,7 @@ def fetch_rows(
             collection,
             filter=keys_filter(keys[start : start + _KEYS_PER_QUERY]),
             output_fields=[KEY_FIELD, *output_fields],
+            **consistency,
         )
         found.update({str(r[KEY_FIELD]): {f: r[f] for f in output_fields} for r in rows})
     return found

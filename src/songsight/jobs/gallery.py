@@ -17,6 +17,7 @@ from songsight.errors import DataNotFoundError, ProvenanceMismatchError, Songsig
 from songsight.index.gallery_dedupe import (
     contradictions,
     hash_files,
+    leave_out_removed,
     merge_names,
     rewrite_paths,
     sort_photos,
@@ -87,18 +88,19 @@ class GalleryReport:
 # --- building -------------------------------------------------------------------------------
 
 
-def _make_encoder(image_model, preprocess, device, batch_size, precision):
+def _make_encoder(image_model, preprocess, device, batch_size, precision, runtime="auto",
+                  quiet=False):  # fmt: skip
+    """The photos' encoder: one given as an object (tests, notebooks) as it is, else opened
+    by `songsight.encoders.runtime.open_image_encoder` (ONNX Runtime on a CPU when it can,
+    as ``songsight embed images``: a gallery's photos embed as fast as an embedding job's)."""
     if hasattr(image_model, "provenance") and hasattr(image_model, "iter_images"):
-        return image_model  # an encoder object (tests, notebooks): used as it is
-    from songsight.encoders.bioclip import BioCLIPEncoder
+        return image_model
+    from songsight.encoders.runtime import open_image_encoder
 
-    return BioCLIPEncoder(
-        image_model,
-        device=device,
-        batch_size=batch_size,
-        preprocess=preprocess,
-        precision=precision,
-    )
+    return open_image_encoder(
+        image_model, device=device, precision=precision, runtime=runtime,
+        batch_size=batch_size, preprocess=preprocess, quiet=quiet,
+    )  # fmt: skip
 
 
 def _spec_of(image_model) -> str | None:
@@ -126,30 +128,6 @@ def _collect_inputs(paths, manifest, species_csv):
     seen: set[Path] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, meta, [(p, "file not found") for p in missing], named
-
-
-def _leave_out_removed(meta: dict | None, files: list[Path], hashes: dict[Path, str],
-                       named: set[Path]) -> tuple[list[Path], str | None]:  # fmt: skip
-    """(the files to take, a note or None): photos removed with ``index remove`` stay out when
-    a folder walk meets them again; one given by name comes back (and leaves ``removed``)."""
-    removed = (meta or {}).get("removed") or {}
-    if not removed:
-        return files, None
-    kept, left_out = [], []
-    for f in files:
-        sha = hashes.get(f)
-        if sha in removed and f not in named:
-            left_out.append(f)
-            continue
-        removed.pop(sha, None)
-        kept.append(f)
-    if not left_out:
-        return kept, None
-    shown = ", ".join(map(str, left_out[:3])) + (" ..." if len(left_out) > 3 else "")
-    return kept, (
-        f"{len(left_out)} photo(s) removed earlier with `index remove` left out: {shown} "
-        "(add one by its path, or a manifest row, to bring it back)"
-    )
 
 
 def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, milvus=None) -> dict:
@@ -229,10 +207,13 @@ def _existing_model(directory: Path, meta: dict, image_model, vector_dtype: str 
     return image_model, stored["preprocessing"].get("choice", "model")
 
 
-def _image_model(engine, image_model, preprocess, device, batch_size, precision):
+def _image_model(engine, image_model, preprocess, device, batch_size, precision, runtime,
+                 quiet):  # fmt: skip
     """(the local encoder or None for Ray, the image model's provenance)."""
     if engine == "local":
-        encoder = _make_encoder(image_model, preprocess, device, batch_size, precision)
+        encoder = _make_encoder(
+            image_model, preprocess, device, batch_size, precision, runtime, quiet
+        )
         return encoder, encoder.provenance()
     from songsight.jobs.ray import image_model_provenance
 
@@ -291,6 +272,8 @@ def _update(
     hnsw_options: dict | None,
     progress: bool,
     milvus: dict | None = None,
+    runtime: str = "auto",
+    quiet: bool = False,
 ) -> GalleryReport:
     """Embed new photos into the gallery at ``directory`` (created if ``creating``), which
     this job claims first (`songsight.outputs.claim`): one writer at a time, and a folder
@@ -308,12 +291,13 @@ def _update(
             image_model=image_model, ann=ann, vector_dtype=vector_dtype, preprocess=preprocess,
             device=device, batch_size=batch_size, precision=precision, engine=engine,
             workers=workers, hnsw_options=hnsw_options, progress=progress, milvus=milvus,
+            runtime=runtime, quiet=quiet,
         )  # fmt: skip
 
 
 def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, image_model, ann,
                     vector_dtype, preprocess, device, batch_size, precision, engine, workers,
-                    hnsw_options, progress, milvus) -> GalleryReport:  # fmt: skip
+                    hnsw_options, progress, milvus, runtime, quiet) -> GalleryReport:  # fmt: skip
     meta = _read_json(directory)
     if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise SongsightError(f"vector dtype must be one of {VECTOR_DTYPES}, not {vector_dtype!r}")
@@ -332,7 +316,7 @@ def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, imag
     if pending is not None and pending.attrs.get("ignored_columns"):
         notes.append(f"manifest columns not used: {', '.join(pending.attrs['ignored_columns'])}")
     hashes_of, n_given = hash_files(files), len(files)
-    files, held_back = _leave_out_removed(meta, files, hashes_of, named)
+    files, held_back = leave_out_removed(meta, files, hashes_of, named)
     if held_back:
         notes.append(held_back)
     sorted_ = sort_photos(files, hashes_of, stored_photos(directory))
@@ -342,7 +326,9 @@ def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, imag
     directory.mkdir(parents=True, exist_ok=True)
     image_model = image_model or BIOCLIP2_ID
     preprocess = preprocess or "model"
-    encoder, prov = _image_model(engine, image_model, preprocess, device, batch_size, precision)
+    encoder, prov = _image_model(
+        engine, image_model, preprocess, device, batch_size, precision, runtime, quiet
+    )
     if milvus is not None:
         from songsight.index.gallery_milvus import milvus_config
 
@@ -394,6 +380,8 @@ def add_to_gallery(
     workers: int = 2,
     progress: bool = True,
     milvus: dict | None = None,
+    runtime: str = "auto",
+    quiet: bool = False,
 ) -> GalleryReport:
     """`songsight index add`: embed new photos into an existing gallery (or finish an
     interrupted build), without loading the gallery's index first. ``milvus``, if given,
@@ -416,4 +404,6 @@ def add_to_gallery(
         hnsw_options=None,
         progress=progress,
         milvus=milvus,
+        runtime=runtime,
+        quiet=quiet,
     )

@@ -71,13 +71,10 @@ def start_local_ray(ray, tries: int = RAY_START_TRIES, **init_options) -> None:
 
 
 def _make_encoder(kind: str, model: str, options: dict):
-    if kind == "image":
-        from songsight.encoders.bioclip import BioCLIPEncoder
+    """A worker's encoder: torch, which Ray's workers run (`open_torch_encoder`)."""
+    from songsight.encoders.runtime import open_torch_encoder
 
-        return BioCLIPEncoder(model, **options)
-    from songsight.encoders.biolingual import BioLingualEncoder
-
-    return BioLingualEncoder(model, **options)
+    return open_torch_encoder(model, kind, **options)
 
 
 def _provenance(kind: str, model: str, options: dict, window_s=None, hop_s=None) -> dict:

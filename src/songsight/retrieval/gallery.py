@@ -102,6 +102,8 @@ class Gallery:
         overwrite: bool = False,
         yes: bool = False,
         progress: bool = True,
+        runtime: str = "auto",
+        quiet: bool = False,
     ) -> Gallery:
         """Embed photos (folders, files and/or a manifest) into a gallery at ``gallery_dir``.
 
@@ -138,6 +140,8 @@ class Gallery:
                 hnsw_options=hnsw_options,
                 milvus=milvus,
                 progress=progress,
+                runtime=runtime,
+                quiet=quiet,
             )
         gallery = cls.open(directory)
         gallery.report = report
@@ -207,6 +211,8 @@ class Gallery:
         engine: str = "local",
         workers: int = 2,
         progress: bool = True,
+        runtime: str = "auto",
+        quiet: bool = False,
     ) -> GalleryReport:
         """Embed only the photos not in the gallery yet (by content hash) and update the index.
 
@@ -226,6 +232,8 @@ class Gallery:
             engine=engine,
             workers=workers,
             progress=progress,
+            runtime=runtime,
+            quiet=quiet,
         )
         fresh = Gallery.open(self.directory)
         self.metadata, self.index, self.provenance = fresh.metadata, fresh.index, fresh.provenance

@@ -109,6 +109,7 @@ def run_search(
     precision: str = "auto",
     progress: bool = True,
     method: str | None = None,
+    runtime: str = "auto",
     **prompts,
 ) -> int:
     """`songsight search`: folders are walked for audio files; writes the results; returns
@@ -127,7 +128,8 @@ def run_search(
         searcher = Searcher(
             gallery, model, audio_model=audio_model, image_model=image_model, device=device,
             cascade_mode=cascade_mode, batch_size=batch_size, precision=precision,
-            species_list=species_list, method=method, **prompts,
+            species_list=species_list, method=method, runtime=runtime, quiet=not progress,
+            **prompts,
         )  # fmt: skip
         if searcher.species is not None and searcher.species.warning():
             print(f"songsight: {searcher.species.warning()}", file=sys.stderr)

@@ -113,6 +113,8 @@ def load_distilled_query_encoder(
     audio_model: str | Path | None = None,
     batch_size: int = 16,
     precision: str = "auto",
+    runtime: str = "auto",
+    quiet: bool = False,
 ) -> QueryEncoder:
     """The distilled checkpoint ``model``, once its teacher is checked to be ``gallery``'s
     image model (a mismatch is refused; a Hub commit against a local folder only warns).
@@ -129,7 +131,8 @@ def load_distilled_query_encoder(
     what computed the queries, its results group and compare with the cascade's under one
     label, and no distilled forward pass runs for nothing. Its ``info`` says why
     (``fused_as_cascade``)."""
-    from songsight.encoders.distilled import DistilledEncoder, FusedAudioEncoder, read_meta
+    from songsight.encoders.distilled import read_meta
+    from songsight.encoders.runtime import open_distilled_encoder
     from songsight.provenance import check_image_model
 
     if method is not None and method not in SEARCH_METHODS:
@@ -160,15 +163,16 @@ def load_distilled_query_encoder(
             templates=prompts.get("template_strings") or prompts.get("templates"),
             audio_prompt_format=cascade.get("audio_prompt_format", "com"),
             audio_templates=cascade.get("audio_templates", "sound"),
-            cascade_temperature=cascade.get("temperature"),
+            cascade_temperature=cascade.get("temperature"), runtime=runtime, quiet=quiet,
         )  # fmt: skip
         query.info["distilled_checkpoint"] = str(model)
         if as_cascade is not None:
             query.info["fused_as_cascade"] = as_cascade
         query.method, query.default_method = method, default
         return query
+    opened = dict(device=device, batch_size=batch_size, precision=precision, runtime=runtime, quiet=quiet)  # fmt: skip
     if method == "distilled":
-        encoder = DistilledEncoder(model, device=device, batch_size=batch_size, precision=precision)
+        encoder = open_distilled_encoder(model, **opened)
         return QueryEncoder(encoder, "distilled", method=method, default_method=default)
     if "logit_scale" not in meta:
         raise SongsightError(
@@ -176,13 +180,16 @@ def load_distilled_query_encoder(
             f"so it cannot answer with {method!r}; use --method distilled or retrain it"
         )
     _need_species(gallery, method)
-    dist = DistilledEncoder(model, device=device, batch_size=batch_size, precision=precision)
-    encoder = dist if method == "distilled_proto" else FusedAudioEncoder(dist, base_model)
-    species, image_text, audio_text = _species_text(
-        gallery, encoder if method == "fused" else None, None, precision,
+    encoder = open_distilled_encoder(
+        model, fused_with=None if method == "distilled_proto" else base_model, **opened
+    )
+    dist_dim = getattr(encoder, "distilled_dim", encoder.dim)
+    species, image_text, audio_text, _ = _species_text(
+        gallery, base_model if method == "fused" else None, None, precision,
         prompts.get("prompt_format") or "taxon_com",
         prompts.get("template_strings") or prompts.get("templates") or "none",
         cascade.get("audio_prompt_format", "com"), cascade.get("audio_templates", "sound"),
+        device,
     )  # fmt: skip
     seen = np.array([s.scientific_name.lower() in trained for s in species], bool)
     temperature = float(cascade.get("temperature") or 1.0)
@@ -193,7 +200,7 @@ def load_distilled_query_encoder(
         "gate": recorded.get("fusion_gate", "hard"),
         "prior": _prior(recorded.get("fusion_prior"), species),
         "seen": seen,
-        "dim": dist.dim,
+        "dim": dist_dim,
     }
     info = {
         "method": method,
@@ -229,39 +236,41 @@ def _need_species(gallery: Gallery, what: str) -> None:
 
 def _species_text(
     gallery: Gallery,
-    audio_encoder,
+    audio_model: str | Path | None,
     image_model: str | Path | None,
     precision: str,
     prompt_format: str,
     templates,
     audio_prompt_format: str,
     audio_templates,
-) -> tuple[list, np.ndarray, np.ndarray | None]:
+    device: str | None = None,
+    audio_encoder=None,
+) -> tuple[list, np.ndarray, np.ndarray | None, float | None]:
     """The gallery's species, their text in its image model's space (S, D) and, given a
-    BioLingual ``audio_encoder``, in BioLingual's space (S, d); the text tower is dropped after."""
-    from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.encoders.prompts import embed_species_text
+    BioLingual ``audio_model``, in BioLingual's space (S, d) with its zero-shot temperature:
+    read from the gallery's cache (`songsight.retrieval.species_text`), else embedded by the
+    text towers, which are dropped after. ``audio_encoder``: a torch BioLingual for
+    ``audio_model`` already loaded, used rather than a second one."""
+    from songsight.encoders.loading import resolve_model
+    from songsight.encoders.runtime import open_torch_encoder
     from songsight.prompt_templates import resolve_templates
-    from songsight.provenance import check_image_model
+    from songsight.retrieval.species_text import cached_species_text
 
     stored = gallery.image_model
-    text_model = BioCLIPEncoder(
-        str(image_model or stored["model_id"]),
-        device=audio_encoder.device if audio_encoder is not None else None,
-        preprocess=stored["preprocessing"].get("choice", "model"),
-        precision=precision,
-    )
-    check_image_model(stored, text_model.provenance(), "the image model given")
     species = gallery.species_list()
-    image_text = text_model.embed_species(species, prompt_format, resolve_templates(templates))
-    del text_model  # only the species' text embeddings are needed from here on
-    audio_text = None
-    if audio_encoder is not None:
-        base = getattr(audio_encoder, "base", audio_encoder)
-        audio_text = embed_species_text(
-            base, species, audio_prompt_format, resolve_templates(audio_templates)
-        )
-    return species, image_text, audio_text
+    image_text, _ = cached_species_text(
+        gallery.directory, "image", stored, species, prompt_format, resolve_templates(templates),
+        lambda: open_torch_encoder(str(image_model or stored["model_id"]), "image", device=device, precision=precision),
+    )  # fmt: skip
+    if audio_model is None:
+        return species, image_text, None, None
+    model = resolve_model(str(audio_model), "audio").provenance()
+    audio_text, extras = cached_species_text(
+        gallery.directory, "audio", model, species, audio_prompt_format,
+        resolve_templates(audio_templates),
+        lambda: audio_encoder if hasattr(audio_encoder, "embed_texts") else open_torch_encoder(audio_model, "audio", device=device, precision=precision),
+    )  # fmt: skip
+    return species, image_text, audio_text, extras.get("temperature")
 
 
 def build_cascade_query_encoder(
@@ -278,6 +287,8 @@ def build_cascade_query_encoder(
     templates: str | None = None,
     audio_prompt_format: str = "com",
     audio_templates: str = "sound",
+    runtime: str = "auto",
+    quiet: bool = False,
 ) -> QueryEncoder:
     """The zero-shot cascade over ``gallery``'s species: BioLingual (``audio_model``) names the
     species, the gallery's image model (or ``image_model``, which must be the same weights)
@@ -289,8 +300,8 @@ def build_cascade_query_encoder(
     if cascade_mode not in ("top1", "weighted"):
         raise SongsightError(f"cascade mode must be top1 or weighted, not {cascade_mode!r}")
     _need_species(gallery, "the zero-shot cascade")
-    from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.loading import resolve_model
+    from songsight.encoders.runtime import open_audio_encoder
     from songsight.prompt_templates import resolve_templates
     from songsight.provenance import check_image_model
 
@@ -299,22 +310,22 @@ def build_cascade_query_encoder(
         check_image_model(
             stored, resolve_model(str(image_model), "image").provenance(), str(image_model)
         )
-    encoder = BioLingualEncoder(
-        audio_model, device=device, batch_size=batch_size, precision=precision
-    )
+    encoder = open_audio_encoder(
+        audio_model, device=device, batch_size=batch_size, precision=precision,
+        runtime=runtime, quiet=quiet,
+    )  # fmt: skip
     prompt_format = prompt_format or "taxon_com"
     image_tmpl, audio_tmpl = (
         resolve_templates(templates or "none"),
         resolve_templates(audio_templates),
     )
-    species, image_text, audio_text = _species_text(
-        gallery, encoder, image_model, precision, prompt_format, image_tmpl,
-        audio_prompt_format, audio_tmpl,
+    species, image_text, audio_text, own_temperature = _species_text(
+        gallery, audio_model, image_model, precision, prompt_format, image_tmpl,
+        audio_prompt_format, audio_tmpl, device, audio_encoder=encoder,
     )  # fmt: skip
     if cascade_temperature is None:
         # BioLingual's own zero-shot posterior: softmax(exp(logit_scale_a) * cosine).
-        scale = encoder.model.logit_scale_a.detach().float().exp().cpu()
-        cascade_temperature = float(1.0 / scale)
+        cascade_temperature = own_temperature
     info = {
         "cascade_temperature": float(cascade_temperature),
         "prompt_format": prompt_format,

@@ -64,6 +64,10 @@ class Searcher:
     (`songsight.retrieval.calibration.calibration_note`). ``species_list``: a file or names
     restricting every search to those species (`songsight.retrieval.species_filter`).
     Recordings shorter than ``min_duration_s`` or silent are flagged and get no answer.
+    ``runtime`` (``auto``, ``torch``, ``onnxruntime``) runs the audio encoders as
+    `songsight.encoders.runtime` chooses; with the gallery's cached species text
+    (`songsight.retrieval.species_text`), a search on a CPU then never imports torch.
+    ``quiet``: no notice about the device chosen.
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class Searcher:
         species_list: str | Path | Sequence[str] | None = None,
         min_duration_s: float = MIN_DURATION_S,
         method: str | None = None,
+        runtime: str = "auto",
+        quiet: bool = False,
     ):
         from songsight.retrieval.calibration import rollup_calibration
         from songsight.retrieval.gallery import Gallery
@@ -122,7 +128,7 @@ class Searcher:
         if model is not None:
             self._query = load_distilled_query_encoder(
                 self.gallery, model, device, method=method, audio_model=audio_model,
-                batch_size=batch_size, precision=precision,
+                batch_size=batch_size, precision=precision, runtime=runtime, quiet=quiet,
             )  # fmt: skip
         else:
             self._query = build_cascade_query_encoder(
@@ -138,6 +144,8 @@ class Searcher:
                 templates=templates,
                 audio_prompt_format=audio_prompt_format or "com",
                 audio_templates=audio_templates or "sound",
+                runtime=runtime,
+                quiet=quiet,
             )
         self.encoder = self._query.encoder
         self.answered_by = self._query.answered_by

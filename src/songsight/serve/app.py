@@ -196,6 +196,7 @@ def serve(
     max_batch: int = DEFAULT_MAX_BATCH,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     precision: str = "auto",
+    runtime: str = "auto",
     **prompts,
 ) -> None:
     """Load a `Searcher` over ``gallery`` and serve the page and API until interrupted.
@@ -209,7 +210,7 @@ def serve(
 
     _check_port(host, port)
     options = {"audio_model": audio_model, "image_model": image_model, "device": device,
-               "species_list": species_list, "method": method, **prompts}  # fmt: skip
+               "species_list": species_list, "method": method, "runtime": runtime, **prompts}  # fmt: skip
     if precision != "auto":
         options["precision"] = precision
     searcher = Searcher(gallery, model=model, **{k: v for k, v in options.items() if v is not None})

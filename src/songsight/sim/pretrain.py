@@ -128,15 +128,13 @@ def evaluate_stand_in(
         return None
     table = table.groupby(["label", "source"], sort=False).head(per_species)
     paths, labels = table["path"].tolist(), table["label"].to_numpy()
-    if role == "teacher":
-        from songsight.encoders.bioclip import BioCLIPEncoder
+    from songsight.encoders.runtime import open_torch_encoder
 
-        enc = BioCLIPEncoder(model_dir, device="cpu")
+    if role == "teacher":
+        enc = open_torch_encoder(model_dir, "image", device="cpu")
         emb, cls = enc.embed_images(paths), enc.embed_species(ds.species, *TEACHER_PROMPTS)
     else:
-        from songsight.encoders.biolingual import BioLingualEncoder
-
-        enc = BioLingualEncoder(model_dir, device="cpu")
+        enc = open_torch_encoder(model_dir, "audio", device="cpu")
         emb, cls = enc.embed_audio(paths), embed_species_text(enc, ds.species, *STUDENT_PROMPTS)
     return {
         "zero_shot_acc": zero_shot_accuracy(emb, cls, labels),

@@ -1,0 +1,77 @@
+"""The distilled encoder run by ONNX Runtime: the checkpoint's audio tower from a cached export,
+its head in numpy (`songsight.encoders.heads.numpy_head`): no torch.
+
+The tower is the checkpoint's own ``clap/`` folder exported as BioLingual's is
+(`songsight.encoders.ort_cache`, keyed by the folder's files), so embeddings equal the torch
+`songsight.encoders.distilled.DistilledEncoder`'s to float32 rounding and a search answers
+the same either way. `OnnxFusedEncoder` runs the BioLingual it was distilled from beside it,
+for the ``fused`` and cascade readouts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from songsight.encoders.base import l2_normalize
+from songsight.encoders.heads import FusedReadout, HeadReadout, numpy_head
+from songsight.encoders.loading import DISTILLED_MARKER, ResolvedModel
+from songsight.encoders.ort_audio import OnnxAudioEncoder
+from songsight.encoders.ort_cache import Build
+
+__all__ = ["OnnxDistilledEncoder", "OnnxFusedEncoder"]
+
+
+class OnnxDistilledEncoder(HeadReadout, OnnxAudioEncoder):
+    """Audio -> the teacher's space (D, unit norm), as `DistilledEncoder` gives it."""
+
+    name = "distilled"
+
+    def __init__(self, build: Build, resolved: ResolvedModel, checkpoint, session=None, **windows):
+        from safetensors.numpy import load_file
+
+        super().__init__(build, resolved, session, **windows)
+        self.checkpoint = checkpoint
+        self.meta = json.loads((checkpoint / DISTILLED_MARKER).read_text())
+        self._head = numpy_head(self.meta["head"], load_file(str(checkpoint / "head.safetensors")))
+        self.base_dim = self.dim  # the tower's projection (d)
+        self.dim = int(self.meta["head"]["out_dim"])
+
+    def _head_numpy(self, x: np.ndarray) -> np.ndarray:
+        return self._head(x)
+
+    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
+        """(W, D + d): each window's head output (unit norm) beside its audio embedding."""
+        out = []
+        for i in range(0, len(windows), self.batch_size):
+            feats = self.features(windows[i : i + self.batch_size])
+            base = self.session.run(None, {self._input: feats})[0].astype(np.float32)
+            out.append(np.concatenate([l2_normalize(self._head(base)), base], axis=1))
+        width = self.dim + self.base_dim
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def provenance(self) -> dict:
+        from songsight.encoders.distilled import distilled_provenance
+
+        return distilled_provenance(super().provenance(), self.meta)
+
+
+class OnnxFusedEncoder(FusedReadout, OnnxDistilledEncoder):
+    """`OnnxDistilledEncoder` and the BioLingual it was distilled from (``base``, any audio
+    encoder of the same rate), over the same windows: ``[distilled (D) | BioLingual (d)]``."""
+
+    name = "fused"
+
+    def __init__(self, distilled: OnnxDistilledEncoder, base):
+        self.__dict__.update(distilled.__dict__)
+        self.base = base
+        self.distilled_dim = distilled.dim
+        self.base_in_dim = distilled.base_dim
+        self.dim = distilled.dim + base.dim
+
+    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([super()._forward(windows), self.base._forward(windows)], axis=1)
+
+    def provenance(self) -> dict:
+        return {**super().provenance(), "encoder": self.name, "base": self.base.provenance()}
