@@ -6,9 +6,9 @@ do files that cannot be read or written and running out of memory. Anything else
 one line naming the log file that holds its traceback, exit 3 (``--debug`` prints the
 traceback instead).
 
-Each command group owns its subparsers and handlers: ``embed`` (download, embed),
-``train`` (demo, evaluate, report, data, distill) and ``gallery`` (serve, index, search);
-options several commands share live in ``common``.
+Each command has a module of its name that owns its subparsers and handlers (``embed``
+holds ``download`` too); options several commands share live in ``common``, the Milvus
+options in ``milvus``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from songsight.cli import embed, gallery, train
+from songsight.cli import data, demo, distill, embed, evaluate, index, report, search, serve
 from songsight.cli.common import AUDIO_DEFAULT, IMAGE_DEFAULT
 
 __all__ = ["AUDIO_DEFAULT", "IMAGE_DEFAULT", "build_parser", "main"]
@@ -34,14 +34,14 @@ _COMMANDS: dict[
 ] = {
     "download": (embed.add_download, embed.run_download),
     "embed": (embed.add_embed, embed.run_embed),
-    "demo": (train.add_demo, train.run_demo),
-    "evaluate": (train.add_evaluate, train.run_evaluate),
-    "report": (train.add_report, train.run_report),
-    "serve": (gallery.add_serve, gallery.run_serve),
-    "index": (gallery.add_index, gallery.run_index),
-    "search": (gallery.add_search, gallery.run_search),
-    "data": (train.add_data, train.run_data),
-    "distill": (train.add_distill, train.run_distill),
+    "demo": (demo.add_demo, demo.run_demo),
+    "evaluate": (evaluate.add_evaluate, evaluate.run_evaluate),
+    "report": (report.add_report, report.run_report),
+    "serve": (serve.add_serve, serve.run_serve),
+    "index": (index.add_index, index.run_index),
+    "search": (search.add_search, search.run_search),
+    "data": (data.add_data, data.run_data),
+    "distill": (distill.add_distill, distill.run_distill),
 }
 
 

@@ -1,5 +1,8 @@
 """Options shared by several subcommands, and the default model ids they name.
 
+``search``, ``serve`` and ``index calibrate`` share the query options: the distilled model
+or the zero-shot cascade, its method, prompts and species list.
+
 Only argparse here: nothing heavy is imported, so ``songsight --help`` stays instant.
 """
 
@@ -109,4 +112,89 @@ def add_precision_runtime(p: argparse.ArgumentParser, ray: bool = False) -> None
         help="auto: ONNX Runtime for fp32 on a CPU when installed (starts without torch; a "
         "model's tower is exported once into songsight's cache), else torch"
         + (". --engine ray: torch" if ray else ""),
+    )
+
+
+def add_query_models(p: argparse.ArgumentParser) -> None:
+    """--model, or the cascade's --audio-model / --image-model (refused together)."""
+    p.add_argument(
+        "--model",
+        metavar="DISTILLED_DIR",
+        default=None,
+        help="distilled checkpoint; without it the zero-shot cascade answers",
+    )
+    p.add_argument(
+        "--audio-model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help=f"cascade only: BioLingual-style CLAP model (default {AUDIO_DEFAULT})",
+    )
+    p.add_argument(
+        "--image-model",
+        default=None,
+        metavar="ID_OR_DIR",
+        help="cascade only (default: the gallery's own)",
+    )
+
+
+def add_method(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--method",
+        choices=("distilled", "distilled_proto", "fused", "cascade"),
+        default=None,
+        help="with --model: how it answers (default: the method its validation chose; "
+        "fused names species it was not distilled on through the cascade)",
+    )
+
+
+def add_cascade_prompts(p: argparse.ArgumentParser) -> None:
+    """How the zero-shot cascade (no --model) asks each model for its species' text."""
+    from songsight.prompt_templates import PROMPT_FORMATS
+
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=None,
+                   help="cascade: the image model's species text (default taxon_com)")  # fmt: skip
+    p.add_argument(
+        "--templates",
+        default=None,
+        metavar="SET|TEMPLATE|FILE",
+        help="cascade: image-model prompt templates: a set name, a template with fields such "
+        "as '{scientific} with common name {common}', or a file of them (default none)",
+    )
+    p.add_argument("--audio-prompt-format", choices=PROMPT_FORMATS, default=None,
+                   help="cascade: BioLingual's species text (default com)")  # fmt: skip
+    p.add_argument(
+        "--audio-templates",
+        default=None,
+        metavar="SET|TEMPLATE|FILE",
+        help="cascade: BioLingual prompt templates, as --templates, e.g. the caption style your "
+        "model was taught ('the sound of {article} {common_lower}') (default sound)",
+    )
+
+
+def cascade_prompts(args: argparse.Namespace) -> dict:
+    """The options of `add_cascade_prompts` as keyword arguments of the search functions."""
+    return {
+        "prompt_format": args.prompt_format,
+        "templates": args.templates,
+        "audio_prompt_format": args.audio_prompt_format,
+        "audio_templates": args.audio_templates,
+    }
+
+
+def add_cascade_mode(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--cascade",
+        choices=("top1", "weighted"),
+        default="top1",
+        help="zero-shot cascade: top1 queries with the text of BioLingual's most probable "
+        "species; weighted with every species' text weighted by its probability (default top1)",
+    )
+
+
+def add_species_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--species-list",
+        metavar="FILE",
+        help="answer only with these species: scientific or common names or codes, one a line "
+        "(entries not in the gallery are listed and skipped)",
     )

@@ -1,11 +1,9 @@
-"""Where a gallery is searched: ``--backend milvus`` options of ``songsight index build|add``,
-and ``songsight index remove`` / ``index move``, which change a gallery without embedding."""
+"""Where a gallery is searched: the ``--backend milvus`` options of ``songsight index
+build|add|move``, and the ``milvus`` argument of the gallery functions they make."""
 
 from __future__ import annotations
 
 import argparse
-
-from songsight.cli.common import add_yes
 
 
 def add_milvus(p: argparse.ArgumentParser) -> None:
@@ -70,35 +68,3 @@ def milvus_target(args: argparse.Namespace) -> dict | None:
         except ValueError:
             raise SongsightError(f"--milvus-option takes NAME=INTEGER, got {option!r}") from None
     return {"uri": args.milvus_uri, "collection": args.collection, "settings": settings}
-
-
-def add_index_edits(isub: argparse._SubParsersAction) -> None:
-    q = isub.add_parser(
-        "remove", help="remove photos (by path or sha256); the others are renumbered"
-    )
-    q.add_argument("items", nargs="+", metavar="PATH_OR_SHA256")
-    q.add_argument("--gallery", required=True, metavar="DIR")
-    add_yes(q, "them")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q = isub.add_parser(
-        "move",
-        help="search the gallery through another backend (e.g. a Milvus server), filled from "
-        "its store without embedding again",
-    )
-    q.add_argument("--gallery", required=True, metavar="DIR")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_milvus(q)
-
-
-def run_index_edit(args: argparse.Namespace) -> int:
-    from songsight.index.gallery_edit import move_gallery, remove_from_gallery
-
-    if args.index_command == "remove":
-        report = remove_from_gallery(
-            args.items, args.gallery, progress=not args.quiet, yes=args.yes
-        )
-        print(report.summary())
-        return report.exit_code
-    kind = move_gallery(args.gallery, milvus_target(args), progress=not args.quiet)
-    print(f"{args.gallery} is now searched through {kind}")
-    return 0
