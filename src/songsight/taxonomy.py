@@ -387,9 +387,11 @@ def load_species_csv(path: str | Path) -> list[Species]:
 
 
 def write_species_csv(species: list[Species], path: str | Path) -> None:
-    """Write species in SSW60's ``taxa.csv`` layout (family/order without descriptions, plus genus)."""
+    """Write species in SSW60's ``taxa.csv`` layout (family/order without descriptions), plus
+    kingdom, phylum, class and genus: `load_species_csv` reads back the species written."""
     cols = ["label", "species_code", "inat_taxon_id", "inat2021_label", "nabirds_labels",
-            "common_name", "scientific_name", "family", "order", "genus"]  # fmt: skip
+            "common_name", "scientific_name", "kingdom", "phylum", "class", "family", "order",
+            "genus"]  # fmt: skip
     with Path(path).open("w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
@@ -403,6 +405,9 @@ def write_species_csv(species: list[Species], path: str | Path) -> None:
                     "nabirds_labels": s.extra.get("nabirds_labels", ""),
                     "common_name": s.common_name,
                     "scientific_name": s.scientific_name,
+                    "kingdom": s.kingdom,
+                    "phylum": s.phylum,
+                    "class": s.class_,
                     "family": s.family,
                     "order": s.order,
                     "genus": s.genus,

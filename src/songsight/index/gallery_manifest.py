@@ -2,6 +2,9 @@
 
 `read_gallery_manifest` turns a CSV/Parquet manifest (or DataFrame), optionally completed from
 an SSW60 ``taxa.csv`` species table, into the `METADATA_COLUMNS` a gallery stores per photo.
+The species table's ranks are stored too (`RANK_COLUMNS`), so that a gallery's species
+(`songsight.retrieval.gallery.Gallery.species_list`) are the table's, and give the same
+prompts at search time as at distillation and evaluation.
 """
 
 from __future__ import annotations
@@ -16,10 +19,17 @@ import numpy as np
 from songsight.errors import DataNotFoundError
 from songsight.index.gallery_format import PENDING_FILE, STORE_FILE
 
-__all__ = ["METADATA_COLUMNS", "read_gallery_manifest"]
+__all__ = ["MANIFEST_COLUMNS", "METADATA_COLUMNS", "RANK_COLUMNS", "read_gallery_manifest"]
 
-# Per-photo metadata; ``species`` is the scientific name (a manifest may call it scientific_name).
-METADATA_COLUMNS = ("label", "species", "common_name", "genus", "family", "order", "species_code")
+# What a photo manifest names per photo; ``species`` is the scientific name (a manifest may
+# call it scientific_name).
+MANIFEST_COLUMNS = ("label", "species", "common_name", "genus", "family", "order", "species_code")
+# The ranks above order, from the species table only (a manifest's ``class`` is its label).
+# In the store, null is unknown (read as Animalia, Chordata, Aves, as every gallery stored
+# before these columns is) and "" a rank the table leaves blank.
+RANK_COLUMNS = ("kingdom", "phylum", "class")
+# Per-photo metadata a gallery stores.
+METADATA_COLUMNS = (*MANIFEST_COLUMNS, *RANK_COLUMNS)
 _PAREN = re.compile(r"\s*\(.*?\)\s*")
 _BINOMIAL = re.compile(r"[A-Z][a-z]+(?: [a-z][a-z-]+){1,2}")
 
@@ -37,6 +47,15 @@ def _blank(value: Any) -> bool:
     except ImportError:  # pragma: no cover
         pass
     return isinstance(value, str) and not value.strip()
+
+
+def rank_cell(value: Any) -> str | None:
+    """A stored rank: None where unknown (null, NaN, NA), else its text, ``""`` included."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    import pandas as pd
+
+    return None if value is pd.NA else str(value).strip()
 
 
 def _text(value: Any) -> str | None:
@@ -84,7 +103,7 @@ def read_gallery_manifest(manifest, species_csv: str | Path | None = None):
     else:
         path = Path(manifest).expanduser()
         df, root, name = read_table(path), path.absolute().parent, str(path)
-    known = ("path", *METADATA_COLUMNS, "scientific_name", "split")
+    known = ("path", *MANIFEST_COLUMNS, "scientific_name", "split")
     df, ignored = normalise_columns(df, name, known)
     if "scientific_name" in df.columns:
         if "species" in df.columns:
@@ -96,12 +115,12 @@ def read_gallery_manifest(manifest, species_csv: str | Path | None = None):
     if "path" not in df.columns:
         raise DataNotFoundError(
             f"{name}: no 'path' column (found {found}); a photo manifest needs path and any "
-            f"of {', '.join(METADATA_COLUMNS)}"
+            f"of {', '.join(MANIFEST_COLUMNS)}"
         )
-    if ignored and not any(c in df.columns for c in METADATA_COLUMNS):
+    if ignored and not any(c in df.columns for c in MANIFEST_COLUMNS):
         raise DataNotFoundError(
             f"{name}: no column songsight reads besides path; unknown column(s) "
-            f"{', '.join(ignored)}. Name the species in one of {', '.join(METADATA_COLUMNS)} "
+            f"{', '.join(ignored)}. Name the species in one of {', '.join(MANIFEST_COLUMNS)} "
             "(or scientific_name)"
         )
     df = df.reset_index(drop=True)
@@ -152,6 +171,10 @@ def read_gallery_manifest(manifest, species_csv: str | Path | None = None):
                 "family": _rank(rec.get("family")) or (sp.family or None if sp else None),
                 "order": _rank(rec.get("order")) or (sp.order or None if sp else None),
                 "species_code": _text(rec.get("species_code")) or (sp.code or None if sp else None),
+                # The table's ranks as they are, blank ones too; unknown without a table.
+                "kingdom": sp.kingdom if sp else None,
+                "phylum": sp.phylum if sp else None,
+                "class": sp.class_ if sp else None,
             }
         )
     if unknown_labels:
@@ -238,9 +261,11 @@ def attach_metadata(directory: Path) -> list[str]:
         "label": pa.array([None if _blank(v) else int(v) for v in cur["label"]], type=pa.int64()),
         **{
             c: pa.array([_text(v) for v in cur[c]], type=pa.string())
-            for c in METADATA_COLUMNS
+            for c in MANIFEST_COLUMNS
             if c != "label"
         },
+        # A rank the table leaves blank stays "" (no rank), apart from an unknown one (null).
+        **{c: pa.array([rank_cell(v) for v in cur[c]], type=pa.string()) for c in RANK_COLUMNS},
     }
     rest = [c for c in table.column_names if c not in METADATA_COLUMNS]
     ordered = {}

@@ -26,7 +26,7 @@ import numpy as np
 
 from songsight.errors import ProvenanceMismatchError, SongsightError
 from songsight.index.gallery_format import STORE_FILE
-from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank
+from songsight.index.gallery_manifest import MANIFEST_COLUMNS, _blank
 from songsight.index.milvus import MilvusIndex
 from songsight.index.milvus_connect import _import_pymilvus, release_embedded, server_failures
 from songsight.index.milvus_options import MilvusSettings, _literal, species_filter
@@ -41,8 +41,10 @@ __all__ = [
 
 EMBEDDED_FILE = "milvus.db"
 DEFAULT_COLLECTION = "songsight_gallery"
-# Store column -> collection field ("order" is a word of Milvus's expression language).
-_FIELD_OF = {c: ("taxon_order" if c == "order" else c) for c in ("path", *METADATA_COLUMNS)}
+# Store column -> collection field ("order" is a word of Milvus's expression language). The
+# ranks above order are not fields: they are read from the store, and collections made before
+# the store kept them stay as they are.
+_FIELD_OF = {c: ("taxon_order" if c == "order" else c) for c in ("path", *MANIFEST_COLUMNS)}
 SCALAR_FIELDS = {
     **{f: ("int" if c == "label" else "str") for c, f in _FIELD_OF.items()},
     "model_id": "str",
@@ -350,7 +352,7 @@ def ray_sink(directory: Path, meta: dict, pending=None) -> tuple[dict, MilvusInd
     embedded file it is the server the workers write through (on this machine).
 
     ``pending``: the manifest metadata parked for this run (DataFrame with ``path`` and
-    `METADATA_COLUMNS`), written with each photo so the rows arrive complete.
+    `MANIFEST_COLUMNS`), written with each photo so the rows arrive complete.
     """
     index = _open(directory, meta)
     index.ensure_collection()
@@ -362,7 +364,7 @@ def ray_sink(directory: Path, meta: dict, pending=None) -> tuple[dict, MilvusInd
     by_path = {}
     if pending is not None and len(pending):
         for rec in pending.drop_duplicates("path", keep="last").to_dict("records"):
-            by_path[str(rec["path"])] = {_FIELD_OF[c]: rec.get(c) for c in METADATA_COLUMNS}
+            by_path[str(rec["path"])] = {_FIELD_OF[c]: rec.get(c) for c in MANIFEST_COLUMNS}
     model = meta["image_model"]
     sink = {
         "uri": uri,

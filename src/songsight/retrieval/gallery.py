@@ -2,7 +2,8 @@
 
 A gallery is a folder::
 
-    gallery.parquet   path, sha256, label, species, common_name, genus, family, order, embedding
+    gallery.parquet   path, sha256, label, species, common_name, genus, family, order,
+                      species_code, kingdom, phylum, class, embedding
                       (the embedding store of `songsight.index.store`, provenance in its schema)
     gallery.json      provenance: image model id, revision, preprocessing, package versions,
                       vector dtype, index kind, count
@@ -45,9 +46,19 @@ from songsight.index.gallery_format import (
     confirm_removal,
     stored_paths,
 )
-from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank, read_gallery_manifest
+from songsight.index.gallery_manifest import (
+    MANIFEST_COLUMNS,
+    METADATA_COLUMNS,
+    RANK_COLUMNS,
+    _blank,
+    rank_cell,
+    read_gallery_manifest,
+)
 from songsight.jobs.gallery import GalleryReport, _update, add_to_gallery
 from songsight.outputs import claim
+
+# Store column -> `Species` field, for the ranks above order.
+_RANK_FIELDS = {"kingdom": "kingdom", "phylum": "phylum", "class": "class_"}
 
 __all__ = [
     "METADATA_COLUMNS",
@@ -314,8 +325,8 @@ class Gallery:
             if name in seen:
                 continue
             seen[name] = {
-                c: (None if _blank(md[c].iat[i]) else md[c].iat[i]) for c in METADATA_COLUMNS
-            }
+                c: (None if _blank(md[c].iat[i]) else md[c].iat[i]) for c in MANIFEST_COLUMNS
+            } | {c: rank_cell(md[c].iat[i]) for c in RANK_COLUMNS}
         known = [int(v["label"]) for v in seen.values() if v["label"] is not None]
         next_label = max(known, default=-1) + 1
         out = []
@@ -324,6 +335,9 @@ class Gallery:
             if label is None:
                 label, next_label = next_label, next_label + 1
             sci = v["species"] or name
+            # The species table's ranks where the store holds them ("" a blank one); a gallery
+            # stored before it kept them reads as Species' defaults (Animalia, Chordata, Aves).
+            ranks = {f: v[c] for c, f in _RANK_FIELDS.items() if v[c] is not None}
             out.append(
                 Species(
                     label=label,
@@ -333,6 +347,7 @@ class Gallery:
                     family=v["family"] or "",
                     genus=v["genus"] or sci.split()[0],
                     code=v["species_code"] or "",
+                    **ranks,
                 )
             )
         return sorted(out, key=lambda s: (s.label, s.scientific_name))
