@@ -34,6 +34,8 @@ def column(folder: Path) -> dict[str, str]:
     meta = json.loads(
         (folder / "models" / "distilled" / "best" / "songsight_distilled.json").read_text()
     )
+    last = folder / "models" / "distilled" / "last" / "songsight_distilled.json"
+    steps_run = json.loads(last.read_text()).get("step") if last.is_file() else None
     ret, al = res["retrieval"], res.get("alignment", {})
     a2i, sub = ret["audio_to_image"], ret.get("audio_to_image_by_subset", {})
     vs, vs_sub = ret.get("audio_to_image_vs_cascade", {}), ret.get("audio_to_image_vs_cascade_by_subset", {})  # fmt: skip
@@ -91,7 +93,7 @@ def column(folder: Path) -> dict[str, str]:
             if answered in a2i
             else "–"
         ),
-        "steps (best at)": f"{meta['best'].get('step')} of {meta.get('step')}",
+        "best step of steps run": f"{meta['best'].get('step')} of {steps_run}",
     }
     return row
 

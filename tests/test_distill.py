@@ -101,7 +101,7 @@ def test_distill_end_to_end_and_loads(world, tiny_models, tmp_path):
     # there, with the figures it was chosen on (here with photos: every readout a candidate).
     import pandas as pd
 
-    from songsight.distill.readout import READOUTS
+    from songsight.readout import READOUTS
 
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["val_score"])
     assert rows["step"].iloc[0] == 0 and len(rows) == 2

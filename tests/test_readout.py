@@ -8,7 +8,7 @@ import pytest
 
 from songsight.config import DistillConfig
 from songsight.distill.plan import plan_run, split_train_val
-from songsight.distill.readout import (
+from songsight.readout import (
     fuse_posteriors,
     prototype_posterior,
     readout_posterior,
@@ -72,7 +72,7 @@ def test_soft_gate_keeps_the_cascade_mass_on_species_never_learnt():
 def test_poe_gate_multiplies_likelihood_ratios():
     """Brute force: p(s) ~ p_cascade(s) * (p_distilled(s) / prior(s))^w over every species;
     weight 0 is the cascade, and a species at its prior keeps the cascade's say."""
-    from songsight.distill.readout import species_prior
+    from songsight.readout import species_prior
 
     rng = np.random.default_rng(12)
     p_d, p_c = _posterior(rng, 25, 5), _posterior(rng, 25, 5)

@@ -281,7 +281,7 @@ class DistillationLoss(nn.Module):
     against the species prototypes it starts from BioLingual's text; the output, a mix of the
     teacher's species texts, lands on its species' text as the right species' share grows.
     The temperature (``logit_scale``) is then fitted by the class-level term on the output
-    held fixed (detached): it is the readouts' (`songsight.distill.readout`), not the head's.
+    held fixed (detached): it is the readouts' (`songsight.readout`), not the head's.
     ``form="batch"``: :func:`batch_level_infonce` against the teacher embeddings of the
     batch's own species, over the batch gathered from all ranks when ``gather`` is set and
     torch.distributed is running (every rank then computes the same global loss).

@@ -230,7 +230,7 @@ def wrap_trainable(st: Student, logit_scale, cfg: DistillConfig, device: str, wo
     the untouched base model when the preservation loss needs one (else None)."""
     import torch
 
-    from songsight.distill.loop import TrainModule
+    from songsight.distill.train_module import TrainModule
 
     select_trainable(st.student, st.clap, cfg)
     original = None

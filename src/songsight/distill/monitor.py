@@ -10,7 +10,7 @@ import numpy as np
 from songsight.distill.data import AudioCrops
 from songsight.distill.plan import MIN_READOUT_CLIPS_PER_SPECIES
 from songsight.encoders.base import l2_normalize
-from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION
+from songsight.encoders.windows import resolve_windows
 from songsight.inputs.audio import window_bounds
 
 METRICS_FILE = "metrics.csv"
@@ -42,7 +42,7 @@ class Validator:
     None. A clip's embedding is the normalised mean of its unit window embeddings (windows of
     ``window_s``, half overlap), as the encoder computes it at inference.
 
-    Each readout (`songsight.distill.readout`) is scored by audio-to-image mAP over the
+    Each readout (`songsight.readout`) is scored by audio-to-image mAP over the
     gallery when one is given, else by mAP against the teacher's species text embeddings
     (one "photo" per species), and then only the posterior readouts (``distilled_proto``,
     ``fused``) are candidates. ``val_score`` is the best candidate's score: the trainer keeps
@@ -57,7 +57,10 @@ class Validator:
             list(val_df["path"]), list(val_df["label"]), features.sample_rate_hz, window_s, True
         )
         self.labels = val_df["label"].to_numpy()
-        self.features, self.window_s = features, window_s
+        self.features = features
+        self.window_s, self.hop_s = resolve_windows(
+            window_s, None, features.max_samples / features.sample_rate_hz
+        )
         self.targets, self.by_label, self.train_labels = targets, by_label, train_labels
         self.species_emb = targets.cpu().numpy()  # (S, D): scored against on the host
         self.gallery, self.device, self.autocast = gallery, device, autocast
@@ -98,9 +101,7 @@ class Validator:
         with torch.inference_mode():
             for i in range(len(self.crops)):
                 wave = self.crops.waveform(i)
-                bounds = window_bounds(
-                    len(wave), sr, self.window_s, self.window_s * DEFAULT_HOP_FRACTION
-                )
+                bounds = window_bounds(len(wave), sr, self.window_s, self.hop_s)
                 wins = [wave[a:b] for a, b in bounds]
                 with torch.autocast(
                     self.device.split(":")[0],
@@ -141,8 +142,8 @@ class Validator:
 
     def __call__(self, student, logit_scale: float) -> dict:
         """Metrics of ``student`` (already in eval mode) on the validation clips."""
-        from songsight.distill.readout import readout_queries
         from songsight.eval.metrics import topk_accuracy
+        from songsight.readout import readout_queries
 
         emb = self.embed(student)
         species_emb = self.species_emb
@@ -197,7 +198,7 @@ class Validator:
         experts that did lost 7.7 points of held-out mAP on test for 2.6 overall). The poe
         gate's prior is the distilled posterior's mean over the clips of the species the run
         learns."""
-        from songsight.distill.readout import (
+        from songsight.readout import (
             FUSION_GATES,
             FUSION_WEIGHTS,
             prototype_posterior,
@@ -245,7 +246,7 @@ class Validator:
         return {f"val_{name}_unseen": self._score(q, idx, "unseen") for name, q in queries.items()}
 
     def _fused_queries(self, emb, logit_scale: float, gate: str, weight: float) -> np.ndarray:
-        from songsight.distill.readout import readout_queries
+        from songsight.readout import readout_queries
 
         return readout_queries(
             "fused", emb, self.species_emb, logit_scale=logit_scale, p_cascade=self.p_cascade,

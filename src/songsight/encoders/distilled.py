@@ -193,7 +193,7 @@ class FusedAudioEncoder(FusedReadout, DistilledEncoder):
     """A distilled encoder and the BioLingual it was distilled from, over the same windows
     (decoded once): embeddings ``[distilled (D) | BioLingual (d)]``, each part unit norm.
 
-    For the ``fused`` readout (`songsight.distill.readout`), which needs both the distilled
+    For the ``fused`` readout (`songsight.readout`), which needs both the distilled
     posterior and BioLingual's own zero-shot one; `distilled_dim` says where to split.
     """
 

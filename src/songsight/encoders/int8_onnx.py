@@ -33,6 +33,7 @@ from songsight.encoders.int8_cache import (
 from songsight.encoders.loading import ResolvedModel
 from songsight.encoders.ort_cache import (
     OPSET,
+    clap_audio_tower,
     export_onnx,
     new_session,
     onnxruntime_available,
@@ -120,22 +121,6 @@ def load_or_build_onnx_int8(tower, example, resolved: ResolvedModel, part: str, 
             log.warning("int8 cache: could not write %s (%s); not cached", folder, exc)
             return OnnxTower(int8, threads), info
     return OnnxTower(model, threads), info
-
-
-def clap_audio_tower(clap):
-    """CLAP's audio side as one module: features -> projected (unnormalised) embedding."""
-    import torch
-
-    class ClapAudioTower(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.audio_model, self.audio_projection = clap.audio_model, clap.audio_projection
-
-        def forward(self, features):
-            pooled = self.audio_model(input_features=features).pooler_output
-            return self.audio_projection(pooled)
-
-    return ClapAudioTower().eval()
 
 
 _said_fallback = False

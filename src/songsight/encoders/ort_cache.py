@@ -273,10 +273,24 @@ def save_build(resolved: ResolvedModel, part: str, export, arrays: dict, info: d
 # --- building (torch) ---------------------------------------------------------------------------
 
 
+def clap_audio_tower(clap):
+    """CLAP's audio side as one module: features -> projected (unnormalised) embedding."""
+    import torch
+
+    class ClapAudioTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.audio_model, self.audio_projection = clap.audio_model, clap.audio_projection
+
+        def forward(self, features):
+            pooled = self.audio_model(input_features=features).pooler_output
+            return self.audio_projection(pooled)
+
+    return ClapAudioTower().eval()
+
+
 def build_audio(encoder) -> Build:
     """Export a torch `BioLingualEncoder`'s audio tower (fp32) and cache it."""
-    from songsight.encoders.int8_onnx import clap_audio_tower
-
     feats = encoder.features
     example = feats([np.zeros(feats.max_samples, np.float32)] * 2, "cpu")
     info = {"dim": encoder.dim, "features": feats.describe(), "torch_export": _torch_version()}

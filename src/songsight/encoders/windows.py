@@ -27,6 +27,23 @@ _END = object()  # a recording's queue: windows, then _END (or the error that st
 _PUT_TIMEOUT_S = 0.2  # how often a blocked decoder looks whether the consumer has gone
 
 
+def resolve_windows(
+    window_s: float | None, hop_s: float | None, model_window_s: float
+) -> tuple[float, float]:
+    """(window_s, hop_s): the one window rule. The window defaults to the model's, the hop to
+    half the window (`DEFAULT_HOP_FRACTION`); a window past the model's, or a window or hop
+    that is not positive, raises `WindowError`."""
+    from songsight.errors import WindowError
+
+    window = float(window_s) if window_s else float(model_window_s)
+    hop = float(hop_s) if hop_s else window * DEFAULT_HOP_FRACTION
+    if window > model_window_s + 1e-9:
+        raise WindowError(f"window_s={window:g} exceeds the model's {model_window_s:g} s window")
+    if not (window > 0 and hop > 0):
+        raise WindowError(f"window_s and hop_s must be > 0; got {window:g} and {hop:g}")
+    return window, hop
+
+
 def _decode_into(source, sample_rate_hz, window_s, hop_s, block_s, out, stop) -> None:
     """Producer: one recording's windows into ``out``, then its `DecodeInfo`, then `_END`."""
 
@@ -192,12 +209,7 @@ class WindowedAudioEncoder:
 
         self.sample_rate_hz = features.sample_rate_hz
         self.model_window_s = features.max_samples / self.sample_rate_hz
-        self.window_s = float(window_s) if window_s else self.model_window_s
-        if self.window_s > self.model_window_s + 1e-9:
-            raise ValueError(
-                f"window_s={self.window_s} exceeds the model's {self.model_window_s} s window"
-            )
-        self.hop_s = float(hop_s) if hop_s else self.window_s * DEFAULT_HOP_FRACTION
+        self.window_s, self.hop_s = resolve_windows(window_s, hop_s, self.model_window_s)
         on_gpu = not str(self.device).startswith("cpu")
         self.batch_size = batch_size or (64 if on_gpu else 16)
         if decode_threads is None:
@@ -229,22 +241,9 @@ class WindowedAudioEncoder:
         2.5 s whoever asks). Raises `WindowError` for a window past the model's or a
         window or hop that is not positive.
         """
-        from songsight.errors import WindowError
-
-        window = float(window_s or self.window_s)
-        if hop_s:
-            hop = float(hop_s)
-        elif window == self.window_s:
-            hop = self.hop_s
-        else:
-            hop = window * DEFAULT_HOP_FRACTION
-        if window > self.model_window_s + 1e-9:
-            raise WindowError(
-                f"window_s={window:g} exceeds the model's {self.model_window_s:g} s window"
-            )
-        if not (window > 0 and hop > 0):
-            raise WindowError(f"window_s and hop_s must be > 0; got {window:g} and {hop:g}")
-        return window, hop
+        if not window_s or float(window_s) == self.window_s:
+            window_s, hop_s = self.window_s, hop_s or self.hop_s
+        return resolve_windows(window_s, hop_s, self.model_window_s)
 
     def embed_windows(
         self,

@@ -13,7 +13,7 @@ Every method turns the test recordings into (Q, D) unit vectors in the image mod
 - ``distilled``: the distilled encoder's own output;
 - ``distilled_proto`` / ``fused``: the distilled output read out as a posterior over the
   teacher's species text, alone or fused with the cascade's so that species outside the
-  distillation set are answered by the cascade (`songsight.distill.readout`); the fusion
+  distillation set are answered by the cascade (`songsight.readout`); the fusion
   weight is the one the checkpoint's validation chose;
 - ``oracle``: BioCLIP-2's text embedding of the true species (the ceiling).
 
@@ -29,10 +29,10 @@ import numpy as np
 
 from songsight.baselines.cascade import cascade_queries, species_probabilities
 from songsight.baselines.text_mapping import TextMapping, fit_mlp, fit_procrustes, fit_ridge
-from songsight.distill.readout import readout_queries
 from songsight.encoders.base import l2_normalize
 from songsight.eval.metrics import per_class_ap, retrieval_metrics
 from songsight.eval.statistics import paired_difference, summarize
+from songsight.readout import readout_queries
 
 RETRIEVAL_METHODS = (
     "chance", "cascade_top1", "cascade_weighted", "map_ridge", "map_procrustes", "map_mlp",

@@ -59,7 +59,7 @@ def readout_posteriors(run: EvalRun, audio_by_model: dict) -> dict[str, np.ndarr
     """The product's readouts as species scores for the alignment tasks: ``distilled_proto``
     and ``fused`` posteriors (N, S) of the same recordings (or windows), as search answers."""
     from songsight.baselines.cascade import species_probabilities
-    from songsight.distill.readout import readout_posterior
+    from songsight.readout import readout_posterior
 
     readout = readout_inputs(run)
     dist, base = audio_by_model.get("distilled"), audio_by_model.get("original")

@@ -70,8 +70,9 @@ def pretrain_student(
 
     from songsight.distill.loss import LogitScale, batch_level_infonce
     from songsight.encoders.base import l2_normalize
-    from songsight.encoders.biolingual import DEFAULT_HOP_FRACTION, load_clap
+    from songsight.encoders.biolingual import load_clap
     from songsight.encoders.prompts import mean_of_prompts
+    from songsight.encoders.windows import resolve_windows
     from songsight.sim.tiny_models import build_tiny_clap, build_tokenizer
 
     hf_logging.disable_progress_bar()  # save_pretrained's per-shard bar, as load_clap does
@@ -84,8 +85,8 @@ def pretrain_student(
     build_tiny_clap(out, spec, seed=seed, tokenizer=tok)
     # Train on exactly what BioLingualEncoder feeds the model: its windows, its log-mels.
     clap, features, tokenizer, _ = load_clap(out)
-    window_s = features.max_samples / features.sample_rate_hz
-    feats, owner = call_windows(paths, features, window_s, window_s * DEFAULT_HOP_FRACTION)
+    window_s, hop_s = resolve_windows(None, None, features.max_samples / features.sample_rate_hz)
+    feats, owner = call_windows(paths, features, window_s, hop_s)
     wlab, train = torch.from_numpy(labels[owner]), np.flatnonzero(~held[owner])
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
