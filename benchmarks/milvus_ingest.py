@@ -70,7 +70,7 @@ def gallery_ingest_rate(data: np.ndarray, add: bool, work: Path) -> tuple[float,
     with sha256 keys and the gallery's scalar fields; ``add``: new rows, else upserts."""
     import hashlib
 
-    from songsight.index.gallery_milvus import _SYNC_ROWS, SCALAR_FIELDS
+    from songsight.gallery.milvus.sync import _SYNC_ROWS, SCALAR_FIELDS
     from songsight.index.milvus import MilvusIndex
 
     keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(len(data))]
@@ -106,8 +106,8 @@ def gallery_ingest_rate(data: np.ndarray, add: bool, work: Path) -> tuple[float,
 def ingest_rate(data: np.ndarray, absent: bool, work: Path) -> tuple[float, float, float]:
     """Vectors/s of one `MilvusIndex.add` of ``data`` into a fresh embedded file, and the CPU
     seconds of this process and of the Milvus Lite server during it."""
-    from songsight.index import milvus_rows
     from songsight.index.milvus import MilvusIndex
+    from songsight.index.milvus import rows as milvus_rows
 
     write_rows = milvus_rows.write_rows
 
@@ -117,7 +117,7 @@ def ingest_rate(data: np.ndarray, absent: bool, work: Path) -> tuple[float, floa
 
     directory = Path(tempfile.mkdtemp(prefix="ingest-", dir=work))
     index = MilvusIndex(data.shape[1], directory / "b.db", "b", settings={"index_type": "FLAT"})
-    import songsight.index.milvus as milvus_module
+    import songsight.index.milvus.collection as milvus_module
 
     milvus_module.write_rows = patched
     try:

@@ -29,7 +29,7 @@ from harness.vectors import make_embeddings, recall_at_k
 
 DIM = 768
 K = 10
-ROWS_PER_INSERT = 2000  # songsight's own batch (index/milvus_rows.py): larger ones stall Lite
+ROWS_PER_INSERT = 2000  # songsight's own batch (index/milvus/rows.py): larger ones stall Lite
 
 
 def vectors(kind: str, n: int, seed: int) -> np.ndarray:

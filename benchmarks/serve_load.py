@@ -62,7 +62,7 @@ def build_gallery(work: Path, image_model: Path, n_photos: int) -> Path:
     import csv
 
     from songsight.encoders.bioclip import BioCLIPEncoder
-    from songsight.retrieval.gallery import Gallery
+    from songsight.gallery import Gallery
     from songsight.taxonomy import Species, write_species_csv
 
     out = work / "gallery"

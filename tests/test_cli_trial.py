@@ -140,7 +140,7 @@ def test_download_failure_does_not_advise_running_download(monkeypatch):
 
 def test_search_refuses_distilled_model_with_cascade_models(tmp_path, capsys):
     """--model with --audio-model is refused before anything loads (it used to be ignored)."""
-    from songsight.index.gallery_format import FORMAT, FORMAT_VERSION, _write_json
+    from songsight.gallery.format import FORMAT, FORMAT_VERSION, _write_json
 
     g = tmp_path / "g"
     g.mkdir()

@@ -13,16 +13,16 @@ from PIL import Image
 
 from songsight.encoders.bioclip import BioCLIPEncoder
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
-from songsight.index.search import ExactIndex, HNSWIndex
-from songsight.index.store import load_embeddings
-from songsight.provenance import package_version
-from songsight.retrieval.gallery import (
+from songsight.gallery import (
     METADATA_COLUMNS,
     Gallery,
     add_to_gallery,
     build_gallery,
     read_gallery_manifest,
 )
+from songsight.index.search import ExactIndex, HNSWIndex
+from songsight.index.store import load_embeddings
+from songsight.provenance import package_version
 from songsight.taxonomy import Species, write_species_csv
 from tests.helpers import (
     brute_force,

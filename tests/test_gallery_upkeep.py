@@ -10,9 +10,9 @@ import pytest
 
 from songsight.cli import main
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery_check import check_gallery
+from songsight.gallery import Gallery, add_to_gallery, build_gallery
+from songsight.gallery.check import check_gallery
 from songsight.index.store import load_embeddings
-from songsight.retrieval.gallery import Gallery, add_to_gallery, build_gallery
 from songsight.taxonomy import Species, write_species_csv
 from tests.helpers import write_noise_photo
 
@@ -140,7 +140,7 @@ def test_handwritten_manifest_columns_are_read_or_refused(tiny_image_encoder, tm
         add_to_gallery([], tmp_path / "g", manifest=unknown, image_model=tiny_image_encoder, progress=False)  # fmt: skip
     # Names in the label column, without a species table: binomials are scientific names.
     named = _csv(tmp_path / "lists" / "named.csv", "path,label\n../photos/a.png,Anas platyrhynchos\n../photos/b.png,Mallard\n")  # fmt: skip
-    from songsight.retrieval.gallery import read_gallery_manifest
+    from songsight.gallery import read_gallery_manifest
 
     df = read_gallery_manifest(named)
     assert (
@@ -182,7 +182,7 @@ def test_prune_of_a_moved_folder_shows_the_photos_and_needs_yes(tiny_image_encod
 
 
 def test_removing_many_photos_needs_yes_and_a_few_do_not(tiny_image_encoder, tmp_path, capsys):
-    from songsight.index.gallery_format import FEW_PHOTOS
+    from songsight.gallery.format import FEW_PHOTOS
 
     n = FEW_PHOTOS + 3
     photos = [write_noise_photo(tmp_path / "p" / f"{i}.png", 50 + i, (18, 18)) for i in range(n)]
@@ -206,7 +206,7 @@ def test_removed_photos_stay_removed_until_added_by_name(tiny_image_encoder, tmp
     manifest = _csv(tmp_path / "m.csv", f"path,label\n{a},0\n{b},1\n")
     gallery = Gallery.build(manifest=manifest, species_csv=tmp_path / "taxa.csv", gallery_dir=tmp_path / "g",
                             image_model=tiny_image_encoder, progress=False)  # fmt: skip
-    from songsight.index.gallery_edit import remove_from_gallery
+    from songsight.gallery.edit import remove_from_gallery
 
     remove_from_gallery([a], tmp_path / "g", progress=False)
     report = gallery.add([tmp_path / "p"], image_model=tiny_image_encoder, progress=False)

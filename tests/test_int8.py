@@ -173,8 +173,8 @@ def test_int8_is_refused_off_the_cpu():
 
 
 def test_a_gallery_refuses_int8_photos_among_fp32_ones(tiny_models, photos, tmp_path):
-    from songsight.jobs.gallery import add_to_gallery
-    from songsight.retrieval.gallery import Gallery, build_gallery
+    from songsight.gallery import Gallery, build_gallery
+    from songsight.gallery.build import add_to_gallery
 
     out = tmp_path / "g"
     build_gallery(photos[:2], out, image_model=tiny_models[1], progress=False)

@@ -23,18 +23,18 @@ import pytest
 import songsight
 from songsight.cli import main
 from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.gallery import Gallery, add_to_gallery, build_gallery
 from songsight.index.search import ExactIndex
 from songsight.index.store import load_embeddings
-from songsight.retrieval.gallery import Gallery, add_to_gallery, build_gallery
 from tests.helpers import clustered, random_photos, recall, warble, write_csv
 from tests.test_gallery import TAXA
 
 if not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")):
     pytest.skip("the 'milvus' extra: pip install 'songsight[milvus]'", allow_module_level=True)
 
-from songsight.index.gallery_milvus import milvus_config, open_milvus_index  # noqa: E402
+from songsight.gallery.milvus import milvus_config, open_milvus_index  # noqa: E402
 from songsight.index.milvus import MilvusIndex  # noqa: E402
-from songsight.index.milvus_options import (  # noqa: E402
+from songsight.index.milvus.options import (  # noqa: E402
     MilvusSettings,
     choose_index_type,
     species_filter,
@@ -75,7 +75,7 @@ def test_every_index_type_agrees_with_exact(milvus_file, index_type):
 def test_approximate_scores_are_rescored_from_the_stored_vectors(milvus_file, monkeypatch):
     """Index types that may score from quantised codes get their candidates' vectors back and
     re-scored here; FLAT, which scores exactly, is only re-ordered (same answers either way)."""
-    from songsight.index import milvus_search
+    from songsight.index.milvus import search as milvus_search
 
     gallery = clustered(400, 16, 4, seed=33).astype(np.float16).astype(np.float32)
     queries = clustered(4, 16, 4, seed=34)
@@ -172,7 +172,7 @@ def test_species_filter_is_exact_search_over_the_allowed_rows(milvus_file):
 
 
 def test_allowed_ids_are_exact_search_over_the_subset(milvus_file, monkeypatch):
-    from songsight.index import milvus_search
+    from songsight.index.milvus import search as milvus_search
 
     gallery = clustered(2000, 24, 20, seed=35)
     ids = np.arange(2000) * 2 + 1
@@ -323,8 +323,8 @@ def test_sync_inserts_new_photos_and_upserts_only_changed_metadata(
     slows as a collection grows); a photo whose metadata drifted is upserted back in line."""
     import json
 
-    from songsight.index import gallery_milvus
-    from songsight.index.gallery_format import META_FILE
+    from songsight.gallery import milvus as gallery_milvus
+    from songsight.gallery.format import META_FILE
     from songsight.taxonomy import write_species_csv
 
     calls: list[tuple[int, bool]] = []
@@ -508,7 +508,7 @@ def test_songsight_search_prints_the_same_through_either_backend(
 def test_ray_workers_write_straight_into_the_collection(local_ray, tiny_models, tiny_image_encoder, tmp_path, monkeypatch):  # fmt: skip
     """`--engine ray --backend milvus`: the workers write the photos (the driver's sync finds
     nothing left to write), and the gallery answers as one built on this machine does."""
-    from songsight.index import gallery_milvus
+    from songsight.gallery.milvus import sync as gallery_milvus
     from songsight.taxonomy import write_species_csv
 
     photos = random_photos(tmp_path / "photos", 12, 6)

@@ -27,18 +27,18 @@ import pytest
 import songsight
 from songsight.cli import main
 from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.gallery import Gallery, build_gallery
 from songsight.index.search import ExactIndex
 from songsight.index.store import load_embeddings
-from songsight.retrieval.gallery import Gallery, build_gallery
 from tests.helpers import clustered, random_photos, warble, write_csv
 from tests.test_gallery import TAXA
 
 if not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")):
     pytest.skip("the 'milvus' extra: pip install 'songsight[milvus]'", allow_module_level=True)
 
-from songsight.index.gallery_milvus import milvus_config  # noqa: E402
+from songsight.gallery.milvus import milvus_config  # noqa: E402
 from songsight.index.milvus import MilvusIndex  # noqa: E402
-from songsight.index.milvus_connect import MIN_SERVER_VERSION, connect  # noqa: E402
+from songsight.index.milvus.connect import MIN_SERVER_VERSION, connect  # noqa: E402
 from tests.milvus_server import (  # noqa: E402
     OTHER_VENVS,
     REPO,
@@ -210,7 +210,7 @@ def test_add_and_remove_keep_the_server_in_step(built, milvus_server, tiny_model
     capfd.readouterr()
     # A build into a new collection, adds and removes: none of them scans the collection, so
     # pymilvus's "failed to get mvccTs" (a 2.3 server gives its query iterator no timestamp)
-    # is never reached; the scans that remain keep it quiet (`milvus_connect.quiet_iterator`).
+    # is never reached; the scans that remain keep it quiet (`songsight.index.milvus.connect.quiet_iterator`).
     assert _index("build", *map(str, more), "--gallery", str(tmp_path / "new"), "--image-model",
                   str(tiny_models[1]), "--device", "cpu", "--backend", "milvus",
                   "--milvus-uri", milvus_server.uri, "--collection", _collection()) == 0  # fmt: skip

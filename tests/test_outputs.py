@@ -134,7 +134,7 @@ def _gallery_stub(g: Path) -> None:
     """A gallery folder with one photo row, enough to be found (never embedded here)."""
     import numpy as np
 
-    from songsight.index.gallery_format import FORMAT, FORMAT_VERSION
+    from songsight.gallery.format import FORMAT, FORMAT_VERSION
     from songsight.index.store import EmbeddingWriter
     from songsight.outputs import write_text_atomically
 

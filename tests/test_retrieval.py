@@ -16,10 +16,10 @@ import soundfile as sf
 
 from songsight.encoders.base import l2_normalize
 from songsight.errors import ProvenanceMismatchError, SongsightError
+from songsight.gallery import Gallery
 from songsight.index.store import load_embeddings
 from songsight.inputs.audio import load_audio, window_bounds
 from songsight.inputs.stream import iter_windows
-from songsight.retrieval.gallery import Gallery
 from songsight.retrieval.job import run_search
 from songsight.retrieval.results import WindowResult
 from songsight.retrieval.rollup import softmax_rollup

@@ -38,7 +38,7 @@ def _same_store(a, b):
 
 
 def test_ray_gallery_equals_single_machine_and_resumes(local_ray, tiny_models, tiny_image_encoder, tmp_path):  # fmt: skip
-    from songsight.retrieval.gallery import Gallery, add_to_gallery
+    from songsight.gallery import Gallery, add_to_gallery
 
     photos = tmp_path / "photos"
     _photos(photos, range(6))

@@ -96,7 +96,7 @@ def test_ties_go_to_the_lower_id(backend):
 
 def test_exact_ties_across_chunk_boundaries(monkeypatch):
     """Tiny blocks force many gallery and query chunks; ties must still resolve by id."""
-    monkeypatch.setattr(exact_module, "_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(exact_module, "BLOCK_ELEMENTS", 64)
     monkeypatch.setattr(exact_module, "_QUERY_ROWS", 4)
     monkeypatch.setattr(exact_module, "_F16_CHUNK_ROWS", 8)
     rng = np.random.default_rng(4)

@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 
 from songsight.errors import DataNotFoundError, SongsightError
+from songsight.gallery import Gallery
 from songsight.index.store import load_embeddings
-from songsight.retrieval.gallery import Gallery
 from songsight.retrieval.job import run_search
 from songsight.retrieval.results import keep_detections
 from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll

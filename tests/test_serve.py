@@ -634,7 +634,7 @@ def tiny_gallery(tmp_path, tiny_image_encoder):
     """A real `Gallery` of three random photos, one per species, under ``tmp_path/gallery``."""
     import csv
 
-    from songsight.retrieval.gallery import Gallery
+    from songsight.gallery import Gallery
     from songsight.taxonomy import Species, write_species_csv
 
     names = enumerate(zip(SPECIES, COMMON, strict=True))

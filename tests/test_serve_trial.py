@@ -319,7 +319,7 @@ def test_no_note_when_every_photo_is_there(monkeypatch, gallery, capsys):
 
 
 def test_health_counts_missing_photos_of_a_real_gallery(tiny_gallery, tiny_models, uploads):
-    from songsight.retrieval.gallery import Gallery
+    from songsight.gallery import Gallery
     from songsight.retrieval.searcher import Searcher
 
     Gallery(tiny_gallery.directory).image_path(1).unlink()

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from songsight.gallery import METADATA_COLUMNS, Gallery, build_gallery
 from songsight.prompt_templates import PROMPT_FORMATS
-from songsight.retrieval.gallery import METADATA_COLUMNS, Gallery, build_gallery
 from songsight.taxonomy import build_prompts, load_species_csv, write_species_csv
 from tests.helpers import random_photos, tone, write_csv
 

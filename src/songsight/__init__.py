@@ -11,7 +11,7 @@ Encoders live in `songsight.encoders` (BioLingual, BioCLIP-2, distilled), traini
 `songsight.distill`, evaluation in `songsight.eval`.
 """
 
-from songsight.retrieval.gallery import Gallery
+from songsight.gallery import Gallery
 from songsight.retrieval.searcher import Searcher, search
 
 __all__ = ["Gallery", "Searcher", "search"]

@@ -1,7 +1,7 @@
 """Stored vectors and exact inner-product search: the reference every other backend is held to.
 
-`_VectorStore` holds the vectors and ids every backend saves (``vectors.npy``, ``ids.npy``,
-``meta.json``); `_StoredIndex` is the base both backends share; `ExactIndex` searches the
+`VectorStore` holds the vectors and ids every backend saves (``vectors.npy``, ``ids.npy``,
+``meta.json``); `StoredIndex` is the base both backends share; `ExactIndex` searches the
 store by brute force. The search contract (ordering, ties, padding) is set out in
 `songsight.index.search`, which is where callers import from.
 """
@@ -22,7 +22,7 @@ _FORMAT = "songsight-vector-index"
 _FORMAT_VERSION = 1
 # Upper bound on float32 elements in one score or gather block (64 MiB): keeps memory flat for
 # large galleries and large query batches alike.
-_BLOCK_ELEMENTS = 1 << 24
+BLOCK_ELEMENTS = 1 << 24
 _QUERY_ROWS = 1024
 # float16 gallery rows are upcast in chunks of this many before the matmul: a float16 matmul
 # rounds its output to float16 (~1e-3 error), which would make ranking inexact.
@@ -30,14 +30,14 @@ _F16_CHUNK_ROWS = 16_384
 _DTYPES = {"float32": np.float32, "f32": np.float32, "float16": np.float16, "f16": np.float16}
 
 
-def _resolve_dtype(name: Any) -> type[np.floating]:
+def resolve_dtype(name: Any) -> type[np.floating]:
     key = np.dtype(name).name if not isinstance(name, str) else name.lower()
     if key not in _DTYPES:
         raise SongsightError(f"storage dtype must be float32 or float16, got {name!r}")
     return _DTYPES[key]
 
 
-def _as_matrix(x: Any, dim: int, what: str) -> np.ndarray:
+def as_matrix(x: Any, dim: int, what: str) -> np.ndarray:
     """Validate `(N, dim)` finite real numbers and return them as contiguous float32."""
     arr = np.asarray(x)
     if arr.ndim != 2:
@@ -50,14 +50,14 @@ def _as_matrix(x: Any, dim: int, what: str) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise SongsightError(f"{what} must be real numbers, got dtype {arr.dtype}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    rows_per_check = max(1, _BLOCK_ELEMENTS // max(dim, 1))  # bound the boolean temporary
+    rows_per_check = max(1, BLOCK_ELEMENTS // max(dim, 1))  # bound the boolean temporary
     for start in range(0, len(arr), rows_per_check):
         if not np.isfinite(arr[start : start + rows_per_check]).all():
             raise SongsightError(f"{what} contain NaN or infinite values")
     return arr
 
 
-def _read_meta(directory: Path) -> dict:
+def read_meta(directory: Path) -> dict:
     meta_path = Path(directory) / "meta.json"
     if not meta_path.is_file():
         raise DataNotFoundError(f"no saved songsight index at {directory} (missing meta.json)")
@@ -71,7 +71,7 @@ def _read_meta(directory: Path) -> dict:
     return meta
 
 
-def _validate_ids(ids: Any, n: int) -> np.ndarray:
+def validate_ids(ids: Any, n: int) -> np.ndarray:
     """`(n,)` unique non-negative integer ids as int64, or a clear error."""
     arr = np.asarray(ids)
     if arr.shape != (n,):
@@ -86,7 +86,7 @@ def _validate_ids(ids: Any, n: int) -> np.ndarray:
     return arr
 
 
-class _VectorStore:
+class VectorStore:
     """Growable `(N, D)` array of stored vectors with their int64 ids (amortised appends)."""
 
     def __init__(self, dim: int, dtype: type[np.floating]):
@@ -105,7 +105,7 @@ class _VectorStore:
         return self._ids[: self.count]
 
     def check_ids(self, ids: Any, n: int) -> np.ndarray:
-        arr = _validate_ids(ids, n)
+        arr = validate_ids(ids, n)
         clash = arr[np.isin(arr, self.ids)]
         if len(clash):
             raise SongsightError(f"ids already in the index: {clash[:5].tolist()}")
@@ -136,16 +136,16 @@ class _VectorStore:
         (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     @staticmethod
-    def load(directory: Path) -> tuple[_VectorStore, dict]:
-        meta = _read_meta(directory)
+    def load(directory: Path) -> tuple[VectorStore, dict]:
+        meta = read_meta(directory)
         vectors = np.load(directory / "vectors.npy")
         ids = np.load(directory / "ids.npy")
-        store = _VectorStore(meta["dim"], _resolve_dtype(meta["storage_dtype"]))
+        store = VectorStore(meta["dim"], resolve_dtype(meta["storage_dtype"]))
         store._vectors, store._ids, store.count = vectors, ids, len(ids)
         return store, meta
 
 
-def _select_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def select_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best `k` per row of `scores (Q, C)` by (descending score, ascending id), padded."""
     q, c = scores.shape
     if c < k:
@@ -159,7 +159,7 @@ def _block_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
     """Exact top `k` of one `(q, g)` score block with `ids (g,)`, ties to the lower id."""
     q, g = scores.shape
     if g <= k + 1:
-        return _select_topk(scores, np.broadcast_to(ids, (q, g)), k)
+        return select_topk(scores, np.broadcast_to(ids, (q, g)), k)
     # Taking k + 1 shows whether the k-th score ties with one left out; only such rows need
     # the full (score, id) ordering, so near-tie-free real data stays on the fast path.
     cols = np.argpartition(-scores, k, axis=1)[:, : k + 1]
@@ -169,15 +169,15 @@ def _block_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
     top_scores, top_ids = values[:, :k].copy(), ids[cols[:, :k]]
     for row in np.flatnonzero(values[:, k] == values[:, k - 1]):
         tied = np.flatnonzero(scores[row] >= values[row, k - 1])
-        s, i = _select_topk(scores[row, tied][None], ids[tied][None], k)
+        s, i = select_topk(scores[row, tied][None], ids[tied][None], k)
         top_scores[row], top_ids[row] = s[0], i[0]
     for row in np.flatnonzero((values[:, :k][:, 1:] == values[:, :k][:, :-1]).any(axis=1)):
-        s, i = _select_topk(top_scores[row][None], top_ids[row][None], k)  # ties inside: by id
+        s, i = select_topk(top_scores[row][None], top_ids[row][None], k)  # ties inside: by id
         top_scores[row], top_ids[row] = s[0], i[0]
     return top_scores, top_ids
 
 
-def _allowed_rows(store: _VectorStore, allowed_ids: np.ndarray | None) -> np.ndarray | None:
+def allowed_rows(store: VectorStore, allowed_ids: np.ndarray | None) -> np.ndarray | None:
     """(N,) bool: the stored rows whose id is in ``allowed_ids``; None when all are allowed."""
     if allowed_ids is None:
         return None
@@ -187,8 +187,8 @@ def _allowed_rows(store: _VectorStore, allowed_ids: np.ndarray | None) -> np.nda
     return np.isin(store.ids, allowed.astype(np.int64, copy=False))
 
 
-def _exact_search(
-    store: _VectorStore, queries: np.ndarray, k: int, rows: np.ndarray | None = None
+def exact_search(
+    store: VectorStore, queries: np.ndarray, k: int, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force top `k` over the store (only its ``rows`` (N,) bool when given), gallery
     and queries both chunked."""
@@ -198,7 +198,7 @@ def _exact_search(
     if n_queries == 0 or store.count == 0 or (rows is not None and not rows.any()):
         return best_scores, best_ids
     query_rows = min(n_queries, _QUERY_ROWS)
-    gallery_rows = max(1, _BLOCK_ELEMENTS // query_rows)
+    gallery_rows = max(1, BLOCK_ELEMENTS // query_rows)
     if store.dtype is np.float16:
         gallery_rows = min(gallery_rows, _F16_CHUNK_ROWS)
     vectors, ids = store.vectors, store.ids
@@ -215,7 +215,7 @@ def _exact_search(
             q1 = q0 + query_rows
             block = queries[q0:q1] @ chunk.T
             s, i = _block_topk(block, chunk_ids, k)
-            best_scores[q0:q1], best_ids[q0:q1] = _select_topk(
+            best_scores[q0:q1], best_ids[q0:q1] = select_topk(
                 np.concatenate([best_scores[q0:q1], s], 1),
                 np.concatenate([best_ids[q0:q1], i], 1),
                 k,
@@ -223,13 +223,13 @@ def _exact_search(
     return best_scores, best_ids
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SongsightError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
 
-def _index_meta(index) -> dict:
+def index_meta(index) -> dict:
     """The ``meta.json`` fields every saved index has (any backend: kind, dim, len, dtype)."""
     return {
         "format": _FORMAT,
@@ -242,7 +242,7 @@ def _index_meta(index) -> dict:
     }
 
 
-class _StoredIndex:
+class StoredIndex:
     """What both backends share: the stored vectors, ids, provenance metadata and files."""
 
     kind = ""
@@ -250,7 +250,7 @@ class _StoredIndex:
     def __init__(self, dim: int, storage_dtype: str = "float32", metadata: dict | None = None):
         if int(dim) < 1:
             raise SongsightError(f"dim must be >= 1, got {dim}")
-        self._store = _VectorStore(int(dim), _resolve_dtype(storage_dtype))
+        self._store = VectorStore(int(dim), resolve_dtype(storage_dtype))
         self.metadata = dict(metadata or {})  # provenance, saved with the index
 
     @property
@@ -270,14 +270,14 @@ class _StoredIndex:
         return self._store.count
 
     def _meta(self) -> dict:
-        return _index_meta(self)
+        return index_meta(self)
 
     def save(self, path: str | Path) -> None:
         """Write the index into directory `path` (created if needed)."""
         self._store.save(Path(path), self._meta())
 
 
-class ExactIndex(_StoredIndex):
+class ExactIndex(StoredIndex):
     """Brute-force inner-product search: the ground truth every other backend is held to.
 
     `storage_dtype="float16"` halves memory; scores are still accumulated in float32.
@@ -287,7 +287,7 @@ class ExactIndex(_StoredIndex):
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `(N, D)` vectors with unique non-negative `(N,)` int64 ids."""
-        arr = _as_matrix(vectors, self.dim, "vectors")
+        arr = as_matrix(vectors, self.dim, "vectors")
         self._store.append(arr, self._store.check_ids(ids, len(arr)))
 
     def search(
@@ -297,14 +297,14 @@ class ExactIndex(_StoredIndex):
 
         ``allowed_ids``: only these ids may be returned (a species filter); None, any.
         """
-        k = _check_k(k)
-        queries = _as_matrix(queries, self.dim, "queries")
-        return _exact_search(self._store, queries, k, _allowed_rows(self._store, allowed_ids))
+        k = check_k(k)
+        queries = as_matrix(queries, self.dim, "queries")
+        return exact_search(self._store, queries, k, allowed_rows(self._store, allowed_ids))
 
     @classmethod
     def load(cls, path: str | Path) -> ExactIndex:
         """Read any saved songsight index (HNSW too) as exact search over its vectors."""
-        store, meta = _VectorStore.load(Path(path))
+        store, meta = VectorStore.load(Path(path))
         index = cls(store.dim, np.dtype(store.dtype).name, meta.get("metadata"))
         index._store = store
         return index

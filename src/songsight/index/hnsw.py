@@ -13,15 +13,15 @@ import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
 from songsight.index.exact import (
-    _BLOCK_ELEMENTS,
-    _allowed_rows,
-    _as_matrix,
-    _check_k,
-    _exact_search,
-    _resolve_dtype,
-    _select_topk,
-    _StoredIndex,
-    _VectorStore,
+    BLOCK_ELEMENTS,
+    StoredIndex,
+    VectorStore,
+    allowed_rows,
+    as_matrix,
+    check_k,
+    exact_search,
+    resolve_dtype,
+    select_topk,
 )
 
 __all__ = ["FILTER_EXACT_FRACTION", "HNSWIndex"]
@@ -41,7 +41,7 @@ def _import_usearch():
     return Index
 
 
-class HNSWIndex(_StoredIndex):
+class HNSWIndex(StoredIndex):
     """usearch HNSW graph for candidates, then an exact re-rank against the stored vectors.
 
     Each search asks the graph for `max(k * rerank_factor, min_candidates)` candidates and
@@ -79,7 +79,7 @@ class HNSWIndex(_StoredIndex):
         super().__init__(dim, storage_dtype, metadata)
         if rerank_factor < 1 or min_candidates < 1:
             raise SongsightError("rerank_factor and min_candidates must be >= 1")
-        self.graph_dtype = np.dtype(_resolve_dtype(graph_dtype)).name
+        self.graph_dtype = np.dtype(resolve_dtype(graph_dtype)).name
         self.connectivity = int(connectivity)
         self.expansion_add = int(expansion_add)
         self.expansion_search = int(expansion_search)
@@ -102,7 +102,7 @@ class HNSWIndex(_StoredIndex):
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `(N, D)` vectors with unique non-negative `(N,)` int64 ids; extends the graph."""
-        arr = _as_matrix(vectors, self.dim, "vectors")
+        arr = as_matrix(vectors, self.dim, "vectors")
         start = len(self)
         self._store.append(arr, self._store.check_ids(ids, len(arr)))
         # Graph keys are store row numbers, so re-ranking is a plain row gather.
@@ -119,17 +119,17 @@ class HNSWIndex(_StoredIndex):
         `FILTER_EXACT_FRACTION` of the index (or than the candidate count) is searched exactly,
         which is both faster and exact there.
         """
-        k = _check_k(k)
-        queries = _as_matrix(queries, self.dim, "queries")
-        allowed = _allowed_rows(self._store, allowed_ids)
+        k = check_k(k)
+        queries = as_matrix(queries, self.dim, "queries")
+        allowed = allowed_rows(self._store, allowed_ids)
         n_candidates = max(k * self.rerank_factor, self.min_candidates)
         if allowed is not None:
             n_allowed = int(allowed.sum())
             if n_allowed <= max(n_candidates, FILTER_EXACT_FRACTION * len(self)):
-                return _exact_search(self._store, queries, k, allowed)
+                return exact_search(self._store, queries, k, allowed)
             n_candidates = min(len(self), -(-n_candidates * len(self) // n_allowed))
         if len(self) <= n_candidates or len(queries) == 0:
-            return _exact_search(self._store, queries, k, allowed)
+            return exact_search(self._store, queries, k, allowed)
         # ef below the candidate count would cap what the graph can return.
         self._graph.expansion_search = max(self.expansion_search, n_candidates)
         found = self._graph.search(queries, n_candidates, threads=self.threads)
@@ -149,7 +149,7 @@ class HNSWIndex(_StoredIndex):
         n_queries, n_candidates = rows.shape
         out_scores = np.empty((n_queries, k), np.float32)
         out_ids = np.empty((n_queries, k), np.int64)
-        step = max(1, _BLOCK_ELEMENTS // (n_candidates * self.dim))
+        step = max(1, BLOCK_ELEMENTS // (n_candidates * self.dim))
         vectors, ids = self._store.vectors, self._store.ids
         for q0 in range(0, n_queries, step):
             q1 = q0 + step
@@ -159,7 +159,7 @@ class HNSWIndex(_StoredIndex):
             scores = np.matmul(gathered, queries[q0:q1, :, None])[:, :, 0]
             scores = np.where(valid[q0:q1], scores, np.float32(-np.inf))
             cand_ids = np.where(valid[q0:q1], ids[rows[q0:q1]], -1)
-            out_scores[q0:q1], out_ids[q0:q1] = _select_topk(scores, cand_ids, k)
+            out_scores[q0:q1], out_ids[q0:q1] = select_topk(scores, cand_ids, k)
         return out_scores, out_ids
 
     def _meta(self) -> dict:
@@ -186,7 +186,7 @@ class HNSWIndex(_StoredIndex):
     def load(cls, path: str | Path) -> HNSWIndex:
         """Read an index saved by `HNSWIndex.save`."""
         directory = Path(path)
-        store, meta = _VectorStore.load(directory)
+        store, meta = VectorStore.load(directory)
         graph_path = directory / "graph.usearch"
         if meta.get("kind") != cls.kind or not graph_path.is_file():
             raise DataNotFoundError(

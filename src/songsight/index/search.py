@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from songsight.errors import SongsightError
-from songsight.index.exact import ExactIndex, _read_meta
+from songsight.index.exact import ExactIndex, read_meta
 from songsight.index.hnsw import HNSWIndex
 
 __all__ = [
@@ -110,7 +110,7 @@ def build_index(
 
 def load_index(path: str | Path) -> VectorIndex:
     """Load a saved index as the kind it was saved as."""
-    kind = _read_meta(Path(path)).get("kind")
+    kind = read_meta(Path(path)).get("kind")
     if kind == "milvus":  # the rows live in Milvus; meta.json names the collection
         from songsight.index.milvus import MilvusIndex
 

@@ -140,9 +140,8 @@ class _Embedder:
         self.encoder = _make_encoder(kind, model, options)
         self.milvus = None
         if milvus:  # photos go straight into the gallery's Milvus collection from here
-            from songsight.index.gallery_milvus import RowWriter
-
-            self.milvus = RowWriter(ray.get(milvus[0]))
+            sink = ray.get(milvus[0])
+            self.milvus = sink["writer"](sink)
 
     def __call__(self, batch: dict) -> dict:
         from songsight.inputs.files import sha256_file
@@ -353,9 +352,9 @@ def embed_image_files_ray(
 ):
     """`embed.embed_image_files` on Ray: ``concurrency`` BioCLIP-2 actors, same store.
 
-    ``model`` is a Hub id or folder every worker can resolve. ``milvus``: a
-    `gallery_milvus.ray_sink`, to which each worker also writes its photos. Returns an
-    `EmbedReport`.
+    ``model`` is a Hub id or folder every worker can resolve. ``milvus``: a sink
+    (`songsight.gallery.milvus.ray_sink`) whose ``writer`` each worker builds with it
+    and gives every batch (``write(paths, hashes, vectors)``). Returns an `EmbedReport`.
     """
     options = {"preprocess": preprocess, "precision": precision, "batch_size": batch_size}
     return _embed_files_ray(

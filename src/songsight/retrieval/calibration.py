@@ -265,8 +265,8 @@ def calibrate(
 
     ``searcher_options`` go to `songsight.retrieval.searcher.Searcher` (audio model, device ...).
     """
+    from songsight.gallery import Gallery
     from songsight.outputs import claim
-    from songsight.retrieval.gallery import Gallery
 
     # The fit is recorded in the gallery: claimed (one writer) before any model loads.
     directory = gallery.directory if isinstance(gallery, Gallery) else Path(gallery)
@@ -275,7 +275,7 @@ def calibrate(
 
 
 def _calibrate(gallery, recordings_manifest, model, split, progress, searcher_options):
-    from songsight.index.gallery_format import META_FILE, _now, _read_json, _write_json
+    from songsight.gallery.format import META_FILE, _now, _read_json, _write_json
     from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
     from songsight.retrieval.searcher import Searcher
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from songsight.errors import SongsightError
 
 if TYPE_CHECKING:
-    from songsight.retrieval.gallery import Gallery
+    from songsight.gallery import Gallery
 
 __all__ = [
     "BASE_METHODS",

@@ -36,7 +36,7 @@ from songsight.retrieval.methods import (
 
 if TYPE_CHECKING:
     from songsight.encoders.biolingual import BioLingualEncoder
-    from songsight.retrieval.gallery import Gallery
+    from songsight.gallery import Gallery
 
 __all__ = ["QueryEncoder", "build_cascade_query_encoder", "load_distilled_query_encoder"]
 

@@ -95,8 +95,8 @@ class Searcher:
         runtime: str = "auto",
         quiet: bool = False,
     ):
+        from songsight.gallery import Gallery
         from songsight.retrieval.calibration import rollup_calibration
-        from songsight.retrieval.gallery import Gallery
 
         check_model_choice(
             model, method, audio_model, image_model,

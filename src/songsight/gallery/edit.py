@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery_format import (
+from songsight.gallery.format import (
     META_FILE,
     STORE_FILE,
     _read_json,
@@ -113,7 +113,7 @@ def _remove(directory: Path, items: list[str], progress: bool, yes: bool) -> Rem
         pq.write_table(kept, tmp)
         os.replace(tmp, store)
         if meta["index"].get("requested") == "milvus":
-            from songsight.index.gallery_milvus import forget_rows
+            from songsight.gallery.milvus import forget_rows
 
             forget_rows(directory, meta, dropped["sha256"].to_pylist(), table)
         remaining = kept["sha256"].to_pylist()
@@ -137,7 +137,7 @@ def _move(directory: Path, milvus: dict | None, progress: bool) -> str:
     if milvus is None:
         meta["index"] = {"requested": "auto", "kind": "exact", "hnsw_options": {}}
     else:
-        from songsight.index.gallery_milvus import milvus_config
+        from songsight.gallery.milvus import milvus_config
 
         # No "synced" record: the first sync checks every row of the new collection.
         meta["index"] = {

@@ -1,7 +1,7 @@
 """``songsight index check``: which photos of a gallery are gone from disk, and pruning them.
 
 A photo that was moved is found again by `songsight index add` (by content hash, see
-`songsight.index.gallery_dedupe`); one that was deleted stays a dead row until it is pruned.
+`songsight.gallery.dedupe`); one that was deleted stays a dead row until it is pruned.
 Pruning rewrites the store without those rows, so the photos after them get new ids (a
 running ``songsight serve`` must be restarted), and rebuilds the HNSW index if there is one.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery_format import (
+from songsight.gallery.format import (
     META_FILE,
     STORE_FILE,
     _now,

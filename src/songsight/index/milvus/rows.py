@@ -1,6 +1,6 @@
 """The rows of a songsight Milvus collection: its schema, and reading, writing and deleting
 rows by primary key. `songsight.index.milvus.MilvusIndex` owns the collection and calls these;
-searching is `songsight.index.milvus_search`.
+searching is `songsight.index.milvus.search`.
 
 A row is a string primary key (a gallery uses the photo's sha256), a float32 vector and the
 scalar columns the index was made with (``"str"`` or ``"int"``).
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import SongsightError
-from songsight.index.milvus_options import _literal
+from songsight.index.milvus.options import string_literal
 
 __all__ = [
     "KEY_FIELD",
@@ -78,7 +78,7 @@ def check_schema(client, collection: str, uri: str, dim: int, fields: Mapping[st
 
 def keys_filter(keys: Sequence[str]) -> str:
     """``key in ["a", "b"]``: a filter expression for these primary keys."""
-    return f"{KEY_FIELD} in [{', '.join(_literal(k) for k in keys)}]"
+    return f"{KEY_FIELD} in [{', '.join(string_literal(k) for k in keys)}]"
 
 
 def fetch_rows(

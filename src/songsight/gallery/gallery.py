@@ -19,9 +19,9 @@ by default; HNSW is built when asked (``ann=True``) or past `search.ANN_THRESHOL
 its candidates are always re-scored exactly. Row numbers are the image ids; rows are only ever
 appended, so ids stay valid as the gallery grows.
 
-The code is split by job: `songsight.index.gallery_manifest` reads photo manifests,
-`songsight.index.gallery_format` owns the files on disk and the index upkeep, and
-`songsight.jobs.gallery` embeds photos into the folder; this module is the `Gallery`
+The code is split by job: `songsight.gallery.manifest` reads photo manifests,
+`songsight.gallery.format` owns the files on disk and the index upkeep, and
+`songsight.gallery.build` embeds photos into the folder; this module is the `Gallery`
 that opens and searches it.
 """
 
@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery_format import (
+from songsight.gallery.build import GalleryReport, _update, add_to_gallery
+from songsight.gallery.format import (
     INDEX_DIR,
     META_FILE,
     STORE_FILE,
@@ -46,7 +47,7 @@ from songsight.index.gallery_format import (
     confirm_removal,
     stored_paths,
 )
-from songsight.index.gallery_manifest import (
+from songsight.gallery.manifest import (
     MANIFEST_COLUMNS,
     METADATA_COLUMNS,
     RANK_COLUMNS,
@@ -54,7 +55,6 @@ from songsight.index.gallery_manifest import (
     rank_cell,
     read_gallery_manifest,
 )
-from songsight.jobs.gallery import GalleryReport, _update, add_to_gallery
 from songsight.outputs import claim
 
 # Store column -> `Species` field, for the ranks above order.
@@ -188,7 +188,7 @@ class Gallery:
         hashes = metadata["sha256"].tolist()
         index = None
         if meta["index"].get("kind") == "milvus":
-            from songsight.index.gallery_milvus import open_milvus_index
+            from songsight.gallery.milvus import open_milvus_index
 
             index = open_milvus_index(directory, meta, metadata)
         if meta["index"].get("kind") == "hnsw":

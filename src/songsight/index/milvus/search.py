@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from songsight.errors import SongsightError
-from songsight.index.exact import _as_matrix, _check_k, _select_topk
-from songsight.index.milvus_options import APPROXIMATE_SCORES, species_filter
-from songsight.index.milvus_rows import KEY_FIELD, VECTOR_FIELD, keys_filter
+from songsight.index.exact import as_matrix, check_k, select_topk
+from songsight.index.milvus.options import APPROXIMATE_SCORES, species_filter
+from songsight.index.milvus.rows import KEY_FIELD, VECTOR_FIELD, keys_filter
 
 if TYPE_CHECKING:
     from songsight.index.milvus import MilvusIndex
@@ -54,8 +54,8 @@ def search_collection(
     [...]``, in chunks whose answers are merged), ``allowed_species`` (names in the
     ``species`` field) and ``filter_expr`` (any Milvus expression).
     """
-    k = _check_k(k)
-    queries = _as_matrix(queries, index.dim, "queries")
+    k = check_k(k)
+    queries = as_matrix(queries, index.dim, "queries")
     n_queries = len(queries)
     out_scores = np.full((n_queries, k), -np.inf, np.float32)
     out_ids = np.full((n_queries, k), -1, np.int64)
@@ -80,7 +80,7 @@ def search_collection(
     for q, (ids, scores) in enumerate(found):
         if ids:
             # Ordered again by (score, id): the contract's tie-break, whatever Milvus did.
-            s, i = _select_topk(
+            s, i = select_topk(
                 np.asarray(scores, np.float32)[None], np.asarray(ids, np.int64)[None], k
             )
             out_scores[q], out_ids[q] = s[0], i[0]

@@ -36,7 +36,7 @@ __all__ = [
 MIN_SERVER_VERSION = (2, 3, 4)
 
 
-def _import_pymilvus():
+def import_pymilvus():
     try:
         import pymilvus
     except ImportError as err:
@@ -61,7 +61,7 @@ class _LiteLogs(logging.Filter):
 
 def connect(uri: str):
     """A ``pymilvus.MilvusClient`` for ``uri``; failures are one clear `SongsightError`."""
-    pymilvus = _import_pymilvus()
+    pymilvus = import_pymilvus()
     if is_embedded(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():

@@ -1,6 +1,6 @@
 """The vector index of a songsight Milvus collection: what Milvus holds, declaring a new one,
 and waiting for a server to build it. `songsight.index.milvus.MilvusIndex` decides which index
-a collection needs (`songsight.index.milvus_options.choose_index_type`) and calls these.
+a collection needs (`songsight.index.milvus.options.choose_index_type`) and calls these.
 
 A server builds the declared index on sealed segments in the background, after a flush; until
 it has, it scans those rows (exact, slower). The embedded file never builds one (it searches
@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 from songsight.errors import SongsightError
-from songsight.index.milvus_connect import quiet_embedded, quiet_logger
-from songsight.index.milvus_rows import VECTOR_FIELD
+from songsight.index.milvus.connect import quiet_embedded, quiet_logger
+from songsight.index.milvus.rows import VECTOR_FIELD
 
 __all__ = ["BUILD_PARAMS", "create_vector_index", "held_vector_index", "wait_indexed"]
 

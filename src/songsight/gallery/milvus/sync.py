@@ -1,6 +1,6 @@
 """A gallery searched through Milvus: the collection kept in step with the gallery's store.
 
-The gallery folder stays what `songsight.retrieval.gallery` describes: ``gallery.parquet`` is the
+The gallery folder stays what `songsight.gallery` describes: ``gallery.parquet`` is the
 record of every photo (path, sha256, species ..., vector) and what builds resume from. With
 ``--backend milvus`` the vectors are also rows of a Milvus collection, keyed by sha256, with
 ``path``, ``label``, ``species``, ``common_name``, ``genus``, ``family``, ``taxon_order`` and
@@ -25,19 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from songsight.errors import ProvenanceMismatchError, SongsightError
-from songsight.index.gallery_format import STORE_FILE
-from songsight.index.gallery_manifest import MANIFEST_COLUMNS, _blank
-from songsight.index.milvus import MilvusIndex
-from songsight.index.milvus_connect import _import_pymilvus, release_embedded, server_failures
-from songsight.index.milvus_options import MilvusSettings, _literal, species_filter
+from songsight.gallery.format import STORE_FILE
+from songsight.gallery.manifest import MANIFEST_COLUMNS, _blank
+from songsight.index.milvus.collection import MilvusIndex
+from songsight.index.milvus.connect import import_pymilvus, release_embedded, server_failures
+from songsight.index.milvus.options import MilvusSettings, species_filter, string_literal
 
-__all__ = [
-    "DEFAULT_COLLECTION",
-    "EMBEDDED_FILE",
-    "milvus_config",
-    "open_milvus_index",
-    "sync_milvus",
-]
+__all__ = ["DEFAULT_COLLECTION", "EMBEDDED_FILE", "milvus_config", "open_milvus_index",
+           "sync_milvus"]  # fmt: skip
 
 EMBEDDED_FILE = "milvus.db"
 DEFAULT_COLLECTION = "songsight_gallery"
@@ -75,7 +70,7 @@ def milvus_config(
             "Lite file, which a gallery keeps inside its folder without --milvus-uri"
         )
     # Refuse a missing extra and unknown or bad knobs before any photo is embedded.
-    _import_pymilvus()
+    import_pymilvus()
     MilvusSettings.from_dict(settings)
     return {"uri": uri, "collection": name, "settings": dict(settings or {})}
 
@@ -128,8 +123,8 @@ def _open(
 def _check_model(index: MilvusIndex, model: dict) -> None:
     """Refuse a collection holding rows of another image model (checked inside Milvus)."""
     expr = (
-        f"model_id != {_literal(model['model_id'])} or "
-        f"model_revision != {_literal(model.get('revision') or '')}"
+        f"model_id != {string_literal(model['model_id'])} or "
+        f"model_revision != {string_literal(model.get('revision') or '')}"
     )
     other = index.first_row(expr, ["model_id", "model_revision"])
     if other is not None:
@@ -199,7 +194,7 @@ def _digest(hashes: list[str], fields: list[dict]) -> str:
 
 def _normal(fields: dict) -> dict:
     """Field values as Milvus returns them (unknown strings "", unknown ints -1)."""
-    from songsight.index.milvus_rows import scalar_value
+    from songsight.index.milvus.rows import scalar_value
 
     return {name: scalar_value(fields.get(name), kind) for name, kind in SCALAR_FIELDS.items()}
 
@@ -375,6 +370,7 @@ def ray_sink(directory: Path, meta: dict, pending=None) -> tuple[dict, MilvusInd
         "fields_by_path": by_path,
         "model_id": model["model_id"],
         "model_revision": model.get("revision") or "",
+        "writer": RowWriter,  # built on each worker with this sink
     }
     return sink, index
 

@@ -3,7 +3,7 @@
 `read_gallery_manifest` turns a CSV/Parquet manifest (or DataFrame), optionally completed from
 an SSW60 ``taxa.csv`` species table, into the `METADATA_COLUMNS` a gallery stores per photo.
 The species table's ranks are stored too (`RANK_COLUMNS`), so that a gallery's species
-(`songsight.retrieval.gallery.Gallery.species_list`) are the table's, and give the same
+(`songsight.gallery.Gallery.species_list`) are the table's, and give the same
 prompts at search time as at distillation and evaluation.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError
-from songsight.index.gallery_format import PENDING_FILE, STORE_FILE
+from songsight.gallery.format import PENDING_FILE, STORE_FILE
 
 __all__ = ["MANIFEST_COLUMNS", "METADATA_COLUMNS", "RANK_COLUMNS", "read_gallery_manifest"]
 

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from songsight.index.gallery_format import STORE_FILE
-from songsight.index.gallery_manifest import METADATA_COLUMNS, _blank
+from songsight.gallery.format import STORE_FILE
+from songsight.gallery.manifest import METADATA_COLUMNS, _blank
 
 __all__ = [
     "Sorted",

@@ -1,7 +1,7 @@
 """Building and extending a gallery: collect the photos, embed them (resumably), join their
 metadata, bring the index up to date, and record provenance and errors.
 
-`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.retrieval.gallery`) run
+`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.gallery`) run
 `_update`; `GalleryReport` says what one run did.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from songsight.encoders.loading import BIOCLIP2_ID
 from songsight.errors import DataNotFoundError, ProvenanceMismatchError, SongsightError
-from songsight.index.gallery_dedupe import (
+from songsight.gallery.dedupe import (
     contradictions,
     hash_files,
     leave_out_removed,
@@ -23,7 +23,7 @@ from songsight.index.gallery_dedupe import (
     sort_photos,
     stored_photos,
 )
-from songsight.index.gallery_format import (
+from songsight.gallery.format import (
     ERRORS_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -36,7 +36,7 @@ from songsight.index.gallery_format import (
     _write_json,
     record_update,
 )
-from songsight.index.gallery_manifest import (
+from songsight.gallery.manifest import (
     attach_metadata,
     read_gallery_manifest,
     store_pending,
@@ -157,7 +157,7 @@ def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, mi
         _write_json(directory / META_FILE, meta)
         return meta
     if milvus is not None or meta["index"].get("milvus"):
-        from songsight.index.gallery_milvus import check_backend
+        from songsight.gallery.milvus import check_backend
 
         check_backend(directory, meta, milvus, ann)
     check_image_model(meta["image_model"], prov, "the image model given")
@@ -241,7 +241,7 @@ def _embed_photos(directory, meta, files, encoder, image_model, pending, options
 
     sink = holder = None
     if meta["index"]["requested"] == "milvus":
-        from songsight.index.gallery_milvus import ray_sink
+        from songsight.gallery.milvus import ray_sink
 
         sink, holder = ray_sink(directory, meta, pending)
     report = embed_image_files_ray(
@@ -330,12 +330,12 @@ def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, imag
         engine, image_model, preprocess, device, batch_size, precision, runtime, quiet
     )
     if milvus is not None:
-        from songsight.index.gallery_milvus import milvus_config
+        from songsight.gallery.milvus import milvus_config
 
         milvus = milvus_config(**milvus)
     meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options, milvus)
     if meta["index"]["requested"] == "milvus":
-        from songsight.index.gallery_milvus import probe
+        from songsight.gallery.milvus import probe
 
         probe(directory, meta)  # a held file, a server out of reach: before any embedding
     store_pending(directory, pending)

@@ -1,6 +1,6 @@
 """The gallery folder on disk: file names, ``gallery.json``, ``errors.csv`` and the index.
 
-The layout is described in `songsight.retrieval.gallery`. Here: reading and writing its files
+The layout is described in `songsight.gallery`. Here: reading and writing its files
 atomically, the image-model provenance check, and keeping the HNSW index in step with the
 store (a saved graph is trusted only when it covers a prefix of the store's rows).
 """
@@ -112,7 +112,7 @@ def _update_index(directory: Path, meta: dict, hashes: list[str], progress: bool
     n = len(hashes)
     requested = meta["index"]["requested"]
     if requested == "milvus":
-        from songsight.index.gallery_milvus import sync_milvus
+        from songsight.gallery.milvus import sync_milvus
 
         return sync_milvus(directory, meta, progress=progress)
     kind = "hnsw" if requested == "hnsw" or (requested == "auto" and n > ANN_THRESHOLD) else "exact"
@@ -183,7 +183,7 @@ def _clear(directory: Path) -> None:
     for name in (STORE_FILE + ".parts", INDEX_DIR, INDEX_DIR + ".tmp", INDEX_DIR + ".old"):
         shutil.rmtree(directory / name, ignore_errors=True)
     if (directory / "milvus.db").exists():  # the embedded Milvus file of a --backend milvus gallery
-        from songsight.index.gallery_milvus import drop_embedded
+        from songsight.gallery.milvus import drop_embedded
 
         drop_embedded(directory)
 

@@ -126,7 +126,7 @@ def auto_nprobe(nlist: int) -> int:
     return int(min(nlist, max(32, math.ceil(nlist / 32))))
 
 
-def _index_params(index_type: str, n_rows: int, settings: MilvusSettings) -> dict:
+def build_index_params(index_type: str, n_rows: int, settings: MilvusSettings) -> dict:
     if index_type in ("HNSW", "HNSW_SQ"):
         return {"M": settings.hnsw_m, "efConstruction": settings.hnsw_ef_construction}
     if index_type in ("IVF_FLAT", "IVF_SQ8"):
@@ -134,7 +134,7 @@ def _index_params(index_type: str, n_rows: int, settings: MilvusSettings) -> dic
     return {}
 
 
-def _search_params(
+def build_search_params(
     index_type: str, n_candidates: int, settings: MilvusSettings, nlist: int = 0
 ) -> dict:
     """What one search sends; ``nlist`` is the built IVF index's (for the default nprobe)."""
@@ -148,7 +148,7 @@ def _search_params(
     return {}
 
 
-def _literal(value: str) -> str:
+def string_literal(value: str) -> str:
     """A Milvus expression string literal (JSON's escaping: quotes and backslashes)."""
     return json.dumps(str(value), ensure_ascii=False)
 
@@ -156,4 +156,4 @@ def _literal(value: str) -> str:
 def species_filter(allowed_species: Iterable[str], field_name: str = "species") -> str:
     """``species in ["A", "B"]``: the allowed-species list as a Milvus filter expression."""
     names = sorted({str(s) for s in allowed_species})
-    return f"{field_name} in [{', '.join(_literal(s) for s in names)}]"
+    return f"{field_name} in [{', '.join(string_literal(s) for s in names)}]"

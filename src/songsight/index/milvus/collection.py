@@ -2,9 +2,9 @@
 
 `MilvusIndex` answers the search contract of `songsight.index.search` (inner product, best
 first, ties to the lower id, ``-inf`` / ``-1`` padding) through ``pymilvus.MilvusClient``;
-Milvus proposes candidates and `songsight.index.milvus_search` re-ranks them exactly. The
-collection's schema and its rows are `songsight.index.milvus_rows`', its vector index
-`songsight.index.milvus_vector_index`'s.
+Milvus proposes candidates and `songsight.index.milvus.search` re-ranks them exactly. The
+collection's schema and its rows are `songsight.index.milvus.rows`', its vector index
+`songsight.index.milvus.vector_index`'s.
 
 Rows are keyed by a string primary key (a gallery uses the photo's sha256, so re-adding a
 photo is a no-op); without keys an int id is its own key. Writes are upserts of the keys the
@@ -33,23 +33,23 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
-from songsight.index.exact import _as_matrix, _index_meta, _read_meta, _resolve_dtype, _validate_ids
-from songsight.index.milvus_connect import (
-    _import_pymilvus,
+from songsight.index.exact import as_matrix, index_meta, read_meta, resolve_dtype, validate_ids
+from songsight.index.milvus.connect import (
     connect,
     disconnect,
+    import_pymilvus,
     is_embedded,
     quiet_embedded,
     quiet_iterator,
 )
-from songsight.index.milvus_options import (
+from songsight.index.milvus.options import (
     MilvusSettings,
-    _index_params,
-    _search_params,
+    build_index_params,
+    build_search_params,
     choose_index_type,
     ideal_nlist,
 )
-from songsight.index.milvus_rows import (
+from songsight.index.milvus.rows import (
     KEY_FIELD,
     VECTOR_FIELD,
     check_schema,
@@ -60,8 +60,8 @@ from songsight.index.milvus_rows import (
     round_to_storage,
     write_rows,
 )
-from songsight.index.milvus_search import SERVER_SEARCH_CONSISTENCY, search_collection
-from songsight.index.milvus_vector_index import (
+from songsight.index.milvus.search import SERVER_SEARCH_CONSISTENCY, search_collection
+from songsight.index.milvus.vector_index import (
     create_vector_index,
     held_vector_index,
     wait_indexed,
@@ -119,7 +119,7 @@ class MilvusIndex:
             )
         self.uri = str(uri)
         self.collection = str(collection)
-        self._dtype = _resolve_dtype(storage_dtype)
+        self._dtype = resolve_dtype(storage_dtype)
         self.metadata = dict(metadata or {})
         self.settings = (
             settings if isinstance(settings, MilvusSettings) else MilvusSettings.from_dict(settings)
@@ -191,7 +191,7 @@ class MilvusIndex:
         return {} if self.embedded else {"consistency_level": SERVER_SEARCH_CONSISTENCY}
 
     def _create(self) -> None:
-        schema = collection_schema(_import_pymilvus(), self.dim, self._schema.fields)
+        schema = collection_schema(import_pymilvus(), self.dim, self._schema.fields)
         index_type = choose_index_type(0, self.settings, self.embedded)
         # Strong consistency: a search right after an add sees it (the contract of the
         # in-process backends); a server would otherwise answer from a slightly stale view.
@@ -204,7 +204,7 @@ class MilvusIndex:
         self._client.load_collection(self.collection)
 
     def _declare(self, index_type: str, n_rows: int = 0) -> None:
-        self._built = _index_params(index_type, n_rows, self.settings)
+        self._built = build_index_params(index_type, n_rows, self.settings)
         create_vector_index(
             self._client, self.collection, self.uri, index_type, self._built, self.embedded
         )
@@ -218,7 +218,7 @@ class MilvusIndex:
         """The search-time knobs a search sends now (e.g. ``{"nprobe": 125}``)."""
         if n_candidates is None:
             n_candidates = self.settings.min_candidates
-        return _search_params(
+        return build_search_params(
             str(self._index_type), n_candidates, self.settings, self._built.get("nlist", 0)
         )
 
@@ -256,7 +256,7 @@ class MilvusIndex:
             and not self.settings.ivf_nlist
             and not (nlist / 2 < ideal_nlist(n_rows) < nlist * 2)
         )
-        wanted = _index_params(want, n_rows, self.settings)
+        wanted = build_index_params(want, n_rows, self.settings)
         if nlist and not self.settings.ivf_nlist:
             wanted["nlist"] = nlist  # lists chosen by size are retrained by `stale` alone
         if want == self._index_type and not stale and wanted == self._built:
@@ -292,12 +292,12 @@ class MilvusIndex:
         skipped: re-adding a photo is a no-op; ``replace`` overwrites them instead (new
         metadata). ``fields``: column name -> N values.
         """
-        arr = _as_matrix(vectors, self.dim, "vectors")
+        arr = as_matrix(vectors, self.dim, "vectors")
         n = len(arr)
         if keys is None:
             if ids is None:
                 raise SongsightError("give ids or keys for the vectors")
-            keys = [str(i) for i in _validate_ids(ids, n)]
+            keys = [str(i) for i in validate_ids(ids, n)]
             clash = self.existing_keys(keys)
             if clash:
                 raise SongsightError(f"ids already in the index: {sorted(clash, key=int)[:5]}")
@@ -378,7 +378,7 @@ class MilvusIndex:
     # --- saving -----------------------------------------------------------------------------
     def _meta(self) -> dict:
         return {
-            **_index_meta(self),
+            **index_meta(self),
             "milvus": {
                 "uri": str(Path(self.uri).absolute()) if self.embedded else self.uri,
                 "collection": self.collection,
@@ -397,7 +397,7 @@ class MilvusIndex:
     @classmethod
     def load(cls, path: str | Path) -> MilvusIndex:
         """Reopen the collection a `save` named."""
-        meta = _read_meta(Path(path))
+        meta = read_meta(Path(path))
         if meta.get("kind") != cls.kind:
             raise DataNotFoundError(f"{path} holds a {meta.get('kind')!r} index, not a Milvus one")
         m = meta["milvus"]
