@@ -64,7 +64,9 @@ def test_the_distilled_encoder_on_onnx_runtime_answers_as_on_torch(
     from songsight.encoders.ort_distilled import OnnxDistilledEncoder
     from songsight.encoders.runtime import open_distilled_encoder
 
-    ckpt = _checkpoint(tmp_path / "ckpt", tiny_models[0], tiny_image_encoder.provenance(), kind)
+    ckpt = _checkpoint(
+        tmp_path / "ckpt", tiny_models[0], tiny_image_encoder.provenance(), "cascade"
+    )
     long = (np.resize(warble(1500, 3.7, RATE), RATE * 9), RATE)  # several windows
     fast = open_distilled_encoder(ckpt, runtime="onnxruntime", quiet=True)
     slow = DistilledEncoder(ckpt, device="cpu")
@@ -149,3 +151,39 @@ def test_the_species_text_cache_is_the_text_towers_answer_and_keyed_by_prompts(t
     assert len(calls) == 1  # the second came from the cache
     other, _ = cached_species_text(tmp_path, "image", model, species, "sci", "none", load)
     assert len(calls) == 2 and not np.allclose(other, first)  # other prompts: other entry
+
+
+def test_int8_audio_runs_on_onnx_runtime_without_torch_and_answers_as_torchs_int8(tiny_models, tmp_path):  # fmt: skip
+    """``embed audio --precision int8`` takes ONNX Runtime where fp32 would (its tower exported
+    and quantised once), so a later job starts without torch; its vectors agree with torch's
+    int8 job and with fp32 up to int8's rounding."""
+    from songsight.index.store import load_embeddings
+
+    clips = []
+    for i, hz in enumerate((900, 1800, 3200)):
+        clips.append(tmp_path / f"c{i}.wav")
+        sf.write(clips[-1], warble(hz, 1.5 + i, RATE), RATE)
+
+    def argv(name, *extra):
+        return ["embed", "audio", *map(str, clips), "--audio-model", str(tiny_models[0]),
+                "--out", str(tmp_path / f"{name}.parquet"), "--quiet", *extra]  # fmt: skip
+
+    assert main(argv("first", "--precision", "int8")) == 0  # exports and quantises, once
+    code = (
+        "import json, sys\nfrom songsight.cli import main\n"
+        f"rc = main(json.loads({json.dumps(json.dumps(argv('ort', '--precision', 'int8')))}))\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "NO TORCH" in proc.stderr
+    assert main(argv("torch", "--precision", "int8", "--runtime", "torch")) == 0
+    assert main(argv("fp32")) == 0
+    _, ort, prov = load_embeddings(tmp_path / "ort.parquet")
+    _, torch_int8, _ = load_embeddings(tmp_path / "torch.parquet")
+    _, fp32, _ = load_embeddings(tmp_path / "fp32.parquet")
+    assert prov["precision"] == "int8" and prov["quantization"]["engine"] == "onnxruntime"
+    # the same int8 graph; the log-mels differ in their float width (float64 here, float32 there)
+    assert np.min(np.sum(ort * torch_int8, axis=1)) > 0.999
+    assert np.min(np.sum(ort * fp32, axis=1)) > 0.98

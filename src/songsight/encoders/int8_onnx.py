@@ -32,18 +32,18 @@ from songsight.encoders.int8_cache import (
 )
 from songsight.encoders.loading import ResolvedModel
 from songsight.encoders.ort_cache import (
+    INT8_SCHEME,
     OPSET,
     clap_audio_tower,
     export_onnx,
     new_session,
     onnxruntime_available,
+    quantize_onnx_int8,
     quiet_export,
 )
 from songsight.errors import one_line
 
 log = logging.getLogger("songsight.int8")
-
-SCHEME = "onnxruntime dynamic int8, MatMul weights per output channel, uint8 activations"
 
 
 def onnx_scheme(example) -> dict:
@@ -51,7 +51,7 @@ def onnx_scheme(example) -> dict:
     import onnxruntime
 
     return {
-        "scheme": SCHEME,
+        "scheme": INT8_SCHEME,
         "engine": "onnxruntime",
         "onnxruntime": onnxruntime.__version__,
         "opset": OPSET,
@@ -71,12 +71,6 @@ class OnnxTower:
 
         x = np.ascontiguousarray(feats.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.session.run(None, {self.input: x})[0])
-
-
-def _quantize(fp32: Path, int8: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(fp32, int8, per_channel=True, weight_type=QuantType.QInt8)
 
 
 def load_or_build_onnx_int8(tower, example, resolved: ResolvedModel, part: str, threads: int):
@@ -111,7 +105,7 @@ def load_or_build_onnx_int8(tower, example, resolved: ResolvedModel, part: str, 
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         with quiet_export():
             export_onnx(tower, example, fp32)
-            _quantize(fp32, int8)
+            quantize_onnx_int8(fp32, int8)
         if work is None:
             return OnnxTower(int8, threads), info
         try:

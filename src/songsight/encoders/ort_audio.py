@@ -77,8 +77,9 @@ class OnnxAudioEncoder(WindowedAudioEncoder):
         self.resolved = resolved
         self.features = NumpyLogMel(build.info["features"], build.arrays["mel_filters"])
         self.dim = int(build.info["dim"])
-        self.precision = "fp32"
-        self.quantization = None
+        # an int8 build (`songsight.encoders.ort_cache.build_audio_int8`) says so in its info
+        self.precision = build.info.get("precision", "fp32")
+        self.quantization = build.info.get("quantization")
         self.runtime = {"engine": "onnxruntime", "onnxruntime": onnxruntime.__version__}
         # ``session``: one the caller opened on ``build.model`` already (it checked the file).
         self.session = session or new_session(

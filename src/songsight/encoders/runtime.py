@@ -8,8 +8,10 @@ job for a model exports its tower once, with torch, into songsight's cache
 (`songsight.encoders.ort_cache`; ~9 s for HTSAT, ~30 s for ViT-L); an export that
 fails, or a cache that cannot be written, leaves the job on torch with one log line, and so does
 a machine without room for the export (~4x the weights in memory, ~the weights on disk). Anything
-else stays on torch: a GPU, bf16, int8 (whose audio tower already runs on ONNX Runtime),
-preprocessing the numpy transform does not reproduce. ``torch`` never exports.
+else stays on torch: a GPU, bf16, int8 images (torch's int8 ViT matches ONNX Runtime's),
+preprocessing the numpy transform does not reproduce. int8 *audio* takes ONNX Runtime where
+fp32 would, from a tower exported and quantised once (`ort_cache.build_audio_int8`), so it
+starts as fast as fp32 instead of importing torch. ``torch`` never exports.
 """
 
 from __future__ import annotations
@@ -127,15 +129,23 @@ def open_audio_encoder(
         return BioLingualEncoder(resolved, device=dev, precision=precision, **windows)
 
     resolved = resolve_model(str(model), "audio")
-    if choose_runtime(runtime, device, precision) == "torch":
+    # int8 audio runs on ONNX Runtime where fp32 would: its tower exported and quantised once
+    int8 = precision == "int8"
+    if choose_runtime(runtime, device, "fp32" if int8 else precision) == "torch":
         return load_torch()
     check_model_folder(resolved.path, "audio")
     from songsight.encoders.ort_audio import OnnxAudioEncoder
-    from songsight.encoders.ort_cache import build_audio
+    from songsight.encoders.ort_cache import build_audio, build_audio_int8
 
-    build, session, torch_encoder = _exported("clap_audio", resolved, lambda: load_torch("cpu"), build_audio)  # fmt: skip
-    if build is None:
-        return torch_encoder
+    def load_fp32():
+        from songsight.encoders.biolingual import BioLingualEncoder
+
+        return BioLingualEncoder(resolved, device="cpu", precision="fp32", **windows)
+
+    part, builder = ("clap_audio_int8", build_audio_int8) if int8 else ("clap_audio", build_audio)
+    build, session, torch_encoder = _exported(part, resolved, load_fp32, builder)
+    if build is None:  # the export failed: torch, at the precision asked for
+        return load_torch("cpu") if int8 else torch_encoder
     _cpu_notice(device, quiet)
     return OnnxAudioEncoder(build, resolved, session, **windows)
 
