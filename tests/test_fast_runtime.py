@@ -56,6 +56,21 @@ def _checkpoint(out: Path, audio_dir: Path, teacher: dict, kind: str) -> Path:
     return save_checkpoint(out, clap, extractor, tokenizer, head, meta)
 
 
+def _run_without_torch(argv: list[str]) -> str:
+    """``songsight ARGV`` in a fresh interpreter; it must succeed without importing torch.
+    Returns its standard output."""
+    code = (
+        "import json, sys\nfrom songsight.cli import main\n"
+        f"rc = main(json.loads({json.dumps(argv)!r}))\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "NO TORCH" in proc.stderr, f"{argv[:2]}: torch was imported"
+    return proc.stdout
+
+
 @pytest.mark.parametrize("kind", ["linear", "cascade"])
 def test_the_distilled_encoder_on_onnx_runtime_answers_as_on_torch(
     kind, tiny_models, tiny_image_encoder, tmp_path
@@ -111,17 +126,8 @@ def test_a_search_in_a_fresh_process_never_imports_torch(tiny_models, tiny_image
         argv = ["search", str(tmp_path / "call.wav"), "--gallery", str(g), *extra,
                 "--runtime", "onnxruntime", "--format", "json", "--quiet"]  # fmt: skip
         assert main(argv) == 0, name  # the first: exports, caches the species text
-        warm = json.dumps(argv)
-        code = (
-            "import json, sys\nfrom songsight.cli import main\n"
-            f"rc = main(json.loads({warm!r}))\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
-            "sys.exit(rc)\n"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert "NO TORCH" in proc.stderr, f"{name}: torch was imported"
-        assert json.loads(proc.stdout)[0]["hits"], name
+        stdout = _run_without_torch(argv)
+        assert json.loads(stdout)[0]["hits"], name
     assert sorted(p.name.split("-")[0] for p in (g / "species_text").iterdir()) == [
         "audio",
         "image",
@@ -169,15 +175,7 @@ def test_int8_audio_runs_on_onnx_runtime_without_torch_and_answers_as_torchs_int
                 "--out", str(tmp_path / f"{name}.parquet"), "--quiet", *extra]  # fmt: skip
 
     assert main(argv("first", "--precision", "int8")) == 0  # exports and quantises, once
-    code = (
-        "import json, sys\nfrom songsight.cli import main\n"
-        f"rc = main(json.loads({json.dumps(json.dumps(argv('ort', '--precision', 'int8')))}))\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "NO TORCH" in proc.stderr
+    _run_without_torch(argv("ort", "--precision", "int8"))
     assert main(argv("torch", "--precision", "int8", "--runtime", "torch")) == 0
     assert main(argv("fp32")) == 0
     _, ort, prov = load_embeddings(tmp_path / "ort.parquet")
