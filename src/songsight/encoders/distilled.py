@@ -19,7 +19,7 @@ import numpy as np
 from songsight.encoders.base import l2_normalize
 from songsight.encoders.biolingual import BioLingualEncoder
 from songsight.encoders.heads import FusedReadout, HeadReadout, build_head
-from songsight.encoders.loading import DISTILLED_MARKER, ResolvedModel, _dir_revision
+from songsight.encoders.loading import DISTILLED_MARKER, ResolvedModel, dir_revision
 from songsight.errors import ModelNotFoundError
 
 
@@ -98,7 +98,7 @@ def checkpoint_model(checkpoint: str | Path) -> ResolvedModel:
     """The checkpoint folder's tower as a model to load or export: its ``clap/`` folder, named
     by the checkpoint's path and revised by its files."""
     ckpt = find_checkpoint(checkpoint)
-    return ResolvedModel(ckpt / "clap", str(ckpt.resolve()), _dir_revision(ckpt), "local")
+    return ResolvedModel(ckpt / "clap", str(ckpt.resolve()), dir_revision(ckpt), "local")
 
 
 def read_meta(path: str | Path) -> dict:

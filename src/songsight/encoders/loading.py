@@ -83,7 +83,7 @@ def is_offline() -> bool:
     )
 
 
-def _dir_revision(path: Path) -> str:
+def dir_revision(path: Path) -> str:
     """A content id for a local model directory: sha256 over its config files and weight sizes."""
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
@@ -243,7 +243,7 @@ def resolve_model(
     local = Path(spec).expanduser()
     if local.is_dir():
         check_model_folder(local, kind)
-        return ResolvedModel(local.resolve(), str(local.resolve()), _dir_revision(local), "local")
+        return ResolvedModel(local.resolve(), str(local.resolve()), dir_revision(local), "local")
     if not spec.startswith("hf-hub:") and not _HUB_ID.match(spec):
         example = BIOLINGUAL_ID if kind == "audio" else BIOCLIP2_ID
         raise ModelNotFoundError(

@@ -108,7 +108,7 @@ def load_audio(
     try:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile says "Format not recognised" and the like
-        raise InputFileError(name, f"not a readable audio file ({_short(exc)})") from None
+        raise InputFileError(name, f"not a readable audio file ({short_error(exc)})") from None
     if info.frames <= 0 and info.format not in ("MPEG", "OGG"):
         raise InputFileError(name, "zero-length audio (no samples)")
     if info.duration > max_duration_s:
@@ -119,11 +119,11 @@ def load_audio(
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
-        raise InputFileError(name, f"corrupt audio, decoding failed ({_short(exc)})") from None
+        raise InputFileError(name, f"corrupt audio, decoding failed ({short_error(exc)})") from None
     return prepare_waveform(data, int(rate), target_rate_hz, name)
 
 
-def _short(exc: Exception) -> str:
+def short_error(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     if not lines:
         return type(exc).__name__

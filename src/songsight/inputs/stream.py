@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.errors import InputFileError, require_file
-from songsight.inputs.audio import _short
+from songsight.inputs.audio import short_error
 
 __all__ = ["BLOCK_S", "DecodeInfo", "iter_windows"]
 
@@ -43,7 +43,7 @@ def _file_blocks(path: Path, block_s: float, info: DecodeInfo) -> Iterator[np.nd
     try:
         fh = sf.SoundFile(name)
     except Exception as exc:
-        raise InputFileError(name, f"not a readable audio file ({_short(exc)})") from None
+        raise InputFileError(name, f"not a readable audio file ({short_error(exc)})") from None
     with fh:
         info.source_rate_hz = int(fh.samplerate)
         blocks = fh.blocks(
@@ -56,7 +56,7 @@ def _file_blocks(path: Path, block_s: float, info: DecodeInfo) -> Iterator[np.nd
                 return
             except Exception as exc:
                 raise InputFileError(
-                    name, f"corrupt audio, decoding failed ({_short(exc)})"
+                    name, f"corrupt audio, decoding failed ({short_error(exc)})"
                 ) from None
             yield block
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from songsight.serve.upload import ApiError, _missing_extra
+from songsight.serve.upload import ApiError, missing_extra
 
 try:
     from fastapi import FastAPI, Request
@@ -26,7 +26,7 @@ try:
     from starlette.datastructures import MutableHeaders
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:
-    raise _missing_extra(exc) from None
+    raise missing_extra(exc) from None
 
 log = logging.getLogger("songsight.serve")
 

@@ -25,7 +25,7 @@ from songsight.serve.batching import SearchQueue
 from songsight.serve.limits import ServeLimits
 from songsight.serve.photos import photo_response
 from songsight.serve.public import model_summary
-from songsight.serve.upload import ApiError, _missing_extra
+from songsight.serve.upload import ApiError, missing_extra
 
 try:
     import fastapi_offline
@@ -34,7 +34,7 @@ try:
     from fastapi.responses import FileResponse, HTMLResponse, Response
     from fastapi.staticfiles import StaticFiles
 except ImportError as exc:
-    raise _missing_extra(exc) from None
+    raise missing_extra(exc) from None
 
 log = logging.getLogger("songsight.serve")
 

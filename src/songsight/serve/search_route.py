@@ -23,9 +23,9 @@ from songsight.serve.public import header_number, header_text, header_utf8, web_
 from songsight.serve.routes import SpectrogramCache
 from songsight.serve.upload import (
     ApiError,
-    _form_number,
-    _missing_extra,
-    _receive_upload,
+    form_number,
+    missing_extra,
+    receive_upload,
     search_options,
 )
 
@@ -34,7 +34,7 @@ try:
     from fastapi.encoders import jsonable_encoder
     from fastapi.responses import JSONResponse
 except ImportError as exc:
-    raise _missing_extra(exc) from None
+    raise missing_extra(exc) from None
 
 log = logging.getLogger("songsight.serve")
 
@@ -60,15 +60,15 @@ async def _admit_and_receive(request: Request, searcher, queue: SearchQueue,
     try:
         try:
             upload = await asyncio.wait_for(
-                _receive_upload(request, directory, limits.max_bytes), limits.request_timeout_s
+                receive_upload(request, directory, limits.max_bytes), limits.request_timeout_s
             )
         except asyncio.TimeoutError:
             raise ApiError(408, "upload_timeout", "the upload took too long") from None
         try:
             asked = _Asked(
-                _form_number(upload.fields, "k", int, 1, MAX_K) or 10,
-                _form_number(upload.fields, "window_s", float, 0.1, limits.max_duration_s),
-                _form_number(upload.fields, "hop_s", float, 0.1, limits.max_duration_s),
+                form_number(upload.fields, "k", int, 1, MAX_K) or 10,
+                form_number(upload.fields, "window_s", float, 0.1, limits.max_duration_s),
+                form_number(upload.fields, "hop_s", float, 0.1, limits.max_duration_s),
                 search_options(searcher, upload.fields),
             )
         except BaseException:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from songsight.errors import InputFileError, SongsightError
 
 
-def _missing_extra(exc: ImportError) -> SongsightError:
+def missing_extra(exc: ImportError) -> SongsightError:
     """The one error for a web stack that is not installed."""
     return SongsightError(
         f"the web page needs the 'ui' extra ({exc.name} is missing): pip install 'songsight[ui]'"
@@ -31,7 +31,7 @@ try:
     except ImportError:  # python-multipart < 0.0.13 names its module `multipart`
         from multipart.multipart import MultipartParser, parse_options_header
 except ImportError as exc:
-    raise _missing_extra(exc) from None
+    raise missing_extra(exc) from None
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -74,7 +74,7 @@ def sniff_audio(head: bytes) -> str | None:
 
 @dataclass
 class _Upload:
-    """What `_receive_upload` read: the audio part in a temp file plus the small text fields."""
+    """What `receive_upload` read: the audio part in a temp file plus the small text fields."""
 
     directory: str
     max_bytes: int
@@ -200,7 +200,7 @@ def _display_name(name: str) -> str:
     return base[:120] or "recording"
 
 
-async def _receive_upload(request: Request, directory: str, max_bytes: int) -> _Upload:
+async def receive_upload(request: Request, directory: str, max_bytes: int) -> _Upload:
     """Stream a multipart body into `_Upload`, stopping at the limits. Raises `ApiError`."""
     mime, opts = parse_options_header(request.headers.get("content-type", ""))
     if mime != b"multipart/form-data" or not opts.get(b"boundary"):
@@ -239,7 +239,7 @@ async def _receive_upload(request: Request, directory: str, max_bytes: int) -> _
     return upload
 
 
-def _form_number(fields: dict[str, str], name: str, kind: type, lo: float, hi: float):
+def form_number(fields: dict[str, str], name: str, kind: type, lo: float, hi: float):
     text = fields.get(name, "")
     if text == "":
         return None
@@ -287,7 +287,7 @@ def search_options(searcher, fields: dict[str, str]) -> dict:
     arguments (absent fields are not passed). ``species_list``: names or codes, one a line
     or comma-separated. Raises `ApiError` 422."""
     options: dict = {}
-    min_score = _form_number(fields, "min_score", float, 0.0, 1.0)
+    min_score = form_number(fields, "min_score", float, 0.0, 1.0)
     if min_score:
         options["min_score"] = min_score
     text = fields.get("species_list", "").strip()

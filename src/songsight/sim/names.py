@@ -103,7 +103,7 @@ def species_code(common_name: str, used: set[str]) -> str:
     return code
 
 
-def _epithet(rng: np.random.Generator, used: set[str]) -> str:
+def new_epithet(rng: np.random.Generator, used: set[str]) -> str:
     """A species epithet ("...ensis", "...atus") not yet in ``used`` (and added to it)."""
     return _unique(
         lambda: (
@@ -114,7 +114,7 @@ def _epithet(rng: np.random.Generator, used: set[str]) -> str:
     )
 
 
-def _higher_taxa(counts: np.ndarray, rng: np.random.Generator) -> tuple[list, dict[str, str]]:
+def higher_taxa(counts: np.ndarray, rng: np.random.Generator) -> tuple[list, dict[str, str]]:
     """Per species (tree path, genus, family, order, family noun), and family descriptions.
 
     Families and orders take their type genus's stem, as Corvus -> Corvidae, Corviformes.
@@ -142,7 +142,7 @@ def _higher_taxa(counts: np.ndarray, rng: np.random.Generator) -> tuple[list, di
     return rows, descriptions
 
 
-def _common_name(v: VisualTraits, noun: str, used: set[str]) -> str:
+def common_name_for(v: VisualTraits, noun: str, used: set[str]) -> str:
     """The first free "<plumage word> <noun>", else with a place word in front."""
     candidates = [f"{m} {noun}" for m in _name_candidates(v)]
     for name in candidates + [f"{geo} {c}" for geo in _GEO for c in candidates]:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.errors import ProvenanceMismatchError, SongsightError
-from songsight.sim.names import _common_name, _epithet, _higher_taxa, species_code
+from songsight.sim.names import common_name_for, higher_taxa, new_epithet, species_code
 from songsight.sim.rng import item_rng
 from songsight.sim.traits import (
     N_LEVELS,
@@ -210,7 +210,7 @@ def _tree(cfg: WorldConfig) -> np.ndarray:
 def build_world(cfg: WorldConfig) -> World:
     """Draw the species tree, names, ids and traits of ``cfg`` (deterministic in ``cfg``)."""
     names_rng = item_rng(cfg.seed, "names")
-    rows, descriptions = _higher_taxa(_tree(cfg), names_rng)
+    rows, descriptions = higher_taxa(_tree(cfg), names_rng)
     paths = tuple(r[0] for r in rows)
     visual = tuple(draw_visual(cfg.seed, p, cfg.visual_spread) for p in paths)
     acoustic = tuple(draw_acoustic(cfg.seed, p, cfg.acoustic_spread) for p in paths)
@@ -224,8 +224,8 @@ def build_world(cfg: WorldConfig) -> World:
 
     species, epithets, commons, codes = [], set(), set(), set()
     for label, ((_, genus, family, order, noun), v) in enumerate(zip(rows, visual, strict=True)):
-        epithet = _epithet(names_rng, epithets)
-        common = _common_name(v, noun, commons)
+        epithet = new_epithet(names_rng, epithets)
+        common = common_name_for(v, noun, commons)
         nabirds = sorted(int(x) for x in nabirds_pool[nab_at[label] : nab_at[label + 1]])
         extra = {
             "inat_taxon_id": int(inat_ids[label]),
