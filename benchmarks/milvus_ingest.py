@@ -70,7 +70,8 @@ def gallery_ingest_rate(data: np.ndarray, add: bool, work: Path) -> tuple[float,
     with sha256 keys and the gallery's scalar fields; ``add``: new rows, else upserts."""
     import hashlib
 
-    from songsight.gallery.milvus.sync import _SYNC_ROWS, SCALAR_FIELDS
+    from songsight.gallery.milvus.collection import SCALAR_FIELDS
+    from songsight.gallery.milvus.sync import SYNC_ROWS
     from songsight.index.milvus import MilvusIndex
 
     keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(len(data))]
@@ -94,8 +95,8 @@ def gallery_ingest_rate(data: np.ndarray, add: bool, work: Path) -> tuple[float,
         write(range(1))  # the collection exists: only rows are timed
         server = milvus_pid()
         t0, client0, server0 = time.perf_counter(), cpu_s(), cpu_s(server)
-        for start in range(1, len(data), _SYNC_ROWS):
-            write(range(start, min(len(data), start + _SYNC_ROWS)))
+        for start in range(1, len(data), SYNC_ROWS):
+            write(range(start, min(len(data), start + SYNC_ROWS)))
         wall = time.perf_counter() - t0
         return (len(data) - 1) / wall, cpu_s() - client0, cpu_s(server) - server0
     finally:

@@ -140,12 +140,12 @@ def test_download_failure_does_not_advise_running_download(monkeypatch):
 
 def test_search_refuses_distilled_model_with_cascade_models(tmp_path, capsys):
     """--model with --audio-model is refused before anything loads (it used to be ignored)."""
-    from songsight.gallery.format import FORMAT, FORMAT_VERSION, _write_json
+    from songsight.gallery.format import FORMAT, FORMAT_VERSION, write_meta
 
     g = tmp_path / "g"
     g.mkdir()
     (g / "gallery.parquet").write_bytes(b"")
-    _write_json(g / "gallery.json", {"format": FORMAT, "format_version": FORMAT_VERSION})
+    write_meta(g, {"format": FORMAT, "format_version": FORMAT_VERSION})
     code = main(["search", "x.wav", "--gallery", str(g), "--model", "m", "--audio-model", "a", "--method", "distilled"])  # fmt: skip
     assert code == 2
     assert "cascade" in capsys.readouterr().err

@@ -218,3 +218,18 @@ def test_removed_photos_stay_removed_until_added_by_name(tiny_image_encoder, tmp
     assert back["species"] == "Branta canadensis"  # named again, with its species
     assert gallery.add([tmp_path / "p"], image_model=tiny_image_encoder, progress=False).n_embedded == 0  # fmt: skip
     assert len(gallery) == 2  # no longer held back, and not embedded twice
+
+
+def test_an_opened_gallery_keeps_itself(tiny_image_encoder, tmp_path):
+    """`Gallery.remove`, `check` and `move` do what the functions of the folder do and leave
+    the object answering for the gallery as it now is."""
+    photos = [write_noise_photo(tmp_path / "p" / f"{i}.png", 30 + i, (18, 18)) for i in range(4)]
+    gallery = Gallery.build([tmp_path / "p"], tmp_path / "g", tiny_image_encoder, progress=False)
+    assert gallery.remove([photos[0]]).n_removed == 1 and len(gallery) == 3
+    photos[2].unlink()
+    assert [p for _, p in gallery.check().missing] == [str(photos[2])] and len(gallery) == 3
+    assert gallery.check(prune=True).pruned and len(gallery) == 2
+    assert [gallery.record(i)["path"] for i in range(2)] == [str(photos[1]), str(photos[3])]
+    assert gallery.move() == "exact" and gallery.provenance["index"]["kind"] == "exact"
+    _, vectors, _ = load_embeddings(tmp_path / "g" / "gallery.parquet")
+    np.testing.assert_array_equal(gallery.search(vectors, 1)[1][:, 0], [0, 1])

@@ -143,7 +143,7 @@ def _add_edits(isub: argparse._SubParsersAction) -> None:
 
 def run_index(args: argparse.Namespace) -> int:
     if args.index_command == "remove":
-        from songsight.gallery.edit import remove_from_gallery
+        from songsight.gallery import remove_from_gallery
 
         report = remove_from_gallery(
             args.items, args.gallery, progress=not args.quiet, yes=args.yes
@@ -151,13 +151,13 @@ def run_index(args: argparse.Namespace) -> int:
         print(report.summary())
         return report.exit_code
     if args.index_command == "move":
-        from songsight.gallery.edit import move_gallery
+        from songsight.gallery import move_gallery
 
         kind = move_gallery(args.gallery, milvus_target(args), progress=not args.quiet)
         print(f"{args.gallery} is now searched through {kind}")
         return 0
     if args.index_command == "check":
-        from songsight.gallery.check import check_gallery
+        from songsight.gallery import check_gallery
 
         report = check_gallery(args.gallery, prune=args.prune, yes=args.yes)
         print(report.summary())

@@ -1,8 +1,8 @@
 """Building and extending a gallery: collect the photos, embed them (resumably), join their
 metadata, bring the index up to date, and record provenance and errors.
 
-`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.gallery`) run
-`_update`; `GalleryReport` says what one run did.
+`add_to_gallery` (and `Gallery.build` / `Gallery.add` in `songsight.gallery.gallery`) run
+`update_gallery`; `GalleryReport` says what one run did.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from songsight.gallery.format import (
     META_FILE,
     STORE_FILE,
     VECTOR_DTYPES,
-    _now,
-    _read_json,
-    _update_index,
-    _write_json,
+    read_meta,
     record_update,
+    utc_now,
+    write_meta,
 )
+from songsight.gallery.index import update_index
 from songsight.gallery.manifest import (
     attach_metadata,
     read_gallery_manifest,
@@ -46,7 +46,7 @@ from songsight.inputs.images import IMAGE_SUFFIXES
 from songsight.outputs import claim
 from songsight.provenance import check_image_model
 
-__all__ = ["GalleryReport", "add_to_gallery"]
+__all__ = ["GalleryReport", "add_to_gallery", "update_gallery"]
 
 
 @dataclass
@@ -150,14 +150,14 @@ def _start_meta(directory: Path, meta, prov, ann, vector_dtype, hnsw_options, mi
             },
             "count": 0,
             "n_species": 0,
-            "created_utc": _now(),
+            "created_utc": utc_now(),
         }
         if milvus is not None:
             meta["index"] = {"requested": "milvus", "kind": "milvus", "milvus": milvus}
-        _write_json(directory / META_FILE, meta)
+        write_meta(directory, meta)
         return meta
     if milvus is not None or meta["index"].get("milvus"):
-        from songsight.gallery.milvus import check_backend
+        from songsight.gallery.milvus.collection import check_backend
 
         check_backend(directory, meta, milvus, ann)
     check_image_model(meta["image_model"], prov, "the image model given")
@@ -241,7 +241,7 @@ def _embed_photos(directory, meta, files, encoder, image_model, pending, options
 
     sink = holder = None
     if meta["index"]["requested"] == "milvus":
-        from songsight.gallery.milvus import ray_sink
+        from songsight.gallery.milvus.workers import ray_sink
 
         sink, holder = ray_sink(directory, meta, pending)
     report = embed_image_files_ray(
@@ -253,7 +253,7 @@ def _embed_photos(directory, meta, files, encoder, image_model, pending, options
     return report, holder
 
 
-def _update(
+def update_gallery(
     directory: Path,
     paths: Iterable[str | Path],
     *,
@@ -280,7 +280,7 @@ def _update(
     that cannot be written is said before any photo is read."""
     if engine not in ("local", "ray"):
         raise SongsightError(f"engine must be 'local' or 'ray', not {engine!r}")
-    if _read_json(directory) is None and not creating:
+    if read_meta(directory) is None and not creating:
         raise DataNotFoundError(
             f"no gallery at {directory} (no {META_FILE}); "
             f"create one with `songsight index build PATHS --gallery {directory}`"
@@ -298,7 +298,7 @@ def _update(
 def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, image_model, ann,
                     vector_dtype, preprocess, device, batch_size, precision, engine, workers,
                     hnsw_options, progress, milvus, runtime, quiet) -> GalleryReport:  # fmt: skip
-    meta = _read_json(directory)
+    meta = read_meta(directory)
     if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
         raise SongsightError(f"vector dtype must be one of {VECTOR_DTYPES}, not {vector_dtype!r}")
     if meta is not None:
@@ -330,12 +330,12 @@ def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, imag
         engine, image_model, preprocess, device, batch_size, precision, runtime, quiet
     )
     if milvus is not None:
-        from songsight.gallery.milvus import milvus_config
+        from songsight.gallery.milvus.collection import milvus_config
 
         milvus = milvus_config(**milvus)
     meta = _start_meta(directory, meta, prov, ann, vector_dtype, hnsw_options, milvus)
     if meta["index"]["requested"] == "milvus":
-        from songsight.gallery.milvus import probe
+        from songsight.gallery.milvus.collection import probe
 
         probe(directory, meta)  # a held file, a server out of reach: before any embedding
     store_pending(directory, pending)
@@ -345,7 +345,7 @@ def _update_claimed(directory: Path, paths: list, *, manifest, species_csv, imag
         directory, meta, sorted_.embed, encoder, image_model, pending, options
     )
     hashes = attach_metadata(directory)
-    kind = _update_index(directory, meta, hashes, progress=progress)
+    kind = update_index(directory, meta, hashes, progress=progress)
     if holder is not None:
         holder.close()  # after the sync: an embedded file served the workers through it
 
@@ -386,7 +386,7 @@ def add_to_gallery(
     """`songsight index add`: embed new photos into an existing gallery (or finish an
     interrupted build), without loading the gallery's index first. ``milvus``, if given,
     must name the gallery's own collection."""
-    return _update(
+    return update_gallery(
         Path(gallery_dir),
         paths,
         manifest=manifest,

@@ -16,13 +16,13 @@ from songsight.errors import DataNotFoundError
 from songsight.gallery.format import (
     META_FILE,
     STORE_FILE,
-    _now,
-    _read_json,
-    _update_index,
-    _write_json,
     confirm_removal,
+    read_meta,
     stored_paths,
+    utc_now,
+    write_meta,
 )
+from songsight.gallery.index import update_index
 from songsight.outputs import claim
 
 __all__ = ["CheckReport", "check_gallery", "missing_note", "missing_photos"]
@@ -95,7 +95,7 @@ def _check(directory: Path, prune: bool, yes: bool) -> CheckReport:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = _read_json(directory)
+    meta = read_meta(directory)
     store = directory / STORE_FILE
     if meta is None or not store.is_file():
         raise DataNotFoundError(
@@ -118,7 +118,7 @@ def _check(directory: Path, prune: bool, yes: bool) -> CheckReport:
     pq.write_table(kept.replace_schema_metadata(table.schema.metadata), tmp)
     os.replace(tmp, store)
     hashes = kept.column("sha256").to_pylist()
-    meta["index"]["kind"] = _update_index(directory, meta, hashes)
+    meta["index"]["kind"] = update_index(directory, meta, hashes)
     meta["count"] = len(hashes)
     names = (
         kept.select(["species", "common_name"]).to_pandas()
@@ -132,6 +132,6 @@ def _check(directory: Path, prune: bool, yes: bool) -> CheckReport:
             .dropna()
             .nunique()
         )
-    meta["updated_utc"] = _now()
-    _write_json(directory / META_FILE, meta)
+    meta["updated_utc"] = utc_now()
+    write_meta(directory, meta)
     return CheckReport(directory, len(hashes), missing, pruned=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from songsight.gallery.format import STORE_FILE
-from songsight.gallery.manifest import METADATA_COLUMNS, _blank
+from songsight.gallery.manifest import METADATA_COLUMNS, is_blank
 
 __all__ = [
     "Sorted",
@@ -145,9 +145,9 @@ def merge_names(pending, copies: dict[str, str]):
         for rec in group.iloc[1:].to_dict("records"):
             for col in METADATA_COLUMNS:
                 new, had = rec[col], merged[col]
-                if _blank(new):
+                if is_blank(new):
                     continue
-                if _blank(had):
+                if is_blank(had):
                     merged[col] = new
                 elif col in ("label", "species", "common_name") and str(new) != str(had):
                     notes.append(
@@ -177,7 +177,7 @@ def contradictions(directory: Path, pending) -> list[str]:
             continue
         for col in names:
             had, new = held.at[rec["path"], col], rec.get(col)
-            if not _blank(had) and not _blank(new) and str(had) != str(new):
+            if not is_blank(had) and not is_blank(new) and str(had) != str(new):
                 notes.append(
                     f"{rec['path']}: a copy is named {new!r}, the photo {had!r}; kept {had!r}"
                 )

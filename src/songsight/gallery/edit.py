@@ -19,11 +19,11 @@ from songsight.errors import DataNotFoundError
 from songsight.gallery.format import (
     META_FILE,
     STORE_FILE,
-    _read_json,
-    _update_index,
     confirm_removal,
+    read_meta,
     record_update,
 )
+from songsight.gallery.index import update_index
 from songsight.outputs import claim
 
 __all__ = ["RemoveReport", "move_gallery", "remove_from_gallery"]
@@ -51,15 +51,16 @@ class RemoveReport:
 
 
 def _open_meta(directory: Path) -> dict:
-    meta = _read_json(directory)
+    meta = read_meta(directory)
     if meta is None or not (directory / STORE_FILE).is_file():
         raise DataNotFoundError(f"no gallery at {directory} (no {META_FILE} or {STORE_FILE})")
     return meta
 
 
-def _finish(directory: Path, meta: dict, hashes: list[str], progress: bool) -> str:
-
-    kind = _update_index(directory, meta, hashes, progress=progress)
+def _finish(directory: Path, meta: dict, hashes: list[str], progress: bool, **removed) -> str:
+    """The index brought in line with the store (``removed``: `update_index`'s ``removed`` and
+    ``before``), and ``gallery.json`` written."""
+    kind = update_index(directory, meta, hashes, progress=progress, **removed)
     record_update(directory, meta, kind, len(hashes))
     return kind
 
@@ -112,18 +113,15 @@ def _remove(directory: Path, items: list[str], progress: bool, yes: bool) -> Rem
         tmp = store.with_name(store.name + ".tmp")
         pq.write_table(kept, tmp)
         os.replace(tmp, store)
-        if meta["index"].get("requested") == "milvus":
-            from songsight.gallery.milvus import forget_rows
-
-            forget_rows(directory, meta, dropped["sha256"].to_pylist(), table)
         remaining = kept["sha256"].to_pylist()
-        _finish(directory, meta, remaining, progress)
+        _finish(directory, meta, remaining, progress,
+                removed=dropped["sha256"].to_pylist(), before=table)  # fmt: skip
     return RemoveReport(directory, dropped.num_rows, table.num_rows - dropped.num_rows, not_found)
 
 
 def move_gallery(gallery_dir: str | Path, milvus: dict | None = None, progress: bool = True) -> str:
-    """Search the gallery through the Milvus collection ``milvus`` describes
-    (`gallery_milvus.milvus_config` arguments: ``uri``, ``collection``, ``settings``), or with
+    """Search the gallery through the Milvus collection ``milvus`` describes (arguments of
+    `songsight.gallery.milvus.milvus_config`: ``uri``, ``collection``, ``settings``), or with
     ``milvus=None`` through songsight's own index; returns the gallery's search kind."""
     _open_meta(Path(gallery_dir))
     with claim(gallery_dir, folder=True, what="--gallery"):
@@ -137,7 +135,7 @@ def _move(directory: Path, milvus: dict | None, progress: bool) -> str:
     if milvus is None:
         meta["index"] = {"requested": "auto", "kind": "exact", "hnsw_options": {}}
     else:
-        from songsight.gallery.milvus import milvus_config
+        from songsight.gallery.milvus.collection import milvus_config
 
         # No "synced" record: the first sync checks every row of the new collection.
         meta["index"] = {

@@ -19,10 +19,10 @@ by default; HNSW is built when asked (``ann=True``) or past `search.ANN_THRESHOL
 its candidates are always re-scored exactly. Row numbers are the image ids; rows are only ever
 appended, so ids stay valid as the gallery grows.
 
-The code is split by job: `songsight.gallery.manifest` reads photo manifests,
-`songsight.gallery.format` owns the files on disk and the index upkeep, and
-`songsight.gallery.build` embeds photos into the folder; this module is the `Gallery`
-that opens and searches it.
+The package is split by job: `songsight.gallery.manifest` reads photo manifests,
+`songsight.gallery.format` owns the files on disk, `songsight.gallery.index` the index kept
+beside the store, and `songsight.gallery.build` embeds photos into the folder; this module
+is the `Gallery` that opens and searches it.
 """
 
 from __future__ import annotations
@@ -34,40 +34,24 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError
-from songsight.gallery.build import GalleryReport, _update, add_to_gallery
-from songsight.gallery.format import (
-    INDEX_DIR,
-    META_FILE,
-    STORE_FILE,
-    _clear,
-    _load_valid_index,
-    _new_hnsw,
-    _read_json,
-    _read_vectors,
-    confirm_removal,
-    stored_paths,
-)
+from songsight.gallery.build import GalleryReport, add_to_gallery, update_gallery
+from songsight.gallery.check import CheckReport, check_gallery
+from songsight.gallery.edit import RemoveReport, move_gallery, remove_from_gallery
+from songsight.gallery.format import META_FILE, STORE_FILE, confirm_removal, read_meta, stored_paths
+from songsight.gallery.index import clear_gallery, open_index
 from songsight.gallery.manifest import (
     MANIFEST_COLUMNS,
     METADATA_COLUMNS,
     RANK_COLUMNS,
-    _blank,
+    is_blank,
     rank_cell,
-    read_gallery_manifest,
 )
 from songsight.outputs import claim
 
 # Store column -> `Species` field, for the ranks above order.
 _RANK_FIELDS = {"kingdom": "kingdom", "phylum": "phylum", "class": "class_"}
 
-__all__ = [
-    "METADATA_COLUMNS",
-    "Gallery",
-    "GalleryReport",
-    "add_to_gallery",
-    "build_gallery",
-    "read_gallery_manifest",
-]
+__all__ = ["Gallery", "build_gallery"]
 
 
 class Gallery:
@@ -125,15 +109,16 @@ class Gallery:
         id, folder, or a `BioCLIPEncoder`; default the gallery's own when it exists, else
         BioCLIP-2 (`BIOCLIP2_ID`). ``engine="ray"`` embeds with Ray Data actors
         (``workers`` of them; see `songsight.jobs.ray`). ``milvus``: search through Milvus
-        instead, `gallery_milvus.milvus_config` (server URI or the embedded file, collection).
+        instead, `songsight.gallery.milvus.milvus_config`'s arguments (server URI or the
+        embedded file, collection).
         """
         directory = Path(gallery_dir)
         with claim(directory, folder=True, what="--gallery"):
             if overwrite:
                 held = stored_paths(directory)
                 confirm_removal(directory, held, len(held), "--overwrite", yes)
-                _clear(directory)
-            report = _update(
+                clear_gallery(directory)
+            report = update_gallery(
                 directory,
                 paths,
                 manifest=manifest,
@@ -164,7 +149,7 @@ class Gallery:
         import pyarrow.parquet as pq
 
         directory = Path(gallery_dir)
-        meta = _read_json(directory)
+        meta = read_meta(directory)
         store = directory / STORE_FILE
         if meta is None:
             raise DataNotFoundError(
@@ -185,28 +170,7 @@ class Gallery:
         for col in METADATA_COLUMNS:
             if col not in metadata:
                 metadata[col] = None
-        hashes = metadata["sha256"].tolist()
-        index = None
-        if meta["index"].get("kind") == "milvus":
-            from songsight.gallery.milvus import open_milvus_index
-
-            index = open_milvus_index(directory, meta, metadata)
-        if meta["index"].get("kind") == "hnsw":
-            index = _load_valid_index(directory / INDEX_DIR, hashes)
-            if index is not None and len(index) != len(hashes):
-                index = None
-            if index is None:
-                # A graph older than the store (e.g. an add interrupted before the index
-                # update): rebuild it in memory, correct if slower to open.
-                index = _new_hnsw(meta, _read_vectors(directory))
-        if index is None:
-            from songsight.index.search import ExactIndex
-
-            index = ExactIndex(int(meta["image_model"]["dim"]), meta["vector_dtype"])
-            vectors = _read_vectors(directory)
-            if len(vectors):
-                index.add(vectors, np.arange(len(vectors), dtype=np.int64))
-        return cls(directory, metadata, index, meta)
+        return cls(directory, metadata, open_index(directory, meta, metadata), meta)
 
     def add(
         self,
@@ -246,10 +210,34 @@ class Gallery:
             runtime=runtime,
             quiet=quiet,
         )
-        fresh = Gallery.open(self.directory)
-        self.metadata, self.index, self.provenance = fresh.metadata, fresh.index, fresh.provenance
+        self._reopen()
         self.report = report
         return report
+
+    def remove(self, items: Iterable[str | Path], *, yes: bool = False,
+               progress: bool = True) -> RemoveReport:  # fmt: skip
+        """Remove photos by path or sha256 (`remove_from_gallery`); the photos after them get
+        new ids."""
+        report = remove_from_gallery(items, self.directory, progress=progress, yes=yes)
+        self._reopen()
+        return report
+
+    def check(self, prune: bool = False, yes: bool = False) -> CheckReport:
+        """The photos whose file is gone; ``prune`` removes them (`check_gallery`)."""
+        report = check_gallery(self.directory, prune=prune, yes=yes)
+        self._reopen()
+        return report
+
+    def move(self, milvus: dict | None = None, progress: bool = True) -> str:
+        """Search through the Milvus collection ``milvus`` describes, or with None through
+        songsight's own index (`move_gallery`); returns the kind of search."""
+        kind = move_gallery(self.directory, milvus, progress=progress)
+        self._reopen()
+        return kind
+
+    def _reopen(self) -> None:
+        fresh = Gallery.open(self.directory)
+        self.metadata, self.index, self.provenance = fresh.metadata, fresh.index, fresh.provenance
 
     # --- reading ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -301,9 +289,9 @@ class Gallery:
         out: dict[str, Any] = {"id": int(image_id)}
         for key, value in row.items():
             if key == "label":
-                out[key] = None if _blank(value) else int(value)
+                out[key] = None if is_blank(value) else int(value)
             else:
-                out[key] = None if _blank(value) else value
+                out[key] = None if is_blank(value) else value
         return out
 
     def image_path(self, image_id: int) -> Path:
@@ -325,7 +313,7 @@ class Gallery:
             if name in seen:
                 continue
             seen[name] = {
-                c: (None if _blank(md[c].iat[i]) else md[c].iat[i]) for c in MANIFEST_COLUMNS
+                c: (None if is_blank(md[c].iat[i]) else md[c].iat[i]) for c in MANIFEST_COLUMNS
             } | {c: rank_cell(md[c].iat[i]) for c in RANK_COLUMNS}
         known = [int(v["label"]) for v in seen.values() if v["label"] is not None]
         next_label = max(known, default=-1) + 1

@@ -19,7 +19,16 @@ import numpy as np
 from songsight.errors import DataNotFoundError
 from songsight.gallery.format import PENDING_FILE, STORE_FILE
 
-__all__ = ["MANIFEST_COLUMNS", "METADATA_COLUMNS", "RANK_COLUMNS", "read_gallery_manifest"]
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "METADATA_COLUMNS",
+    "RANK_COLUMNS",
+    "attach_metadata",
+    "is_blank",
+    "rank_cell",
+    "read_gallery_manifest",
+    "store_pending",
+]
 
 # What a photo manifest names per photo; ``species`` is the scientific name (a manifest may
 # call it scientific_name).
@@ -34,7 +43,8 @@ _PAREN = re.compile(r"\s*\(.*?\)\s*")
 _BINOMIAL = re.compile(r"[A-Z][a-z]+(?: [a-z][a-z-]+){1,2}")
 
 
-def _blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
+    """Whether a metadata cell says nothing: None, NaN, NA, or empty or blank text."""
     if value is None:
         return True
     if isinstance(value, float) and np.isnan(value):
@@ -59,7 +69,7 @@ def rank_cell(value: Any) -> str | None:
 
 
 def _text(value: Any) -> str | None:
-    return None if _blank(value) else str(value).strip()
+    return None if is_blank(value) else str(value).strip()
 
 
 def _rank(value: Any) -> str | None:
@@ -195,7 +205,7 @@ def read_gallery_manifest(manifest, species_csv: str | Path | None = None):
 
 def _label_cell(value: Any) -> tuple[int | None, str | None]:
     """A label cell -> (integer label, None) or (None, species name) or (None, None) if blank."""
-    if _blank(value) or isinstance(value, bool):
+    if is_blank(value) or isinstance(value, bool):
         return None, None
     try:
         number = float(str(value).strip())
@@ -255,10 +265,10 @@ def attach_metadata(directory: Path) -> list[str]:
                 continue
             new = cur["path"].map(upd[col])
             # A manifest's non-empty cells win; an empty one never erases what is known, and
-            # a copy's names only fill what the photo does not know (gallery_dedupe).
+            # a copy's names only fill what the photo does not know (`songsight.gallery.dedupe`).
             cur[col] = new.where(new.notna() & (~fill_only | cur[col].isna()), cur[col])
     columns = {
-        "label": pa.array([None if _blank(v) else int(v) for v in cur["label"]], type=pa.int64()),
+        "label": pa.array([None if is_blank(v) else int(v) for v in cur["label"]], type=pa.int64()),
         **{
             c: pa.array([_text(v) for v in cur[c]], type=pa.string())
             for c in MANIFEST_COLUMNS

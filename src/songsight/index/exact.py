@@ -3,7 +3,9 @@
 `VectorStore` holds the vectors and ids every backend saves (``vectors.npy``, ``ids.npy``,
 ``meta.json``); `StoredIndex` is the base both backends share; `ExactIndex` searches the
 store by brute force. The search contract (ordering, ties, padding) is set out in
-`songsight.index.search`, which is where callers import from.
+`songsight.index.search`, which is where callers import from. The pieces the other backends
+(`songsight.index.hnsw`, `songsight.index.milvus`) share with it are public here: the store,
+the checks on queries, ids and ``k``, the exact top-k and the saved ``meta.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,21 @@ import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
 
-__all__ = ["ExactIndex"]
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "ExactIndex",
+    "StoredIndex",
+    "VectorStore",
+    "allowed_rows",
+    "as_matrix",
+    "check_k",
+    "exact_search",
+    "index_meta",
+    "read_index_meta",
+    "resolve_dtype",
+    "select_topk",
+    "validate_ids",
+]
 
 _FORMAT = "songsight-vector-index"
 _FORMAT_VERSION = 1
@@ -57,7 +73,7 @@ def as_matrix(x: Any, dim: int, what: str) -> np.ndarray:
     return arr
 
 
-def read_meta(directory: Path) -> dict:
+def read_index_meta(directory: Path) -> dict:
     meta_path = Path(directory) / "meta.json"
     if not meta_path.is_file():
         raise DataNotFoundError(f"no saved songsight index at {directory} (missing meta.json)")
@@ -137,7 +153,7 @@ class VectorStore:
 
     @staticmethod
     def load(directory: Path) -> tuple[VectorStore, dict]:
-        meta = read_meta(directory)
+        meta = read_index_meta(directory)
         vectors = np.load(directory / "vectors.npy")
         ids = np.load(directory / "ids.npy")
         store = VectorStore(meta["dim"], resolve_dtype(meta["storage_dtype"]))

@@ -13,7 +13,7 @@ A saved index is a directory: ``meta.json``, ``vectors.npy`` (the stored embeddi
 The backends live beside this module: `songsight.index.exact` (the stored vectors and
 `ExactIndex`) and `songsight.index.hnsw` (`HNSWIndex`). Import them from here. A third,
 `songsight.index.milvus.MilvusIndex`, keeps its rows in a Milvus collection (embedded file or
-server) and is imported from its own module, as it needs the optional pymilvus.
+server) and is imported from its own package, as it needs the optional pymilvus.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from songsight.errors import SongsightError
-from songsight.index.exact import ExactIndex, read_meta
+from songsight.index.exact import ExactIndex, read_index_meta
 from songsight.index.hnsw import HNSWIndex
 
 __all__ = [
@@ -110,9 +110,9 @@ def build_index(
 
 def load_index(path: str | Path) -> VectorIndex:
     """Load a saved index as the kind it was saved as."""
-    kind = read_meta(Path(path)).get("kind")
+    kind = read_index_meta(Path(path)).get("kind")
     if kind == "milvus":  # the rows live in Milvus; meta.json names the collection
-        from songsight.index.milvus import MilvusIndex
+        from songsight.index.milvus.collection import MilvusIndex
 
         return MilvusIndex.load(path)
     return HNSWIndex.load(path) if kind == HNSWIndex.kind else ExactIndex.load(path)

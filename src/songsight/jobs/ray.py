@@ -353,7 +353,7 @@ def embed_image_files_ray(
     """`embed.embed_image_files` on Ray: ``concurrency`` BioCLIP-2 actors, same store.
 
     ``model`` is a Hub id or folder every worker can resolve. ``milvus``: a sink
-    (`songsight.gallery.milvus.ray_sink`) whose ``writer`` each worker builds with it
+    (`songsight.gallery.milvus.workers.ray_sink`) whose ``writer`` each worker builds with it
     and gives every batch (``write(paths, hashes, vectors)``). Returns an `EmbedReport`.
     """
     options = {"preprocess": preprocess, "precision": precision, "batch_size": batch_size}

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
+from songsight.gallery import calibrations, record_calibration, recorded_calibration
 
 __all__ = [
     "CalibrationReport",
@@ -40,7 +41,6 @@ __all__ = [
     "rollup_calibration",
 ]
 
-CALIBRATION_KEY = "calibration"
 MIN_QUERIES = 5  # fewer labelled recordings than this cannot choose a temperature
 
 
@@ -65,11 +65,6 @@ def model_key(searcher) -> str:
             "rollup_k": searcher.rollup_k,
         }
     )
-
-
-def recorded_calibration(gallery_provenance: dict, key: str) -> dict | None:
-    """The calibration ``gallery.json`` holds for ``key``, or None."""
-    return (gallery_provenance.get(CALIBRATION_KEY) or {}).get(key)
 
 
 def calibrate_hint(
@@ -107,7 +102,7 @@ def calibration_note(
     when its recorded revision (or, for calibrations recorded before revisions were, its model
     id) is this encoder's. ``hint``: `calibrate_hint`.
     """
-    recorded = gallery_provenance.get(CALIBRATION_KEY) or {}
+    recorded = calibrations(gallery_provenance)
     others = [entry for k, entry in recorded.items() if k != key and isinstance(entry, dict)]
     if key in recorded or not others:
         return None
@@ -275,7 +270,6 @@ def calibrate(
 
 
 def _calibrate(gallery, recordings_manifest, model, split, progress, searcher_options):
-    from songsight.gallery.format import META_FILE, _now, _read_json, _write_json
     from songsight.retrieval.rollup import ROLLUP_TEMPERATURE, fit_temperature, rollup_nll
     from songsight.retrieval.searcher import Searcher
 
@@ -312,9 +306,7 @@ def _calibrate(gallery, recordings_manifest, model, split, progress, searcher_op
         rollup_nll(s, g, t, ROLLUP_TEMPERATURE), float(top1), len(t), skipped,
         searcher.answered_by,
     )  # fmt: skip
-    directory = searcher.gallery.directory
-    meta = _read_json(directory)
-    meta.setdefault(CALIBRATION_KEY, {})[model_key(searcher)] = {
+    record_calibration(searcher.gallery.directory, model_key(searcher), {
         "temperature": temperature,
         "method": "NLL of the true species on labelled validation recordings",
         "nll": report.nll,
@@ -328,7 +320,5 @@ def _calibrate(gallery, recordings_manifest, model, split, progress, searcher_op
         "model_id": searcher.encoder.provenance().get("model_id"),
         "revision": searcher.encoder.provenance().get("revision"),
         "rollup_k": searcher.rollup_k,
-        "fitted_utc": _now(),
-    }
-    _write_json(directory / META_FILE, meta)
+    })  # fmt: skip
     return report

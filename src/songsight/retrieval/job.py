@@ -76,7 +76,7 @@ def _recordings(recordings) -> list[Path]:
 def _gone_photos_note(searcher, results) -> str | None:
     """One line when photos in these answers are gone from disk (moved or deleted since the
     gallery was built), else None."""
-    from songsight.gallery.check import missing_note
+    from songsight.gallery import missing_note
 
     answered = {h.image_id: h.image for r in results for h in r.hits}
     gone = sum(not os.path.isfile(p) for p in answered.values())

@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from songsight.errors import SongsightError
-from songsight.gallery.check import missing_note, missing_photos
+from songsight.gallery import missing_note, missing_photos
 from songsight.serve.batching import (
     DEFAULT_BATCH_WAIT_MS,
     DEFAULT_MAX_BATCH,

@@ -2,9 +2,8 @@
 
 `MilvusIndex` answers the search contract of `songsight.index.search` (inner product, best
 first, ties to the lower id, ``-inf`` / ``-1`` padding) through ``pymilvus.MilvusClient``;
-Milvus proposes candidates and `songsight.index.milvus.search` re-ranks them exactly. The
-collection's schema and its rows are `songsight.index.milvus.rows`', its vector index
-`songsight.index.milvus.vector_index`'s.
+Milvus proposes candidates and ``search.py`` re-ranks them exactly (the package's other
+modules: `songsight.index.milvus`).
 
 Rows are keyed by a string primary key (a gallery uses the photo's sha256, so re-adding a
 photo is a no-op); without keys an int id is its own key. Writes are upserts of the keys the
@@ -16,8 +15,7 @@ The index type follows the collection's size (`choose_index_type`): FLAT (exact)
 ``flat_threshold`` rows; past it IVF_FLAT in the embedded file, HNSW on a Milvus server and
 DISKANN past ``diskann_threshold``. The embedded engine is Milvus Lite 2.5, which searches
 an interim index whatever is declared (`choose_index_type`; Lite 3.x is ~8x slower, so the
-``milvus`` extra keeps 2.5); a server builds what is declared. pymilvus is imported on first
-use.
+``milvus`` extra keeps 2.5); a server builds what is declared. pymilvus is imported on use.
 """
 
 from __future__ import annotations
@@ -33,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from songsight.errors import DataNotFoundError, SongsightError
-from songsight.index.exact import as_matrix, index_meta, read_meta, resolve_dtype, validate_ids
+from songsight.index.exact import (
+    as_matrix,
+    index_meta,
+    read_index_meta,
+    resolve_dtype,
+    validate_ids,
+)
 from songsight.index.milvus.connect import (
     connect,
     disconnect,
@@ -61,11 +65,7 @@ from songsight.index.milvus.rows import (
     write_rows,
 )
 from songsight.index.milvus.search import SERVER_SEARCH_CONSISTENCY, search_collection
-from songsight.index.milvus.vector_index import (
-    create_vector_index,
-    held_vector_index,
-    wait_indexed,
-)
+from songsight.index.milvus.vector_index import create_vector_index, held_vector_index, wait_indexed
 
 log = logging.getLogger("songsight.milvus")
 
@@ -397,7 +397,7 @@ class MilvusIndex:
     @classmethod
     def load(cls, path: str | Path) -> MilvusIndex:
         """Reopen the collection a `save` named."""
-        meta = read_meta(Path(path))
+        meta = read_index_meta(Path(path))
         if meta.get("kind") != cls.kind:
             raise DataNotFoundError(f"{path} holds a {meta.get('kind')!r} index, not a Milvus one")
         m = meta["milvus"]

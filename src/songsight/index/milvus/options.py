@@ -1,5 +1,6 @@
 """Milvus index settings: the knobs, the index type for a collection's size, and the
-parameters and filter expressions Milvus is sent. No connection here (`milvus_connect`).
+parameters and filter expressions Milvus is sent. No connection here
+(`songsight.index.milvus.connect`).
 """
 
 from __future__ import annotations

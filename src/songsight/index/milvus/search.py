@@ -10,7 +10,7 @@ and they are re-scored exactly, so scores are the inner products exact search gi
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -18,9 +18,6 @@ from songsight.errors import SongsightError
 from songsight.index.exact import as_matrix, check_k, select_topk
 from songsight.index.milvus.options import APPROXIMATE_SCORES, species_filter
 from songsight.index.milvus.rows import KEY_FIELD, VECTOR_FIELD, keys_filter
-
-if TYPE_CHECKING:
-    from songsight.index.milvus import MilvusIndex
 
 __all__ = ["SERVER_SEARCH_CONSISTENCY", "search_collection"]
 
@@ -38,7 +35,7 @@ SERVER_SEARCH_CONSISTENCY = "Session"
 
 
 def search_collection(
-    index: MilvusIndex,
+    index: Any,
     queries: np.ndarray,
     k: int,
     allowed_ids: np.ndarray | Sequence[int] | None = None,
@@ -47,7 +44,8 @@ def search_collection(
     filter_expr: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(Q, D)` -> scores `(Q, k)` float32, ids `(Q, k)` int64; exact scores, ANN recall.
-    `MilvusIndex.search` is this function.
+    `MilvusIndex.search` is this function; ``index`` is that `MilvusIndex` (its client,
+    collection, settings and id mappings; typed loosely so this module needs not import it).
 
     Filters run inside Milvus, as filter expressions: ``allowed_ids`` (only these ids;
     ids the index does not hold are ignored) through ``ids_filter`` (by default ``key in
@@ -87,7 +85,7 @@ def search_collection(
     return out_scores, out_ids
 
 
-def _ids_filters(index: MilvusIndex, allowed_ids) -> list[str]:
+def _ids_filters(index: Any, allowed_ids) -> list[str]:
     """Filter expressions that together allow exactly ``allowed_ids`` (none: empty)."""
     arr = np.asarray(allowed_ids)
     if arr.ndim != 1 or (len(arr) and not np.issubdtype(arr.dtype, np.integer)):
@@ -103,7 +101,7 @@ def _ids_filters(index: MilvusIndex, allowed_ids) -> list[str]:
     ]
 
 
-def _candidates(index: MilvusIndex, queries: np.ndarray, k: int, expr: str, found: list) -> None:
+def _candidates(index: Any, queries: np.ndarray, k: int, expr: str, found: list) -> None:
     """Append each query's candidates (ids, exact scores) under ``expr`` to ``found``."""
     settings = index.settings
     n_candidates = max(k * settings.rerank_factor, settings.min_candidates)
