@@ -541,3 +541,39 @@ def test_ray_workers_write_straight_into_the_collection(local_ray, tiny_models, 
     report = add_to_gallery(new, tmp_path / "ray", engine="ray", workers=1, device="cpu", progress=False)  # fmt: skip
     assert (report.n_embedded, report.n_images, driver_writes) == (1, 13, [])
     assert len(Gallery.open(tmp_path / "ray").index) == 13
+
+
+def test_ray_sink_builds_its_writer_where_it_is_unpickled(tiny_image_encoder, tmp_path):
+    """What a Ray worker gets (the sink, pickled as ``ray.put`` does) names its own writer: the
+    worker builds it and writes photos with the manifest's names straight into the collection,
+    and the Ray job needs not know the gallery."""
+    import json
+    import pickle
+
+    from songsight.gallery import read_gallery_manifest
+    from songsight.gallery.format import META_FILE
+    from songsight.gallery.milvus import ray_sink
+    from songsight.inputs.files import sha256_file
+    from songsight.taxonomy import write_species_csv
+
+    photos = random_photos(tmp_path / "photos", 5, 8)
+    taxa = tmp_path / "taxa.csv"
+    write_species_csv(TAXA, taxa)
+    gallery = Gallery.build(photos[:3], tmp_path / "g", tiny_image_encoder, milvus=milvus_config(),
+                            progress=False)  # fmt: skip
+    gallery.index.close()
+    meta = json.loads((tmp_path / "g" / META_FILE).read_text())
+    manifest = write_csv(tmp_path / "more.csv", [{"path": str(p), "label": 1} for p in photos[3:]])
+    sink, holder = ray_sink(tmp_path / "g", meta, read_gallery_manifest(manifest, taxa))
+    try:
+        worker_sink = pickle.loads(pickle.dumps(sink))
+        writer = worker_sink["writer"](worker_sink)
+        hashes = [sha256_file(p) for p in photos[3:]]
+        writer.write([str(p) for p in photos[3:]], hashes, tiny_image_encoder.embed_images(photos[3:]))  # fmt: skip
+        writer.index.close()
+        held = holder.fetch(hashes, ["path", "species", "label"])
+        assert {h: (r["path"], r["species"], r["label"]) for h, r in held.items()} == {
+            h: (str(p), "Aix sponsa", 1) for h, p in zip(hashes, photos[3:], strict=True)
+        }
+    finally:
+        holder.close()

@@ -77,7 +77,7 @@ def connect(uri: str):
         if is_embedded(uri):
             key = str(Path(uri).absolute())
             _OPEN_EMBEDDED[key] = _OPEN_EMBEDDED.get(key, 0) + 1
-        else:
+        elif not _lite_socket(uri):
             version = str(client.get_server_version())
     except Exception as err:  # pymilvus raises its own types for every connection failure
         if is_embedded(uri):
@@ -89,9 +89,15 @@ def connect(uri: str):
         raise SongsightError(f"cannot reach the Milvus server at {uri}: {reason}") from None
     finally:
         logging.getLogger().removeFilter(quiet)
-    if not is_embedded(uri):
+    if not is_embedded(uri) and not _lite_socket(uri):
         _check_server_version(client, uri, version)
     return client
+
+
+def _lite_socket(uri: str) -> bool:
+    """Whether ``uri`` is the socket of a Milvus Lite server this machine runs (how Ray workers
+    reach a gallery's embedded file): it answers no version, and its version is the extra's."""
+    return str(uri).startswith("unix:")
 
 
 def server_version_tuple(version: str) -> tuple[int, int, int] | None:
