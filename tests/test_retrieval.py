@@ -158,10 +158,10 @@ def test_readout_methods_query_as_defined(world, checkpoint, tiny_models, tiny_i
     with the teacher text their posteriors pick (recomputed here from the public encoders);
     fused names species outside the distillation set through BioLingual's own answer."""
     from songsight.baselines.cascade import species_probabilities
-    from songsight.distill.readout import readout_queries
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.distilled import DistilledEncoder
     from songsight.encoders.prompts import embed_prompt_average
+    from songsight.readout import readout_queries
     from songsight.taxonomy import build_prompts
 
     trained = [t.scientific_name for t in TAXA[:2]]

@@ -47,10 +47,10 @@ def _readout_checkpoint(world, name, tiny_models, tiny_image_encoder, readout, *
 
 def test_fused_at_weight_zero_answers_and_says_cascade(world, tiny_models, tiny_image_encoder):
     from songsight.baselines.cascade import species_probabilities
-    from songsight.distill.readout import readout_queries
     from songsight.encoders.biolingual import BioLingualEncoder
     from songsight.encoders.distilled import DistilledEncoder
     from songsight.encoders.prompts import embed_prompt_average
+    from songsight.readout import readout_queries
     from songsight.taxonomy import build_prompts
     from tests.helpers import brute_force_one
 

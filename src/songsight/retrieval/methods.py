@@ -1,7 +1,7 @@
 """Which method answers a search, and what a search may be given beside it.
 
 A distilled checkpoint answers with one of `SEARCH_METHODS` (the readouts of
-`songsight.distill.readout`, or the cascade through the BioLingual it was distilled from);
+`songsight.readout`, or the cascade through the BioLingual it was distilled from);
 `default_method` is the one it answers a gallery with when none is asked, and the checks here
 refuse, before anything loads, settings that a method would silently ignore.
 """
@@ -104,7 +104,7 @@ def check_model_choice(
 def fused_as_cascade(weight: float) -> str | None:
     """Why a fused readout answers exactly as the cascade, or None when it may not.
 
-    `songsight.distill.readout.fuse_posteriors` keeps the cascade's posterior where its answer
+    `songsight.readout.fuse_posteriors` keeps the cascade's posterior where its answer
     was not distilled and otherwise takes the most probable distilled species of
     ``p_distilled^w * p_cascade^(1 - w)``: at ``w = 0`` that is the cascade's own answer.
     """

@@ -4,7 +4,7 @@ Two ways, each checked against the gallery's image model:
 
 - `load_distilled_query_encoder`: the distilled audio encoder (`songsight.encoders.distilled`),
   whose outputs live in its BioCLIP-2 teacher's space, read out by one of its methods
-  (`songsight.distill.readout`): ``distilled`` (the embedding queries the photos as it is),
+  (`songsight.readout`): ``distilled`` (the embedding queries the photos as it is),
   ``distilled_proto`` (the teacher text of its most probable gallery species) or ``fused``
   (with BioLingual's own posterior, so that species never distilled are named by the cascade);
   the default is the method the checkpoint's validation chose. A ``fused`` readout at fusion
@@ -79,7 +79,7 @@ class QueryEncoder:
         if self.cascade is None:
             return audio_emb
         from songsight.baselines.cascade import cascade_queries, species_probabilities
-        from songsight.distill.readout import readout_queries
+        from songsight.readout import readout_queries
 
         audio_text, image_text, temperature = self.cascade
         rows = slice(None)
@@ -216,7 +216,7 @@ def load_distilled_query_encoder(
 
 
 def _prior(by_name: dict | None, species) -> np.ndarray | None:
-    """The poe gate's prior (`songsight.distill.readout.species_prior`) for the gallery's
+    """The poe gate's prior (`songsight.readout.species_prior`) for the gallery's
     ``species``, from the checkpoint's record by name; a species the checkpoint's table did
     not hold was never learnt, and gets the smallest prior recorded."""
     if not by_name:

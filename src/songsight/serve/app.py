@@ -61,12 +61,12 @@ from songsight.serve.routes import (
 )
 from songsight.serve.search_route import add_search
 from songsight.serve.spectrogram import spectrogram_png
-from songsight.serve.upload import _missing_extra, decode_upload
+from songsight.serve.upload import decode_upload, missing_extra
 
 try:
     from fastapi import Depends, FastAPI
 except ImportError as exc:
-    raise _missing_extra(exc) from None
+    raise missing_extra(exc) from None
 
 log = logging.getLogger("songsight.serve")
 
