@@ -7,6 +7,7 @@ climbs a layer fails here rather than in review.
 from __future__ import annotations
 
 import ast
+import graphlib
 import re
 from pathlib import Path
 
@@ -190,3 +191,83 @@ def test_only_the_factory_builds_encoders():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in ENCODER_CLASSES:  # fmt: skip
                 built.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not built, "encoders built outside the factory:\n" + "\n".join(built)
+
+
+def _dotted(path: Path) -> str:
+    name = _module_name(path)
+    return f"songsight.{name}" if name else "songsight"
+
+
+def _imported_modules(path: Path, name: str, modules: set[str]) -> dict[str, int]:
+    """{songsight module ``name`` imports: first line}: every import that runs (function-level
+    ones included; ``from pkg import sub`` counts as importing ``pkg.sub`` when that is a
+    module), relative imports resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    edges: dict[str, int] = {}
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            for a in node.names:
+                if a.name in modules:
+                    edges.setdefault(a.name, node.lineno)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for a in node.names:
+                target = f"{source}.{a.name}"
+                target = target if target in modules else source
+                if target in modules:
+                    edges.setdefault(target, node.lineno)
+
+    Visitor().visit(ast.parse(path.read_text(encoding="utf-8")))
+    edges.pop(name, None)
+    return edges
+
+
+def _module_graph() -> dict[str, dict[str, int]]:
+    """module -> {songsight module it imports: line} (`_imported_modules`)."""
+    modules = {_dotted(p): p for p in _all_modules()}
+    return {name: _imported_modules(path, name, set(modules)) for name, path in modules.items()}
+
+
+def test_no_import_cycles():
+    """No module reaches itself through imports, function-level ones and those inside one
+    package included (`graphlib` finds a cycle; each is reported with its import lines)."""
+    graph = _module_graph()
+    cycles = []
+    while True:
+        try:
+            graphlib.TopologicalSorter({m: set(e) for m, e in graph.items()}).prepare()
+            break
+        except graphlib.CycleError as err:
+            # graphlib lists each node before the one that imports it: read it backwards
+            cycle = err.args[1][::-1]
+            edges = (f"{a}:{graph[a][b]}" for a, b in zip(cycle, cycle[1:], strict=False))
+            cycles.append(" -> ".join([*edges, cycle[-1]]))
+            del graph[cycle[0]][cycle[1]]  # break it and look for the next one
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_module_imports_another_modules_private_name():
+    """`from songsight.x import _name` couples two modules through something one of them
+    promised no one: make it public there, or move the code."""
+    private = []
+    for path in _all_modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("songsight")):  # fmt: skip
+                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]  # fmt: skip
+                if names:
+                    private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}: {names}")
+    assert not private, f"{len(private)} private imports across modules:\n" + "\n".join(private)

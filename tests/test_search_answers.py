@@ -135,7 +135,8 @@ def test_fit_temperature_recovers_the_generating_temperature():
 def test_calibration_is_fitted_recorded_and_used(world, checkpoint, tmp_path):
     import shutil
 
-    from songsight.retrieval.calibration import calibrate, model_key
+    from songsight.retrieval.calibrate import calibrate
+    from songsight.retrieval.calibration import model_key
 
     gallery_dir = tmp_path / "gallery"
     shutil.copytree(world["root"] / "gallery", gallery_dir)

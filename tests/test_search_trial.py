@@ -160,7 +160,7 @@ def _calibration_recordings(tmp_path):
 def test_a_search_calibrated_only_for_another_method_says_so(
     world, tiny_models, tiny_image_encoder, tmp_path
 ):
-    from songsight.retrieval.calibration import calibrate
+    from songsight.retrieval.calibrate import calibrate
 
     gallery_dir = tmp_path / "gallery"
     shutil.copytree(world["root"] / "gallery", gallery_dir)

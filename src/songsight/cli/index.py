@@ -163,7 +163,7 @@ def run_index(args: argparse.Namespace) -> int:
         print(report.summary())
         return report.exit_code
     if args.index_command == "calibrate":
-        from songsight.retrieval.calibration import calibrate
+        from songsight.retrieval.calibrate import calibrate
 
         result = calibrate(args.gallery, args.recordings, args.model, split=args.split or None,
                            progress=not args.quiet, audio_model=args.audio_model,

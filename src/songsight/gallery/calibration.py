@@ -2,7 +2,7 @@
 
 ``gallery.json`` holds, under ``calibration``, one record per answering model and method
 (keyed by `songsight.retrieval.calibration.model_key`): the fitted temperature and how it was
-fitted. Fitting it is `songsight.retrieval.calibration.calibrate` (it runs searches); reading
+fitted. Fitting it is `songsight.retrieval.calibrate.calibrate` (it runs searches); reading
 and writing the records is here.
 """
 
