@@ -66,19 +66,23 @@ def _unit(module: str) -> str:
     return ""
 
 
+class RunningCode(ast.NodeVisitor):
+    """Visits the code that runs: what sits under ``if TYPE_CHECKING:`` names types only."""
+
+    def visit_If(self, node: ast.If) -> None:
+        if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
     """(line, module relative to songsight) of every songsight import in a file that runs
     (those under ``if TYPE_CHECKING:`` name types only and are left out)."""
     out: list[tuple[int, str]] = []
 
-    class Visitor(ast.NodeVisitor):
-        def visit_If(self, node: ast.If) -> None:
-            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-                for child in node.orelse:
-                    self.visit(child)
-                return
-            self.generic_visit(node)
-
+    class Visitor(RunningCode):
         def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
             if node.module == "songsight" and node.level == 0:
                 out.extend((node.lineno, alias.name) for alias in node.names)
@@ -205,14 +209,7 @@ def _imported_modules(path: Path, name: str, modules: set[str]) -> dict[str, int
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     edges: dict[str, int] = {}
 
-    class Visitor(ast.NodeVisitor):
-        def visit_If(self, node: ast.If) -> None:
-            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-                for child in node.orelse:
-                    self.visit(child)
-                return
-            self.generic_visit(node)
-
+    class Visitor(RunningCode):
         def visit_Import(self, node: ast.Import) -> None:
             for a in node.names:
                 if a.name in modules:
