@@ -177,6 +177,27 @@ def test_a_failed_export_runs_on_torch_and_is_not_tried_again(tiny_models, fresh
     assert calls == [1]
 
 
+def test_a_failed_int8_export_runs_torchs_int8_and_is_not_tried_again(tiny_models, fresh_cache, monkeypatch, caplog):  # fmt: skip
+    """int8 audio exports from the fp32 tower; when that fails the job runs torch's int8 (the
+    precision asked for, not the fp32 encoder it exported from), then and on later jobs."""
+    from songsight.encoders.biolingual import BioLingualEncoder
+
+    calls = []
+
+    def broken(encoder):
+        calls.append(encoder.precision)
+        raise RuntimeError("no quantised export")
+
+    monkeypatch.setattr(ort_cache, "build_audio_int8", broken)
+    with caplog.at_level(logging.WARNING, logger="songsight.onnx"):
+        enc = runtime.open_audio_encoder(tiny_models[0], device="cpu", precision="int8")
+    assert isinstance(enc, BioLingualEncoder) and enc.precision == "int8"
+    assert "no quantised export" in caplog.text
+    again = runtime.open_audio_encoder(tiny_models[0], device="cpu", precision="int8")
+    assert isinstance(again, BioLingualEncoder) and again.precision == "int8"
+    assert calls == ["fp32"]
+
+
 @pytest.mark.parametrize(
     ("asked", "device", "precision", "want"),
     [

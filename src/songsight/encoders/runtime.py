@@ -76,10 +76,12 @@ def _session(build):
     return new_session(build.model, session_threads(), optimised=True)
 
 
-def _exported(part: str, resolved, load_torch, build):
+def _exported(part: str, resolved, load_torch, build, fallback=None):
     """``part``'s cached build and its ONNX Runtime session, exporting it from the torch
     encoder when absent or unreadable: (build, session, None), or (None, None, the torch
-    encoder) when the export fails (remembered, so later jobs go straight to torch)."""
+    encoder) when the export fails (remembered, so later jobs go straight to torch).
+    ``fallback``: what runs on torch instead, when not the encoder exported from."""
+    fallback = fallback or load_torch
     from songsight.encoders.ort_cache import (
         export_blocker,
         failed_before,
@@ -96,11 +98,11 @@ def _exported(part: str, resolved, load_torch, build):
     why = failed_before(resolved, part)
     if why is not None:
         log.info("%s's %s runs on torch: its ONNX export failed before (%s)", resolved.model_id, part, why)  # fmt: skip
-        return None, None, load_torch()
+        return None, None, fallback()
     why = export_blocker(resolved)
     if why is not None:  # not remembered: the next job, on a quieter machine, may export
         log.warning("%s runs on torch this time: %s", part, why)
-        return None, None, load_torch()
+        return None, None, fallback()
     log.warning("exporting %s's %s for ONNX Runtime (once; --runtime torch skips this)", resolved.model_id, part)  # fmt: skip
     torch_encoder = load_torch()
     try:
@@ -109,6 +111,9 @@ def _exported(part: str, resolved, load_torch, build):
     except Exception as exc:  # the exporter, ONNX and the file system raise many types
         log.warning("ONNX export of %s failed (%s); running on torch", part, one_line(exc))
         record_failure(resolved, part, one_line(exc))
+        if fallback is not load_torch:
+            del torch_encoder  # the export's source, not what runs
+            return None, None, fallback()
         return None, None, torch_encoder
 
 
@@ -143,9 +148,10 @@ def open_audio_encoder(
         return BioLingualEncoder(resolved, device="cpu", precision="fp32", **windows)
 
     part, builder = ("clap_audio_int8", build_audio_int8) if int8 else ("clap_audio", build_audio)
-    build, session, torch_encoder = _exported(part, resolved, load_fp32, builder)
-    if build is None:  # the export failed: torch, at the precision asked for
-        return load_torch("cpu") if int8 else torch_encoder
+    fallback = (lambda: load_torch("cpu")) if int8 else None  # torch, at the precision asked
+    build, session, torch_encoder = _exported(part, resolved, load_fp32, builder, fallback)
+    if build is None:
+        return torch_encoder
     _cpu_notice(device, quiet)
     return OnnxAudioEncoder(build, resolved, session, **windows)
 
