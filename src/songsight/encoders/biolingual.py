@@ -269,9 +269,16 @@ class BioLingualEncoder(WindowedAudioEncoder):
                     dtype=self.autocast,
                     enabled=self.autocast is not None,
                 ):
-                    emb = self._embed_features(feats)
-                out.append(l2_normalize(emb.float()).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+                    rows = self._window_rows(feats)
+                out.append(rows.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self._row_width()), np.float32)
+
+    def _window_rows(self, feats):
+        """What `_forward` keeps of a batch of features: here the unit-norm audio embedding."""
+        return l2_normalize(self._embed_features(feats).float())
+
+    def _row_width(self) -> int:
+        return self.dim
 
     # --- text ------------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

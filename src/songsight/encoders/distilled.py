@@ -157,25 +157,16 @@ class DistilledEncoder(HeadReadout, BioLingualEncoder):
         with torch.inference_mode():
             return self.head(torch.from_numpy(np.asarray(x, np.float32)).to(self.device)).float().cpu().numpy()  # fmt: skip
 
-    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
-        """(W, D + d): each window's head output (unit norm) beside its audio embedding as the
+    def _window_rows(self, feats):
+        """(B, D + d): each window's head output (unit norm) beside its audio embedding as the
         tower gives it; `embed_windows` splits them."""
         import torch
 
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(windows), self.batch_size):
-                feats = self.features(windows[i : i + self.batch_size], self.device)
-                with torch.autocast(
-                    self.device.split(":")[0],
-                    dtype=self.autocast,
-                    enabled=self.autocast is not None,
-                ):
-                    base = BioLingualEncoder._embed_features(self, feats).float()
-                    emb = self.head(base).float()
-                out.append(torch.cat([l2_normalize(emb), base], dim=1).cpu().numpy())
-        width = self.dim + int(self.meta["head"]["in_dim"])
-        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+        base = BioLingualEncoder._embed_features(self, feats).float()
+        return torch.cat([l2_normalize(self.head(base).float()), base], dim=1)
+
+    def _row_width(self) -> int:
+        return self.dim + int(self.meta["head"]["in_dim"])
 
     def provenance(self) -> dict:
         return distilled_provenance(super().provenance(), self.meta)
