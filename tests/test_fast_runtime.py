@@ -79,9 +79,7 @@ def test_the_distilled_encoder_on_onnx_runtime_answers_as_on_torch(
     from songsight.encoders.ort_distilled import OnnxDistilledEncoder
     from songsight.encoders.runtime import open_distilled_encoder
 
-    ckpt = _checkpoint(
-        tmp_path / "ckpt", tiny_models[0], tiny_image_encoder.provenance(), "cascade"
-    )
+    ckpt = _checkpoint(tmp_path / "ckpt", tiny_models[0], tiny_image_encoder.provenance(), kind)
     long = (np.resize(warble(1500, 3.7, RATE), RATE * 9), RATE)  # several windows
     fast = open_distilled_encoder(ckpt, runtime="onnxruntime", quiet=True)
     slow = DistilledEncoder(ckpt, device="cpu")
@@ -94,6 +92,11 @@ def test_the_distilled_encoder_on_onnx_runtime_answers_as_on_torch(
     prov_fast, prov_slow = fast.provenance(), slow.provenance()
     for key in ("model_id", "revision", "dim", "distilled_from", "teacher"):
         assert prov_fast[key] == prov_slow[key], key
+    # fused: one set of log-mels feeds both towers, as if each had computed its own
+    fused = open_distilled_encoder(ckpt, fused_with=tiny_models[0], runtime="onnxruntime", quiet=True)  # fmt: skip
+    base = fused.base
+    f = fused.embed_clips([long])[0]
+    np.testing.assert_allclose(f.windows, np.concatenate([a.windows, base.embed_clips([long])[0].windows], axis=1), atol=1e-6)  # fmt: skip
 
 
 def _gallery(tmp_path: Path, image_dir: Path) -> Path:

@@ -91,6 +91,15 @@ class OnnxAudioEncoder(WindowedAudioEncoder):
     def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
         out = []
         for i in range(0, len(windows), self.batch_size):
-            feats = self.features(windows[i : i + self.batch_size])
-            out.append(l2_normalize(self.session.run(None, {self._input: feats})[0]))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            out.append(self._window_rows(self.features(windows[i : i + self.batch_size])))
+        return np.concatenate(out) if out else np.zeros((0, self._row_width()), np.float32)
+
+    def _window_rows(self, feats: np.ndarray) -> np.ndarray:
+        """What `_forward` keeps of a batch of log-mels: here the unit-norm audio embedding."""
+        return l2_normalize(self._tower(feats))
+
+    def _tower(self, feats: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._input: feats})[0].astype(np.float32)
+
+    def _row_width(self) -> int:
+        return self.dim

@@ -41,15 +41,13 @@ class OnnxDistilledEncoder(HeadReadout, OnnxAudioEncoder):
     def _head_numpy(self, x: np.ndarray) -> np.ndarray:
         return self._head(x)
 
-    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
-        """(W, D + d): each window's head output (unit norm) beside its audio embedding."""
-        out = []
-        for i in range(0, len(windows), self.batch_size):
-            feats = self.features(windows[i : i + self.batch_size])
-            base = self.session.run(None, {self._input: feats})[0].astype(np.float32)
-            out.append(np.concatenate([l2_normalize(self._head(base)), base], axis=1))
-        width = self.dim + self.base_dim
-        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+    def _window_rows(self, feats: np.ndarray) -> np.ndarray:
+        """(B, D + d): each window's head output (unit norm) beside its audio embedding."""
+        base = self._tower(feats)
+        return np.concatenate([l2_normalize(self._head(base)), base], axis=1)
+
+    def _row_width(self) -> int:
+        return int(self.meta["head"]["out_dim"]) + self.base_dim  # also under OnnxFusedEncoder
 
     def provenance(self) -> dict:
         from songsight.encoders.distilled import distilled_provenance
@@ -71,7 +69,21 @@ class OnnxFusedEncoder(FusedReadout, OnnxDistilledEncoder):
         self.dim = distilled.dim + base.dim
 
     def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([super()._forward(windows), self.base._forward(windows)], axis=1)
+        base = self.base
+        same_features = (
+            isinstance(base, OnnxAudioEncoder)
+            and base.features.describe() == self.features.describe()
+            and np.array_equal(base.features.mel_filters, self.features.mel_filters)
+        )
+        if not same_features:
+            return np.concatenate([super()._forward(windows), base._forward(windows)], axis=1)
+        # the same log-mels feed both towers: computed once per batch
+        out = []
+        for i in range(0, len(windows), self.batch_size):
+            feats = self.features(windows[i : i + self.batch_size])
+            out.append(np.concatenate([self._window_rows(feats), base._window_rows(feats)], axis=1))
+        width = self._row_width() + base._row_width()
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     def provenance(self) -> dict:
         return {**super().provenance(), "encoder": self.name, "base": self.base.provenance()}

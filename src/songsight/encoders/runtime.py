@@ -225,9 +225,11 @@ def open_distilled_encoder(
 
         return BioLingualEncoder(resolved, device="cpu", precision=precision)
 
-    build, session, _ = _exported("clap_audio", resolved, tower, build_audio)
+    build, session, torch_encoder = _exported(
+        "clap_audio", resolved, tower, build_audio, fallback=lambda: load_torch("cpu")
+    )
     if build is None:
-        return load_torch("cpu")
+        return torch_encoder
     _cpu_notice(device, quiet)
     enc = OnnxDistilledEncoder(build, resolved, ckpt, session, batch_size=batch_size or 16, **windows)  # fmt: skip
     if fused_with is None:
