@@ -319,20 +319,23 @@ def test_milvus_gallery_answers_as_the_exact_one(two_galleries, tiny_image_encod
 def test_sync_inserts_new_photos_and_upserts_only_changed_metadata(
     tiny_image_encoder, tmp_path, monkeypatch
 ):
-    """New photos are added as new rows (inserted by the embedded file: Milvus Lite's upsert
-    slows as a collection grows); a photo whose metadata drifted is upserted back in line."""
+    """New photos are added as rows the sync vouches absent (inserted, on a server too: Milvus
+    Lite's upsert slows as a collection grows, a server's sets off compactions); a photo whose
+    metadata drifted is upserted back in line."""
     import json
 
     from songsight.gallery import milvus as gallery_milvus
     from songsight.gallery.format import META_FILE
     from songsight.taxonomy import write_species_csv
 
-    calls: list[tuple[int, bool]] = []
+    calls: list[tuple[int, bool, bool]] = []
     original = MilvusIndex.add
 
-    def recording(self, vectors, ids=None, *, keys=None, fields=None, replace=False):
-        calls.append((len(vectors), replace))
-        return original(self, vectors, ids, keys=keys, fields=fields, replace=replace)
+    def recording(self, vectors, ids=None, *, keys=None, fields=None, replace=False, absent=False):
+        calls.append((len(vectors), replace, absent))
+        return original(
+            self, vectors, ids, keys=keys, fields=fields, replace=replace, absent=absent
+        )
 
     monkeypatch.setattr(MilvusIndex, "add", recording)
     photos = random_photos(tmp_path / "photos", 12, 2)
@@ -343,7 +346,8 @@ def test_sync_inserts_new_photos_and_upserts_only_changed_metadata(
     )
     gallery = Gallery.build([], tmp_path / "g", tiny_image_encoder, manifest=manifest,
                             species_csv=taxa, milvus=milvus_config(), progress=False)  # fmt: skip
-    assert calls and all(not replace for _, replace in calls) and sum(n for n, _ in calls) == 12
+    assert calls and all(absent and not replace for _, replace, absent in calls)
+    assert sum(n for n, _, _ in calls) == 12
     row = gallery.record(4)
     want = gallery.index.fetch([row["sha256"]], ["species"])[row["sha256"]]["species"]
     # The collection's copy of one photo drifts (a species renamed by hand)...
@@ -358,7 +362,7 @@ def test_sync_inserts_new_photos_and_upserts_only_changed_metadata(
     calls.clear()
     meta = json.loads((tmp_path / "g" / META_FILE).read_text())
     gallery_milvus.sync_milvus(tmp_path / "g", meta, full=True)
-    assert calls == [(1, True)]
+    assert calls == [(1, True, False)]
     reopened = Gallery.open(tmp_path / "g")
     assert reopened.index.fetch([row["sha256"]], ["species"])[row["sha256"]]["species"] == want
     assert len(reopened.index) == 12

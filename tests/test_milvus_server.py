@@ -237,6 +237,42 @@ def test_add_and_remove_keep_the_server_in_step(built, milvus_server, tiny_model
         gallery.index.close()
 
 
+def test_builds_and_adds_insert_new_photos_and_upsert_only_changed_ones(milvus_server, tiny_models, tmp_path, monkeypatch):  # noqa: F811  # fmt: skip
+    """A server applies an upsert as a delete plus an insert, and a million deletes made it
+    compact and re-index every segment for half an hour (docs/scale.md): new photos are
+    inserted after a Strong read of the collection, and only a photo the collection holds
+    with other metadata is upserted. Nothing is duplicated (the kill -9 drill below covers a
+    killed writer)."""
+    import pymilvus
+
+    writes: list[tuple[str, int]] = []
+    for name in ("insert", "upsert"):
+        original = getattr(pymilvus.MilvusClient, name)
+
+        def recording(self, collection, data, *a, _name=name, _original=original, **kw):
+            writes.append((_name, len(data)))
+            return _original(self, collection, data, *a, **kw)
+
+        monkeypatch.setattr(pymilvus.MilvusClient, name, recording)
+    photos = random_photos(tmp_path / "photos", 8, 5)
+    common = ["--image-model", str(tiny_models[1]), "--device", "cpu"]
+    g = tmp_path / "g"
+    assert _index("build", *map(str, photos[:5]), "--gallery", str(g), *common, "--backend",
+                  "milvus", "--milvus-uri", milvus_server.uri, "--collection", _collection()) == 0  # fmt: skip
+    assert writes and {name for name, _ in writes} == {"insert"}
+    assert sum(n for _, n in writes) == 5
+    writes.clear()
+    # Three new photos and two already held: only the new ones are written, by insert.
+    assert _index("add", *map(str, photos[3:]), "--gallery", str(g), "--device", "cpu") == 0
+    assert {name for name, _ in writes} == {"insert"} and sum(n for _, n in writes) == 3
+    gallery = Gallery.open(g)
+    try:
+        keys = [gallery.record(i)["sha256"] for i in range(8)]
+        assert len(gallery.index) == 8 and len(gallery.index.existing_keys(keys)) == 8
+    finally:
+        gallery.index.close()
+
+
 def test_server_hnsw_its_knobs_and_the_other_server_indexes(milvus_server):  # noqa: F811
     data = clustered(3000, 32, 40, seed=20)
     queries = clustered(100, 32, 40, seed=21)

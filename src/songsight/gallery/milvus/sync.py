@@ -64,7 +64,9 @@ def _normal(fields: dict) -> dict:
 
 
 def _held(index: MilvusIndex, hashes: list[str], rows: list[int]) -> dict[str, dict]:
-    """key -> stored scalar fields, for the keys of ``rows`` the collection holds."""
+    """key -> stored scalar fields, for the keys of ``rows`` the collection holds, read at
+    "Strong" consistency (songsight creates its collections Strong, which the scan and the
+    count use): every row a server acknowledged is seen, a killed run's included."""
     names = list(SCALAR_FIELDS)
     if len(index) == 0:
         return {}
@@ -76,7 +78,7 @@ def _held(index: MilvusIndex, hashes: list[str], rows: list[int]) -> dict[str, d
             for r in batch
             if r["key"] in wanted
         }
-    return index.fetch([hashes[r] for r in rows], names)
+    return index.fetch([hashes[r] for r in rows], names, strong=True)
 
 
 def _write_rows(
@@ -85,10 +87,12 @@ def _write_rows(
 ) -> None:  # fmt: skip
     """Write store ``rows`` (ascending) with their vectors, read from the store in batches.
 
-    Rows whose key the collection holds (``held``) are upserted (their metadata changed);
-    the others are added as new rows, which the embedded file inserts: Milvus Lite's upsert
-    slows as the collection grows (168 against 45 ms per 256 rows at 60k rows, load 0.7), so a
-    gallery of a million photos written by upserts alone fell far behind the insert rate."""
+    Rows whose key the collection holds (``held``, read at "Strong" consistency by the only
+    writer: the gallery is claimed) are upserted (their metadata changed); the others are
+    inserted as new rows. Upserts alone fell far behind: Milvus Lite's slow as the collection
+    grows (168 against 45 ms per 256 rows at 60k rows, load 0.7), and a server's are a delete
+    plus an insert each, whose deletes set off compactions and re-indexing of every segment
+    (`MilvusIndex.add`'s ``absent``)."""
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
@@ -121,7 +125,8 @@ def _write_rows(
                     for part, replace in ((take[~old], False), (take[old], True)):
                         if len(part):
                             index.add(vectors[part - start], keys=[hashes[r] for r in part],
-                                      fields=columns(part), replace=replace)  # fmt: skip
+                                      fields=columns(part), replace=replace,
+                                      absent=not replace)  # fmt: skip
                     bar.update(len(take))
             start = end
 

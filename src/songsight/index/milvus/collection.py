@@ -6,9 +6,10 @@ Milvus proposes candidates and ``search.py`` re-ranks them exactly (the package'
 modules: `songsight.index.milvus`).
 
 Rows are keyed by a string primary key (a gallery uses the photo's sha256, so re-adding a
-photo is a no-op); without keys an int id is its own key. Writes are upserts of the keys the
-collection lacks, so a write that was killed and is run again leaves neither duplicates nor
-gaps. Scalar fields (species, path, model provenance ...) live beside the vectors, and an
+photo is a no-op); without keys an int id is its own key. Keys the only writer found absent at
+"Strong" consistency are inserted (``add(absent=True)``), others upserted (racing writers cannot
+duplicate them; a server's upsert is a delete plus an insert, and a million deletes make it
+compact and re-index every segment: docs/scale.md). Scalar fields (species, path, model provenance ...) live beside the vectors, and an
 ``allowed_species`` filter is pushed down to Milvus as a filter expression.
 
 The index type follows the collection's size (`choose_index_type`): FLAT (exact) up to
@@ -245,11 +246,8 @@ class MilvusIndex:
         n_rows = self._count(**self._session)
         want = choose_index_type(n_rows, self.settings, self.embedded)
         nlist = self._built.get("nlist")
-        # An IVF index keeps the lists it was trained with: rebuilt once the size calls for
-        # twice as many (or half), so a gallery that grew from 200k to 1M is not searched
-        # through 1,789 lists of ~560 rows.
-        # The embedded file searches its interim index whatever nlist it was given: retraining
-        # there would only cost a reload of every vector.
+        # IVF lists are retrained once the size calls for twice as many (or half), except in
+        # the embedded file, which searches its interim index whatever nlist it was given.
         stale = (
             bool(nlist)
             and not self.embedded
@@ -267,11 +265,13 @@ class MilvusIndex:
         self._client.load_collection(self.collection)
 
     # --- writing ----------------------------------------------------------------------------
-    def fetch(self, keys: Sequence[str], output_fields: Sequence[str] = ()) -> dict[str, dict]:
-        """key -> ``output_fields`` of the rows of ``keys`` the collection holds."""
+    def fetch(self, keys: Sequence[str], output_fields: Sequence[str] = (), strong=False) -> dict:
+        """key -> ``output_fields`` of the rows of ``keys`` the collection holds; ``strong``: as
+        of every write a server acknowledged (a killed writer's too), not this session's."""
         if self._index_type is None or not len(keys):
             return {}
-        return fetch_rows(self._client, self.collection, keys, output_fields, **self._session)
+        level = {"consistency_level": "Strong"} if strong and not self.embedded else self._session
+        return fetch_rows(self._client, self.collection, keys, output_fields, **level)
 
     def existing_keys(self, keys: Sequence[str]) -> set[str]:
         """The subset of ``keys`` the collection holds."""
@@ -285,13 +285,14 @@ class MilvusIndex:
         keys: Sequence[str] | None = None,
         fields: Mapping[str, Sequence[Any]] | None = None,
         replace: bool = False,
+        absent: bool = False,
     ) -> None:
         """Add `(N, D)` vectors under unique ``keys`` (default: the int64 ``ids`` as text).
 
         Keys the collection already holds are refused (``ids``) or, with explicit ``keys``,
         skipped: re-adding a photo is a no-op; ``replace`` overwrites them instead (new
-        metadata). ``fields``: column name -> N values.
-        """
+        metadata). ``fields``: column name -> N values. ``absent``: the only writer found none
+        of ``keys`` (``fetch(strong=True)``), so they are inserted."""
         arr = as_matrix(vectors, self.dim, "vectors")
         n = len(arr)
         if keys is None:
@@ -307,15 +308,14 @@ class MilvusIndex:
                 raise SongsightError(f"keys must be {n} unique strings, one per vector")
         arr = round_to_storage(arr, self._dtype)
         columns = field_columns(self._schema.fields, fields or {}, n)
-        done = self.existing_keys(keys) if ids is None and not replace else set()
+        done = self.existing_keys(keys) if ids is None and not (replace or absent) else set()
         todo = [i for i, key in enumerate(keys) if key not in done]
         if not todo:
             return
         self.ensure_collection()
-        # Insert when no row can be there already: ids were checked above, keys too unless
-        # replacing, and an embedded file has one writer; a server may have racing writers.
-        absent = self.embedded and not replace
-        write_rows(self._client, self.collection, keys, arr, columns, todo, absent=absent)
+        # Insert when no row can be there: the caller says so, or an embedded file (one writer).
+        insert = not replace and (absent or self.embedded)
+        write_rows(self._client, self.collection, keys, arr, columns, todo, absent=insert)
         if self.manage_index:
             self._retune()
 
