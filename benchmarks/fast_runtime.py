@@ -73,7 +73,7 @@ def make_models(work: Path, quick: bool) -> tuple[Path, Path, Path]:
 
         audio, image = build_tiny_models(work / "tiny")
     else:
-        from harness.models import build_biolingual_shape, build_bioclip2_shape
+        from harness.models import build_bioclip2_shape, build_biolingual_shape
 
         audio = build_biolingual_shape(work / "biolingual")
         image = build_bioclip2_shape(work / "bioclip2")
@@ -81,9 +81,9 @@ def make_models(work: Path, quick: bool) -> tuple[Path, Path, Path]:
     if not (ckpt / "head.safetensors").is_file():
         clap, _, tokenizer, resolved = load_clap(audio)
         image_res = resolve_model(str(image), "image")
-        import open_clip  # noqa: F401 - the image width, from the model's config
-
         import json
+
+        import open_clip  # noqa: F401 - the image width, from the model's config
 
         cfg = json.loads((Path(image) / "open_clip_config.json").read_text())["model_cfg"]
         torch.manual_seed(0)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.machine import load_average
-from harness.memory import children_rss_bytes, rss_bytes, status_kib
+from harness.memory import children_rss_bytes, rss_bytes, status_kib, wait_quiet
 from harness.timing import latencies_ms
 from harness.vectors import make_embeddings, recall_at_k
 
@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         "(none: skip Milvus)",
     )
     parser.add_argument(
-        "--nprobe", type=int, nargs="+", default=[16, 32, 64], help="IVF rows, one per value"
+        "--nprobe",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64],
+        help="IVF rows (embedded file and server), one per value",
     )
     parser.add_argument("--work-dir", default=None, help="where the Milvus files go (default tmp)")
     parser.add_argument(
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         nargs="+",
         default=[128, 512],
-        help="HNSW rows besides the default hnsw_ef (ef is at least the candidate count, 100)",
+        help="server HNSW rows besides the default hnsw_ef (ef is at least the candidate count, "
+        "100); server IVF rows take --nprobe",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
@@ -393,10 +398,21 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
         index.close()
         print(
             f"# N={n}: server {index_type}: ingest {n / ingest_s:.0f} vectors/s "
-            f"({ingest_s:.1f} s), flush {flush_s:.1f} s, indexed {index_s:.1f} s after; "
+            f"({ingest_s:.1f} s, with the index change `auto` makes at the end of the add), "
+            f"flush {flush_s:.1f} s, indexed {index_s:.1f} s after; "
             f"load average {load_average():.1f}",
             flush=True,
         )
+        if server:
+            # Compaction and index builds of compacted segments go on after the index is
+            # reported built; searches are timed once the server is idle, as a user's would be.
+            quiet_s = wait_quiet(server.pid)
+            print(
+                f"# N={n}: server idle {quiet_s:.0f} s after that; peak RSS "
+                f"{status_kib('VmHWM', server.pid) / 1024:.0f} MiB; load average "
+                f"{load_average():.1f}",
+                flush=True,
+            )
         t0 = time.perf_counter()
         index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
         index.search(single[:1], args.k)
@@ -410,14 +426,23 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
             flush=True,
         )
         memory = {"rss_b": rss_b / n, "held_b": held_b / n}
-        hnsw = str(index.index_type).startswith("HNSW")
-        default_ef = index.settings.hnsw_ef
-        for i, ef in enumerate([None, *args.server_ef] if hnsw else [None]):
-            index.settings.hnsw_ef = default_ef if ef is None else ef
+        kind = str(index.index_type)
+        # One row per search knob: the settings' default first (*), then each one asked for.
+        if kind.startswith("HNSW"):
+            knob, field, values = "ef", "hnsw_ef", [None, *args.server_ef]
+        elif kind.startswith("IVF"):
+            knob, field, values = "nprobe", "ivf_nprobe", [None, *args.nprobe]
+        else:
+            knob, field, values = None, None, [None]
+        default = getattr(index.settings, field) if field else None
+        for i, value in enumerate(values):
+            if field:
+                setattr(index.settings, field, default if value is None else value)
             found, timing = time_searches(index, queries, single, args.k)
-            name = f"server {index.index_type}"
-            if hnsw:
-                name += f" ef={index.search_params()['ef']}" + ("*" if ef is None else "")
+            name = f"server {kind}"
+            if knob:
+                short = "np" if knob == "nprobe" else knob
+                name += f" {short}={index.search_params()[knob]}" + ("*" if value is None else "")
             if server:
                 memory["rss_b"] = status_kib("VmRSS", server.pid) * 1024 / n
             row(

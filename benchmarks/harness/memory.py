@@ -1,8 +1,9 @@
-"""Resident memory from /proc (Linux): now, high-water mark, of this process or another."""
+"""Resident memory and CPU time from /proc (Linux), of this process or another."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -47,3 +48,24 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(
+    pid: int, below_cores: float = 0.1, window_s: float = 10.0, timeout_s: float = 1800.0
+) -> float:
+    """Wait until process ``pid`` uses less than ``below_cores`` of a core over ``window_s``
+    (a server done with its background work: index builds, compaction); returns the seconds
+    waited (``timeout_s`` if it never settled)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        before = cpu_seconds(pid)
+        time.sleep(window_s)
+        if (cpu_seconds(pid) - before) / window_s < below_cores:
+            return time.perf_counter() - t0
+    return timeout_s
