@@ -9,8 +9,8 @@ Rows are keyed by a string primary key (a gallery uses the photo's sha256, so re
 photo is a no-op); without keys an int id is its own key. Keys the only writer found absent at
 "Strong" consistency are inserted (``add(absent=True)``), others upserted (racing writers cannot
 duplicate them; a server's upsert is a delete plus an insert, and a million deletes make it
-compact and re-index every segment: docs/scale.md). Scalar fields (species, path, model provenance ...) live beside the vectors, and an
-``allowed_species`` filter is pushed down to Milvus as a filter expression.
+compact and re-index every segment: docs/scale.md). Scalar fields (species, path ...) sit
+beside the vectors; an ``allowed_species`` filter is pushed down to Milvus as a filter expression.
 
 The index type follows the collection's size (`choose_index_type`): FLAT (exact) up to
 ``flat_threshold`` rows; past it IVF_FLAT in the embedded file, HNSW on a Milvus server and
