@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         "held the file's size on disk / N; searched after reopening the file. Server rows: a "
         "Milvus standalone server on loopback (2 cores shared with this process), build_s is "
         "ingest + flush + the server's indexing after it; B/vec rss the server process's RSS / "
-        "N, B/vec held its data folder / N; ef rows per hnsw_ef (*: the default). load: 1-min "
+        "N, B/vec held its data folder / N; ef rows per hnsw_ef, np rows per ivf_nprobe (*: "
+        "the default); searched once the server process was idle. load: 1-min "
         "load average when the row was printed."
     )
     print("\n".join(["", *rows]))
@@ -360,7 +361,8 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
     """Ingest ``gallery`` into a Milvus server (started here unless ``--milvus-uri``), wait
     for it to index the rows, reopen the collection and time searches, one row per ef.
 
-    Ingest is `MilvusIndex.add`, songsight's write path to a server (upserts of 2,000 rows).
+    Ingest is `MilvusIndex.add` as a gallery's sync calls it for photos the collection lacks
+    (``absent=True``: inserts of 2,000 rows; the collection was just dropped, so none is held).
     The server's memory is its process's resident set (with its start-up share, ~0.3 GB)."""
     import shutil
     import tempfile
@@ -389,7 +391,7 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
         index.drop()  # a run before this one's (a server of your own)
         index = MilvusIndex(args.dim, uri, "songsight_bench", settings=settings)
         t0 = time.perf_counter()
-        index.add(gallery, np.arange(n, dtype=np.int64))
+        index.add(gallery, keys=[str(i) for i in range(n)], absent=True)  # keys: decimal ids
         ingest_s = time.perf_counter() - t0
         index.flush()
         flush_s = time.perf_counter() - t0 - ingest_s
@@ -398,7 +400,13 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
         index.close()
         print(
             f"# N={n}: server {index_type}: ingest {n / ingest_s:.0f} vectors/s "
-            f"({ingest_s:.1f} s, with the index change `auto` makes at the end of the add), "
+            f"({ingest_s:.1f} s"
+            + (
+                ", with auto's change of index at the end of the add"
+                if index_type == "auto"
+                else ""
+            )
+            + "), "
             f"flush {flush_s:.1f} s, indexed {index_s:.1f} s after; "
             f"load average {load_average():.1f}",
             flush=True,
