@@ -97,6 +97,10 @@ def test_the_distilled_encoder_on_onnx_runtime_answers_as_on_torch(
     base = fused.base
     f = fused.embed_clips([long])[0]
     np.testing.assert_allclose(f.windows, np.concatenate([a.windows, base.embed_clips([long])[0].windows], axis=1), atol=1e-6)  # fmt: skip
+    assert fused.shared_features
+    # ...and the path for a base that reads its own features (run apart) gives the same rows
+    fused.shared_features = False
+    np.testing.assert_allclose(fused.embed_clips([long])[0].windows, f.windows, atol=1e-6)
 
 
 def _gallery(tmp_path: Path, image_dir: Path) -> Path:

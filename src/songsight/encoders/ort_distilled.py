@@ -67,23 +67,28 @@ class OnnxFusedEncoder(FusedReadout, OnnxDistilledEncoder):
         self.distilled_dim = distilled.dim
         self.base_in_dim = distilled.base_dim
         self.dim = distilled.dim + base.dim
-
-    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
-        base = self.base
-        same_features = (
+        # Both towers read the same log-mels (one description and filter bank): each batch's
+        # are computed once and fed to both (`_window_rows`); otherwise the base runs apart.
+        self.shared_features = (
             isinstance(base, OnnxAudioEncoder)
             and base.features.describe() == self.features.describe()
             and np.array_equal(base.features.mel_filters, self.features.mel_filters)
         )
-        if not same_features:
-            return np.concatenate([super()._forward(windows), base._forward(windows)], axis=1)
-        # the same log-mels feed both towers: computed once per batch
-        out = []
-        for i in range(0, len(windows), self.batch_size):
-            feats = self.features(windows[i : i + self.batch_size])
-            out.append(np.concatenate([self._window_rows(feats), base._window_rows(feats)], axis=1))
-        width = self._row_width() + base._row_width()
-        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def _window_rows(self, feats: np.ndarray) -> np.ndarray:
+        rows = super()._window_rows(feats)
+        if not self.shared_features:
+            return rows
+        return np.concatenate([rows, self.base._window_rows(feats)], axis=1)
+
+    def _row_width(self) -> int:
+        return super()._row_width() + (self.base._row_width() if self.shared_features else 0)
+
+    def _forward(self, windows: list[np.ndarray]) -> np.ndarray:
+        rows = super()._forward(windows)  # OnnxAudioEncoder's batching loop
+        if self.shared_features:
+            return rows
+        return np.concatenate([rows, self.base._forward(windows)], axis=1)
 
     def provenance(self) -> dict:
         return {**super().provenance(), "encoder": self.name, "base": self.base.provenance()}
