@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.work_dir:  # a folder of the user's choosing, made if it does not exist yet
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.sizes, args.queries, args.single, args.species = [5_000, 20_000], 200, 50, 100
 
