@@ -9,7 +9,10 @@ Issue 19's comparisons, each pair interleaved round by round in one run (best of
   and whether the search process imported torch (``SONGSIGHT_REPORT_MODULES``-free: the child
   is run under ``python -X importtime`` and its log read);
 - ``embed audio`` of 8 clips in ``--precision int8`` against fp32 (end to end, the start
-  included), and the steady rate of each as the slope between 8 and ``--clips`` clips.
+  included), and the steady rate of each as the slope between 8 and ``--clips`` clips;
+- in this process, the numpy log-mels both precisions compute before their tower
+  (`songsight.encoders.ort_audio.NumpyLogMel`, float64 STFT), per 10 s window as the slope
+  between 8 and 32 windows: the share of a clip int8 cannot speed up.
 
 Models are the exact architectures at random init (`harness.models`: ``ClapModel(ClapConfig())``
 for BioLingual, open_clip ``ViT-L-14`` for BioCLIP-2); the distilled checkpoint is that CLAP with
@@ -56,6 +59,29 @@ def imported_torch(args: list[str], env: dict) -> bool:
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     return any(line.rstrip().endswith("| torch") for line in proc.stderr.splitlines())
+
+
+def log_mel_s_per_window(audio: Path, rounds: int) -> float:
+    """Seconds a 10 s window of the model's log-mels costs (best of ``rounds``, slope between 8
+    and 32 windows, this process's threads)."""
+    import numpy as np
+    from transformers import ClapFeatureExtractor
+
+    from songsight.encoders.biolingual import ClapFeatures
+    from songsight.encoders.ort_audio import NumpyLogMel
+
+    torch_feats = ClapFeatures(ClapFeatureExtractor.from_pretrained(audio), fused_model=False)
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.standard_normal(torch_feats.max_samples).astype(np.float32) for _ in range(32)]  # fmt: skip
+    features = NumpyLogMel(torch_feats.describe(), torch_feats.mel_filters.numpy())
+    features(waves[:2])  # warm
+    best = {}
+    for _ in range(rounds):
+        for n in (8, 32):
+            t0 = time.perf_counter()
+            features(waves[:n])
+            best[n] = min(best.get(n, np.inf), time.perf_counter() - t0)
+    return (best[32] - best[8]) / 24
 
 
 def make_models(work: Path, quick: bool) -> tuple[Path, Path, Path]:
@@ -160,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 best[name] = min(best.get(name, wall), wall)
                 print(f"round {r}: {name:<16} {wall:7.2f} s | {load()}", flush=True)
         torch_in_search = imported_torch(cmd("search", 99), env)
+        log_mels = log_mel_s_per_window(audio, max(args.rounds, 3))
         n = args.clips
         slope = {p: (best[f"{p} {n} clips"] - best[f"{p} 8 clips"]) / (n - 8) for p in ("fp32", "int8")}  # fmt: skip
         result = {
@@ -170,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "int8_over_fp32_8_clips": best["int8 8 clips"] / best["fp32 8 clips"],
             "steady_s_per_clip": slope,
             "steady_int8_speedup": slope["fp32"] / slope["int8"] if slope["int8"] > 0 else None,
+            "log_mel_s_per_window": log_mels,
             "models": "tiny" if args.quick else "exact architectures at random init",
             "load": load(),
         }
@@ -179,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             f"search --model / embed audio (one clip): {best['search']:.2f} / {best['embed audio']:.2f} s = x{result['search_over_embed_audio']:.2f} (target <= 2.5); search imported torch: {torch_in_search}",  # fmt: skip
             f"int8 / fp32, 8 clips end to end: {best['int8 8 clips']:.2f} / {best['fp32 8 clips']:.2f} s = x{result['int8_over_fp32_8_clips']:.2f} (target <= 1.0)",  # fmt: skip
             f"steady s/clip (slope 8 -> {n}): fp32 {slope['fp32']:.3f}, int8 {slope['int8']:.3f}: int8 x{result['steady_int8_speedup'] or float('nan'):.2f} (target >= 1.6)",  # fmt: skip
+            f"of which log-mels (both precisions, slope 8 -> 32 windows, in process): {log_mels:.4f} s/window | {load()}",  # fmt: skip
         ])
         emit(report, result, args.out)
     return 0
