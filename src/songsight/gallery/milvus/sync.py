@@ -5,11 +5,12 @@ record of every photo (path, sha256, species ..., vector) and what builds resume
 collection (`songsight.gallery.milvus.collection`) holds the same photos for search.
 
 `sync_milvus` brings the collection in line with the store after each build, add or remove:
-it writes (upserts) the rows the collection lacks or holds with other metadata and deletes
-rows no longer in the store. ``gallery.json`` records how many store rows were synced and
-their digest, so a sync after an add checks only the new rows; after an interrupted sync
-(the record was not written) the unsynced rows are checked by key, so a rerun leaves no
-duplicate and no gap. `songsight.gallery.index.update_index` is the one caller.
+it inserts the rows the collection lacks (read at "Strong" consistency: the gallery is
+claimed, so this is the collection's only writer), upserts those it holds with other metadata
+and deletes rows no longer in the store. ``gallery.json`` records how many store rows were
+synced and their digest, so a sync after an add checks only the new rows; after an
+interrupted sync (the record was not written) the unsynced rows are checked by key, so a rerun
+leaves no duplicate and no gap. `songsight.gallery.index.update_index` is the one caller.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from songsight.index.milvus.connect import server_failures
 
 __all__ = ["SYNC_ROWS", "forget_rows", "sync_milvus"]
 
-# Rows per upsert while syncing: small enough that the progress bar moves and that a kill
+# Rows per write while syncing: small enough that the progress bar moves and that a kill
 # interrupts a sync between writes, large enough to keep gRPC calls few.
 SYNC_ROWS = 256
 # Past this many rows to check, one scan of the collection beats per-key lookups.
