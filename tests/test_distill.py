@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,37 @@ def test_frozen_parts_do_not_change(world, tiny_models, tmp_path):
     after = load_file(str(tmp_path / "run" / "last" / "clap" / "model.safetensors"))
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
     assert read_meta(tmp_path / "run")["train_labels"] == [0, 1, 2]
+
+
+def test_early_stopping_waits_for_min_steps(world, tiny_models, tmp_path, monkeypatch):
+    """Patience counts validations, but a run never stops before ``min_steps`` steps: with a
+    validation that never improves after step 0, the run stops at the first validation past
+    ``min_steps``, not after ``patience`` epochs (a few steps on a small manifest)."""
+    from songsight.distill.loop import Trainer
+    from songsight.distill.train import distill
+
+    real = Trainer._validate
+
+    def flat(self, epoch):  # the real validation, its score pinned: nothing ever improves
+        res = real(self, epoch)
+        return {**res, "val_score": 0.5} if res else res
+
+    monkeypatch.setattr(Trainer, "_validate", flat)
+    audio, image = tiny_models
+    kw = dict(device="cpu", progress=False, cache_dir=tmp_path / "c")
+    args = (world / "audio.csv", world / "taxa.csv", audio, image)
+    first = distill(*args, tmp_path / "a", _cfg(epochs=4, min_steps=1, patience=1), **kw)
+    per_epoch = first["plan"]["steps_per_epoch"]
+    assert first["stopped_early"] and first["steps"] == per_epoch  # one stale validation
+    assert first["best"]["step"] == 0
+    # asked for 6 epochs, at least two and a bit: the first validation past min_steps stops it
+    cfg = _cfg(epochs=6, min_steps=2 * per_epoch + 1, patience=1)
+    res = distill(*args, tmp_path / "b", cfg, **kw)
+    assert res["stopped_early"] and res["steps"] == 3 * per_epoch and res["best"]["step"] == 0
+    # sized from the data: planned at min_steps, so the whole plan runs
+    sized = distill(*args, tmp_path / "s", replace(cfg, epochs=None), **kw)
+    assert sized["plan"]["epochs"] == 3 and sized["steps"] == 3 * per_epoch
+    assert sized["stopped_early"] is False
 
 
 def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):

@@ -72,9 +72,12 @@ class DistillConfig:
     preserve_kind: str = "cosine"
     # optimisation
     epochs: int | None = None  # None: from the data size (min_steps, max_epochs), early stopping
-    min_steps: int = 1000  # optimiser steps a run takes at least when epochs is None
+    # optimiser steps a run takes at least (planned when epochs is None; early stopping never
+    # ends a run sooner)
+    min_steps: int = 1000
     max_epochs: int = 100
-    patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    # validations without improvement before stopping, once min_steps are done (0: never)
+    patience: int = 5
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-4  # BioLingual's own fine-tuning rate

@@ -5,8 +5,13 @@
 batch; gradients accumulate over ``cfg.grad_accum`` micro-batches, are clipped, and step AdamW
 and the warmup-cosine schedule. After each epoch (every ``cfg.val_every_epochs``) the validation
 split is scored, the best checkpoint kept by its score (never the training loss), and the run
-stops early after ``cfg.patience`` validations without improvement. ``last`` is written at every
-epoch end (and every ``cfg.save_every_steps``), with the state to resume exactly.
+stops early after ``cfg.patience`` validations without improvement, but never before
+``cfg.min_steps`` steps, as Lightning's ``min_steps`` does: on a small manifest a few epochs are
+a few dozen steps, and patience counted in epochs ended runs long before the steps they were
+planned for. A run sized from the data (``epochs`` None) is planned at ``min_steps`` and so runs
+its plan, keeping its best validation; patience saves time when ``--epochs`` asks for more.
+``last`` is written at every epoch end
+(and every ``cfg.save_every_steps``), with the state to resume exactly.
 """
 
 from __future__ import annotations
@@ -167,7 +172,13 @@ class Trainer:
         val = self._validate(epoch) if due else {}
         if val:
             self._consider(val, epoch)
-        self.early = bool(val) and cfg.patience > 0 and st.best["stale"] >= cfg.patience
+        self.early = (
+            bool(val)
+            and cfg.patience > 0
+            and st.best["stale"] >= cfg.patience
+            and st.step >= min(cfg.min_steps, run.plan.total_steps)
+            and epoch + 1 < run.plan.epochs  # the plan's last epoch ends the run anyway
+        )
         final = run.validator is None and epoch + 1 == run.plan.epochs
         if final:  # nothing to choose on: the final weights are the best
             st.best = {**st.best, "metric": "final", "epoch": epoch, "step": st.step}
@@ -175,7 +186,7 @@ class Trainer:
         self._save("last", epoch + 1, 0)
         self.hooks.on_epoch_end(epoch, st.step)
         if self.early and run.is_main and self.progress:
-            say(f"no better validation for {cfg.patience} epochs: stopping at step {st.step}")
+            say(f"no better validation for {cfg.patience} validations: stopping at step {st.step}")
         return self.early or final
 
     # --- validation and checkpoints -----------------------------------------------------------

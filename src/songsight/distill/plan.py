@@ -163,7 +163,7 @@ def plan_run(n_clips: int, cfg: DistillConfig, world_size: int = 1) -> RunPlan:
 
     A batch larger than the data shrinks to the data (rounded down to a multiple of the ranks);
     ``cfg.epochs`` None runs ``ceil(min_steps / steps_per_epoch)`` epochs, at most
-    ``max_epochs``; early stopping on validation may end it sooner.
+    ``max_epochs``; early stopping on validation may end it sooner, never before ``min_steps``.
     """
     if n_clips < world_size:
         raise ValueError(f"{n_clips} training clips cannot be shared by {world_size} ranks")
