@@ -10,8 +10,8 @@ stops early after ``cfg.patience`` validations without improvement, but never be
 a few dozen steps, and patience counted in epochs ended runs long before the steps they were
 planned for. A run sized from the data (``epochs`` None) is planned at ``min_steps`` and so runs
 its plan, keeping its best validation; patience saves time when ``--epochs`` asks for more.
-``last`` is written at every epoch end
-(and every ``cfg.save_every_steps``), with the state to resume exactly.
+``last`` is written at every epoch end (and every ``cfg.save_every_steps``), with the state to
+resume exactly.
 """
 
 from __future__ import annotations
