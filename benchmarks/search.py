@@ -137,6 +137,14 @@ def main(argv: list[str] | None = None) -> None:
         help="server HNSW rows besides the default hnsw_ef (ef is at least the candidate count, "
         "100); server IVF rows take --nprobe",
     )
+    parser.add_argument(
+        "--server-config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="milvus.yaml settings (dotted) for the server the run starts, e.g. "
+        "dataCoord.segment.maxSize=4096 (segments of up to 4 GB: fewer to search)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -355,6 +363,19 @@ def _launcher():
     return module
 
 
+def loaded_segments(uri: str, collection: str) -> list[int]:
+    """Rows of each segment the server's query nodes hold for ``collection`` (each is searched
+    on its own, then the answers merged: their number is part of a search's cost)."""
+    from pymilvus import connections, utility
+
+    connections.connect("songsight-bench-segments", uri=uri)
+    try:
+        infos = utility.get_query_segment_info(collection, using="songsight-bench-segments")
+        return [int(info.num_rows) for info in infos]
+    finally:
+        connections.disconnect("songsight-bench-segments")
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -380,10 +401,15 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
             uri = args.milvus_uri
         else:
             launcher = _launcher()
-            server = launcher.MilvusServer(Path(args.milvus_server_venv), work / "server").start()
+            config = dict(item.split("=", 1) for item in args.server_config)
+            server = launcher.MilvusServer(
+                Path(args.milvus_server_venv), work / "server", settings=config
+            ).start()
             uri = server.uri
             print(
-                f"# N={n}: Milvus server {server.version} (pid {server.pid}) at {uri}, "
+                f"# N={n}: Milvus server {server.version} (pid {server.pid}) at {uri}"
+                + (f" with {', '.join(args.server_config)}" if config else "")
+                + ", "
                 f"{status_kib('VmRSS', server.pid) / 1024:.0f} MiB resident at start; "
                 f"load average {load_average():.1f}",
                 flush=True,
@@ -429,10 +455,13 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
         open_s = time.perf_counter() - t0
         rss_b = status_kib("VmRSS", server.pid) * 1024 if server else 0
         held_b = _dir_bytes(work / "server" / "data") if server else 0
+        segments = loaded_segments(uri, "songsight_bench")
         print(
             f"# N={n}: server {index_type}: {index.index_type} {index.index_params()}; reopened "
             f"and first search in {open_s:.1f} s; server RSS {rss_b / 2**20:.0f} MiB, data "
-            f"{held_b / 1e6:.0f} MB; load average {load_average():.1f}",
+            f"{held_b / 1e6:.0f} MB; {len(segments)} segments searched "
+            f"({', '.join(f'{rows:,}' for rows in sorted(segments, reverse=True))} rows); "
+            f"load average {load_average():.1f}",
             flush=True,
         )
         memory = {"rss_b": rss_b / n, "held_b": held_b / n}

@@ -80,9 +80,11 @@ def binaries(venv_prefix: Path) -> Path:
     return base / "bin"
 
 
-def write_config(data: Path, ports: dict[str, int]) -> Path:
+def write_config(data: Path, ports: dict[str, int], settings: dict[str, str] | None = None) -> Path:
     """``DATA/configs/milvus.yaml`` from the package's template, every port set, and an
-    embedded-etcd config of its own (etcd's URLs are otherwise fixed at 2379/2380)."""
+    embedded-etcd config of its own (etcd's URLs are otherwise fixed at 2379/2380).
+    ``settings``: dotted keys of the template (``dataCoord.segment.maxSize``) and the values
+    written in their place; a key the template lacks is refused."""
     import milvus
 
     config = milvus.MilvusServerConfig(data_dir=str(data))
@@ -92,6 +94,8 @@ def write_config(data: Path, ports: dict[str, int]) -> Path:
     for name, value in ports.items():
         if name in config.configurable_items:
             config.configurable_items[name][1] = value
+    for key, value in (settings or {}).items():
+        config.set(key, value)  # not a templated item: replaced where the YAML holds it
     config.write_config()
     path = data / "configs" / "milvus.yaml"
     etcd = data / "configs" / "embed_etcd.yaml"
@@ -103,9 +107,28 @@ def write_config(data: Path, ports: dict[str, int]) -> Path:
         f"initial-cluster: default={peer}\n"
     )
     text = path.read_text()
+    for key, value in (settings or {}).items():
+        if not _yaml_holds(text, key, value):
+            raise SystemExit(f"Milvus's config has no {key!r} to set (a key of milvus.yaml, dotted)")  # fmt: skip
     text = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd}\n", 1)
     path.write_text(text)
     return path
+
+
+def _yaml_holds(text: str, key: str, value: str) -> bool:
+    """Whether the written YAML sets dotted ``key`` to ``value`` (the package's writer skips a
+    key it cannot find without a word)."""
+    stack: list[str] = []
+    for line in text.splitlines():
+        body = line.split("#", 1)[0].rstrip()
+        if not body.strip() or ":" not in body:
+            continue
+        name, _, rest = body.partition(":")
+        level = (len(name) - len(name.lstrip(" "))) // 2
+        stack = [*stack[:level], name.strip()]
+        if ".".join(stack) == key and rest.strip() == str(value):
+            return True
+    return False
 
 
 def installed_version(venv: Path) -> str | None:
@@ -117,10 +140,12 @@ def installed_version(venv: Path) -> str | None:
 class MilvusServer:
     """One Milvus standalone server run from the ``milvus`` package in ``venv``: ``data`` its
     folder, ``port`` its gRPC port (0: a free one, kept across restarts, so a gallery that
-    recorded ``uri`` finds it again). The process is the server itself (`pid`)."""
+    recorded ``uri`` finds it again), ``settings`` milvus.yaml keys (dotted) and their values.
+    The process is the server itself (`pid`)."""
 
-    def __init__(self, venv: Path, data: Path, port: int = 0):
+    def __init__(self, venv: Path, data: Path, port: int = 0, settings: dict | None = None):
         self.venv, self.data = Path(venv), Path(data)
+        self.settings = {str(k): str(v) for k, v in (settings or {}).items()}
         self.version = installed_version(self.venv)
         self.proc: subprocess.Popen | None = None
         self.port = port
@@ -139,6 +164,7 @@ class MilvusServer:
         """Start (or restart on the same folder), and wait until a client can list collections."""
         python = self.venv / "bin" / "python"
         args = [str(python), str(LAUNCHER), "--data", str(self.data), "--port", str(self.port)]
+        args += [f"--set={k}={v}" for k, v in self.settings.items()]
         self.data.mkdir(parents=True, exist_ok=True)
         ports = json.loads(
             subprocess.run(
@@ -200,7 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0, help="gRPC port clients connect to (0: free)")
     p.add_argument("--health-port", type=int, default=0, help="/healthz port (0: free)")
     p.add_argument("--print-ports", action="store_true", help="print ports.json and exit")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a milvus.yaml setting, dotted (dataCoord.segment.maxSize=2048); repeatable",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    settings = dict(item.split("=", 1) for item in args.set)
     import milvus
 
     data = Path(args.data).absolute()
@@ -212,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_ports:
         print(json.dumps(ports))
         return
-    write_config(data, ports)
+    write_config(data, ports, settings)
     bin_dir = binaries(Path(sys.prefix))
     env = dict(os.environ)
     env.update(

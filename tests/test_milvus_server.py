@@ -45,6 +45,7 @@ from tests.milvus_server import (  # noqa: E402
     MilvusServer,
     installed_version,
     milvus_server,  # noqa: F401  (the session's server, a fixture)
+    server_venv,
     skip_reason,
 )
 from tests.test_milvus import _same_answers  # noqa: E402
@@ -473,6 +474,35 @@ def test_kill_9_of_the_server_mid_ingest_then_rerun_loses_nothing(milvus_server,
 # supports (2.3.4), two it refuses (2.3.3, and 2.3.0 which calls itself "v2.2-testing"), and
 # the oldest pymilvus it allows (2.6.0).
 CLIENT_OVERLAYS = sorted((REPO / ".venv").glob("pymilvus-*"))
+
+
+def test_server_settings_reach_its_config_and_unknown_ones_are_refused(tmp_path):
+    """``MilvusServer(settings=...)`` / ``scripts/milvus_server.py --set`` (benchmarks/search.py's
+    ``--server-config``) write the dotted key into milvus.yaml; a key the YAML lacks, which
+    the package's writer would skip without a word, stops the launcher with its name."""
+    import yaml
+
+    venv = server_venv()
+    if skip_reason(venv):
+        pytest.skip(skip_reason(venv))
+    launcher = [str(venv / "bin" / "python"), str(REPO / "scripts" / "milvus_server.py")]
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import milvus_server as m; "
+        "from pathlib import Path; "
+        "m.write_config(Path(sys.argv[2]), {'proxy_port': 1, 'etcd_port': 2, 'etcd_peer_port': 3}, "
+        "dict(a.split('=', 1) for a in sys.argv[3:]))"
+    )
+    args = [str(venv / "bin" / "python"), "-c", code, str(REPO / "scripts"), str(tmp_path)]
+    subprocess.run([*args, "dataCoord.segment.maxSize=4096", "queryNode.segcore.chunkRows=2048"], check=True)  # fmt: skip
+    config = yaml.safe_load((tmp_path / "configs" / "milvus.yaml").read_text())
+    assert config["dataCoord"]["segment"]["maxSize"] == 4096
+    assert config["queryNode"]["segcore"]["chunkRows"] == 2048
+    assert config["dataCoord"]["segment"]["sealProportion"] == 0.23  # the rest as shipped
+    bad = subprocess.run(
+        [*launcher, "--data", str(tmp_path / "bad"), "--set", "dataCoord.segment.maxSizes=1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "no 'dataCoord.segment.maxSizes' to set" in bad.stderr
 
 
 def test_server_versions_at_both_ends(tmp_path_factory):
