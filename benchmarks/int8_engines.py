@@ -18,6 +18,11 @@ Engines, each built from the same fp32 tower:
   ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per channel, uint8 activations
   quantised per batch: every MatMul with a constant weight, attention in-projections
   included): ``ort int8`` is songsight's audio engine.
+- ``ort int8 all-matmul``: ``ort int8`` with the MatMuls between two activations (attention
+  scores and their weighted sum) quantised too (``MatMulConstBOnly`` off).
+- ``ort int8 static``: ``quantize_static`` in QDQ form (int8 weights per channel, uint8
+  activations with ranges calibrated beforehand on the benchmark's own inputs, after ONNX
+  Runtime's ``quant_pre_process``): no per-batch quantisation at run time.
 - ``openvino fp32`` / ``openvino int8``: the same ONNX file read by OpenVINO, compiled for CPU
   with f32 inference precision (it would otherwise pick bf16 on CPUs that have it);
   int8 is ``nncf.compress_weights`` (int8 weights per channel) with the CPU plugin's dynamic
@@ -55,7 +60,10 @@ from harness.machine import load
 from harness.models import build_bioclip2_shape, build_biolingual_shape
 from int8_quality import TARGET_MEDIAN_COS, TARGET_P1_COS, TARGET_SPEEDUP
 
-ENGINES = ("torch fp32", "torch int8", "ort fp32", "ort int8", "openvino fp32", "openvino int8")
+ENGINES = (
+    "torch fp32", "torch int8", "ort fp32", "ort int8", "openvino fp32", "openvino int8",
+    "ort int8 all-matmul", "ort int8 static",
+)  # fmt: skip
 
 
 def one_line(exc: BaseException) -> str:
@@ -137,19 +145,43 @@ def export_onnx(tower, example, path: Path) -> str:
     raise RuntimeError("; ".join(errors))
 
 
-def ort_engine(onnx_path: Path, int8: bool, work: Path) -> Callable:
+def ort_engine(onnx_path: Path, int8: str, work: Path, calibration: list) -> Callable:
+    """``int8``: "" (fp32), "dynamic", "all-matmul" or "static" (see the module docstring);
+    ``calibration``: the input batches a static build calibrates its ranges on."""
     import onnxruntime as ort
     import torch
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    path = onnx_path
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        path = work / (onnx_path.stem + "_ort_int8.onnx")
+    path = work / f"{onnx_path.stem}_ort_int8_{int8}.onnx"
+    if int8 in ("dynamic", "all-matmul"):
         quantize_dynamic(
             onnx_path, path, per_channel=True, weight_type=QuantType.QInt8,
             use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": int8 == "dynamic"},
         )  # fmt: skip
+    elif int8 == "static":
+        from onnxruntime.quantization import CalibrationDataReader
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = work / f"{onnx_path.stem}_prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), save_as_external_data=True)
+        name = ort.InferenceSession(str(onnx_path)).get_inputs()[0].name
+
+        class Batches(CalibrationDataReader):
+            def __init__(self):
+                self.left = iter(calibration)
+
+            def get_next(self):
+                batch = next(self.left, None)
+                return None if batch is None else {name: batch.numpy()}
+
+        quantize_static(
+            prepared, path, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+        )  # fmt: skip
+    else:
+        path = onnx_path
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -191,8 +223,9 @@ def steady_rate(fn: Callable, batches: list, k: int) -> tuple[float, np.ndarray]
     return k * size / max(t_2k - t_k, 1e-9), np.concatenate(outs[: len(batches)])
 
 
-def build_engine(engine: str, tower, example, work: Path, name: str) -> tuple[Callable, dict]:
+def build_engine(engine: str, tower, batches: list, work: Path, name: str) -> tuple[Callable, dict]:  # fmt: skip
     """The engine's function and what building it took (seconds, which exporter)."""
+    example = batches[0]
     t0 = time.perf_counter()
     info: dict = {}
     if engine.startswith("torch"):
@@ -203,7 +236,9 @@ def build_engine(engine: str, tower, example, work: Path, name: str) -> tuple[Ca
             info["exporter"] = export_onnx(tower, example, onnx_path)
             info["export_s"] = time.perf_counter() - t0
         if engine.startswith("ort"):
-            fn = ort_engine(onnx_path, engine.endswith("int8"), work)
+            variant = engine.removeprefix("ort fp32").removeprefix("ort int8").strip()
+            int8 = "" if engine == "ort fp32" else (variant or "dynamic")
+            fn = ort_engine(onnx_path, int8, work, batches)
         else:
             fn = openvino_engine(onnx_path, engine.endswith("int8"))
     info["build_s"] = time.perf_counter() - t0
@@ -218,7 +253,7 @@ def measure_tower(name: str, tower, batches: list, work: Path, k: int, engines, 
     for engine in engines:
         rows[engine] = {"tower": name, "engine": engine}
         try:
-            fns[engine], info = build_engine(engine, tower, batches[0], work, name)
+            fns[engine], info = build_engine(engine, tower, batches, work, name)
             rows[engine].update(info)
         except Exception as exc:  # one engine failing must not hide the others
             rows[engine].update(error=one_line(exc), load_avg=load())

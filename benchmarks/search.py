@@ -366,14 +366,13 @@ def _launcher():
 def loaded_segments(uri: str, collection: str) -> list[int]:
     """Rows of each segment the server's query nodes hold for ``collection`` (each is searched
     on its own, then the answers merged: their number is part of a search's cost)."""
-    from pymilvus import connections, utility
+    from pymilvus import MilvusClient
 
-    connections.connect("songsight-bench-segments", uri=uri)
+    client = MilvusClient(uri=uri)
     try:
-        infos = utility.get_query_segment_info(collection, using="songsight-bench-segments")
-        return [int(info.num_rows) for info in infos]
+        return [int(info.num_rows) for info in client.list_loaded_segments(collection)]
     finally:
-        connections.disconnect("songsight-bench-segments")
+        client.close()
 
 
 def _dir_bytes(path: Path) -> int:
