@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.server_config):  # before an hour of building
+        parser.error("--server-config takes KEY=VALUE, e.g. dataCoord.segment.maxSize=4096")
     if args.work_dir:  # a folder of the user's choosing, made if it does not exist yet
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     if args.quick:

@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         help="a milvus.yaml setting, dotted (dataCoord.segment.maxSize=2048); repeatable",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if any("=" not in item for item in args.set):
+        p.error("--set takes KEY=VALUE, e.g. --set dataCoord.segment.maxSize=4096")
     settings = dict(item.split("=", 1) for item in args.set)
     import milvus
 
