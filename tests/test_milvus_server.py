@@ -492,12 +492,19 @@ def test_server_settings_reach_its_config_and_unknown_ones_are_refused(tmp_path)
         "m.write_config(Path(sys.argv[2]), {'proxy_port': 1, 'etcd_port': 2, 'etcd_peer_port': 3}, "
         "dict(a.split('=', 1) for a in sys.argv[3:]))"
     )
-    args = [str(venv / "bin" / "python"), "-c", code, str(REPO / "scripts"), str(tmp_path)]
-    subprocess.run([*args, "dataCoord.segment.maxSize=4096", "queryNode.segcore.chunkRows=2048"], check=True)  # fmt: skip
+    args = [str(venv / "bin" / "python"), "-c", code, str(REPO / "scripts")]
+    subprocess.run([*args, str(tmp_path / "shipped")], check=True)
+    subprocess.run([*args, str(tmp_path), "dataCoord.segment.maxSize=4096", "queryNode.segcore.chunkRows=2048"], check=True)  # fmt: skip
     config = yaml.safe_load((tmp_path / "configs" / "milvus.yaml").read_text())
+    shipped_text = (tmp_path / "shipped" / "configs" / "milvus.yaml").read_text()
+    shipped = yaml.safe_load(shipped_text.replace(str(tmp_path / "shipped"), str(tmp_path)))
     assert config["dataCoord"]["segment"]["maxSize"] == 4096
     assert config["queryNode"]["segcore"]["chunkRows"] == 2048
-    assert config["dataCoord"]["segment"]["sealProportion"] == 0.23  # the rest as shipped
+    assert shipped["dataCoord"]["segment"]["maxSize"] != 4096  # so the setting did something
+    # everything else as shipped
+    config["dataCoord"]["segment"]["maxSize"] = shipped["dataCoord"]["segment"]["maxSize"]
+    config["queryNode"]["segcore"]["chunkRows"] = shipped["queryNode"]["segcore"]["chunkRows"]
+    assert config == shipped
     bad = subprocess.run(
         [*launcher, "--data", str(tmp_path / "bad"), "--set", "dataCoord.segment.maxSizes=1"],
         capture_output=True, text=True,
