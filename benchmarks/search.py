@@ -145,6 +145,14 @@ def main(argv: list[str] | None = None) -> None:
         help="milvus.yaml settings (dotted) for the server the run starts, e.g. "
         "dataCoord.segment.maxSize=4096 (segments of up to 4 GB: fewer to search)",
     )
+    parser.add_argument(
+        "--server-quiet-s",
+        type=float,
+        default=120.0,
+        help="searches start once the server used under 0.1 core for this many seconds in a "
+        "row (its compactions are triggered on a timer, a minute or more after an index is "
+        "reported built)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -365,16 +373,35 @@ def _launcher():
     return module
 
 
-def loaded_segments(uri: str, collection: str) -> list[int]:
-    """Rows of each segment the server's query nodes hold for ``collection`` (each is searched
-    on its own, then the answers merged: their number is part of a search's cost)."""
+def loaded_segments(uri: str, collection: str) -> dict[int, int]:
+    """Rows of each segment (by id) the server's query nodes hold for ``collection`` (each is
+    searched on its own, then the answers merged: their number is part of a search's cost; a
+    compaction replaces ids)."""
     from pymilvus import MilvusClient
 
     client = MilvusClient(uri=uri)
     try:
-        return [int(info.num_rows) for info in client.list_loaded_segments(collection)]
+        return {
+            int(info.segment_id): int(info.num_rows)
+            for info in client.list_loaded_segments(collection)
+        }
     finally:
         client.close()
+
+
+def compactions_logged(logs: Path) -> str:
+    """How many compactions the server's log records, and why each was triggered (a
+    segment with too many stats logs is compacted, and its index built again, after the
+    index was first reported built)."""
+    reasons: dict[str, int] = {}
+    for path in sorted(logs.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if "trigger compaction" in line:
+                reason = line.split('["', 1)[-1].split('"]', 1)[0]
+                reasons[reason] = reasons.get(reason, 0) + 1
+    total = sum(reasons.values())
+    listed = "; ".join(f"{count} x {why}" for why, count in sorted(reasons.items()))
+    return f"server log: {total} compactions triggered" + (f" ({listed})" if listed else "")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -443,7 +470,7 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
         if server:
             # Compaction and index builds of compacted segments go on after the index is
             # reported built; searches are timed once the server is idle, as a user's would be.
-            quiet_s = wait_quiet(server.pid)
+            quiet_s = wait_quiet(server.pid, window_s=args.server_quiet_s)
             print(
                 f"# N={n}: server idle {quiet_s:.0f} s after that; peak RSS "
                 f"{status_kib('VmHWM', server.pid) / 1024:.0f} MiB; load average "
@@ -461,7 +488,7 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
             f"# N={n}: server {index_type}: {index.index_type} {index.index_params()}; reopened "
             f"and first search in {open_s:.1f} s; server RSS {rss_b / 2**20:.0f} MiB, data "
             f"{held_b / 1e6:.0f} MB; {len(segments)} segments searched "
-            f"({', '.join(f'{rows:,}' for rows in sorted(segments, reverse=True))} rows); "
+            f"({', '.join(f'{rows:,}' for rows in sorted(segments.values(), reverse=True))} rows); "
             f"load average {load_average():.1f}",
             flush=True,
         )
@@ -494,6 +521,15 @@ def bench_server(n, index_type, gallery, query_sets, single, truths, exact_p50, 
                 exact_p50 / timing["p50"],
                 recall_at_k(index.search(tune, args.k)[1], tune_truth),
             )
+        after = loaded_segments(uri, "songsight_bench")
+        if after != segments:  # a compaction during the timing: say so
+            print(
+                f"# N={n}: WARNING the server's segments changed while it was timed "
+                f"({len(segments)} -> {len(after)}): a compaction ran during these rows",
+                flush=True,
+            )
+        if server:  # the server's own account, before its folder (and log) is deleted
+            print(f"# N={n}: {compactions_logged(work / 'server' / 'logs')}", flush=True)
         index.drop()
         index.close()
     finally:
