@@ -80,6 +80,33 @@ def test_pixels_equal_open_clips_transform(size_wh, resize_mode, interpolation):
     np.testing.assert_allclose(got, reference(img).numpy(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("frames, width", [(1001, 1024), (201, 256), (7, 16), (256, 256)])
+def test_time_stretch_taps_are_torchs_bicubic_interpolation(frames, width):
+    import torch
+
+    index, weight = ort_cache.time_stretch_taps(frames, width)
+    x = torch.randn(3, 1, frames, 16, generator=torch.Generator().manual_seed(frames))
+    want = torch.nn.functional.interpolate(x, (width, 16), mode="bicubic", align_corners=True)
+    got = (x[:, :, index.reshape(-1)].reshape(3, 1, width, 4, 16) * weight[:, :, None]).sum(3)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_exported_tower_stretches_time_as_the_model_does(tiny_audio_encoder):
+    """The tower the export traces (taps before the model) and CLAP's own forward (bicubic
+    inside the model) give the same embedding; the tiny model stretches 201 frames to 256."""
+    import torch
+
+    feats = tiny_audio_encoder.features
+    x = feats([np.asarray(tone(700, 2.0, 16_000, noise_amp=0.1, seed=s), np.float32) for s in range(3)], "cpu")  # fmt: skip
+    model = tiny_audio_encoder.model
+    encoder = model.audio_model.audio_encoder
+    assert x.shape[2] < encoder.spec_size * encoder.freq_ratio  # the case the taps replace
+    stretched = ort_cache.clap_audio_tower(model, tuple(x.shape[1:]))
+    assert hasattr(stretched, "taps")
+    with torch.no_grad():
+        torch.testing.assert_close(stretched(x), ort_cache.clap_audio_tower(model)(x), atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
 def test_unsupported_preprocessing_is_named():
     assert not supported({"size": 224, "resize_mode": "longest", "mean": [0] * 3, "std": [1] * 3}, "model")  # fmt: skip
     assert not supported({"size": [224, 256], "resize_mode": "shortest"}, "model")
