@@ -35,10 +35,24 @@ from pathlib import Path
 LAUNCHER = Path(__file__).resolve()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int, taken: set[int]) -> list[int]:
+    """``n`` ports free now, distinct from each other and from ``taken``. They are held open
+    together while chosen: ports picked one at a time and released can repeat (a CI start once
+    gave the proxy and the query coordinator the same one, and the proxy never answered)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in taken and port not in ports:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
 
 
 def _bindable(port: int) -> bool:
@@ -62,10 +76,11 @@ def _ports(data: Path, names: list[str], given: dict[str, int]) -> dict[str, int
     for name in names:
         if given.get(name):
             ports[name] = int(given[name])
-        elif old.get(name) and _bindable(int(old[name])):
+        elif old.get(name) and _bindable(int(old[name])) and int(old[name]) not in ports.values():
             ports[name] = int(old[name])
-        else:
-            ports[name] = _free_port()
+    missing = [name for name in names if name not in ports]
+    ports.update(zip(missing, _free_ports(len(missing), set(ports.values())), strict=True))
+    ports = {name: ports[name] for name in names}
     record.write_text(json.dumps(ports, indent=1, sort_keys=True))
     return ports
 

@@ -581,3 +581,30 @@ def test_ray_sink_builds_its_writer_where_it_is_unpickled(tiny_image_encoder, tm
         }
     finally:
         holder.close()
+
+
+def test_a_new_servers_ports_are_distinct_even_when_the_system_offers_one_twice(tmp_path, monkeypatch):  # fmt: skip
+    """scripts/milvus_server.py picks every port of a new server: a port the system offers
+    twice (or one already given) is not used twice; a CI start once gave the proxy and the
+    query coordinator one port, and the proxy never answered."""
+    from types import SimpleNamespace
+
+    from tests.milvus_server import _LAUNCHER
+
+    offered = iter([47009, 47009, 34251, 47009, 50000, 50001])
+
+    class OfferedSocket:
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(_LAUNCHER, "socket", SimpleNamespace(socket=OfferedSocket))
+    names = ["proxy_port", "query_coord_port", "root_coord_port", "data_coord_port"]
+    ports = _LAUNCHER._ports(tmp_path, names, {"root_coord_port": 34251})
+    assert ports == {"proxy_port": 47009, "query_coord_port": 50000, "root_coord_port": 34251, "data_coord_port": 50001}  # fmt: skip
+    assert (tmp_path / "ports.json").read_text().count("47009") == 1  # what a restart reads
