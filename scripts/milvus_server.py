@@ -72,12 +72,11 @@ def _ports(data: Path, names: list[str], given: dict[str, int]) -> dict[str, int
     addresses; etcd's member record names its peer port), else new free ones."""
     record = data / "ports.json"
     old = json.loads(record.read_text()) if record.is_file() else {}
-    ports: dict[str, int] = {}
+    ports = {name: int(given[name]) for name in names if given.get(name)}  # given ones first
     for name in names:
-        if given.get(name):
-            ports[name] = int(given[name])
-        elif old.get(name) and _bindable(int(old[name])) and int(old[name]) not in ports.values():
-            ports[name] = int(old[name])
+        kept = int(old.get(name) or 0)
+        if name not in ports and kept and _bindable(kept) and kept not in ports.values():
+            ports[name] = kept
     missing = [name for name in names if name not in ports]
     ports.update(zip(missing, _free_ports(len(missing), set(ports.values())), strict=True))
     ports = {name: ports[name] for name in names}

@@ -608,3 +608,29 @@ def test_a_new_servers_ports_are_distinct_even_when_the_system_offers_one_twice(
     ports = _LAUNCHER._ports(tmp_path, names, {"root_coord_port": 34251})
     assert ports == {"proxy_port": 47009, "query_coord_port": 50000, "root_coord_port": 34251, "data_coord_port": 50001}  # fmt: skip
     assert (tmp_path / "ports.json").read_text().count("47009") == 1  # what a restart reads
+
+
+def test_a_restart_keeps_its_ports_unless_one_is_now_given_to_another_name(tmp_path, monkeypatch):  # fmt: skip
+    """A kept port (ports.json of the last start) that a given port now claims is replaced by
+    a new free one, whichever order the names come in."""
+    from types import SimpleNamespace
+
+    from tests.milvus_server import _LAUNCHER
+
+    (tmp_path / "ports.json").write_text('{"query_coord_port": 40000, "proxy_port": 40001}')
+    offered = iter([40000, 50000])
+
+    class OfferedSocket:
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(_LAUNCHER, "_bindable", lambda port: True)
+    monkeypatch.setattr(_LAUNCHER, "socket", SimpleNamespace(socket=OfferedSocket))
+    ports = _LAUNCHER._ports(tmp_path, ["query_coord_port", "proxy_port"], {"proxy_port": 40000})
+    assert ports == {"query_coord_port": 50000, "proxy_port": 40000}
