@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.graphs import product_graphs
 from harness.machine import load
 from harness.report import work_folder
 
@@ -31,22 +32,13 @@ def build(model, shape: tuple, taps: bool, folder: Path) -> dict[str, Path]:
     else the model's own interpolate), as the product's cache holds them."""
     import torch
 
-    from songsight.encoders.ort_cache import (
-        clap_audio_tower,
-        export_onnx,
-        optimise_graph,
-        quantize_onnx_int8,
-        quiet_export,
-    )
+    from songsight.encoders.ort_cache import clap_audio_tower, export_onnx, quiet_export
 
     folder.mkdir(parents=True, exist_ok=True)
     tower = clap_audio_tower(model, shape if taps else None)
     with quiet_export():
         export_onnx(tower, torch.zeros(2, *shape), folder / "raw.onnx")
-        optimise_graph(folder / "raw.onnx", folder / "fp32.onnx")
-        quantize_onnx_int8(folder / "raw.onnx", folder / "int8_raw.onnx")
-        optimise_graph(folder / "int8_raw.onnx", folder / "int8.onnx")
-    return {"fp32": folder / "fp32.onnx", "int8": folder / "int8.onnx"}
+    return product_graphs(folder / "raw.onnx")
 
 
 def main(argv: list[str] | None = None) -> None:
