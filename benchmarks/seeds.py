@@ -72,6 +72,9 @@ def column(folder: Path) -> dict[str, str]:
             pct(al.get("soundscape", {}).get(m, {}).get("map"))
             for m in ("original", "fused", "distilled")
         ),
+        "soundscape: fused − BioLingual (paired over species)": paired(
+            al.get("soundscape_vs_original", {}).get("fused")
+        ),
         "raw embedding, seen: cos to its text / photo centroid": (
             f"{land['cos_text']:.2f} / {land.get('cos_photos', float('nan')):.2f}" if land else "–"
         ),

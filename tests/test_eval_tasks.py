@@ -461,6 +461,17 @@ def test_soundscape_windows_and_targets(full):
     for s in scores.values():
         assert s["n_windows"] == 5 and s["n_classes_scored"] == 2
         assert 0.0 <= s["map"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0
+    # Each method against BioLingual, species by species: the same species for both, so the
+    # mean difference is the difference of the class-wise mAPs; the interval brackets it.
+    versus = full.res["alignment"]["soundscape_vs_original"]
+    assert set(versus) == set(scores) - {"original"}
+    for method, d in versus.items():
+        assert d["n"] == 2
+        assert d["diff"] == pytest.approx(scores[method]["map"] - scores["original"]["map"], abs=1e-9)  # fmt: skip
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"]
+    md = full.out.with_suffix(".md").read_text()
+    fused = versus["fused"]
+    assert f"{100 * fused['diff']:+.1f} [{100 * fused['ci_low']:+.1f}, {100 * fused['ci_high']:+.1f}]" in md  # fmt: skip
 
 
 def test_run_without_distilled_and_with_a_focal_manifest(small):

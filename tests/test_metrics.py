@@ -367,3 +367,29 @@ def test_paired_difference_resamples_both_methods_together():
     assert tight["ci_low"] == pytest.approx(0.01) and tight["ci_high"] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="same queries"):
         paired_difference(a, b[:10])
+
+
+def test_soundscape_versus_pairs_species_and_matches_sklearn():
+    from sklearn.metrics import average_precision_score
+
+    from songsight.eval.alignment import soundscape_versus
+
+    rng = np.random.default_rng(3)
+    targets = rng.random((40, 6)) < 0.3
+    targets[0, :5] = True
+    targets[:, 5] = False  # no positive window: left out of both
+    ref = rng.random((40, 6))
+    better = ref + 0.8 * targets
+    scores = {"original": ref, "better": better, "same": ref.copy()}
+    out = soundscape_versus(scores, dict.fromkeys(scores, targets), "original", n_boot=500, seed=0)
+    expected = np.mean(
+        [
+            average_precision_score(targets[:, c], better[:, c])
+            - average_precision_score(targets[:, c], ref[:, c])
+            for c in range(5)
+        ]
+    )
+    assert set(out) == {"better", "same"}
+    assert out["better"]["n"] == 5 and out["better"]["diff"] == pytest.approx(expected)
+    assert 0 < out["better"]["ci_low"] <= out["better"]["diff"] <= out["better"]["ci_high"]
+    assert out["same"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 5}

@@ -14,6 +14,7 @@ import numpy as np
 from songsight.eval.audio_to_image import label_rows
 from songsight.eval.metrics import classwise_auroc, classwise_map, topk_accuracy
 from songsight.eval.probe import knn_accuracy, linear_probe
+from songsight.eval.statistics import paired_difference
 
 ZERO_SHOT_KS = (1, 5)
 
@@ -82,8 +83,12 @@ def soundscape_scores(window_emb: np.ndarray, targets: np.ndarray, species_emb: 
     ``window_emb`` (W, D) unit; ``targets`` (W, S) bool; ``species_emb`` (S, D) unit. Classes
     with no positive window (and for AUROC no negative one) are skipped, and counted.
     """
-    scores = np.asarray(window_emb, dtype=np.float32) @ np.asarray(species_emb, dtype=np.float32).T
-    return soundscape_from_scores(scores, targets)
+    return soundscape_from_scores(window_species_scores(window_emb, species_emb), targets)
+
+
+def window_species_scores(window_emb: np.ndarray, species_emb: np.ndarray) -> np.ndarray:
+    """(W, S) cosines of unit windows (W, D) against unit species text embeddings (S, D)."""
+    return np.asarray(window_emb, dtype=np.float32) @ np.asarray(species_emb, dtype=np.float32).T
 
 
 def soundscape_from_scores(scores: np.ndarray, targets: np.ndarray) -> dict:
@@ -96,6 +101,28 @@ def soundscape_from_scores(scores: np.ndarray, targets: np.ndarray) -> dict:
         "n_windows": int(len(targets)),
         "n_classes_scored": int(targets.shape[1] - len(cmap.skipped)),
         "n_classes_auroc": int(targets.shape[1] - len(auroc.skipped)),
+    }
+
+
+def soundscape_versus(
+    scores: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    reference: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """{method: {diff, ci_low, ci_high, n}}: each method's class-wise mAP minus
+    ``reference``'s, species by species, with a paired bootstrap interval over the species
+    (both methods resampled together), as fractions. ``scores`` {method: (W, S)} window
+    scores, ``targets`` {method: (W, S) bool} of those windows; a species without a positive
+    window for either method is left out of both (``n`` counts the species compared)."""
+    ref = classwise_map(scores[reference], targets[reference]).per_class
+    return {
+        method: paired_difference(
+            classwise_map(values, targets[method]).per_class, ref, n_boot, seed
+        )
+        for method, values in scores.items()
+        if method != reference
     }
 
 

@@ -339,12 +339,14 @@ def _alignment(run: EvalRun, test: pd.DataFrame, q_audio: dict) -> dict:
     if by_subset:
         res["focal_by_subset"] = by_subset
     if cfg.soundscapes:
-        res["soundscape"] = _soundscapes(run)
+        res["soundscape"], res["soundscape_vs_original"] = _soundscapes(run)
     return res
 
 
-def _soundscapes(run: EvalRun) -> dict:
-    """Windows of long recordings, each with the species whose annotated bouts overlap it."""
+def _soundscapes(run: EvalRun) -> tuple[dict, dict]:
+    """Windows of long recordings, each with the species whose annotated bouts overlap it:
+    each method's class-wise scores, and its class-wise mAP minus BioLingual's (``original``)
+    species by species with a paired interval (`alignment.soundscape_versus`)."""
     from songsight.data.manifest import load_soundscape_manifest
 
     cfg = run.cfg
@@ -382,13 +384,13 @@ def _soundscapes(run: EvalRun) -> dict:
         )
     run.counts["soundscape_windows"] = len(targets["original"])
     audio, text = run.scored_sets(windows)
-    scores = {
-        m: align.soundscape_scores(
-            audio[m], targets["distilled" if m == "distilled" else "original"], text[m]
-        )
-        for m in audio
-    }
+    matrices = {m: align.window_species_scores(audio[m], text[m]) for m in audio}
+    truth = {m: targets["distilled" if m == "distilled" else "original"] for m in audio}
     same_windows = "distilled" in targets and np.array_equal(targets["distilled"], targets["original"])  # fmt: skip
     for method, posterior in (readout_posteriors(run, windows) if same_windows else {}).items():
-        scores[method] = align.soundscape_from_scores(posterior, targets["original"])
-    return scores
+        matrices[method], truth[method] = posterior, targets["original"]
+    scores = {m: align.soundscape_from_scores(matrices[m], truth[m]) for m in matrices}
+    versus = {}
+    if "original" in matrices and len(truth["original"]):
+        versus = align.soundscape_versus(matrices, truth, "original", cfg.bootstrap, cfg.seed)
+    return scores, versus
