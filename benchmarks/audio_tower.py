@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from harness.graphs import product_graphs
 from harness.machine import load
 from harness.report import work_folder
+from harness.timing import interleaved_slopes
 
 
 def build(model, shape: tuple, taps: bool, folder: Path) -> dict[str, Path]:
@@ -97,18 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         rng = np.random.default_rng(0)
         x = rng.standard_normal((args.batch_size, *shape)).astype(np.float32)
         outs = {n: s.run(None, {s.get_inputs()[0].name: x})[0] for n, s in sessions.items()}
-        best: dict[str, dict[int, float]] = {n: {} for n in sessions}
-        for _ in range(args.rounds):
-            for name, s in sessions.items():
-                feed = {s.get_inputs()[0].name: x}
-                for reps in (args.k, 3 * args.k):
-                    t0 = time.perf_counter()
-                    for _ in range(reps):
-                        s.run(None, feed)
-                    best[name][reps] = min(best[name].get(reps, np.inf), time.perf_counter() - t0)
-        per_clip = {
-            n: (b[3 * args.k] - b[args.k]) / (2 * args.k * args.batch_size) for n, b in best.items()
-        }
+        runs = {n: partial(s.run, None, {s.get_inputs()[0].name: x}) for n, s in sessions.items()}
+        per_batch = interleaved_slopes(runs, args.k, args.rounds)
+        per_clip = {n: t / args.batch_size for n, t in per_batch.items()}
         ref = outs["resize fp32"] / np.linalg.norm(outs["resize fp32"], axis=1, keepdims=True)
         for name in sessions:
             precision = name.split()[1]

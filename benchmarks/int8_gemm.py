@@ -22,8 +22,8 @@ their int8 time (Amdahl's estimate from the layers timed alone).
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from harness.graphs import product_graphs
 from harness.machine import load, processor_name
 from harness.report import work_folder
+from harness.timing import calls_lasting, interleaved_slopes
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ def htsat_linears(config) -> list[Linear]:
     return out
 
 
-def layer_graph(layer: Linear, rows: int, path: Path, rng: np.random.Generator) -> None:
-    """A one-input ONNX graph of ``layer`` over ``rows`` rows, random weights (scale 0.02)."""
+def layer_graph(layer: Linear, rows: int, path: Path, rng: np.random.Generator) -> Path:
+    """A one-input ONNX graph of ``layer`` over ``rows`` rows, random weights (scale 0.02),
+    saved to ``path`` (returned)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -86,30 +88,7 @@ def layer_graph(layer: Linear, rows: int, path: Path, rng: np.random.Generator) 
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
-
-
-def time_pairs(
-    sessions: dict[str, object], feeds: dict[str, dict], rounds: int, min_s: float
-) -> dict[str, float]:
-    """Seconds a run of each session, as the slope between ``k`` and ``3k`` runs, interleaved
-    over ``rounds`` (best kept); ``k`` is the fewest runs of the slowest session that take
-    ``min_s``."""
-    slowest = 0.0
-    for name, s in sessions.items():  # warm-up, and the run's length
-        s.run(None, feeds[name])
-        t0 = time.perf_counter()
-        s.run(None, feeds[name])
-        slowest = max(slowest, time.perf_counter() - t0)
-    k = max(1, int(np.ceil(min_s / slowest)))
-    best: dict[str, dict[int, float]] = {n: {} for n in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            for reps in (k, 3 * k):
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    s.run(None, feeds[name])
-                best[name][reps] = min(best[name].get(reps, np.inf), time.perf_counter() - t0)
-    return {n: (b[3 * k] - b[k]) / (2 * k) for n, b in best.items()}
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,10 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         rows[square] = square.tokens
         per_run: dict[Linear, dict[str, float]] = {}
         for i, layer in enumerate([square, *layers]):
-            graphs = product_graphs(_write(layer, rows[layer], work / f"l{i}.onnx", rng))
+            graphs = product_graphs(layer_graph(layer, rows[layer], work / f"l{i}.onnx", rng))
             sessions = {prec: new_session(path, args.threads, optimised=True) for prec, path in graphs.items()}  # fmt: skip
             x = rng.standard_normal((rows[layer], layer.k)).astype(np.float32)
-            per_run[layer] = time_pairs(sessions, {n: {"x": x} for n in sessions}, args.rounds, args.min_s)  # fmt: skip
+            runs = {n: partial(s.run, None, {"x": x}) for n, s in sessions.items()}
+            per_run[layer] = interleaved_slopes(runs, calls_lasting(runs, args.min_s), args.rounds)
             t = per_run[layer]
             scale = 1e3 if layer is square else 1e3 / args.batch_size
             unit = "ms a run" if layer is square else "ms a clip, each"
@@ -182,11 +162,6 @@ def main(argv: list[str] | None = None) -> None:
             )
 
 
-def _write(layer: Linear, rows: int, path: Path, rng: np.random.Generator) -> Path:
-    layer_graph(layer, rows, path, rng)
-    return path
-
-
 def _tower_per_clip(work: Path, args, quick: bool) -> dict[str, float]:
     """The product's exported audio tower (taps form), fp32 and int8, seconds a clip."""
     from transformers import ClapFeatureExtractor, ClapModel
@@ -209,8 +184,8 @@ def _tower_per_clip(work: Path, args, quick: bool) -> dict[str, float]:
     del model
     sessions = {prec: new_session(path, args.threads, optimised=True) for prec, path in graphs.items()}  # fmt: skip
     x = np.random.default_rng(1).standard_normal((args.batch_size, *shape)).astype(np.float32)
-    feeds = {n: {s.get_inputs()[0].name: x} for n, s in sessions.items()}
-    t = time_pairs(sessions, feeds, args.rounds, 2 * args.min_s)
+    runs = {n: partial(s.run, None, {s.get_inputs()[0].name: x}) for n, s in sessions.items()}
+    t = interleaved_slopes(runs, calls_lasting(runs, 2 * args.min_s), args.rounds)
     return {n: v / args.batch_size for n, v in t.items()}
 
 

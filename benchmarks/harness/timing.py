@@ -96,6 +96,35 @@ def slope_s(
     return per_item, t_small - per_item * n_small
 
 
+def interleaved_slopes(
+    runs: dict[str, Callable[[], object]], k: int, rounds: int
+) -> dict[str, float]:
+    """Seconds a call of each of ``runs``, as the slope between ``k`` and ``3k`` calls in a row,
+    the runs interleaved over ``rounds`` (A B C A B C, best time of each count kept): per-call
+    cost without the start-up, with a burst of load hitting every run alike."""
+    best: dict[str, dict[int, float]] = {name: {} for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            for reps in (k, 3 * k):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                best[name][reps] = min(best[name].get(reps, np.inf), time.perf_counter() - t0)
+    return {name: (b[3 * k] - b[k]) / (2 * k) for name, b in best.items()}
+
+
+def calls_lasting(runs: dict[str, Callable[[], object]], min_s: float) -> int:
+    """The fewest calls of the slowest of ``runs`` that last ``min_s`` (each run called twice
+    first: a warm-up, then the timed call)."""
+    slowest = 0.0
+    for fn in runs.values():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        slowest = max(slowest, time.perf_counter() - t0)
+    return max(1, int(np.ceil(min_s / slowest)))
+
+
 def peak_gflops(dtype_name: str, device: str, size: int = MATMUL_SIZE, min_s: float = 1.5) -> float:
     """Best GFLOP/s of a ``size``x``size`` matmul over repetitions lasting at least ``min_s``."""
     import torch
