@@ -583,15 +583,13 @@ def test_ray_sink_builds_its_writer_where_it_is_unpickled(tiny_image_encoder, tm
         holder.close()
 
 
-def test_a_new_servers_ports_are_distinct_even_when_the_system_offers_one_twice(tmp_path, monkeypatch):  # fmt: skip
-    """scripts/milvus_server.py picks every port of a new server: a port the system offers
-    twice (or one already given) is not used twice; a CI start once gave the proxy and the
-    query coordinator one port, and the proxy never answered."""
+def _offer_ports(monkeypatch, ports: list[int]) -> None:
+    """The launcher's sockets get ``ports`` from the system, in that order, one a bind."""
     from types import SimpleNamespace
 
     from tests.milvus_server import _LAUNCHER
 
-    offered = iter([47009, 47009, 34251, 47009, 50000, 50001])
+    offered = iter(ports)
 
     class OfferedSocket:
         def bind(self, address):
@@ -604,6 +602,15 @@ def test_a_new_servers_ports_are_distinct_even_when_the_system_offers_one_twice(
             pass
 
     monkeypatch.setattr(_LAUNCHER, "socket", SimpleNamespace(socket=OfferedSocket))
+
+
+def test_a_new_servers_ports_are_distinct_even_when_the_system_offers_one_twice(tmp_path, monkeypatch):  # fmt: skip
+    """scripts/milvus_server.py picks every port of a new server: a port the system offers
+    twice (or one already given) is not used twice; a CI start once gave the proxy and the
+    query coordinator one port, and the proxy never answered."""
+    from tests.milvus_server import _LAUNCHER
+
+    _offer_ports(monkeypatch, [47009, 47009, 34251, 47009, 50000, 50001])
     names = ["proxy_port", "query_coord_port", "root_coord_port", "data_coord_port"]
     ports = _LAUNCHER._ports(tmp_path, names, {"root_coord_port": 34251})
     assert ports == {"proxy_port": 47009, "query_coord_port": 50000, "root_coord_port": 34251, "data_coord_port": 50001}  # fmt: skip
@@ -613,24 +620,10 @@ def test_a_new_servers_ports_are_distinct_even_when_the_system_offers_one_twice(
 def test_a_restart_keeps_its_ports_unless_one_is_now_given_to_another_name(tmp_path, monkeypatch):  # fmt: skip
     """A kept port (ports.json of the last start) that a given port now claims is replaced by
     a new free one, whichever order the names come in."""
-    from types import SimpleNamespace
-
     from tests.milvus_server import _LAUNCHER
 
     (tmp_path / "ports.json").write_text('{"query_coord_port": 40000, "proxy_port": 40001}')
-    offered = iter([40000, 50000])
-
-    class OfferedSocket:
-        def bind(self, address):
-            self.port = next(offered)
-
-        def getsockname(self):
-            return ("127.0.0.1", self.port)
-
-        def close(self):
-            pass
-
+    _offer_ports(monkeypatch, [40000, 50000])
     monkeypatch.setattr(_LAUNCHER, "_bindable", lambda port: True)
-    monkeypatch.setattr(_LAUNCHER, "socket", SimpleNamespace(socket=OfferedSocket))
     ports = _LAUNCHER._ports(tmp_path, ["query_coord_port", "proxy_port"], {"proxy_port": 40000})
     assert ports == {"query_coord_port": 50000, "proxy_port": 40000}
