@@ -29,6 +29,13 @@ def paired(d: dict | None) -> str:
     return f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
+def _interpolated(best: dict) -> str:
+    """How far from the starting point to that step the kept weights are, when the run kept an
+    interpolation of the two (`songsight.distill.interpolation`)."""
+    a = best.get("interpolation")
+    return "" if a is None else f" (x{a:g} of the way from step 0)"
+
+
 def column(folder: Path) -> dict[str, str]:
     res = json.loads((folder / "results.json").read_text())
     meta = json.loads(
@@ -96,7 +103,8 @@ def column(folder: Path) -> dict[str, str]:
             if answered in a2i
             else "–"
         ),
-        "best step of steps run": f"{meta['best'].get('step')} of {steps_run}",
+        "best step of steps run": f"{meta['best'].get('step')} of {steps_run}"
+        + _interpolated(meta["best"]),
     }
     return row
 

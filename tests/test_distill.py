@@ -105,7 +105,9 @@ def test_distill_end_to_end_and_loads(world, tiny_models, tmp_path):
     from songsight.readout import READOUTS
 
     rows = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["val_score"])
-    assert rows["step"].iloc[0] == 0 and len(rows) == 2
+    trained = rows[rows["interpolation"].isna()]  # then the interpolations, validated after
+    assert rows["step"].iloc[0] == 0 and len(trained) == 2
+    assert rows["interpolation"].dropna().tolist() == [0.25, 0.5, 0.75]
     best = meta["readout"]
     scores = {m: best["validation"][f"val_{m}"] for m in READOUTS}
     assert best["method"] == max(scores, key=scores.get) and best["chosen_on"]
@@ -541,7 +543,7 @@ def test_validation_metrics_match_the_saved_model_scored_independently(
         device="cpu", progress=False, cache_dir=tmp_path / "cache",
     )  # fmt: skip
     rows = pd.read_csv(out / "metrics.csv")
-    logged = rows.dropna(subset=["val_zero_shot_top1"]).iloc[-1]
+    logged = rows[rows["interpolation"].isna()].dropna(subset=["val_zero_shot_top1"]).iloc[-1]
 
     enc = DistilledEncoder(out / "last", device="cpu")
     emb = enc.embed_audio(list(clips["path"]))
@@ -661,3 +663,48 @@ def test_hooks_report_every_phase_step_validation_and_checkpoint(world, tiny_mod
     # Watching changes nothing: the same weights as the run without hooks.
     hooked, plain = _weights(tmp_path / "hooked"), _weights(tmp_path / "plain")
     assert all(np.array_equal(hooked[k].numpy(), plain[k].numpy()) for k in plain)
+
+
+def test_weights_between_start_and_end_are_kept_where_validation_prefers_them(
+    world, tiny_models, tmp_path, monkeypatch
+):
+    """After the last step the run validates weights between its starting point and its end
+    (WiSE-FT); one that validates best is ``best``, exactly ``(1 - a) * start + a * end``, with
+    its fraction recorded, and ``last`` keeps the trained weights. The real validation runs,
+    its score pinned so that only the middle interpolation wins."""
+    import torch
+    from safetensors.torch import load_file
+
+    from songsight.distill.interpolation import START_FILE
+    from songsight.distill.loop import Trainer
+    from songsight.distill.train import distill
+    from songsight.encoders.distilled import read_meta
+
+    real, calls = Trainer._validate, []
+
+    def pinned(self, epoch):  # calls: step 0, two epochs, then alpha 0.25, 0.5, 0.75
+        res = real(self, epoch)
+        calls.append(epoch)
+        return {**res, "val_score": 0.9 if len(calls) == 5 else 0.5}
+
+    monkeypatch.setattr(Trainer, "_validate", pinned)
+    audio, image = tiny_models
+    out = tmp_path / "run"
+    res = distill(
+        world / "audio.csv", world / "taxa.csv", audio, image, out, _cfg(),
+        device="cpu", progress=False, cache_dir=tmp_path / "c",
+    )  # fmt: skip
+    assert len(calls) == 6 and res["best"]["interpolation"] == 0.5
+    assert read_meta(out / "best")["best"]["interpolation"] == 0.5
+    start = torch.load(out / START_FILE, weights_only=True)
+    for part, prefix in (("head.safetensors", "student.head."), ("clap/model.safetensors", "student.")):  # fmt: skip
+        best, last = load_file(str(out / "best" / part)), load_file(str(out / "last" / part))
+        moved = 0
+        for name, w in last.items():
+            key = prefix + name
+            if key not in start:  # frozen: the same everywhere
+                torch.testing.assert_close(best[name], w)
+                continue
+            moved += int(not torch.equal(start[key], w))
+            torch.testing.assert_close(best[name], (start[key] + w) / 2, rtol=1e-5, atol=1e-6)
+        assert moved > 0, part  # the run trained this part, so the middle is a third point

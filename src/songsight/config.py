@@ -105,6 +105,9 @@ class DistillConfig:
     # bookkeeping
     save_every_steps: int = 0  # 0: at the end of each epoch only
     val_every_epochs: int = 1
+    # after the last step, try weights between the starting point and the last ones on
+    # validation (WiSE-FT, `songsight.distill.interpolation`) and keep one that beats the best
+    interpolate: bool = True
 
     def __post_init__(self):
         if self.train not in TRAIN_CHOICES:

@@ -11,7 +11,9 @@ a few dozen steps, and patience counted in epochs ended runs long before the ste
 planned for. A run sized from the data (``epochs`` None) is planned at ``min_steps`` and so runs
 its plan, keeping its best validation; patience saves time when ``--epochs`` asks for more.
 ``last`` is written at every epoch end (and every ``cfg.save_every_steps``), with the state to
-resume exactly.
+resume exactly. After the last step (``cfg.interpolate``), weights between the starting point and
+the last ones are validated too (`songsight.distill.interpolation`) and kept as ``best`` where
+they beat it; ``last`` stays the trained weights.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ import torch
 from songsight.distill.checkpoint import TrainState, readout_record, save_state
 from songsight.distill.data import epoch_order, spec_mask
 from songsight.distill.hooks import DistillHooks
+from songsight.distill.interpolation import (
+    INTERPOLATION_WEIGHTS,
+    blend,
+    learning_weights,
+    load_start,
+    save_start,
+)
 from songsight.distill.models import freeze_batchnorm
 from songsight.distill.monitor import METRICS_FILE, MetricsLog
 from songsight.distill.setup import DistillRun, say
@@ -42,6 +51,7 @@ class Trainer:
         self.t0 = 0.0  # wall time the loop started, for items_per_s
         self.log: MetricsLog | None = None
         self.bar = None
+        self.last_epoch = -1  # the last epoch that ended, for the interpolations' records
 
     # --- the run ------------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -62,6 +72,9 @@ class Trainer:
             file=sys.stderr,
             dynamic_ncols=True,
         )
+        interpolate = run.cfg.interpolate and run.validator is not None
+        if st.step == 0 and interpolate and run.is_main:
+            save_start(run.out, learning_weights(run.module))
         if st.step == 0 and run.validator is not None:
             # The starting point (the probe-initialised head) is a candidate too: fine-tuning
             # that makes validation worse is never kept.
@@ -78,6 +91,8 @@ class Trainer:
             if self._end_epoch(epoch):
                 break
         self.bar.close()
+        if interpolate and not self.stopped and st.step > 0:
+            self._interpolate()
         if run.world > 1:
             torch.distributed.barrier()
         return st
@@ -184,6 +199,7 @@ class Trainer:
             st.best = {**st.best, "metric": "final", "epoch": epoch, "step": st.step}
             self._save("best", epoch + 1, 0)
         self._save("last", epoch + 1, 0)
+        self.last_epoch = epoch
         self.hooks.on_epoch_end(epoch, st.step)
         if self.early and run.is_main and self.progress:
             say(f"no better validation for {cfg.patience} validations: stopping at step {st.step}")
@@ -201,17 +217,40 @@ class Trainer:
         self.hooks.on_validate(epoch, self.state.step, res)
         return res
 
-    def _consider(self, val: dict, epoch: int) -> None:
-        """Log the validation and keep the checkpoint if its score is the best so far."""
+    def _interpolate(self) -> None:
+        """Validate the weights at each of `INTERPOLATION_WEIGHTS` between the starting point
+        and the last step's, keep any that beats the best as ``best``, then restore the last
+        step's weights (the run's own end, which ``last`` holds)."""
+        run = self.run
+        start = load_start(run.out)  # every rank reads the one copy rank 0 wrote
+        if start is None:
+            if run.is_main and self.progress:
+                say(f"no starting weights in {run.out}: no interpolation with them")
+            return
+        end = learning_weights(run.module)
+        epoch = max(self.last_epoch, self.state.start_epoch - 1)
+        try:
+            for alpha in INTERPOLATION_WEIGHTS:
+                blend(run.module, start, end, alpha)
+                self._consider(self._validate(epoch), epoch, interpolation=alpha)
+        finally:
+            blend(run.module, start, end, 1.0)
+
+    def _consider(self, val: dict, epoch: int, interpolation: float | None = None) -> None:
+        """Log the validation and keep the checkpoint if its score is the best so far;
+        ``interpolation``: the weights are that fraction of the way from the starting point to
+        the current step's (`_interpolate`)."""
         st = self.state
+        where = {} if interpolation is None else {"interpolation": interpolation}
         if self.log:
-            self.log.write({"step": st.step, "epoch": epoch, **val})
+            self.log.write({"step": st.step, "epoch": epoch, **where, **val})
         if val["val_score"] > st.best["value"]:
             st.best = {
                 "metric": "val_score",
                 "value": float(val["val_score"]),
                 "epoch": epoch,
                 "step": st.step,
+                **where,
                 "stale": 0,
                 "readout": readout_record(
                     val, self.run.validator.counts, [s.scientific_name for s in self.run.species]

@@ -298,6 +298,7 @@ class MetricsLog:
         "logit_scale",
         "lr",
         "items_per_s",
+        "interpolation",
         "val_zero_shot_top1",
         "val_zero_shot_top1_seen",
         "val_zero_shot_top1_heldout",
