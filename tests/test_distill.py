@@ -39,6 +39,12 @@ def _cfg(**kw):
     return DistillConfig(**{**base, **kw})
 
 
+def _kept(summary: dict) -> tuple:
+    """Which weights a run kept as ``best`` (step, interpolation) and their score (6 places)."""
+    best = summary["best"]
+    return best["step"], best.get("interpolation"), round(best["value"], 6)
+
+
 def _weights(run: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -217,9 +223,22 @@ def test_resume_after_kill_matches_uninterrupted(world, tiny_models, tmp_path):
         **kw,
     )
     assert resumed["steps"] == full["steps"]
-    full, cut = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
-    for k in full:
-        np.testing.assert_allclose(cut[k].numpy(), full[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    # the same best, interpolation (with the start the first run saved) included
+    assert _kept(resumed) == _kept(full)
+    weights = {run: _weights(tmp_path / run) for run in ("full", "cut")}
+    for k in weights["full"]:
+        np.testing.assert_allclose(
+            weights["cut"][k].numpy(), weights["full"][k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k
+        )
+    # metrics.csv as the uninterrupted run's, and a resume of the finished run adds nothing
+    # (it validates the interpolations again, in place of their earlier rows)
+    log = {
+        run: (tmp_path / run / "metrics.csv").read_text().splitlines() for run in ("full", "cut")
+    }
+    assert len(log["cut"]) == len(log["full"])
+    again = distill(world / "audio.csv", world / "taxa.csv", audio, image, tmp_path / "cut", cfg, resume=True, **kw)  # fmt: skip
+    assert _kept(again) == _kept(full)
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == len(log["full"])
 
 
 def test_the_cascade_head_starts_as_the_weighted_cascade():

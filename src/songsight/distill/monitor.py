@@ -320,9 +320,15 @@ class MetricsLog:
 
     def __init__(self, path: Path, keep_until_step: int):
         kept = []
-        if keep_until_step >= 0 and path.is_file():  # a resumed run drops rows past its checkpoint
+        # A resumed run drops the rows past its checkpoint, and the interpolations' rows, which
+        # it validates again after its last step (`songsight.distill.loop.Trainer._interpolate`).
+        if keep_until_step >= 0 and path.is_file():
             with path.open(newline="") as fh:
-                kept = [r for r in csv.DictReader(fh) if int(r["step"]) <= keep_until_step]
+                kept = [
+                    r
+                    for r in csv.DictReader(fh)
+                    if int(r["step"]) <= keep_until_step and not r.get("interpolation")
+                ]
         self._fh = path.open("w", newline="")
         self._w = csv.DictWriter(self._fh, fieldnames=self.COLUMNS, extrasaction="ignore")
         self._w.writeheader()
